@@ -1,0 +1,1 @@
+"""Command-line interface: ``diffloc <command>``; one module per command."""

@@ -1,0 +1,58 @@
+"""Entry point of the ``diffloc`` command.
+
+Each command lives in its own module exposing ``add_parser(subparsers)``; that function registers the
+sub-command and sets ``func`` on its parser to a callable ``run(args) -> int``. Errors of the
+:class:`~diffloc.errors.DifflocError` family are printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from diffloc import __version__
+from diffloc.errors import DifflocError
+
+COMMAND_MODULES = ("sites", "generate", "world")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="diffloc",
+        description="Localize and edit visual knowledge in text-to-image diffusion models.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffloc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"diffloc.cli.{name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 diffloc error, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DifflocError as exc:
+        print(f"diffloc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("diffloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
