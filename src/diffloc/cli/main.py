@@ -34,8 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party() -> None:
+    # transformers/diffusers log optional-backend notices (e.g. torchvision absent) at import; a CLI user
+    # can do nothing about them, so only their errors are shown.
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 diffloc error, 2 usage error)."""
+    _quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

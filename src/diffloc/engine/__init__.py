@@ -1,0 +1,1 @@
+"""Framework code: scoped hooks, batch layout, interventions and seeded batched generation."""

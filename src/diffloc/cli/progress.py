@@ -1,0 +1,27 @@
+"""Progress bars at the CLI edge (the library only takes callbacks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+from diffloc.engine.generate import ProgressFn
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[ProgressFn]:
+    """A tqdm bar on stderr driven by a ``progress(done, total)`` callback."""
+    bar = tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)
+
+    def update(done: int, new_total: int) -> None:
+        if bar.total != new_total:
+            bar.total = new_total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()

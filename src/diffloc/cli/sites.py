@@ -1,0 +1,52 @@
+"""``diffloc sites MODEL``: the table of canonical sites of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from diffloc.models.registry import load
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``diffloc sites``."""
+    parser = subparsers.add_parser(
+        "sites",
+        help="list the canonical sites (name, module path, kind, resolution) of a model",
+        description="List every traceable/editable site of a model in forward execution order.",
+    )
+    parser.add_argument(
+        "model", nargs="?", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…"
+    )
+    parser.add_argument("--select", default="*", help="site names or globs, comma-separated (default: all)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """List sites."""
+    model = load(args.model)
+    if args.select in ("*", ""):
+        sites = list(model.sites)
+    else:
+        sites = model.sites.select(args.select)
+    rows = [
+        {
+            "name": s.name,
+            "module_path": s.full_path,
+            "kind": s.kind.value,
+            "resolution": s.resolution or "",
+        }
+        for s in sites
+    ]
+    if args.json:
+        json.dump({"model": args.model, "family": model.family, "sites": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+    print(f"# {args.model}: family {model.family}, {len(rows)} sites")
+    print("  ".join(k.ljust(widths[k]) for k in widths))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in widths))
+    return 0

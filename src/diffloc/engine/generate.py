@@ -1,0 +1,209 @@
+"""Seeded, batched sampling with classifier-free guidance and per-run interventions."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffloc.engine.batch import BatchLayout
+from diffloc.engine.hooks import patch
+from diffloc.engine.interventions import Run, compile_runs, unet_hooks
+from diffloc.errors import ConfigError, PromptError
+from diffloc.models.base import Conditioning, LoadedModel
+
+#: ``progress(done, total)`` called after each denoising step
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    """Sampling settings.
+
+    Attributes:
+        steps: denoising steps (>= 1).
+        guidance: classifier-free guidance scale; values <= 1 disable CFG.
+        height, width: image size in pixels; ``None`` uses the model's default.
+    """
+
+    steps: int = 20
+    guidance: float = 7.5
+    height: int | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        for label, value in (("height", self.height), ("width", self.width)):
+            if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
+                raise ConfigError(f"{label} must be a positive multiple of 8, got {value!r}")
+
+    @property
+    def cfg(self) -> bool:
+        """Whether classifier-free guidance is used."""
+        return self.guidance > 1.0
+
+
+def initial_latents(
+    shape: tuple[int, ...], seeds: Sequence[int], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """One Gaussian latent per row, drawn on the CPU from each row's seed (device-independent)."""
+    per_seed: dict[int, torch.Tensor] = {}
+    for seed in seeds:
+        if seed not in per_seed:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            per_seed[seed] = torch.randn((1, *shape), generator=gen, dtype=torch.float32)
+    return torch.cat([per_seed[s] for s in seeds]).to(device=device, dtype=dtype)
+
+
+def _scheduler_step_kwargs(scheduler: Any, seeds: Sequence[int]) -> dict[str, Any]:
+    # Stochastic schedulers (DDPM for IF, ancestral samplers) draw fresh noise each step. One generator per
+    # row, seeded from the row's seed, makes rows with the same seed share that noise exactly. Whether
+    # `step` takes a generator is only visible in its signature (diffusers' own pipelines check the same).
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        return {}
+    return {"generator": [torch.Generator(device="cpu").manual_seed(int(s) + 7919) for s in seeds]}
+
+
+def _guide(noise: torch.Tensor, cfg: bool, guidance: float, in_channels: int, scheduler: Any) -> torch.Tensor:
+    """Combine the CFG halves; keep a learned-variance half (IF) for schedulers that use it."""
+    if cfg:
+        uncond, cond = noise.chunk(2)
+    else:
+        uncond = cond = noise
+    variance = None
+    if noise.shape[1] == 2 * in_channels:
+        uncond, _ = uncond.split(in_channels, dim=1)
+        cond, variance = cond.split(in_channels, dim=1)
+    eps = uncond + guidance * (cond - uncond) if cfg else cond
+    if variance is not None and scheduler.config.get("variance_type") in ("learned", "learned_range"):
+        eps = torch.cat([eps, variance], dim=1)
+    return eps
+
+
+@torch.inference_mode()
+def sample(
+    model: LoadedModel,
+    cond: Conditioning,
+    *,
+    seeds: Sequence[int],
+    config: GenerationConfig,
+    uncond: Conditioning | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Denoise one batch of rows and decode it.
+
+    Args:
+        model: the loaded model (hooks, if any, are installed by the caller).
+        cond: conditioning, one row per run.
+        seeds: one seed per run; runs with equal seeds start from the same latent and share step noise.
+        config: sampling settings.
+        uncond: unconditional conditioning (default: the empty prompt).
+        progress: called after each step.
+
+    Returns:
+        Images ``(runs, 3, H, W)`` in ``[0, 1]``, float32, on the CPU.
+    """
+    pipe, adapter = model.pipe, model.adapter
+    if len(seeds) != len(cond):
+        raise ConfigError(f"{len(seeds)} seeds for {len(cond)} runs; give one seed per run")
+    layout = BatchLayout(runs=len(cond), cfg=config.cfg)
+    default_h, default_w = adapter.default_size(pipe)
+    height, width = config.height or default_h, config.width or default_w
+    unet = pipe.unet
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(config.steps, device=unet.device)
+    shape = adapter.latent_shape(pipe, height, width)
+    latents = initial_latents(shape, seeds, unet.device, unet.dtype) * scheduler.init_noise_sigma
+    if layout.cfg:
+        uncond = uncond if uncond is not None else adapter.encode_unconditional(pipe, len(cond))
+        batch_cond = Conditioning.cat([uncond, cond])
+    else:
+        batch_cond = cond
+    kwargs = adapter.unet_kwargs(batch_cond)
+    step_kwargs = _scheduler_step_kwargs(scheduler, seeds)
+    in_channels = int(unet.config.in_channels)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        x = torch.cat([latents, latents]) if layout.cfg else latents
+        x = scheduler.scale_model_input(x, t)
+        noise = unet(x, t, **kwargs).sample
+        eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
+        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+    return adapter.decode(pipe, latents).cpu()
+
+
+@torch.inference_mode()
+def generate_runs(
+    model: LoadedModel,
+    runs: Sequence[Run],
+    *,
+    config: GenerationConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Generate every run of one batch, each with its own interventions, in one batched pass per step.
+
+    Text is encoded once per distinct prompt (runs with text-level interventions get their own row).
+
+    Args:
+        model: the loaded model.
+        runs: the runs; interventions may reference other runs by index (``Restore.source``).
+        config: sampling settings (default :class:`GenerationConfig`).
+        progress: called after each denoising step.
+
+    Returns:
+        Images ``(len(runs), 3, H, W)`` in ``[0, 1]``.
+
+    Example:
+        >>> clean = Run(prompt="a red circle in the style of vangoo", seed=0)
+        >>> corrupt = Run(prompt=clean.prompt, seed=0, interventions=(CorruptTokens(positions=(6, 8), std=0.3),))
+        >>> images = generate_runs(model, [clean, corrupt])
+    """
+    if not runs:
+        raise ConfigError("no runs to generate; give at least one Run")
+    for run in runs:
+        if not isinstance(run.prompt, str):
+            raise PromptError(f"prompt must be a string, got {type(run.prompt).__name__}")
+    config = config or GenerationConfig()
+    plan = compile_runs(model, runs)
+    pipe, adapter = model.pipe, model.adapter
+    with patch(model, outputs=plan.text_outputs):
+        encoded = adapter.encode(pipe, plan.text_prompts)
+    cond = encoded.take(plan.text_rows)
+    swap_context: dict[str, torch.Tensor] = {}
+    if plan.swap_prompts:
+        swapped = adapter.encode(pipe, plan.swap_prompts)
+        swap_context = {p: swapped.hidden[i] for i, p in enumerate(plan.swap_prompts)}
+    layout = BatchLayout(runs=len(runs), cfg=config.cfg)
+    outputs, inputs = unet_hooks(model, plan, layout, swap_context)
+    with patch(model, outputs=outputs, inputs=inputs):
+        return sample(model, cond, seeds=[r.seed for r in runs], config=config, progress=progress)
+
+
+def generate(
+    model: LoadedModel,
+    prompts: str | Sequence[str],
+    *,
+    seeds: int | Sequence[int] = 0,
+    config: GenerationConfig | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Plain seeded generation of one or more prompts (no interventions).
+
+    Returns:
+        Images ``(n, 3, H, W)`` in ``[0, 1]``.
+    """
+    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    seed_list = [seeds] * len(prompt_list) if isinstance(seeds, int) else list(seeds)
+    if len(seed_list) != len(prompt_list):
+        raise ConfigError(f"{len(seed_list)} seeds for {len(prompt_list)} prompts")
+    runs = [Run(prompt=p, seed=s) for p, s in zip(prompt_list, seed_list, strict=True)]
+    return generate_runs(model, runs, config=config, progress=progress)

@@ -1,0 +1,81 @@
+"""Scoped forward hooks on sites: installed on entry, always removed on exit (even on error)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffloc.models.base import LoadedModel
+from diffloc.sites import Site
+
+#: ``fn(module, args, kwargs, output) -> new output or None``
+OutputHook = Callable[[nn.Module, tuple, dict, Any], Any]
+#: ``fn(module, args, kwargs) -> (args, kwargs) or None``
+InputHook = Callable[[nn.Module, tuple, dict], Any]
+
+
+def primary(output: Any) -> torch.Tensor:
+    """The main tensor of a module output (element 0 of a tuple, as CLIP/T5 attention return)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_primary(output: Any, tensor: torch.Tensor) -> Any:
+    """``output`` with its main tensor replaced by ``tensor`` (tuple structure kept)."""
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+@contextmanager
+def patch(
+    model: LoadedModel,
+    outputs: Mapping[str | Site, OutputHook] | None = None,
+    inputs: Mapping[str | Site, InputHook] | None = None,
+) -> Iterator[None]:
+    """Install output hooks and input (pre-)hooks on sites for the duration of the block.
+
+    Hooks receive keyword arguments (``with_kwargs=True``) because diffusers passes
+    ``encoder_hidden_states`` by keyword. Every handle is removed in ``finally``.
+
+    Example:
+        >>> with patch(model, outputs={"unet.xattn.8": lambda m, a, k, out: out * 0}):
+        ...     images = generate(...)
+    """
+    handles: list[Any] = []
+    try:
+        for site, fn in (inputs or {}).items():
+            handles.append(model.module(site).register_forward_pre_hook(fn, with_kwargs=True))
+        for site, fn in (outputs or {}).items():
+            handles.append(model.module(site).register_forward_hook(fn, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record(model: LoadedModel, sites: Sequence[str | Site]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each call's main output tensor at ``sites`` (detached copies), keyed by site name."""
+    store: dict[str, list[torch.Tensor]] = {}
+
+    def make(name: str) -> OutputHook:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            store.setdefault(name, []).append(primary(output).detach().clone())
+
+        return hook
+
+    resolved = [model.site(s) for s in sites]
+    with patch(model, outputs={s.name: make(s.name) for s in resolved}):
+        yield store
+
+
+def installed_hook_count(model: LoadedModel) -> int:
+    """Number of forward (pre-)hooks currently installed on any pipeline module (for leak tests)."""
+    total = 0
+    for component in model.pipe.components.values():
+        if isinstance(component, nn.Module):
+            for module in component.modules():
+                total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+    return total

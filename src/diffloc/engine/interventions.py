@@ -1,0 +1,308 @@
+"""Per-run interventions and their compilation into site hooks.
+
+A :class:`Run` is one generation inside a batch: a prompt, a seed, and interventions. The engine turns
+all runs of a batch into *one* hook per touched site that edits only the rows of the runs asking for it,
+so N interventions cost one batched pass per denoising step.
+
+Interventions:
+    * :class:`CorruptTokens` — add Gaussian noise to the input token embeddings at a token range
+      (every text encoder of the pipeline).
+    * :class:`Restore` — copy a site's output from another run of the same batch (the clean run), for
+      UNet sites in the conditional branch at every step, for text sites during encoding (optionally only
+      at some token positions).
+    * :class:`SwapContext` — cross-attention sites read another prompt's text states as their key/value
+      input (LocoGen).
+    * :class:`SetChannels` — set chosen channels of a site's output to given values (neuron ablation).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffloc.engine.batch import BatchLayout
+from diffloc.engine.hooks import InputHook, OutputHook, primary, with_primary
+from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.models.base import LoadedModel
+from diffloc.sites import Site, SiteKind
+
+_TEXT_KINDS = {SiteKind.TEXT_EMBED, SiteKind.TEXT_LAYER, SiteKind.TEXT_ATTN, SiteKind.TEXT_MLP}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorruptTokens:
+    """Add N(0, std²) noise to the input token embeddings at ``positions`` (half-open range).
+
+    The noise is drawn from ``noise_seed`` so a corrupted run is reproducible; every text encoder
+    of the pipeline (SD-XL has two) gets its own draw from that seed.
+    """
+
+    positions: tuple[int, int]
+    std: float
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        start, end = self.positions
+        if not 0 <= start < end:
+            raise ConfigError(f"token range {self.positions} is empty or negative; need 0 <= start < end")
+        if not self.std >= 0:
+            raise ConfigError(f"noise std {self.std} must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restore:
+    """Copy the output of ``sites`` from run ``source`` of the same batch.
+
+    ``positions`` (half-open token range) restricts a text-site restore to some tokens; ``None`` restores
+    the whole output.
+    """
+
+    sites: tuple[str, ...]
+    source: int = 0
+    positions: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwapContext:
+    """Give cross-attention ``sites`` the text states of ``prompt`` as key/value input.
+
+    Sites may be whole cross-attention layers (``unet.xattn.8``: keys and values) or one projection
+    (``unet.xattn.8.k``). SD-XL's pooled embedding keeps coming from the run's own prompt.
+    """
+
+    sites: tuple[str, ...]
+    prompt: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetChannels:
+    """Set ``channels`` of ``site``'s output to ``values`` (a scalar or one value per channel)."""
+
+    site: str
+    channels: tuple[int, ...]
+    values: float | tuple[float, ...] = 0.0
+
+
+Intervention = CorruptTokens | Restore | SwapContext | SetChannels
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """One generation in a batch: prompt, seed and interventions."""
+
+    prompt: str
+    seed: int = 0
+    interventions: tuple[Intervention, ...] = field(default_factory=tuple)
+    label: str = ""
+
+
+@dataclass
+class CompiledBatch:
+    """Hooks and text-encoding plan for a batch of runs (built by :func:`compile_runs`)."""
+
+    text_rows: list[int]  # run -> row of the text batch
+    text_prompts: list[str]  # prompts of the text batch
+    text_outputs: dict[str, OutputHook]
+    swap_prompts: list[str]  # distinct prompts that must be encoded for SwapContext
+    unet_ops: dict[str, list[tuple[str, int, Any]]]  # site -> [(op, run, payload)]
+    unet_swaps: dict[str, list[tuple[int, str]]]  # site -> [(run, prompt)]
+
+
+def _slice_rows(rows: torch.Tensor, positions: tuple[int, int] | None) -> tuple[Any, ...]:
+    return (rows,) if positions is None else (rows, slice(*positions))
+
+
+def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]) -> OutputHook:
+    """Copy rows from source rows; all reads come from the unmodified output."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        src_out = primary(output)
+        new = src_out.clone()
+        for target, source, positions in ops:
+            new[_slice_rows(target, positions)] = src_out[_slice_rows(source, positions)]
+        return with_primary(output, new)
+
+    return hook
+
+
+def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
+    """Validate runs and plan text encoding and UNet hooks.
+
+    Raises:
+        UnknownSiteError: an intervention names a missing site or a site of the wrong kind.
+        ConfigError: a restore source is out of range, or channels are out of range.
+    """
+    text_prompts: list[str] = []
+    text_rows: list[int] = []
+    plain_row: dict[str, int] = {}
+    for run in runs:
+        text_level = any(
+            isinstance(iv, CorruptTokens)
+            or (isinstance(iv, Restore) and any(model.site(s).kind in _TEXT_KINDS for s in iv.sites))
+            for iv in run.interventions
+        )
+        if not text_level and run.prompt in plain_row:
+            text_rows.append(plain_row[run.prompt])
+            continue
+        text_rows.append(len(text_prompts))
+        if not text_level:
+            plain_row[run.prompt] = len(text_prompts)
+        text_prompts.append(run.prompt)
+
+    text_ops: dict[str, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]] = defaultdict(list)
+    noise_ops: dict[str, list[tuple[int, CorruptTokens]]] = defaultdict(list)
+    unet_ops: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
+    unet_swaps: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    swap_prompts: list[str] = []
+    embed_sites = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
+
+    for r, run in enumerate(runs):
+        for iv in run.interventions:
+            if isinstance(iv, CorruptTokens):
+                for name in embed_sites:
+                    noise_ops[name].append((text_rows[r], iv))
+            elif isinstance(iv, Restore):
+                if not 0 <= iv.source < len(runs):
+                    raise ConfigError(
+                        f"restore source run {iv.source} is outside the batch (0..{len(runs) - 1})"
+                    )
+                for name in iv.sites:
+                    site = model.site(name)
+                    if site.kind in _TEXT_KINDS:
+                        text_ops[site.name].append(
+                            (torch.tensor([text_rows[r]]), torch.tensor([text_rows[iv.source]]), iv.positions)
+                        )
+                    else:
+                        if iv.positions is not None and site.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V):
+                            raise ConfigError(
+                                f"token positions apply to text and .k/.v sites, not {site.name!r}"
+                            )
+                        unet_ops[site.name].append(("restore", r, (iv.source, iv.positions)))
+            elif isinstance(iv, SwapContext):
+                for name in iv.sites:
+                    site = model.site(name)
+                    if site.kind not in (SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V):
+                        raise UnknownSiteError(
+                            f"site {name!r} is a {site.kind} site; context swaps need 'unet.xattn.N' or 'unet.xattn.N.k|v'"
+                        )
+                    if site.kind is not SiteKind.XATTN:
+                        parent = model.module(name.rsplit(".", 1)[0])
+                        if getattr(parent, "norm_cross", None) is not None:
+                            raise ConfigError(
+                                f"site {name!r}: this attention normalizes its context, swap the whole layer "
+                                f"{name.rsplit('.', 1)[0]!r} instead of one projection"
+                            )
+                    unet_swaps[site.name].append((r, iv.prompt))
+                if iv.prompt not in swap_prompts:
+                    swap_prompts.append(iv.prompt)
+            elif isinstance(iv, SetChannels):
+                site = model.site(iv.site)
+                unet_ops[site.name].append(("set", r, iv))
+            else:  # pragma: no cover - typing guards this
+                raise ConfigError(f"unknown intervention {iv!r}")
+
+    text_outputs: dict[str, OutputHook] = {}
+    for name in set(text_ops) | set(noise_ops):
+        text_outputs[name] = _text_hook(text_ops.get(name, []), noise_ops.get(name, []), name)
+    return CompiledBatch(
+        text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps)
+    )
+
+
+def _text_hook(
+    restores: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]],
+    noises: list[tuple[int, CorruptTokens]],
+    site_name: str,
+) -> OutputHook:
+    restore = _restore_hook(restores) if restores else None
+    salt = sum(site_name.encode())  # distinct draw per encoder embedding site, stable across runs
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if restore is not None:
+            output = restore(module, args, kwargs, output)
+        if noises:
+            out = primary(output).clone()
+            for row, iv in noises:
+                start, end = iv.positions
+                if end > out.shape[1]:
+                    raise ConfigError(f"token range {iv.positions} exceeds the {out.shape[1]} encoded tokens")
+                gen = torch.Generator(device="cpu").manual_seed(iv.noise_seed * 1000003 + salt)
+                noise = torch.randn((end - start, out.shape[-1]), generator=gen, dtype=torch.float32)
+                out[row, start:end] += (iv.std * noise).to(out.dtype).to(out.device)
+            output = with_primary(output, out)
+        return output
+
+    return hook
+
+
+def unet_hooks(
+    model: LoadedModel,
+    plan: CompiledBatch,
+    layout: BatchLayout,
+    swap_context: dict[str, torch.Tensor],
+) -> tuple[dict[str, OutputHook], dict[str, InputHook]]:
+    """Build one output hook per UNet site with restore/set ops and one input hook per swapped site."""
+    outputs: dict[str, OutputHook] = {}
+    for name, ops in plan.unet_ops.items():
+        site = model.site(name)
+        outputs[name] = _unet_output_hook(site, ops, layout)
+    inputs: dict[str, InputHook] = {}
+    for name, swaps in plan.unet_swaps.items():
+        rows = layout.cond_rows([r for r, _ in swaps])
+        values = torch.stack([swap_context[p] for _, p in swaps])  # (n, tokens, dim)
+        inputs[name] = _swap_hook(rows, values, whole_layer=model.site(name).kind is SiteKind.XATTN)
+    return outputs, inputs
+
+
+def _unet_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: BatchLayout) -> OutputHook:
+    restores = [
+        (layout.cond_rows([r]), layout.cond_rows([src]), positions)
+        for op, r, (src, positions) in ((o, r, p) for o, r, p in ops if o == "restore")
+    ]
+    restore = _restore_hook(restores) if restores else None
+    sets = [(layout.cond(r), iv) for op, r, iv in ops if op == "set"]
+    dim = site.kind.channel_dim
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if restore is not None:
+            output = restore(module, args, kwargs, output)
+        if sets:
+            out = primary(output).clone()
+            n_channels = out.shape[dim]
+            for row, iv in sets:
+                if max(iv.channels, default=-1) >= n_channels or min(iv.channels, default=0) < 0:
+                    raise ConfigError(
+                        f"channels {list(iv.channels)[:5]}… out of range for {site.name} ({n_channels} channels)"
+                    )
+                idx = torch.tensor(iv.channels, dtype=torch.long, device=out.device)
+                values = torch.as_tensor(iv.values, dtype=out.dtype, device=out.device)
+                view = out[row].movedim(dim if dim < 0 else dim - 1, -1)  # (…, channels) view of one row
+                view[..., idx] = values
+            output = with_primary(output, out)
+        return output
+
+    return hook
+
+
+def _swap_hook(rows: torch.Tensor, values: torch.Tensor, *, whole_layer: bool) -> InputHook:
+    """Replace the text context of ``rows``: the attention's ``encoder_hidden_states`` or a projection's input."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if whole_layer:
+            if kwargs.get("encoder_hidden_states") is not None:
+                ctx = kwargs["encoder_hidden_states"].clone()
+                ctx[rows] = values.to(ctx.dtype)
+                return args, {**kwargs, "encoder_hidden_states": ctx}
+            ctx = args[1].clone()
+            ctx[rows] = values.to(ctx.dtype)
+            return (args[0], ctx, *args[2:]), kwargs
+        x = args[0].clone()
+        x[rows] = values.to(x.dtype)
+        return (x, *args[1:]), kwargs
+
+    return hook

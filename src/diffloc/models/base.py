@@ -1,0 +1,238 @@
+"""What every model family provides: conditioning, adapters and the loaded-model bundle."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffloc.errors import PromptError
+from diffloc.sites import Site, SiteKind, SiteRegistry
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning for a batch of rows, as the UNet consumes it.
+
+    Attributes:
+        hidden: ``(rows, tokens, dim)`` encoder hidden states fed to cross-attention.
+        added: per-row extra inputs (SD-XL: ``text_embeds`` ``(rows, d)``, ``time_ids`` ``(rows, 6)``),
+            passed to the UNet as ``added_cond_kwargs``.
+    """
+
+    hidden: torch.Tensor
+    added: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def take(self, rows: Sequence[int]) -> Conditioning:
+        """Rows ``rows`` (repeats allowed) as a new conditioning."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.hidden.device)
+        return Conditioning(self.hidden[idx], {k: v[idx] for k, v in self.added.items()})
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        """Concatenate conditionings along the row dimension."""
+        keys = parts[0].added.keys()
+        return Conditioning(
+            torch.cat([p.hidden for p in parts]),
+            {k: torch.cat([p.added[k] for p in parts]) for k in keys},
+        )
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a pipeline: its site prefix and pipeline attribute names."""
+
+    prefix: str  # "text" or "text2"
+    component: str  # "text_encoder" or "text_encoder_2"
+    tokenizer: str  # "tokenizer" or "tokenizer_2"
+
+
+class ModelAdapter(ABC):
+    """Family-specific knowledge: site table, prompt encoding, subject lookup, decoding.
+
+    One adapter class per family, chosen by pipeline class (see :mod:`diffloc.models.registry`).
+    Adapters hold no model state; every method receives the pipeline.
+    """
+
+    family: str = ""
+    #: diffusers pipeline class names this adapter accepts
+    pipeline_classes: tuple[str, ...] = ()
+
+    # -- structure -------------------------------------------------------------------------------
+    @abstractmethod
+    def text_encoders(self, pipe: Any) -> list[TextEncoderSpec]:
+        """The pipeline's text encoders in the order their outputs are combined."""
+
+    def build_sites(self, pipe: Any) -> SiteRegistry:
+        """Build the site table: text encoders first, then the UNet in execution order."""
+        from diffloc.models.text_sites import text_sites
+        from diffloc.models.unet_sites import unet_sites
+
+        sites: list[Site] = []
+        for spec in self.text_encoders(pipe):
+            sites.extend(text_sites(getattr(pipe, spec.component), spec.prefix, spec.component))
+        sites.extend(unet_sites(pipe.unet, kv_names=self.kv_projection_names()))
+        return SiteRegistry(sites)
+
+    def kv_projection_names(self) -> tuple[str, str]:
+        """Attribute names of the text key/value projections inside a cross-attention module."""
+        return ("to_k", "to_v")
+
+    # -- text ------------------------------------------------------------------------------------
+    def max_tokens(self, pipe: Any, spec: TextEncoderSpec) -> int:
+        """Longest token sequence (special tokens included) the encoder accepts."""
+        return int(getattr(pipe, spec.component).config.max_position_embeddings)
+
+    def tokenize(self, pipe: Any, spec: TextEncoderSpec, prompts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``(len(prompts), max_tokens)``, padded as the pipeline pads.
+
+        Raises:
+            PromptError: a prompt is longer than the encoder's limit.
+        """
+        tokenizer = getattr(pipe, spec.tokenizer)
+        limit = self.max_tokens(pipe, spec)
+        for prompt in prompts:
+            n = len(tokenizer(prompt).input_ids)
+            if n > limit:
+                raise PromptError(
+                    f"prompt {_short(prompt)!r} is {n} tokens long; {spec.component} accepts at most {limit}"
+                )
+        out = tokenizer(
+            list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
+        )
+        return out.input_ids
+
+    def find_subject(self, pipe: Any, prompt: str, subject: str) -> tuple[int, int]:
+        """Token range ``(start, end)`` (half-open) of ``subject`` in the tokenized ``prompt``.
+
+        Positions count the special tokens the tokenizer adds (CLIP's BOS is position 0). The match is
+        made on token ids of the subject as it is tokenized inside the prompt, so multi-token subjects
+        ("van gogh") resolve to all their tokens.
+
+        Raises:
+            PromptError: the subject is empty or does not occur in the prompt.
+        """
+        spec = self.text_encoders(pipe)[0]
+        tokenizer = getattr(pipe, spec.tokenizer)
+        needle = subject.strip().lower()
+        if not needle:
+            raise PromptError("subject is empty; give the words of the prompt to corrupt, e.g. 'van gogh'")
+        start_char = prompt.lower().find(needle)
+        if start_char < 0:
+            raise PromptError(f"subject {subject!r} does not occur in prompt {_short(prompt)!r}")
+        lead = _leading_special(tokenizer)
+        ids = tokenizer(prompt).input_ids
+        before = tokenizer(prompt[:start_char], add_special_tokens=False).input_ids
+        through = tokenizer(prompt[: start_char + len(needle)], add_special_tokens=False).input_ids
+        start, end = lead + len(before), lead + len(through)
+        if end <= start or ids[start:end] != through[len(before) :]:
+            raise PromptError(
+                f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}"
+            )
+        return start, end
+
+    @abstractmethod
+    def encode(self, pipe: Any, prompts: Sequence[str]) -> Conditioning:
+        """Encode prompts into UNet conditioning (one row per prompt)."""
+
+    def encode_unconditional(self, pipe: Any, rows: int) -> Conditioning:
+        """Conditioning of the empty prompt for classifier-free guidance, ``rows`` copies."""
+        return self.encode(pipe, [""]).take([0] * rows)
+
+    # -- UNet ------------------------------------------------------------------------------------
+    def unet_kwargs(self, cond: Conditioning) -> dict[str, Any]:
+        """Keyword arguments of a UNet call for this conditioning."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": cond.hidden}
+        if cond.added:
+            kwargs["added_cond_kwargs"] = dict(cond.added)
+        return kwargs
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """Default image ``(height, width)`` in pixels."""
+        side = int(pipe.unet.config.sample_size) * self.pixels_per_latent(pipe)
+        return side, side
+
+    def pixels_per_latent(self, pipe: Any) -> int:
+        """Pixels per latent cell along one side (VAE downsampling factor; 1 in pixel space)."""
+        return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
+        """``(channels, h, w)`` of the UNet's input for an image of this size."""
+        f = self.pixels_per_latent(pipe)
+        return int(pipe.unet.config.in_channels), height // f, width // f
+
+    def decode(self, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images ``(n, 3, H, W)`` in ``[0, 1]``."""
+        vae = pipe.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline together with its adapter and site table.
+
+    Attributes:
+        pipe: the diffusers pipeline (components on the requested device/dtype).
+        adapter: the family adapter.
+        sites: canonical sites in execution order.
+        source: where it was loaded from (path, cache id, or ``"<in-memory>"``).
+    """
+
+    pipe: Any
+    adapter: ModelAdapter
+    sites: SiteRegistry
+    source: str = "<in-memory>"
+
+    @property
+    def family(self) -> str:
+        """Family name: ``sd1``, ``sd2``, ``sdxl`` or ``if``."""
+        return self.adapter.family
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the UNet."""
+        return self.pipe.unet.device
+
+    def site(self, name: str | Site) -> Site:
+        """Resolve a site name (raises :class:`~diffloc.errors.UnknownSiteError`)."""
+        return name if isinstance(name, Site) else self.sites.get(name)
+
+    def module(self, site: str | Site) -> nn.Module:
+        """The torch module behind a site."""
+        s = self.site(site)
+        return getattr(self.pipe, s.component).get_submodule(s.module_path)
+
+    def kv_sites(self, site: str | Site) -> tuple[Site, Site]:
+        """The ``.k`` and ``.v`` sites of a cross-attention site."""
+        s = self.site(site)
+        if s.kind is not SiteKind.XATTN:
+            raise_not_xattn(s)
+        return self.sites.get(f"{s.name}.k"), self.sites.get(f"{s.name}.v")
+
+
+def raise_not_xattn(site: Site) -> None:
+    """Raise the standard error for a non-cross-attention site where one is required."""
+    from diffloc.errors import UnknownSiteError
+
+    raise UnknownSiteError(
+        f"site {site.name!r} is a {site.kind} site; a cross-attention site 'unet.xattn.N' is required"
+    )
+
+
+def _leading_special(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts before the text (CLIP: BOS -> 1; T5: 0)."""
+    bos = tokenizer.bos_token_id
+    empty = tokenizer("").input_ids
+    return 1 if bos is not None and len(empty) > 0 and empty[0] == bos else 0
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,191 @@
+"""Resolve a model reference, pick its adapter by pipeline class, and load it offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffloc.errors import CheckpointError, ModelLoadError, UnsupportedModelError, one_of
+from diffloc.models.base import LoadedModel, ModelAdapter
+from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
+from diffloc.models.sd import StableDiffusionAdapter
+from diffloc.models.sdxl import StableDiffusionXLAdapter
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("sd1", "sd2", "sdxl", "if")
+#: ``tiny-<family>`` names a seeded random tiny model of that family's real architecture.
+TINY_PREFIX = "tiny-"
+_ADAPTERS: tuple[type[ModelAdapter], ...] = (
+    StableDiffusionAdapter,
+    StableDiffusionXLAdapter,
+    DeepFloydIFAdapter,
+)
+#: Optional components that diffloc never uses; not loading them saves memory and time.
+_SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
+
+
+def shapesworld_dir() -> Path:
+    """Directory of the shipped ShapesWorld pipeline."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapesworld"
+
+
+def supported_pipeline_classes() -> list[str]:
+    """Pipeline class names diffloc has adapters for."""
+    return [name for cls in _ADAPTERS for name in cls.pipeline_classes]
+
+
+def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
+    """The adapter for a pipeline (or pipeline class name), optionally forcing the family label.
+
+    Raises:
+        UnsupportedModelError: no adapter handles this pipeline class, or the family is unknown.
+    """
+    if family is not None and family not in FAMILIES:
+        raise UnsupportedModelError(f"unknown family {family!r}; valid: {one_of(FAMILIES)}")
+    class_name = pipe_or_class if isinstance(pipe_or_class, str) else type(pipe_or_class).__name__
+    for cls in _ADAPTERS:
+        if class_name in cls.pipeline_classes:
+            if cls is StableDiffusionAdapter:
+                if family in ("sdxl", "if"):
+                    raise UnsupportedModelError(f"family {family!r} does not match pipeline class {class_name}")
+                label = family or (
+                    StableDiffusionAdapter.detect_family(pipe_or_class) if not isinstance(pipe_or_class, str) else "sd1"
+                )
+                return StableDiffusionAdapter(label)
+            adapter = cls()
+            if family is not None and family != adapter.family:
+                raise UnsupportedModelError(f"family {family!r} does not match pipeline class {class_name}")
+            return adapter
+    raise UnsupportedModelError(
+        f"pipeline class {class_name!r} is not supported; supported: {one_of(supported_pipeline_classes())}"
+    )
+
+
+def resolve_source(model: str | Path) -> Path:
+    """Turn ``"shapesworld"``, a local directory or a cached hub id into a pipeline directory.
+
+    Raises:
+        ModelLoadError: missing directory, not a diffusers pipeline, or an id absent from the local cache.
+    """
+    text = str(model)
+    if text == "shapesworld":
+        path = shapesworld_dir()
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"the ShapesWorld model is not installed at {path}; run 'diffloc world train'")
+        return path
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{text!r} is a file; expected a diffusers pipeline directory with model_index.json")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{text!r} is not a diffusers pipeline directory (no model_index.json in it)")
+        return path
+    looks_like_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if looks_like_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            cached = Path(snapshot_download(text, local_files_only=True))
+        except Exception:
+            raise ModelLoadError(
+                f"model {text!r} is neither a local directory nor in the local Hugging Face cache "
+                "(diffloc never downloads; fetch it first on a machine with network)"
+            ) from None
+        if (cached / "model_index.json").is_file():
+            return cached
+        raise ModelLoadError(f"cached model {text!r} is not a diffusers pipeline (no model_index.json)")
+    raise ModelLoadError(
+        f"model directory {text!r} does not exist; give a diffusers directory, a cached id, or 'shapesworld'"
+    )
+
+
+def pipeline_class_name(path: Path) -> str:
+    """``_class_name`` from a pipeline's ``model_index.json``."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+        return str(index["_class_name"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path / 'model_index.json'} is unreadable or has no _class_name ({exc})") from None
+
+
+def check_finite(pipe: Any) -> None:
+    """Raise :class:`CheckpointError` naming the first parameter holding NaN or Inf."""
+    for component_name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for name, param in component.named_parameters():
+            if not torch.isfinite(param).all():
+                raise CheckpointError(
+                    f"non-finite values (NaN/Inf) in {component_name}.{name}; the checkpoint is corrupted"
+                )
+
+
+def load(
+    model: str | Path | Any = "shapesworld",
+    *,
+    family: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
+
+    Args:
+        model: ``"shapesworld"`` (the shipped default), ``"tiny-sd1"``/``-sd2``/``-sdxl``/``-if`` (random
+            tiny models of each real architecture, built in-process, for trying the mechanics), a local diffusers directory, an id present in the
+            local Hugging Face cache, or an already-built diffusers pipeline object.
+        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``); normally inferred from the
+            pipeline class and config.
+        dtype: parameter dtype.
+        device: torch device.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        ModelLoadError, UnsupportedModelError, CheckpointError: with a one-line explanation.
+
+    Example:
+        >>> m = diffloc.load("shapesworld")
+        >>> m.sites.get("unet.xattn.8").module_path
+    """
+    if isinstance(model, str) and model.startswith(TINY_PREFIX):
+        tiny_family = model[len(TINY_PREFIX) :]
+        if tiny_family not in FAMILIES:
+            raise ModelLoadError(f"unknown tiny model {model!r}; valid: {one_of(TINY_PREFIX + f for f in FAMILIES)}")
+        from diffloc.models.tiny import build_tiny_pipeline
+
+        model = build_tiny_pipeline(tiny_family).to(device=device, dtype=dtype)
+    if not isinstance(model, str | Path):
+        pipe = model
+        adapter = adapter_for(pipe, family)
+        check_finite(pipe)
+        return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source="<in-memory>")
+
+    path = resolve_source(model)
+    class_name = pipeline_class_name(path)
+    adapter_for(class_name, family)  # fail fast on unsupported classes, before reading weights
+    import diffusers
+
+    pipeline_cls = getattr(diffusers, class_name)
+    index = json.loads((path / "model_index.json").read_text())
+    skip = {name: None for name in _SKIPPED_COMPONENTS if name in index}
+    if "requires_safety_checker" in index or "safety_checker" in index:
+        skip["requires_safety_checker"] = False  # type: ignore[assignment]
+    try:
+        pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **skip)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"could not load {class_name} from {str(path)!r}: {type(exc).__name__}: {first}"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    check_finite(pipe)
+    adapter = adapter_for(pipe, family)
+    logger.info("loaded %s (%s) from %s", class_name, adapter.family, path)
+    return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model))

@@ -1,0 +1,159 @@
+"""Canonical names for every place one can trace or edit.
+
+A :class:`Site` names one module of a pipeline with a stable, family-independent name such as
+``unet.xattn.8`` (the ninth cross-attention layer in execution order) or ``text.attn.0`` (the first
+self-attention block of the text encoder). Adapters build the per-family table that maps these names to
+real module paths; everything else in diffloc speaks only in site names.
+
+Naming scheme (indices are 0-based, in forward execution order within their kind):
+
+=================  =========================================================================
+``unet.res.i``      ResNet block output (``*.resnets.*``)
+``unet.sattn.i``    self-attention output (``attn1``)
+``unet.xattn.i``    cross-attention output (``attn2``; DeepFloyd IF: the joint attention)
+``unet.xattn.i.k``  cross-attention key projection (``to_k``; IF: ``add_k_proj``)
+``unet.xattn.i.v``  cross-attention value projection (``to_v``; IF: ``add_v_proj``)
+``unet.ff.i``       feed-forward output
+``text.embed``      token embeddings of the (first) text encoder
+``text.layer.i``    residual stream after encoder layer ``i``
+``text.attn.i``     self-attention output of layer ``i``
+``text.mlp.i``      MLP output of layer ``i``
+``text2.*``         the same for SD-XL's second text encoder
+=================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from diffloc.errors import UnknownSiteError, close_matches, one_of
+
+
+class SiteKind(StrEnum):
+    """What a site computes; decides how interventions address its channels."""
+
+    RES = "res"
+    SATTN = "sattn"
+    XATTN = "xattn"
+    XATTN_K = "xattn_k"
+    XATTN_V = "xattn_v"
+    FF = "ff"
+    TEXT_EMBED = "text_embed"
+    TEXT_LAYER = "text_layer"
+    TEXT_ATTN = "text_attn"
+    TEXT_MLP = "text_mlp"
+
+    @property
+    def channel_dim(self) -> int:
+        """Dimension holding channels in this site's output: 1 for conv feature maps, else last."""
+        return 1 if self is SiteKind.RES else -1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Site:
+    """One traceable/editable module of a pipeline.
+
+    Attributes:
+        name: canonical name, e.g. ``unet.xattn.8``.
+        component: pipeline attribute holding the module (``unet``, ``text_encoder``, ``text_encoder_2``).
+        module_path: dotted path inside ``component`` (as ``get_submodule`` takes it).
+        kind: what the module computes.
+        index: position in forward execution order among sites of the same kind and component.
+        block: the UNet block it lives in (``down_blocks.1``, ``mid_block`` …) or ``""``.
+        resolution: latent side length at the model's default sample size (0 for text sites).
+    """
+
+    name: str
+    component: str
+    module_path: str
+    kind: SiteKind
+    index: int
+    block: str = ""
+    resolution: int = 0
+
+    @property
+    def full_path(self) -> str:
+        """``component.module_path``: the module's path from the pipeline."""
+        return f"{self.component}.{self.module_path}"
+
+
+class SiteRegistry(Sequence[Site]):
+    """Ordered, immutable collection of sites with name lookup and glob selection.
+
+    Order is execution order (text encoders first, then the UNet down → mid → up), never a string sort.
+    """
+
+    def __init__(self, sites: Iterable[Site]) -> None:
+        self._sites: tuple[Site, ...] = tuple(sites)
+        self._by_name = {s.name: s for s in self._sites}
+        if len(self._by_name) != len(self._sites):
+            raise ValueError("duplicate site names in registry")
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._sites[i]
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._sites)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def names(self) -> list[str]:
+        """All site names in execution order."""
+        return [s.name for s in self._sites]
+
+    def get(self, name: str) -> Site:
+        """Return the site called ``name``.
+
+        Raises:
+            UnknownSiteError: no such site; the message lists close matches.
+        """
+        try:
+            return self._by_name[name]
+        except KeyError:
+            hint = close_matches(name, self._by_name) or f"; valid sites include {one_of(self.names, 8)}"
+            raise UnknownSiteError(f"unknown site {name!r}{hint}") from None
+
+    def select(self, spec: str | Sequence[str] | Callable[[Site], bool]) -> list[Site]:
+        """Select sites by glob (``"unet.xattn.*"``), comma list, list of names/globs, or predicate.
+
+        A glob ``*`` never crosses into a sub-site: ``unet.xattn.*`` gives the 16 layers, not their
+        ``.k``/``.v`` projections (ask for ``unet.xattn.*.k`` for those). Result keeps registry order.
+
+        Raises:
+            UnknownSiteError: a name or pattern matches nothing, or the selection is empty.
+        """
+        if callable(spec):
+            chosen = [s for s in self._sites if spec(s)]
+            if not chosen:
+                raise UnknownSiteError("site predicate selected no site")
+            return chosen
+        patterns = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
+        patterns = [p for p in patterns if p]
+        if not patterns:
+            raise UnknownSiteError(f"empty site selection {spec!r}; e.g. 'unet.xattn.*' or 'text.attn.0'")
+        wanted: set[str] = set()
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                depth = pattern.count(".")
+                hits = [
+                    s.name
+                    for s in self._sites
+                    if s.name.count(".") == depth and fnmatch.fnmatchcase(s.name, pattern)
+                ]
+                if not hits:
+                    kinds = sorted({".".join(n.split(".")[:2]) + ".*" for n in self.names})
+                    raise UnknownSiteError(
+                        f"site pattern {pattern!r} matches no site; try one of {one_of(kinds)}"
+                    )
+                wanted.update(hits)
+            else:
+                wanted.add(self.get(pattern).name)
+        return [s for s in self._sites if s.name in wanted]

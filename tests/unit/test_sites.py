@@ -1,0 +1,106 @@
+"""Site tables: counts equal the real models', order equals execution order, selection and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.engine.hooks import patch
+from diffloc.errors import UnknownSiteError
+from diffloc.models.full_configs import full_size_unet_config
+from diffloc.models.unet_sites import unet_sites
+from diffloc.sites import SiteKind
+
+REAL_COUNTS = {  # (xattn, sattn, ff, res) of the real checkpoints (paper-algorithms.md section 1)
+    "sd1": (16, 16, 16, 22),
+    "sd2": (16, 16, 16, 22),
+    "sdxl": (70, 70, 70, 17),
+}
+
+
+def _counts(sites):
+    kinds = [s.kind for s in sites]
+    return tuple(kinds.count(k) for k in (SiteKind.XATTN, SiteKind.SATTN, SiteKind.FF, SiteKind.RES))
+
+
+def _meta_unet(family: str) -> UNet2DConditionModel:
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(full_size_unet_config(family))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_full_size_counts_match_the_papers(family):
+    assert _counts(unet_sites(_meta_unet(family))) == REAL_COUNTS[family]
+
+
+def test_full_size_sd15_layer_indices():
+    sites = {s.name: s for s in unet_sites(_meta_unet("sd1"))}
+    assert sites["unet.xattn.8"].module_path == "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
+    assert sites["unet.xattn.6"].module_path == "mid_block.attentions.0.transformer_blocks.0.attn2"
+    assert sites["unet.xattn.8.k"].module_path.endswith("attn2.to_k")
+    assert sites["unet.xattn.6"].resolution == 8 and sites["unet.xattn.0"].resolution == 64
+
+
+def test_full_size_sdxl_layer_indices():
+    sites = {s.name: s for s in unet_sites(_meta_unet("sdxl"))}
+    assert sites["unet.xattn.45"].module_path == "up_blocks.0.attentions.1.transformer_blocks.1.attn2"
+    assert sites["unet.xattn.15"].module_path == "down_blocks.2.attentions.1.transformer_blocks.1.attn2"
+    assert sites["unet.xattn.69"].block == "up_blocks.1"
+
+
+def test_full_size_if_uses_add_kv_projections():
+    sites = unet_sites(_meta_unet("if"), kv_names=("add_k_proj", "add_v_proj"))
+    xattn = [s for s in sites if s.kind is SiteKind.XATTN]
+    assert xattn, "IF-I has joint attention layers"
+    assert all(s.module_path.endswith(".attentions." + s.module_path.rsplit(".", 1)[-1]) for s in xattn)
+    k_sites = [s for s in sites if s.kind is SiteKind.XATTN_K]
+    assert len(k_sites) == len(xattn) and all(s.module_path.endswith("add_k_proj") for s in k_sites)
+
+
+def test_tiny_counts_equal_full_size(tiny_model):
+    tiny = [s for s in tiny_model.sites if s.component == "unet"]
+    assert _counts(tiny) == _counts(
+        unet_sites(_meta_unet(tiny_model.family), kv_names=tiny_model.adapter.kv_projection_names())
+    )
+
+
+def test_site_order_equals_execution_order(tiny_model):
+    """Register a hook on every site and compare the order in which their forwards finish."""
+    sites = [s for s in tiny_model.sites if s.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V)]
+    seen: list[str] = []
+
+    def make(name):
+        def hook(module, args, kwargs, output):
+            if name not in seen:
+                seen.append(name)
+
+        return hook
+
+    with patch(tiny_model, outputs={s.name: make(s.name) for s in sites}):
+        generate(tiny_model, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
+    # Text encoders run first; SD-XL's second encoder after the first.
+    assert seen == [s.name for s in sites]
+
+
+def test_text_sites_resolved_without_prefix_assumption(tiny_sd1, tiny_sdxl):
+    assert tiny_sd1.sites.get("text.attn.0").module_path.endswith("encoder.layers.0.self_attn")
+    assert tiny_sdxl.sites.get("text2.mlp.0").component == "text_encoder_2"
+
+
+def test_select_glob_list_and_predicate(tiny_sd1):
+    sites = tiny_sd1.sites
+    assert [s.name for s in sites.select("unet.xattn.*")] == [f"unet.xattn.{i}" for i in range(16)]
+    assert len(sites.select("unet.xattn.*.k")) == 16
+    assert [s.name for s in sites.select("unet.xattn.10, unet.xattn.2")] == ["unet.xattn.2", "unet.xattn.10"]
+    assert len(sites.select(lambda s: s.resolution == 2)) > 0
+
+
+def test_unknown_site_errors_name_close_matches(tiny_sd1):
+    with pytest.raises(UnknownSiteError, match=r"unknown site 'unet\.xatn\.8'.*unet\.xattn\.8"):
+        tiny_sd1.sites.get("unet.xatn.8")
+    with pytest.raises(UnknownSiteError, match="matches no site"):
+        tiny_sd1.sites.select("unet.cross.*")
+    with pytest.raises(UnknownSiteError, match="empty site selection"):
+        tiny_sd1.sites.select("")
