@@ -8,13 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from diffloc.models.registry import load  # noqa: E402
-from diffloc.models.tiny import build_tiny_pipeline  # noqa: E402
+from diffloc.models.registry import load
+from diffloc.models.tiny import build_tiny_pipeline
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models gain nothing from intra-op threads, and oversubscribed cores make torch 10-100x slower.
+torch.set_num_threads(1)
 FAMILIES = ("sd1", "sd2", "sdxl", "if")
 
 

@@ -180,12 +180,22 @@ def generate_runs(
     cond = encoded.take(plan.text_rows)
     swap_context: dict[str, torch.Tensor] = {}
     if plan.swap_prompts:
-        swapped = adapter.encode(pipe, plan.swap_prompts)
-        swap_context = {p: swapped.hidden[i] for i, p in enumerate(plan.swap_prompts)}
+        swapped = attention_context(model, adapter.encode(pipe, plan.swap_prompts).hidden)
+        swap_context = {p: swapped[i] for i, p in enumerate(plan.swap_prompts)}
     layout = BatchLayout(runs=len(runs), cfg=config.cfg)
     outputs, inputs = unet_hooks(model, plan, layout, swap_context)
     with patch(model, outputs=outputs, inputs=inputs):
         return sample(model, cond, seeds=[r.seed for r in runs], config=config, progress=progress)
+
+
+def attention_context(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Text states as cross-attention layers receive them.
+
+    A UNet with an ``encoder_hid_proj`` (DeepFloyd IF's ``text_proj``) projects the text encoder's output
+    once before its blocks; context swaps must feed attention layers the projected states.
+    """
+    projection = getattr(model.pipe.unet, "encoder_hid_proj", None)
+    return projection(hidden) if projection is not None else hidden
 
 
 def generate(

@@ -33,11 +33,17 @@ def patch(
     model: LoadedModel,
     outputs: Mapping[str | Site, OutputHook] | None = None,
     inputs: Mapping[str | Site, InputHook] | None = None,
+    *,
+    first: bool = True,
 ) -> Iterator[None]:
     """Install output hooks and input (pre-)hooks on sites for the duration of the block.
 
     Hooks receive keyword arguments (``with_kwargs=True``) because diffusers passes
     ``encoder_hidden_states`` by keyword. Every handle is removed in ``finally``.
+
+    With ``first=True`` (the default for interventions) the hooks run before hooks already on the module.
+    This matters: transformers 5 collects ``output_hidden_states`` with its own persistent forward hooks,
+    so an intervention registered after them would be invisible in ``hidden_states`` (SD-XL reads those).
 
     Example:
         >>> with patch(model, outputs={"unet.xattn.8": lambda m, a, k, out: out * 0}):
@@ -46,9 +52,9 @@ def patch(
     handles: list[Any] = []
     try:
         for site, fn in (inputs or {}).items():
-            handles.append(model.module(site).register_forward_pre_hook(fn, with_kwargs=True))
+            handles.append(model.module(site).register_forward_pre_hook(fn, with_kwargs=True, prepend=first))
         for site, fn in (outputs or {}).items():
-            handles.append(model.module(site).register_forward_hook(fn, with_kwargs=True))
+            handles.append(model.module(site).register_forward_hook(fn, with_kwargs=True, prepend=first))
         yield
     finally:
         for handle in handles:
@@ -67,7 +73,8 @@ def record(model: LoadedModel, sites: Sequence[str | Site]) -> Iterator[dict[str
         return hook
 
     resolved = [model.site(s) for s in sites]
-    with patch(model, outputs={s.name: make(s.name) for s in resolved}):
+    # Observers run last, so they see every intervention's effect.
+    with patch(model, outputs={s.name: make(s.name) for s in resolved}, first=False):
         yield store
 
 
