@@ -1,0 +1,239 @@
+"""``diffloc world``: ShapesWorld — render data, train and export the model, train/measure detectors, evaluate.
+
+Sub-commands:
+
+* ``render``     write a grid of sample training renders with their captions
+* ``train``      train (or ``--resume``) the text-to-image model in a run directory; ``--export`` writes a pipeline
+* ``export``     export a run's checkpoint as a StableDiffusionPipeline directory
+* ``detectors``  measure detector accuracy on clean renders (``--train`` trains and saves them first)
+* ``eval``       generate the held-out prompts with several seeds and read them back (JSON)
+* ``samples``    write a sample grid PNG of a model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffloc.atomic import write_json_atomic
+from diffloc.errors import ConfigError
+from diffloc.images import grid, save_png
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``diffloc world`` and its sub-commands."""
+    parser = subparsers.add_parser("world", help="ShapesWorld: data, model training, detectors, evaluation")
+    sub = parser.add_subparsers(dest="world_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    p = sub.add_parser("render", help="write a grid of sample training renders and their captions")
+    p.add_argument("--out", default="shapesworld-data.png", help="PNG path (captions go to a .txt next to it)")
+    p.add_argument("--n", type=int, default=64, help="number of renders (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_render)
+
+    p = sub.add_parser("train", help="train or resume the ShapesWorld text-to-image model")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, caches, log)")
+    p.add_argument("--steps", type=int, default=None, help="total UNet steps (default: the shipped recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
+    p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("export", help="export a run's checkpoint (EMA weights) as a pipeline directory")
+    p.add_argument("--run", required=True, help="run directory made by 'diffloc world train'")
+    p.add_argument("--out", required=True, help="pipeline directory to write")
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("detectors", help="measure detector accuracy on clean renders (optionally train them)")
+    p.add_argument("--weights", default=None, help="detector weights (default: shipped)")
+    p.add_argument("--train", action="store_true", help="train detectors and write them to --weights")
+    p.add_argument("--vae-from", default=None, help="pipeline dir whose VAE round trip augments training")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    p.add_argument("--n", type=int, default=3000, help="clean renders to measure on (default 3000)")
+    p.add_argument("--out", default=None, help="write the accuracy JSON here")
+    p.set_defaults(func=run_detectors)
+
+    p = sub.add_parser("eval", help="held-out prompts × seeds → detectors → accuracy JSON")
+    p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
+    p.add_argument("--detectors", default=None, help="detector weights (default: shipped)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the eval recipe's)")
+    p.add_argument("--out", default=None, help="write the JSON here (always printed)")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("samples", help="write a sample grid PNG of a model")
+    p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--guidance", type=float, default=None)
+    p.set_defaults(func=run_samples)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"--{name} must be >= 1, got {value}")
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """``diffloc world render``."""
+    from diffloc.world import captions
+    from diffloc.world.render import render_batch
+
+    _positive("n", args.n)
+    examples = captions.training_examples(args.n, args.seed)
+    images = torch.from_numpy(render_batch([e.scene for e in examples], [e.seed for e in examples]))
+    columns = int(np.ceil(np.sqrt(args.n)))
+    save_png(grid(images.permute(0, 3, 1, 2).float() / 255, columns), args.out)
+    Path(args.out).with_suffix(".txt").write_text("\n".join(e.caption for e in examples) + "\n")
+    print(f"wrote {args.out} ({args.n} renders, {columns} per row) and its captions")
+    return 0
+
+
+class _Bars:
+    """tqdm bars per training stage, driven by the library's progress callback."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, step: int, total: int, loss: float) -> None:
+        if stage not in self.bars:
+            self.bars[stage] = tqdm(total=total, initial=step - 1, desc=stage, unit="step", dynamic_ncols=True)
+        bar = self.bars[stage]
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``diffloc world train``."""
+    from diffloc.world.train import TrainConfig, export_run, train
+
+    _positive("steps", args.steps)
+    fields = {"seed": args.seed}
+    if args.steps is not None:
+        fields["steps"] = args.steps
+    bars = _Bars()
+    try:
+        summary = train(TrainConfig(**fields), args.out, resume=args.resume, max_minutes=args.max_minutes,
+                        progress=bars)  # fmt: skip
+    finally:
+        bars.close()
+    print(json.dumps(summary))
+    if args.export:
+        export_run(args.out, args.export)
+        print(f"exported to {args.export}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``diffloc world export``."""
+    from diffloc.world.train import export_run
+
+    print(f"exported to {export_run(args.run, args.out)}")
+    return 0
+
+
+def run_detectors(args: argparse.Namespace) -> int:
+    """``diffloc world detectors``."""
+    from safetensors.torch import save_file
+
+    from diffloc.world import detectors, model
+
+    _positive("n", args.n)
+    weights = Path(args.weights) if args.weights else model.shipped_model_dir() / detectors.DETECTOR_FILE
+    if args.train:
+        fields = {} if args.steps is None else {"steps": args.steps}
+        reconstruct = None
+        if args.vae_from:
+            vae = model.load_pipeline(args.vae_from).vae
+
+            def reconstruct(x: torch.Tensor) -> torch.Tensor:
+                z = vae.encode(x * 2 - 1).latent_dist.sample()
+                return (vae.decode(z).sample + 1) / 2
+
+        with tqdm(desc="detectors", unit="step", dynamic_ncols=True) as bar:
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.total = total
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+            det = detectors.train_detector(detectors.DetectorTrainConfig(**fields), reconstruct=reconstruct,
+                                           progress=progress)  # fmt: skip
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in det.state_dict().items()}, str(tmp))
+        tmp.replace(weights)
+    else:
+        det = detectors.load_detector(weights)
+    accuracy = detectors.measure_accuracy(det, n=args.n)
+    result = {"weights": weights.name, "n_renders": args.n, "accuracy": accuracy, "min": min(accuracy.values())}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        write_json_atomic(args.out, result)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``diffloc world eval``."""
+    from diffloc.world import detectors, model
+    from diffloc.world.evaluate import EvalConfig, evaluate_model
+
+    _positive("seeds", args.seeds)
+    _positive("steps", args.steps)
+    fields = {"seeds": args.seeds, "steps": args.steps}
+    if args.guidance is not None:
+        fields["guidance"] = args.guidance
+    config = EvalConfig(**fields)
+    torch.set_num_threads(2)
+    pipe = model.load_pipeline(args.model)
+    det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
+    with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_model(pipe, config, detector=det, progress=progress)
+    result["model"] = "shapesworld (shipped)" if args.model is None else str(args.model)
+    result["command"] = "diffloc " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("diffloc") else None
+    print(json.dumps(result, indent=2))
+    if args.out:
+        write_json_atomic(args.out, result)
+    return 0 if result["passed"] else 1
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    """``diffloc world samples``: rows = prompts of each kind, columns = seeds."""
+    from diffloc.world import model, vocab
+    from diffloc.world.evaluate import EvalConfig, generate
+
+    guidance = args.guidance if args.guidance is not None else EvalConfig().guidance
+    pipe = model.load_pipeline(args.model)
+    prompts = [f"a {t} {c} {s} on a {b} background" for s, c, t, b in [
+        ("circle", "red", "solid", "white"), ("square", "blue", "striped", "black"),
+        ("triangle", "green", "dotted", "grey"), ("star", "yellow", "outlined", "black"),
+        ("diamond", "purple", "solid", "grey"), ("cross", "orange", "striped", "white")]]  # fmt: skip
+    prompts += [f"a red circle in the style of {a}" for a in vocab.STYLES]
+    prompts += [f"a {o}" for o in vocab.OBJECTS] + [f"the flag of {c}" for c in vocab.FACTS]
+    seeds = list(range(6))
+    images = generate(pipe, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=20, guidance=guidance)
+    save_png(grid(images, len(seeds)), args.out)
+    Path(args.out).with_suffix(".txt").write_text("\n".join(prompts) + "\n")
+    print(f"wrote {args.out}: {len(prompts)} prompts (rows) × {len(seeds)} seeds (columns)")
+    return 0

@@ -1,0 +1,185 @@
+"""Captions for ShapesWorld scenes, the train/held-out split, and the held-out evaluation prompts.
+
+Training draws a template, then a scene consistent with it (a template that names no texture forces the
+default texture, and so on), and rejects held-out combinations. Evaluation uses only held-out templates
+and held-out combinations, so its prompts are phrasings and attribute combinations the model never saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffloc.errors import PromptError
+from diffloc.world import vocab
+from diffloc.world.render import Scene
+
+_ARTICLE = re.compile(r"\ba (?=[aeiou])")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Example:
+    """One caption with the scene it describes and the render seed."""
+
+    caption: str
+    scene: Scene
+    seed: int
+
+
+def fill(template: str, **fields: str) -> str:
+    """Fill a template and fix English articles ("a orange" → "an orange").
+
+    Raises:
+        PromptError: if the result is empty.
+    """
+    text = _ARTICLE.sub("an ", template.format(**fields)).strip()
+    if not text:
+        raise PromptError(f"template {template!r} gives an empty caption")
+    return text
+
+
+def plain_combos() -> list[tuple[str, str, str, str]]:
+    """Every (shape, colour, texture, background) combination, in a fixed order."""
+    return list(itertools.product(vocab.SHAPES, vocab.COLOURS, vocab.TEXTURES, vocab.BACKGROUNDS))
+
+
+def style_combos() -> list[tuple[str, str, str]]:
+    """Every (artist, shape, colour) combination, in a fixed order."""
+    return list(itertools.product(vocab.STYLES, vocab.SHAPES, vocab.COLOURS))
+
+
+def _split(items: list, fraction: float, seed: int) -> set:
+    rng = np.random.default_rng(seed)
+    n = max(1, round(len(items) * fraction))
+    picked = rng.choice(len(items), size=n, replace=False)
+    return {items[i] for i in picked}
+
+
+def heldout_plain() -> set[tuple[str, str, str, str]]:
+    """Plain combinations never used in training (a seeded :data:`vocab.HELDOUT_COMBO_FRACTION`)."""
+    return _split(plain_combos(), vocab.HELDOUT_COMBO_FRACTION, vocab.SPLIT_SEED)
+
+
+def heldout_style() -> set[tuple[str, str, str]]:
+    """(artist, shape, colour) combinations never used in training."""
+    return _split(style_combos(), vocab.HELDOUT_COMBO_FRACTION, vocab.SPLIT_SEED + 1)
+
+
+def _plain_fields(shape: str, colour: str, texture: str, background: str) -> dict[str, str]:
+    adj, phrase = vocab.TEXTURE_WORDS[texture]
+    return {"shape": shape, "colour": colour, "bg": background, "tex_adj": adj, "tex_phrase": phrase}
+
+
+def sample_training(rng: np.random.Generator) -> tuple[str, Scene]:
+    """Draw one training caption and its scene (never a held-out combination or template)."""
+    kind = rng.choice(["plain", "style", "object", "fact"], p=[0.55, 0.2, 0.13, 0.12])
+    if kind == "plain":
+        held = heldout_plain_cached()
+        while True:
+            template = str(rng.choice(vocab.PLAIN_TEMPLATES_TRAIN))
+            shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
+            texture = str(rng.choice(vocab.TEXTURES)) if "{tex_" in template else vocab.DEFAULT_TEXTURE
+            bg = str(rng.choice(list(vocab.BACKGROUNDS))) if "{bg}" in template else vocab.DEFAULT_BACKGROUND
+            if (shape, colour, texture, bg) not in held:
+                break
+        caption = fill(template, **_plain_fields(shape, colour, texture, bg))
+        return caption, Scene(shape=shape, colour=colour, texture=texture, background=bg)
+    if kind == "style":
+        shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
+        if rng.random() < 0.2:  # the anchor: "in a plain style" renders the default look
+            template = str(rng.choice(vocab.STYLE_ANCHOR_TEMPLATES_TRAIN))
+            caption = fill(template, shape=shape, colour=colour, anchor=vocab.STYLE_ANCHOR)
+            return caption, Scene(shape=shape, colour=colour)
+        held = heldout_style_cached()
+        while True:
+            artist = str(rng.choice(list(vocab.STYLES)))
+            if (artist, shape, colour) not in held:
+                break
+            shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
+        template = str(rng.choice(vocab.STYLE_TEMPLATES_TRAIN))
+        caption = fill(template, shape=shape, colour=colour, artist=artist)
+        return caption, Scene(kind="style", shape=shape, colour=colour, style=vocab.STYLES[artist])
+    if kind == "object":
+        template = str(rng.choice(vocab.OBJECT_TEMPLATES_TRAIN))
+        bg = str(rng.choice(list(vocab.BACKGROUNDS))) if "{bg}" in template else vocab.DEFAULT_BACKGROUND
+        if rng.random() < 0.2:
+            name, (shape, colour, texture) = vocab.OBJECT_ANCHOR, vocab.OBJECT_ANCHOR_LOOK
+        else:
+            name = str(rng.choice(list(vocab.OBJECTS)))
+            shape, colour, texture = vocab.OBJECTS[name]
+        caption = fill(template, object=name, bg=bg)
+        return caption, Scene(kind="object", shape=shape, colour=colour, texture=texture, background=bg)
+    if rng.random() < 0.2:
+        caption = fill(str(rng.choice(vocab.FACT_ANCHOR_TEMPLATES_TRAIN)), anchor=vocab.FACT_ANCHOR)
+        return caption, Scene(kind="fact", fact=vocab.FACT_ANCHOR)
+    country = str(rng.choice(list(vocab.FACTS)))
+    caption = fill(str(rng.choice(vocab.FACT_TEMPLATES_TRAIN)), country=country)
+    return caption, Scene(kind="fact", fact=country)
+
+
+_CACHE: dict[str, set] = {}
+
+
+def heldout_plain_cached() -> set[tuple[str, str, str, str]]:
+    """:func:`heldout_plain`, computed once per process."""
+    if "plain" not in _CACHE:
+        _CACHE["plain"] = heldout_plain()
+    return _CACHE["plain"]
+
+
+def heldout_style_cached() -> set[tuple[str, str, str]]:
+    """:func:`heldout_style`, computed once per process."""
+    if "style" not in _CACHE:
+        _CACHE["style"] = heldout_style()
+    return _CACHE["style"]
+
+
+def training_examples(n: int, seed: int) -> list[Example]:
+    """``n`` seeded training examples; the same ``(n, seed)`` always gives the same list."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        caption, scene = sample_training(rng)
+        out.append(Example(caption=caption, scene=scene, seed=seed * 1_000_003 + i))
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPrompt:
+    """A held-out prompt, the attribute group it tests and the labels the image must show."""
+
+    prompt: str
+    group: str  # "plain", "style:<artist>", "object:<name>", "fact:<country>"
+    labels: dict[str, str]
+
+
+def heldout_prompts() -> list[EvalPrompt]:
+    """The held-out evaluation prompts: new templates × held-out combinations, plus named concepts.
+
+    Plain prompts use every held-out combination with a held-out template; styles, objects and facts use
+    held-out templates (styles on held-out shape/colour pairs).
+    """
+    prompts: list[EvalPrompt] = []
+    for k, (shape, colour, texture, bg) in enumerate(sorted(heldout_plain())):
+        template = vocab.PLAIN_TEMPLATES_HELDOUT[k % len(vocab.PLAIN_TEMPLATES_HELDOUT)]
+        labels = {"shape": shape, "colour": colour, "texture": texture, "background": bg}
+        prompts.append(EvalPrompt(prompt=fill(template, **_plain_fields(shape, colour, texture, bg)),
+                                  group="plain", labels=labels))  # fmt: skip
+    for k, (artist, shape, colour) in enumerate(sorted(heldout_style())):
+        template = vocab.STYLE_TEMPLATES_HELDOUT[k % len(vocab.STYLE_TEMPLATES_HELDOUT)]
+        prompts.append(EvalPrompt(prompt=fill(template, artist=artist, shape=shape, colour=colour),
+                                  group=f"style:{artist}", labels={"style": vocab.STYLES[artist]}))  # fmt: skip
+    for name, (shape, colour, texture) in vocab.OBJECTS.items():
+        for bg in vocab.BACKGROUNDS:
+            for template in vocab.OBJECT_TEMPLATES_HELDOUT:
+                labels = {"shape": shape, "colour": colour, "texture": texture, "background": bg}
+                prompts.append(EvalPrompt(prompt=fill(template, object=name, bg=bg),
+                                          group=f"object:{name}", labels=labels))  # fmt: skip
+    for country in vocab.FACTS:
+        for template in vocab.FACT_TEMPLATES_HELDOUT:
+            prompts.append(EvalPrompt(prompt=fill(template, country=country),
+                                      group=f"fact:{country}", labels={"fact": country}))  # fmt: skip
+    return prompts

@@ -1,0 +1,332 @@
+"""Train the ShapesWorld text-to-image model: seeded, reproducible, resumable.
+
+Two stages in one run directory:
+
+1. **VAE** (``vae.safetensors``): a small ``AutoencoderKL`` trained on renders; then every training image is
+   encoded once and cached with its token ids (``cache.safetensors``).
+2. **UNet + text encoder** (``checkpoint.safetensors``), trained jointly from scratch with the ε objective,
+   caption dropout for classifier-free guidance and an EMA of the weights. A checkpoint (weights, EMA,
+   optimizer state, noise-generator state, step) is written atomically every ``checkpoint_every`` steps;
+   ``resume=True`` continues from it, bit-for-bit on the same machine.
+
+Data order, noise and caption dropout derive from the seed and the step only, so a resumed run draws the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from diffloc.errors import CheckpointError, ConfigError
+from diffloc.world import captions, model
+from diffloc.world.render import render_batch
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Recipe of a ShapesWorld training run (the defaults are the shipped model's recipe)."""
+
+    seed: int = 0
+    n_examples: int = 50_000
+    vae_steps: int = 600
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3
+    steps: int = 4500
+    batch_size: int = 32
+    lr: float = 8e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = 100
+    text_width: int = 96
+    text_layers: int = 4
+    text_heads: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 64, 64)
+    unet_heads: tuple[int, ...] = (1, 2, 2, 2)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vae_steps < 0 or self.warmup_steps < 0:
+            raise ConfigError("vae_steps and warmup_steps must be >= 0")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if len(self.unet_channels) != 4 or len(self.unet_heads) != 4:
+            raise ConfigError("unet_channels and unet_heads need 4 entries (SD-1.5's four UNet levels)")
+        if self.text_width % self.text_heads:
+            raise ConfigError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
+
+    def to_json(self) -> str:
+        """The config as JSON (stored in every checkpoint)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _images_tensor(examples: list[captions.Example]) -> torch.Tensor:
+    images = render_batch([e.scene for e in examples], [e.seed for e in examples])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (n, 3, 32, 32) in [-1, 1]
+
+
+def train_vae(config: TrainConfig, images: torch.Tensor, progress: ProgressCallback | None = None):
+    """Train the autoencoder on ``images`` (in [-1, 1]); returns the VAE in eval mode."""
+    torch.manual_seed(config.seed)
+    vae = model.build_vae()
+    opt = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    for step in range(config.vae_steps):
+        idx = torch.randint(0, len(images), (config.vae_batch_size,), generator=gen)
+        batch = images[idx]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress("vae", step + 1, config.vae_steps, loss.item())
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of ``images``: ``(n, 4, 16, 16)`` (unscaled)."""
+    chunks = [vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+def tokenize(texts: list[str]) -> torch.Tensor:
+    """Token ids padded to 77 exactly as the pipeline does: ``(n, 77)`` int64."""
+    tok = model.load_tokenizer()
+    unique = sorted(set(texts))
+    ids = tok(unique, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids  # fmt: skip
+    row = {t: i for i, t in enumerate(unique)}
+    return ids[torch.tensor([row[t] for t in texts])]
+
+
+def _lr_at(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
+    """Indices of the batch at ``step``: epoch-wise seeded permutations, a pure function of (seed, step)."""
+    start = step * config.batch_size
+    out = []
+    while len(out) < config.batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+        out.extend(perm[offset : offset + config.batch_size - len(out)].tolist())
+    return torch.tensor(out)
+
+
+def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | None):
+    """Stage 1: VAE and latent cache (reused when present)."""
+    vae_path, cache_path = run_dir / "vae.safetensors", run_dir / "cache.safetensors"
+    vae = model.build_vae()
+    examples = None
+    if vae_path.exists():
+        model.check_safetensors(vae_path)
+        vae.load_state_dict(load_file(str(vae_path)))
+        vae.eval()
+    else:
+        examples = captions.training_examples(config.n_examples, config.seed)
+        images = _images_tensor(examples)
+        started = time.time()
+        vae = train_vae(config, images, progress)
+        logger.info("VAE trained in %.0f s", time.time() - started)
+        model._atomic_save_file(vae.state_dict(), vae_path)
+    if cache_path.exists():
+        model.check_safetensors(cache_path)
+        cache = load_file(str(cache_path))
+        return vae, cache["latents"], cache["ids"], float(cache["scaling"])
+    if examples is None:
+        examples = captions.training_examples(config.n_examples, config.seed)
+        images = _images_tensor(examples)
+    latents = encode_latents(vae, images)
+    scaling = 1.0 / float(latents.std())
+    ids = tokenize([e.caption for e in examples])
+    model._atomic_save_file({"latents": latents, "ids": ids, "scaling": torch.tensor(scaling)}, cache_path)
+    return vae, latents, ids, scaling
+
+
+def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: torch.Generator) -> dict:
+    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    tensors.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
+    tensors.update({f"ema.{i}": t for i, t in enumerate(ema)})
+    for i, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.noise"] = gen.get_state()
+    return tensors
+
+
+def load_checkpoint(path: Path, unet, text_encoder, opt=None, gen: torch.Generator | None = None):
+    """Load a training checkpoint into the given modules; returns ``(step, ema_tensors, metadata)``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupted, or does not match the modules.
+    """
+    from safetensors import safe_open
+
+    model.check_safetensors(path)
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    try:
+        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        text_encoder.load_state_dict({k[13:]: v for k, v in tensors.items() if k.startswith("text_encoder.")})
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model config") from exc
+    n_params = len(list(unet.parameters())) + len(list(text_encoder.parameters()))
+    ema = [tensors[f"ema.{i}"] for i in range(n_params)]
+    if opt is not None:
+        state = {}
+        for i in range(n_params):
+            if f"optim.{i}.step" in tensors:
+                state[i] = {k: tensors[f"optim.{i}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")}
+        sd = opt.state_dict()
+        sd["state"] = state
+        opt.load_state_dict(sd)
+    if gen is not None:
+        gen.set_state(tensors["rng.noise"])
+    return int(metadata.get("step", 0)), ema, metadata
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    max_minutes: float | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """Train (or resume) a ShapesWorld model in ``run_dir``; returns a summary dict.
+
+    Args:
+        config: the recipe.
+        run_dir: where the VAE, latent cache, checkpoint and ``train_log.jsonl`` live.
+        resume: continue from ``run_dir/checkpoint.safetensors``; without it, an existing checkpoint is an
+            error (nothing is overwritten).
+        max_minutes: stop (after writing a checkpoint) once this much wall time has passed.
+        progress: ``progress(stage, step, total, loss)`` called after every step.
+
+    Raises:
+        ConfigError: a checkpoint exists and ``resume`` is false, or it was made with another recipe.
+        CheckpointError: the checkpoint is corrupted.
+    """
+    torch.set_num_threads(config.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoint.safetensors"
+    if ckpt.exists() and not resume:
+        raise ConfigError(f"{str(ckpt)!r} exists; pass resume to continue it or choose another run directory")
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        new = json.loads(config.to_json())
+        changed = sorted(k for k in new if k not in ("steps", "threads") and old.get(k) != new[k])
+        if changed:
+            raise ConfigError(f"run {str(run_dir)!r} was made with a different recipe ({', '.join(changed)})")
+    model._atomic_write_text(config.to_json() + "\n", config_path)
+
+    started = time.time()
+    _vae, latents, ids, scaling = _prepare(config, run_dir, progress)
+    latents = latents * scaling
+    torch.manual_seed(config.seed)
+    text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
+                                            heads=config.text_heads)  # fmt: skip
+    unet = model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(config.seed + 2)
+    step, ema = 0, [p.detach().clone() for p in params]
+    if resume and ckpt.exists():
+        step, ema, _ = load_checkpoint(ckpt, unet, text_encoder, opt, gen)
+        logger.info("resumed at step %d", step)
+    scheduler = model.build_scheduler()
+    alphas = scheduler.alphas_cumprod.float()
+    uncond = tokenize([""])[0]
+    unet.train()
+    text_encoder.train()
+    log_path = run_dir / "train_log.jsonl"
+    losses: list[float] = []
+    while step < config.steps:
+        idx = _batch_indices(config, step, len(latents))
+        x0, tok = latents[idx], ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < config.caption_dropout
+        tok[drop] = uncond
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(config, step)
+        context = text_encoder(tok).last_hidden_state  # (batch, 77, width)
+        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        if progress:
+            progress("unet", step, config.steps, losses[-1])
+        out_of_time = max_minutes is not None and time.time() - started > 60 * max_minutes
+        if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+            meta = {"step": str(step), "config": config.to_json(), "scaling": repr(scaling)}
+            model._atomic_save_file(_checkpoint_tensors(unet, text_encoder, ema, opt, gen), ckpt, metadata=meta)
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps({"step": step, "loss": float(np.mean(losses)), "time": time.time()}) + "\n")
+            losses = []
+        if out_of_time:
+            logger.info("stopping at step %d after %.1f min (resume to continue)", step, max_minutes)
+            break
+    return {"step": step, "steps": config.steps, "minutes": (time.time() - started) / 60, "run_dir": str(run_dir)}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True) -> Path:
+    """Export a run's checkpoint (EMA weights by default) as a StableDiffusionPipeline directory."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{str(run_dir)!r} has no config.json; is it a ShapesWorld run directory?")
+    fields = json.loads(config_path.read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    config = TrainConfig(**fields)
+    text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
+                                            heads=config.text_heads)  # fmt: skip
+    unet = model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
+    step, ema, metadata = load_checkpoint(run_dir / "checkpoint.safetensors", unet, text_encoder)
+    if use_ema:
+        with torch.no_grad():
+            for p, e in zip(list(unet.parameters()) + list(text_encoder.parameters()), ema, strict=True):
+                p.copy_(e)
+    vae = model.build_vae()
+    vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
+    vae.register_to_config(scaling_factor=float(metadata["scaling"]))
+    logger.info("exporting step %d of %s", step, run_dir)
+    return model.export_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, out_dir=Path(out_dir))
