@@ -59,8 +59,14 @@ def _split(items: list, fraction: float, seed: int) -> set:
 
 
 def heldout_plain() -> set[tuple[str, str, str, str]]:
-    """Plain combinations never used in training (a seeded :data:`vocab.HELDOUT_COMBO_FRACTION`)."""
-    return _split(plain_combos(), vocab.HELDOUT_COMBO_FRACTION, vocab.SPLIT_SEED)
+    """Plain combinations never used in training (a seeded :data:`vocab.HELDOUT_COMBO_FRACTION`).
+
+    Combinations that a named object or the object anchor stands for are never held out: their images
+    are in training under the object's name.
+    """
+    looks = {(*look[:2], look[2]) for look in [*vocab.OBJECTS.values(), vocab.OBJECT_ANCHOR_LOOK]}
+    candidates = [c for c in plain_combos() if c[:3] not in looks]
+    return _split(candidates, vocab.HELDOUT_COMBO_FRACTION, vocab.SPLIT_SEED)
 
 
 def heldout_style() -> set[tuple[str, str, str]]:
@@ -90,6 +96,9 @@ def sample_training(rng: np.random.Generator) -> tuple[str, Scene]:
     if kind == "style":
         shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
         if rng.random() < 0.2:  # the anchor: "in a plain style" renders the default look
+            held = heldout_plain_cached()
+            while (shape, colour, vocab.DEFAULT_TEXTURE, vocab.DEFAULT_BACKGROUND) in held:
+                shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
             template = str(rng.choice(vocab.STYLE_ANCHOR_TEMPLATES_TRAIN))
             caption = fill(template, shape=shape, colour=colour, anchor=vocab.STYLE_ANCHOR)
             return caption, Scene(shape=shape, colour=colour)
@@ -183,3 +192,53 @@ def heldout_prompts() -> list[EvalPrompt]:
             prompts.append(EvalPrompt(prompt=fill(template, country=country),
                                       group=f"fact:{country}", labels={"fact": country}))  # fmt: skip
     return prompts
+
+
+def _find(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![a-z]){re.escape(phrase)}(?![a-z])", text) is not None
+
+
+def parse_caption(caption: str) -> dict[str, str]:
+    """The labels a ShapesWorld caption asks for, read from its words (the detectors' target for a prompt).
+
+    Named concepts expand to their definitions (an object to its shape/colour/texture, an artist to its style,
+    a country to its flag). Attributes a caption leaves out are left out here too (not defaulted), so the
+    result names exactly what the text asks for.
+
+    Raises:
+        PromptError: the caption is empty or names no ShapesWorld attribute or concept.
+    """
+    text = " ".join(str(caption).lower().split())
+    if not text:
+        raise PromptError("empty caption; give a ShapesWorld caption such as 'a red circle on a black background'")
+    labels: dict[str, str] = {}
+    for country in vocab.FACTS:
+        if _find(text, f"flag of {country}"):
+            return {"fact": country}
+    if _find(text, f"{vocab.FACT_ANCHOR} flag"):
+        return {"fact": vocab.FACT_ANCHOR}
+    for name, (shape, colour, texture) in [*vocab.OBJECTS.items(), (vocab.OBJECT_ANCHOR, vocab.OBJECT_ANCHOR_LOOK)]:
+        if _find(text, name):
+            labels.update(shape=shape, colour=colour, texture=texture)
+    for shape in vocab.SHAPES:
+        if _find(text, shape):
+            labels["shape"] = shape
+    for colour in vocab.COLOURS:
+        if _find(text, colour):
+            labels["colour"] = colour
+    for texture, (adj, phrase) in vocab.TEXTURE_WORDS.items():
+        if _find(text, adj) or _find(text, phrase):
+            labels["texture"] = texture
+    for bg in vocab.BACKGROUNDS:
+        if _find(text, f"{bg} background"):
+            labels["background"] = bg
+    for artist, look in vocab.STYLES.items():
+        if _find(text, artist):
+            labels["style"] = look
+    if _find(text, vocab.STYLE_ANCHOR):
+        labels["style"] = "plain"
+    if not labels:
+        raise PromptError(
+            f"caption {caption!r} names no ShapesWorld shape, colour, texture, background, style, object or fact"
+        )
+    return labels

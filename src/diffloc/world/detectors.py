@@ -286,3 +286,31 @@ def _chunks(detector: Detector, images: torch.Tensor, size: int = 512) -> dict[s
         for k, v in detector(images[i : i + size].float()).items():
             out[k].append(v)
     return out
+
+
+class DetectorScorer:
+    """A Scorer over ShapesWorld: ``score(images, texts)`` = probability each image shows its text.
+
+    The text of each image is parsed with :func:`captions.parse_caption`; the score is the joint detector
+    probability of all labels the text asks for.
+    """
+
+    def __init__(self, detector: Detector | None = None) -> None:
+        self.detector = detector if detector is not None else shipped_detector()
+
+    def score(self, images, texts: Sequence[str]) -> torch.Tensor:
+        """Probability ``(n,)`` that image ``i`` shows ``texts[i]``.
+
+        Raises:
+            ConfigError: a different number of images and texts.
+            PromptError: a text is empty or names nothing ShapesWorld knows.
+        """
+        from diffloc.world.captions import parse_caption
+
+        probs = detect(images, self.detector)
+        n = next(iter(probs.values())).shape[0]
+        if len(texts) != n:
+            raise ConfigError(f"got {n} images but {len(texts)} texts; pass one text per image")
+        rows = [label_probability({k: v[i : i + 1] for k, v in probs.items()}, parse_caption(t)) for i, t in
+                enumerate(texts)]  # fmt: skip
+        return torch.cat(rows)
