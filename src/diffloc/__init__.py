@@ -1,7 +1,51 @@
-"""diffloc: localize and edit visual knowledge in text-to-image diffusion models."""
+"""diffloc: localize and edit visual knowledge in text-to-image diffusion models.
+
+Public API (imported lazily so ``import diffloc`` and ``diffloc --help`` stay fast)::
+
+    import diffloc
+    model = diffloc.load("shapesworld")            # or a local SD/SD-XL/IF directory, or "tiny-sd1"
+    model.sites.select("unet.xattn.*")              # canonical sites in execution order
+    images = diffloc.generate(model, "a red circle", seeds=[0, 1])
+    runs = [diffloc.Run(prompt=p), diffloc.Run(prompt=p, interventions=(diffloc.CorruptTokens(...),))]
+    images = diffloc.generate_runs(model, runs)    # one batched pass per step for all runs
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "load": "diffloc.models.registry",
+    "LoadedModel": "diffloc.models.base",
+    "Conditioning": "diffloc.models.base",
+    "Site": "diffloc.sites",
+    "SiteKind": "diffloc.sites",
+    "SiteRegistry": "diffloc.sites",
+    "GenerationConfig": "diffloc.engine.generate",
+    "generate": "diffloc.engine.generate",
+    "generate_runs": "diffloc.engine.generate",
+    "Run": "diffloc.engine.interventions",
+    "CorruptTokens": "diffloc.engine.interventions",
+    "Restore": "diffloc.engine.interventions",
+    "SwapContext": "diffloc.engine.interventions",
+    "SetChannels": "diffloc.engine.interventions",
+    "patch": "diffloc.engine.hooks",
+    "record": "diffloc.engine.hooks",
+    "DifflocError": "diffloc.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffloc' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -27,10 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """List sites."""
     model = load(args.model)
-    if args.select in ("*", ""):
-        sites = list(model.sites)
-    else:
-        sites = model.sites.select(args.select)
+    sites = list(model.sites) if args.select in ("*", "") else model.sites.select(args.select)
     rows = [
         {
             "name": s.name,

@@ -188,7 +188,8 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                     site = model.site(name)
                     if site.kind not in (SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V):
                         raise UnknownSiteError(
-                            f"site {name!r} is a {site.kind} site; context swaps need 'unet.xattn.N' or 'unet.xattn.N.k|v'"
+                            f"site {name!r} is a {site.kind} site; "
+                            "context swaps need 'unet.xattn.N' or 'unet.xattn.N.k|v'"
                         )
                     if site.kind is not SiteKind.XATTN:
                         parent = model.module(name.rsplit(".", 1)[0])

@@ -135,9 +135,10 @@ def load(
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
 
     Args:
-        model: ``"shapesworld"`` (the shipped default), ``"tiny-sd1"``/``-sd2``/``-sdxl``/``-if`` (random
-            tiny models of each real architecture, built in-process, for trying the mechanics), a local diffusers directory, an id present in the
-            local Hugging Face cache, or an already-built diffusers pipeline object.
+        model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"`` or
+            ``"tiny-if"`` (seeded random tiny models of each real architecture, built in-process, for trying
+            the mechanics); a local diffusers directory; an id present in the local Hugging Face cache; or
+            an already-built diffusers pipeline object.
         family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``); normally inferred from the
             pipeline class and config.
         dtype: parameter dtype.
@@ -177,7 +178,7 @@ def load(
     if "requires_safety_checker" in index or "safety_checker" in index:
         skip["requires_safety_checker"] = False  # type: ignore[assignment]
     try:
-        pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **skip)
+        pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True, **skip)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(

@@ -1,0 +1,100 @@
+"""The ``diffloc`` command: tables, generation artifacts, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffloc.cli.main import main
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "diffloc.cli.main", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def test_sites_table(capsys):
+    assert main(["sites", "tiny-sd1", "--select", "unet.xattn.*"]) == 0
+    out = capsys.readouterr().out
+    assert "unet.xattn.8 " in out and "unet.up_blocks.1.attentions.1.transformer_blocks.0.attn2" in out
+    assert "16 sites" in out
+
+
+def test_sites_json(capsys):
+    assert main(["sites", "tiny-sdxl", "--select", "unet.xattn.45", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sites"][0]["module_path"] == "unet.up_blocks.0.attentions.1.transformer_blocks.1.attn2"
+
+
+def test_generate_writes_png_and_settings(tmp_path, capsys):
+    code = main(
+        [
+            "generate",
+            "--model",
+            "tiny-sd1",
+            "--prompt",
+            "a red circle",
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    settings = json.loads((tmp_path / "generate.json").read_text())
+    assert [i["seed"] for i in settings["images"]] == [1, 2]
+    assert all((tmp_path / i["file"]).stat().st_size > 0 for i in settings["images"])
+    assert settings["steps"] == 2 and settings["family"] == "sd1"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sites", "./missing-dir"], "model directory './missing-dir' does not exist"),
+        (["sites", "tiny-sd1", "--select", "unet.xatn.8"], "unknown site 'unet.xatn.8'; did you mean unet.xattn.8"),
+        (
+            ["generate", "--model", "tiny-sd1", "--prompt", "x", "--steps", "-3"],
+            "steps must be a positive integer, got -3",
+        ),
+        (
+            ["generate", "--model", "tiny-sd1", "--prompt", "x", "--guidance", "-1"],
+            "guidance must be a finite number >= 0",
+        ),
+        (["generate", "--model", "tiny-sd1", "--prompt", "  "], "empty prompt"),
+        (
+            ["generate", "--model", "tiny-sd1", "--prompt", "red " * 90, "--steps", "1"],
+            "tokens long; text_encoder accepts at most 77",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message, tmp_path):
+    result = _cli(*args, "--out", str(tmp_path)) if args[0] == "generate" else _cli(*args)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("diffloc: error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_out_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    result = _cli("generate", "--model", "tiny-sd1", "--prompt", "x", "--out", str(blocker))
+    assert result.returncode == 1 and "exists and is not a directory" in result.stderr
+    assert blocker.read_text() == "keep me"
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["sites", "--help"], ["generate", "--help"]):
+        result = _cli(*args)
+        assert result.returncode == 0 and "usage: diffloc" in result.stdout
