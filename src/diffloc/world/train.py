@@ -164,7 +164,7 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         examples = captions.training_examples(config.n_examples, config.seed)
         images = _images_tensor(examples)
     latents = encode_latents(vae, images)
-    scaling = 1.0 / float(latents.std())
+    scaling = float(torch.tensor(1.0 / float(latents.std()), dtype=torch.float32))  # as stored in the cache
     ids = tokenize([e.caption for e in examples])
     model._atomic_save_file({"latents": latents, "ids": ids, "scaling": torch.tensor(scaling)}, cache_path)
     return vae, latents, ids, scaling
