@@ -1,0 +1,89 @@
+"""The one ridge solve every closed-form editor uses.
+
+For a linear map with weight ``W0`` (``d_out × d_in``), key vectors ``k_i`` and value vectors ``v_i``::
+
+    W* = argmin_W  Σ_i ‖W k_i − v_i‖²  +  Σ_j ‖W p_j − q_j‖²  +  λ ‖W − W0‖_F²
+
+where ``(p_j, q_j)`` are optional preservation pairs. Setting the gradient to zero gives the normal equations::
+
+    W* (λ I + Kᵀ K + Pᵀ P) = λ W0 + Vᵀ K + Qᵀ P
+
+with keys stacked as **rows** (``K`` is ``n × d_in``, ``V`` is ``n × d_out``). The system matrix is symmetric
+positive definite for λ > 0, so ``W*ᵀ`` is the solution of one ``torch.linalg.solve`` (no explicit inverse),
+done in float64 and cast back to ``W0``'s dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffloc.errors import ConfigError, EditError
+
+
+def _rows(label: str, x: torch.Tensor, width: int) -> torch.Tensor:
+    if x.dim() != 2 or x.shape[1] != width:
+        raise EditError(f"{label} must be (n, {width}) with one vector per row, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise EditError(f"{label} holds NaN or Inf values; the model's activations are not finite")
+    return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+def ridge_solve(
+    W0: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    lam: float,
+    *,
+    K_preserve: torch.Tensor | None = None,
+    V_preserve: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Closed-form ridge edit of a linear layer's weight.
+
+    Args:
+        W0: current weight ``(d_out, d_in)``.
+        K: keys ``(n, d_in)``, one per row.
+        V: values ``(n, d_out)``, one per row (what ``W k_i`` should become).
+        lam: ridge strength λ > 0 pulling the result towards ``W0``.
+        K_preserve, V_preserve: optional preservation keys ``(m, d_in)`` and values ``(m, d_out)``
+            (usually ``V_preserve = K_preserve @ W0.T``: keep these inputs' outputs).
+
+    Returns:
+        ``W*`` with ``W0``'s shape, dtype and device.
+
+    Raises:
+        ConfigError: λ is not a finite number > 0.
+        EditError: shapes disagree, or inputs are not finite.
+
+    Example:
+        >>> W = ridge_solve(W0, K, V, 0.01)   # W @ K[i] ≈ V[i] for every i, W ≈ W0 elsewhere
+    """
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam <= 0:
+        raise ConfigError(f"ridge strength lambda must be a finite number > 0, got {lam!r}")
+    if W0.dim() != 2:
+        raise EditError(f"W0 must be a 2-D weight (d_out, d_in), got shape {tuple(W0.shape)}")
+    d_out, d_in = W0.shape
+    keys = _rows("K", K, d_in)
+    values = _rows("V", V, d_out)
+    if keys.shape[0] != values.shape[0]:
+        raise EditError(f"{keys.shape[0]} keys but {values.shape[0]} values; give one value per key")
+    if keys.shape[0] == 0:
+        raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
+    if (K_preserve is None) != (V_preserve is None):
+        raise EditError("give both K_preserve and V_preserve, or neither")
+    w0 = W0.detach().to(device="cpu", dtype=torch.float64)
+    system = lam * torch.eye(d_in, dtype=torch.float64) + keys.T @ keys  # (d_in, d_in)
+    rhs = lam * w0 + values.T @ keys  # (d_out, d_in)
+    if K_preserve is not None and V_preserve is not None:
+        kp = _rows("K_preserve", K_preserve, d_in)
+        vp = _rows("V_preserve", V_preserve, d_out)
+        if kp.shape[0] != vp.shape[0]:
+            raise EditError(f"{kp.shape[0]} preservation keys but {vp.shape[0]} values")
+        system = system + kp.T @ kp
+        rhs = rhs + vp.T @ kp
+    # W* S = R with S symmetric  <=>  S W*ᵀ = Rᵀ
+    solution = torch.linalg.solve(system, rhs.T).T  # (d_out, d_in)
+    if not torch.isfinite(solution).all():
+        raise EditError("the ridge solve produced non-finite weights; increase lambda")
+    return solution.to(device=W0.device, dtype=W0.dtype).contiguous()

@@ -1,0 +1,171 @@
+"""LocoEdit (Basu et al., ICML 2024): closed-form edits of cross-attention key/value projections.
+
+For every chosen cross-attention site and each of its text projections ``W0`` (``to_k``/``to_v``; IF:
+``add_k_proj``/``add_v_proj``)::
+
+    W* = argmin_W  Σ_i ‖W c_i − W0 c*_i‖²  +  λ ‖W − W0‖²
+
+``c_i`` is the context the UNet reads (final text-encoder output; IF: after ``encoder_hid_proj``) at the last
+token of the concept in prompt i, ``c*_i`` the same for the target filled into the *same* template (so a style,
+object or fact is mapped to its replacement in matching context). Preserved concepts add pairs
+``c_p → W0 c_p``. λ is separate for keys and values (both 0.01 by default, as in the reference). SD-XL's pooled
+text embedding, which does not pass through these projections, is left untouched.
+
+Sites are canonical names or globs (``unet.xattn.8``, ``unet.xattn.8.k`` for one projection only), or any
+object with a ``best_sites`` attribute, such as a LocoGen :class:`~diffloc.tracing.results.WindowResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from diffloc.editing.closed_form import ridge_solve
+from diffloc.editing.edit import Edit
+from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
+from diffloc.editing.states import context_at_subjects
+from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.models.base import LoadedModel
+from diffloc.sites import Site, SiteKind
+
+logger = logging.getLogger(__name__)
+
+IF_NOTE = (
+    "DeepFloyd IF: LocoEdit is applied, but the ICML 2024 paper reports it is limited on IF because the T5 "
+    "encoder is bidirectional (subject states depend on the whole prompt)."
+)
+SDXL_NOTE = "SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change."
+
+
+def _check_lambda(label: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{label} must be a finite number > 0 (ridge strength), got {value!r}")
+
+
+def site_names(sites: Any) -> tuple[str, ...]:
+    """Normalise a site spec: a comma list, a sequence of names/globs, or an object with ``best_sites``."""
+    if hasattr(sites, "best_sites"):
+        sites = sites.best_sites
+    if isinstance(sites, str):
+        sites = [s.strip() for s in sites.split(",")]
+    names = tuple(str(s).strip() for s in (sites or ()) if str(s).strip())
+    if not names:
+        raise ConfigError("no cross-attention sites given; e.g. sites=('unet.xattn.8', 'unet.xattn.9')")
+    return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocoEditConfig:
+    """Settings of LocoEdit.
+
+    Attributes:
+        sites: cross-attention sites to edit (names or globs, or an object with ``best_sites``; normalised
+            to a tuple of strings).
+        lam_k: ridge strength for key projections (reference: 0.01).
+        lam_v: ridge strength for value projections (reference: 0.01; the reference parses but ignores it).
+    """
+
+    sites: Any
+    lam_k: float = 0.01
+    lam_v: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", site_names(self.sites))
+        _check_lambda("lam_k", self.lam_k)
+        _check_lambda("lam_v", self.lam_v)
+
+
+def projection_sites(model: LoadedModel, names: tuple[str, ...]) -> list[Site]:
+    """The ``.k``/``.v`` projection sites selected by cross-attention site names or globs.
+
+    Raises:
+        UnknownSiteError: an unknown name, or a site that is not a cross-attention site.
+    """
+    chosen: dict[str, Site] = {}
+    for name in names:
+        for site in model.sites.select(name):
+            if site.kind is SiteKind.XATTN:
+                for proj in model.kv_sites(site):
+                    chosen[proj.name] = proj
+            elif site.kind in (SiteKind.XATTN_K, SiteKind.XATTN_V):
+                chosen[site.name] = site
+            else:
+                raise UnknownSiteError(
+                    f"site {site.name!r} is a {site.kind} site; LocoEdit edits cross-attention sites "
+                    "'unet.xattn.N' (or one projection 'unet.xattn.N.k' / '.v')"
+                )
+    order = {s.name: i for i, s in enumerate(model.sites)}
+    return sorted(chosen.values(), key=lambda s: order[s.name])
+
+
+def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> Edit:
+    """Compute a LocoEdit edit (the model is not modified).
+
+    Returns:
+        An :class:`~diffloc.editing.edit.Edit` replacing the key/value projection weights of the sites.
+
+    Raises:
+        UnknownSiteError: a site is unknown or not a cross-attention site.
+        PromptError: a concept/target does not occur in a filled template.
+    """
+    start = time.perf_counter()
+    projections = projection_sites(model, config.sites)
+    pairs = request.pairs(LOCOEDIT_TEMPLATES)
+    edit_pairs = [p for p in pairs if not p.preserve]
+    keep_pairs = [p for p in pairs if p.preserve]
+    prompts = [p.key_prompt for p in pairs] + [p.value_prompt for p in edit_pairs]
+    subjects = [p.key_subject for p in pairs] + [p.value_subject for p in edit_pairs]
+    states = context_at_subjects(model, prompts, subjects).double()  # (rows, d_text)
+    n_edit, n_all = len(edit_pairs), len(pairs)
+    concept_states = states[:n_edit]
+    keep_states = states[n_edit:n_all]
+    target_states = states[n_all:]
+    weights: dict[str, torch.Tensor] = {}
+    originals: dict[str, torch.Tensor | None] = {}
+    solve_seconds = 0.0
+    for proj in projections:
+        linear = model.module(proj)
+        w0 = linear.weight.detach()
+        w64 = w0.double()
+        lam = config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v
+        solve_start = time.perf_counter()
+        new = ridge_solve(
+            w0,
+            concept_states,
+            target_states @ w64.T,
+            lam,
+            K_preserve=keep_states if keep_pairs else None,
+            V_preserve=keep_states @ w64.T if keep_pairs else None,
+        )
+        solve_seconds += time.perf_counter() - solve_start
+        key = f"{proj.full_path}.weight"
+        weights[key] = new
+        originals[key] = w0.clone()
+    notes = []
+    if model.family == "if":
+        notes.append(IF_NOTE)
+    if model.family == "sdxl":
+        notes.append(SDXL_NOTE)
+    stats = {
+        "sites": [p.name for p in projections],
+        "key_value_pairs": n_edit,
+        "preserve_pairs": len(keep_pairs),
+        "solve_seconds": round(solve_seconds, 6),
+        "seconds": round(time.perf_counter() - start, 6),
+    }
+    logger.info("locoedit: %s", stats)
+    return Edit(
+        method="locoedit",
+        family=model.family,
+        weights=weights,
+        originals=originals,
+        request=request.to_dict(),
+        config=asdict(config),
+        stats=stats,
+        notes=tuple(notes),
+    )
