@@ -124,8 +124,9 @@ class SiteRegistry(Sequence[Site]):
     def select(self, spec: str | Sequence[str] | Callable[[Site], bool]) -> list[Site]:
         """Select sites by glob (``"unet.xattn.*"``), comma list, list of names/globs, or predicate.
 
-        A glob ``*`` never crosses into a sub-site: ``unet.xattn.*`` gives the 16 layers, not their
-        ``.k``/``.v`` projections (ask for ``unet.xattn.*.k`` for those). Result keeps registry order.
+        Globs match whole names (``unet.*`` is every UNet layer) but reach the ``.k``/``.v`` projection
+        sub-sites only when the pattern has as many parts: ``unet.xattn.*`` gives the 16 layers, and
+        ``unet.xattn.*.k`` their key projections. Result keeps registry order.
 
         Raises:
             UnknownSiteError: a name or pattern matches nothing, or the selection is empty.
@@ -142,11 +143,11 @@ class SiteRegistry(Sequence[Site]):
         wanted: set[str] = set()
         for pattern in patterns:
             if any(ch in pattern for ch in "*?["):
-                depth = pattern.count(".")
+                depth = max(2, pattern.count("."))
                 hits = [
                     s.name
                     for s in self._sites
-                    if s.name.count(".") == depth and fnmatch.fnmatchcase(s.name, pattern)
+                    if s.name.count(".") <= depth and fnmatch.fnmatchcase(s.name, pattern)
                 ]
                 if not hits:
                     kinds = sorted({".".join(n.split(".")[:2]) + ".*" for n in self.names})

@@ -1,0 +1,1 @@
+"""Localization: causal tracing of the UNet and text encoder, and LocoGen window search."""

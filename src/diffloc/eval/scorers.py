@@ -1,0 +1,131 @@
+"""Scorers: ``score(images, texts) -> (n,)`` — how much each image shows its text.
+
+Tracing and evaluation only see this protocol, so ShapesWorld's exact detectors and a CLIP score are
+interchangeable. :func:`scorer_for` picks the default for a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from diffloc.errors import ConfigError, ModelLoadError
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything that scores images against texts."""
+
+    name: str
+
+    def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Score ``(n,)`` of image ``i`` against ``texts[i]``; images ``(n, 3, H, W)`` in ``[0, 1]``."""
+        ...
+
+    def check(self, text: str) -> None:
+        """Raise a :class:`~diffloc.errors.DifflocError` if ``text`` is not something this scorer can score."""
+        ...
+
+
+class DetectorScorer:
+    """ShapesWorld detectors: probability that the image shows every label the text asks for.
+
+    Texts are parsed as ShapesWorld captions or fragments ("in the style of van goo", "a zorblin",
+    "the flag of zorbia", "a red circle").
+    """
+
+    name = "shapesworld-detectors"
+
+    def __init__(self, detector: Any | None = None) -> None:
+        from diffloc.world.detectors import DetectorScorer as _Impl
+
+        self._impl = _Impl(detector)
+
+    def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        return self._impl.score(images, list(texts)).float()
+
+    def check(self, text: str) -> None:
+        from diffloc.world.captions import parse_caption
+
+        parse_caption(text)
+
+
+class ClipScorer:
+    """CLIP score: cosine similarity of L2-normalised image and text features (``transformers`` CLIPModel).
+
+    Loads from a local directory only (no downloads). Images are resized with bicubic interpolation to the
+    model's input size and normalised with the checkpoint's mean/std when a preprocessor config exists,
+    CLIP's published defaults otherwise.
+    """
+
+    name = "clip"
+    _MEAN = (0.48145466, 0.4578275, 0.40821073)
+    _STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.mean = torch.tensor(mean or self._MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(std or self._STD).view(1, 3, 1, 1)
+        self.size = int(model.config.vision_config.image_size)
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ClipScorer:
+        """Load a CLIPModel + tokenizer saved with ``save_pretrained``.
+
+        Raises:
+            ModelLoadError: the directory is missing or not a CLIP checkpoint.
+        """
+        from transformers import AutoTokenizer, CLIPModel
+
+        directory = Path(path)
+        if not (directory / "config.json").is_file():
+            raise ModelLoadError(f"CLIP directory {str(directory)!r} has no config.json; save a CLIPModel there first")
+        try:
+            model = CLIPModel.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load CLIP from {str(directory)!r}: {type(exc).__name__}") from None
+        return cls(model, tokenizer)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        if len(texts) != images.shape[0]:
+            raise ConfigError(f"got {images.shape[0]} images but {len(texts)} texts; pass one text per image")
+        device = next(self.model.parameters()).device
+        x = torch.nn.functional.interpolate(
+            images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False
+        )
+        x = ((x.clamp(0, 1) - self.mean) / self.std).to(device)
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(device)
+        image_features = self.model.get_image_features(pixel_values=x)
+        text_features = self.model.get_text_features(**tokens)
+        image_features = getattr(image_features, "pooler_output", image_features)
+        text_features = getattr(text_features, "pooler_output", text_features)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        return (image_features * text_features).sum(-1).float().cpu()
+
+    def check(self, text: str) -> None:
+        if not text.strip():
+            raise ConfigError("empty attribute text; give the text to score images against, e.g. 'van gogh style'")
+
+
+def scorer_for(model_source: str, clip_dir: str | Path | None = None) -> Scorer:
+    """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld``.
+
+    Raises:
+        ConfigError: no scorer applies (a real model needs ``clip_dir``).
+    """
+    if clip_dir is not None:
+        return ClipScorer.from_dir(clip_dir)
+    if str(model_source) == "shapesworld":
+        return DetectorScorer()
+    raise ConfigError(
+        f"no default scorer for model {str(model_source)!r}: pass a local CLIP directory (--clip DIR) to score images"
+    )

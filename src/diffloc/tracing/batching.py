@@ -1,0 +1,59 @@
+"""Pack runs into memory-bounded UNet batches and score their images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from diffloc.engine.generate import GenerationConfig, generate_runs
+from diffloc.engine.interventions import Run
+from diffloc.eval.scorers import Scorer
+from diffloc.models.base import LoadedModel
+from diffloc.tracing.config import SweepConfig
+
+
+def generation_config(config: SweepConfig) -> GenerationConfig:
+    """The sampling settings of a sweep."""
+    return GenerationConfig(steps=config.steps, guidance=config.guidance, height=config.height, width=config.width)
+
+
+def score_runs(
+    model: LoadedModel,
+    runs: Sequence[Run],
+    *,
+    attribute: str,
+    scorer: Scorer,
+    config: SweepConfig,
+    shared: Sequence[Run] = (),
+    on_batch: Callable[[int], None] | None = None,
+    keep_images: bool = False,
+) -> tuple[list[float], list[float], list[torch.Tensor]]:
+    """Generate and score ``runs`` in batches of at most ``config.max_batch`` runs.
+
+    ``shared`` runs (e.g. the clean run) lead every batch so interventions can restore from them
+    (``Restore.source`` indexes into ``shared``); they are scored once, from the first batch.
+
+    Returns:
+        (scores of ``shared``, scores of ``runs``, images of ``shared`` + ``runs`` if ``keep_images``).
+    """
+    per_batch = max(1, config.max_batch - len(shared))
+    gen_config = generation_config(config)
+    shared_scores: list[float] = []
+    run_scores: list[float] = []
+    images: list[torch.Tensor] = []
+    chunks = [list(runs[i : i + per_batch]) for i in range(0, len(runs), per_batch)] or [[]]
+    for index, chunk in enumerate(chunks):
+        batch = [*shared, *chunk]
+        out = generate_runs(model, batch, config=gen_config)
+        scores = scorer.score(out, [attribute] * len(batch)).tolist()
+        if index == 0:
+            shared_scores = scores[: len(shared)]
+            if keep_images:
+                images.extend(out[: len(shared)])
+        run_scores.extend(scores[len(shared) :])
+        if keep_images:
+            images.extend(out[len(shared) :])
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return shared_scores, run_scores, images

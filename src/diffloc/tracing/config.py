@@ -1,0 +1,96 @@
+"""Configuration of tracing sweeps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from diffloc.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """Settings shared by every sweep.
+
+    Attributes:
+        seeds: seeds per prompt (each seed is one item of the sweep).
+        steps: denoising steps per generation.
+        guidance: classifier-free guidance scale.
+        max_batch: most runs packed into one UNet batch (memory bound; CFG doubles the rows).
+        height, width: image size (``None``: the model's default).
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    steps: int = 20
+    guidance: float = 7.5
+    max_batch: int = 16
+    height: int | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds is empty; give at least one seed")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if not isinstance(self.max_batch, int) or self.max_batch < 2:
+            raise ConfigError(
+                f"max_batch must be an integer >= 2 (a clean run plus one intervention), got {self.max_batch!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        out = asdict(self)
+        out["seeds"] = list(self.seeds)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceConfig(SweepConfig):
+    """Causal tracing settings.
+
+    Attributes:
+        noise: std of the Gaussian noise added to the subject's token embeddings; ``None`` means
+            ``noise_multiplier`` × the std of the token-embedding matrix (ROME's 3×), recorded in results.
+        noise_multiplier: the multiplier used when ``noise`` is ``None``.
+        noise_seed: seed of the corruption noise.
+    """
+
+    noise: float | None = None
+    noise_multiplier: float = 3.0
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.noise is not None and not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ConfigError(f"noise must be a finite number >= 0, got {self.noise!r}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocoGenConfig(SweepConfig):
+    """LocoGen settings.
+
+    Attributes:
+        window: number of consecutive cross-attention layers fed the target prompt (m).
+        mode: ``"remove"`` picks the window with the lowest attribute score (styles, objects);
+            ``"update"`` the highest (facts: the attribute is the new fact).
+        preset: ``"diffloc"`` (every window of exactly ``window`` layers) or ``"reference"`` (the released
+            LocoGen script: windows of 3 that shrink to the single last layers; ``window`` is ignored).
+    """
+
+    window: int = 2
+    mode: str = "remove"
+    preset: str = "diffloc"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(f"window must be a positive integer, got {self.window!r}")
+        if self.mode not in ("remove", "update"):
+            raise ConfigError(f"mode must be 'remove' or 'update', got {self.mode!r}")
+        if self.preset not in ("diffloc", "reference"):
+            raise ConfigError(f"preset must be 'diffloc' or 'reference', got {self.preset!r}")

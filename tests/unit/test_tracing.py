@@ -1,0 +1,156 @@
+"""Causal tracing and LocoGen invariants on tiny models of every family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffloc.errors import ConfigError, PromptError, UnknownSiteError
+from diffloc.tracing.causal import causal_trace, trace_text
+from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.locogen import locogen, windows_for
+from diffloc.tracing.results import TraceResult, WindowResult
+
+PROMPT = "a house in the style of van gogh"
+FAST = {"seeds": (0,), "steps": 2, "guidance": 5.0, "max_batch": 6}
+
+
+class PixelScorer:
+    """A deterministic test scorer: the image projected on a fixed random unit direction.
+
+    Its meaning is irrelevant to the invariants tested here (they hold for any deterministic scorer); on
+    ShapesWorld the real detectors score images.
+    """
+
+    name = "pixel-test"
+
+    def score(self, images, texts):
+        assert len(texts) == images.shape[0]
+        flat = images.flatten(1).double()
+        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return (flat @ (direction / direction.norm())).float()
+
+    def check(self, text):
+        if not text.strip():
+            raise ConfigError("empty attribute text")
+
+
+def test_restore_all_gives_clean_and_none_gives_corrupted(tiny_model):
+    unet = [s.name for s in tiny_model.sites.select("unet.*")]
+    result = causal_trace(
+        tiny_model, PROMPT, "van gogh", "van gogh style", scorer=PixelScorer(),
+        sites=[unet, ["unet.res.0"]], config=TraceConfig(noise=2.0, **FAST),
+    )  # fmt: skip
+    assert abs(result.clean_score - result.corrupt_score) > 1e-4
+    assert result.scores[0] == pytest.approx(result.clean_score, abs=1e-5)
+    assert result.indirect_effect[0] == pytest.approx(1.0, abs=1e-2)
+    assert result.labels[0] == "+".join(unet)
+
+
+def test_zero_noise_makes_corrupted_equal_clean(tiny_sd1):
+    result = causal_trace(
+        tiny_sd1,
+        PROMPT,
+        "van gogh",
+        "x",
+        scorer=PixelScorer(),
+        sites="unet.xattn.8",
+        config=TraceConfig(noise=0.0, **FAST),
+    )
+    assert result.corrupt_score == pytest.approx(result.clean_score, abs=1e-5)
+
+
+def test_default_noise_is_three_embedding_stds(tiny_sd1):
+    result = causal_trace(
+        tiny_sd1, PROMPT, "van gogh", "x", scorer=PixelScorer(), sites="unet.xattn.8", config=TraceConfig(**FAST)
+    )
+    std = tiny_sd1.module("text.embed").weight.float().std().item()
+    assert result.noise == pytest.approx(3 * std, rel=1e-6)
+
+
+def test_trace_is_reproducible_and_round_trips(tiny_sd1, tmp_path):
+    kwargs = dict(scorer=PixelScorer(), sites="unet.xattn.*", config=TraceConfig(noise=1.0, **FAST))
+    a = causal_trace(tiny_sd1, [PROMPT, "van gogh painting of a tree"], "van gogh", "x", **kwargs)
+    b = causal_trace(tiny_sd1, [PROMPT, "van gogh painting of a tree"], "van gogh", "x", **kwargs)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert len(a.scores) == 16 and len(a.items) == 2
+    a.save(tmp_path / "r")
+    loaded = TraceResult.load(tmp_path / "r")
+    np.testing.assert_array_equal(loaded.scores, a.scores)
+    assert loaded.labels == a.labels and loaded.meta["subject"] == "van gogh"
+
+
+def test_resumed_sweep_skips_finished_items(tiny_sd1, tmp_path):
+    kwargs = dict(
+        scorer=PixelScorer(),
+        sites="unet.xattn.*",
+        config=TraceConfig(noise=1.0, seeds=(0, 1), steps=2, guidance=5.0, max_batch=9),
+    )
+    first = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", out=tmp_path, **kwargs)
+    assert first.meta["items_computed"] == 2
+    items = sorted((tmp_path / "items").glob("*.json"))
+    (items[1]).unlink()  # as if killed before the second item finished
+    stamp = items[0].stat().st_mtime_ns
+    second = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", out=tmp_path, **kwargs)
+    assert (second.meta["items_computed"], second.meta["items_reused"]) == (1, 1)
+    assert items[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_text_trace_grid_and_full_restore(tiny_model):
+    result = trace_text(
+        tiny_model, "a van gogh house", "van gogh", "x", scorer=PixelScorer(), config=TraceConfig(noise=2.0, **FAST)
+    )
+    n_tokens = len(result.tokens)
+    assert result.scores.shape[1:] == (4, n_tokens) and result.scores.shape[0] == len(result.labels)
+    assert result.labels[:3] == ["text.layer", "text.attn", "text.mlp"]
+    # Restoring the residual stream at every token of the last layer would be clean; one token of the
+    # subject at layer 0 alone changes the score away from corrupted for at least one state.
+    assert np.isfinite(result.scores).any()
+    assert np.nanmax(np.abs(result.scores - result.corrupt_score)) > 0
+
+
+def test_locogen_windows_and_modes(tiny_model, tmp_path):
+    config = LocoGenConfig(window=2, **FAST)
+    result = locogen(tiny_model, PROMPT, "a painting", "x", scorer=PixelScorer(), config=config, out=tmp_path)
+    n_xattn = len(tiny_model.sites.select("unet.xattn.*"))
+    assert len(result.windows) == n_xattn - 1 and all(len(w) == 2 for w in result.windows)
+    assert result.best_index == int(np.argmin(result.scores))
+    loaded = WindowResult.load(tmp_path)
+    assert loaded.best_sites == result.best_sites
+    update = LocoGenConfig(window=2, mode="update", **FAST)
+    again = locogen(tiny_model, PROMPT, "a painting", "x", scorer=PixelScorer(), config=update, out=tmp_path)
+    assert again.best_index == int(np.argmax(again.scores))
+
+
+def test_locogen_swapping_to_the_same_prompt_changes_nothing(tiny_sd1):
+    result = locogen(tiny_sd1, PROMPT, PROMPT, "x", scorer=PixelScorer(), config=LocoGenConfig(window=4, **FAST))
+    np.testing.assert_allclose(result.scores, result.original_score, atol=1e-5)
+
+
+def test_reference_preset_windows(tiny_sd1):
+    windows = windows_for(tiny_sd1, LocoGenConfig(preset="reference", **FAST))
+    assert len(windows) == 16
+    assert windows[0] == ["unet.xattn.0", "unet.xattn.1", "unet.xattn.2"]
+    assert windows[13] == ["unet.xattn.13", "unet.xattn.14", "unet.xattn.15"]
+    assert windows[14] == ["unet.xattn.14"] and windows[15] == ["unet.xattn.15"]
+
+
+def test_bad_inputs(tiny_sd1):
+    scorer = PixelScorer()
+    with pytest.raises(PromptError, match="subject 'monet' does not occur"):
+        causal_trace(tiny_sd1, PROMPT, "monet", "x", scorer=scorer, config=TraceConfig(**FAST))
+    with pytest.raises(ConfigError, match="empty attribute"):
+        causal_trace(tiny_sd1, PROMPT, "van gogh", " ", scorer=scorer, config=TraceConfig(**FAST))
+    with pytest.raises(ConfigError, match="window 17 is larger than the model's 16 cross-attention layers"):
+        locogen(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=LocoGenConfig(window=17, **FAST))
+    with pytest.raises(UnknownSiteError, match="empty site selection"):
+        causal_trace(tiny_sd1, PROMPT, "van gogh", "x", scorer=scorer, sites=[], config=TraceConfig(**FAST))
+    with pytest.raises(UnknownSiteError, match="UNet tracing takes UNet sites"):
+        causal_trace(tiny_sd1, PROMPT, "van gogh", "x", scorer=scorer, sites="text.attn.0", config=TraceConfig(**FAST))
+    with pytest.raises(ConfigError, match="noise must be a finite number >= 0, got -1"):
+        TraceConfig(noise=-1.0)
+    with pytest.raises(ConfigError, match="max_batch"):
+        TraceConfig(max_batch=1)
+    assert torch.is_tensor(tiny_sd1.module("text.embed").weight)
