@@ -47,3 +47,37 @@ def tiny_if():
 def tiny_model(request):
     """Each family's tiny model in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny *random* CLIPModel saved locally: exercises the CLIP-score mechanics, measures nothing."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from diffloc.models.tiny import _clip_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "eos_token_id": 49407,
+        "bos_token_id": 49406,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(path)
+    tokenizer: CLIPTokenizer = _clip_tokenizer()
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,1 @@
+"""Presentation: plots and reports consume typed results; they never compute them."""

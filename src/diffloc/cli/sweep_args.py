@@ -1,0 +1,29 @@
+"""Arguments shared by the sweep commands (trace, locogen)."""
+
+from __future__ import annotations
+
+import argparse
+
+from diffloc.tracing.config import SweepConfig
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    """Model, scorer, seeds, sampling and output options."""
+    parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt showing the attribute (repeatable)")
+    parser.add_argument("--attribute", required=True, help="text the scorer measures, e.g. 'in the style of van goo'")
+    parser.add_argument(
+        "--clip", default=None, help="local CLIP directory for CLIP-score (default for shapesworld: detectors)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds per prompt (default 0 1 2 3)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default 7.5)")
+    parser.add_argument("--max-batch", type=int, default=16, help="most runs per UNet batch (memory bound; default 16)")
+    parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
+
+
+def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """Keyword arguments of :class:`SweepConfig` from parsed options."""
+    fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": args.guidance, "max_batch": args.max_batch}
+    SweepConfig(**fields)  # validate early, before loading a model
+    return fields

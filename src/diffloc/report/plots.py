@@ -1,0 +1,112 @@
+"""Matplotlib figures for tracing results. Each function returns a Figure; nothing touches global state.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (no ``pyplot``), so library use never
+opens windows or changes rcParams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from diffloc.atomic import write_atomic
+from diffloc.tracing.results import TraceResult, WindowResult
+
+_KIND_COLOURS = {"res": "#4c72b0", "sattn": "#dd8452", "xattn": "#55a868", "ff": "#c44e52"}
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Atomically save a figure as PNG."""
+    return write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def plot_unet_trace(result: TraceResult) -> Figure:
+    """Indirect effect of restoring each UNet site (bars coloured by kind, in execution order)."""
+    effect = result.indirect_effect
+    kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]
+    figure = Figure(figsize=(max(6.0, 0.12 * len(effect) + 2), 3.4))
+    ax = figure.add_subplot()
+    ax.bar(range(len(effect)), effect, color=[_KIND_COLOURS.get(k, "#8172b3") for k in kinds], width=0.85)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--", label="clean")
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="corrupted")
+    for kind, colour in _KIND_COLOURS.items():
+        ax.bar([], [], color=colour, label=kind)
+    step = max(1, len(effect) // 24)
+    ax.set_xticks(range(0, len(effect), step))
+    ax.set_xticklabels(
+        [result.labels[i].replace("unet.", "") for i in range(0, len(effect), step)], rotation=90, fontsize=7
+    )
+    ax.set_ylabel("indirect effect\n(restored − corr) / (clean − corr)")
+    meta = result.meta
+    ax.set_title(
+        f"UNet causal trace: '{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
+        f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {len(result.items)} items)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, ncol=6, loc="upper right")
+    return figure
+
+
+def plot_text_trace(result: TraceResult) -> Figure:
+    """Heat maps (layer × token) of the indirect effect, one panel per text state kind."""
+    effect = result.indirect_effect
+    n_kinds = effect.shape[0]
+    figure = Figure(figsize=(3.2 * n_kinds + 1, 0.28 * len(result.tokens) + 1.8))
+    start, end = result.subject_range
+    for k in range(n_kinds):
+        ax = figure.add_subplot(1, n_kinds, k + 1)
+        data = effect[k].T  # (tokens, layers)
+        image = ax.imshow(
+            data, cmap="Purples", aspect="auto", vmin=min(0.0, np.nanmin(data)), vmax=max(1.0, np.nanmax(data))
+        )
+        ax.set_title(result.labels[k], fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_yticks(range(len(result.tokens)))
+        ax.set_yticklabels(
+            [f"{t}*" if start <= i < end else t for i, t in enumerate(result.tokens)] if k == 0 else [], fontsize=7
+        )
+        figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.suptitle(
+        f"Text-encoder causal trace ('*' = subject tokens; clean {result.clean_score:.3f}, "
+        f"corrupted {result.corrupt_score:.3f})",
+        fontsize=9,
+    )
+    return figure
+
+
+def plot_windows(result: WindowResult) -> Figure:
+    """LocoGen curve: attribute score per window start, the unswapped score, and the chosen window."""
+    figure = Figure(figsize=(6.5, 3.2))
+    ax = figure.add_subplot()
+    starts = [int(w[0].split(".")[2]) for w in result.windows]
+    ax.plot(starts, result.scores, marker="o", color="#4c72b0", label="window reads target prompt")
+    ax.axhline(result.original_score, color="black", ls="--", lw=0.8, label="original (no swap)")
+    best = result.best_index
+    ax.scatter([starts[best]], [result.scores[best]], s=140, facecolors="none", edgecolors="#c44e52", lw=2,
+               label=f"chosen: {', '.join(s.replace('unet.', '') for s in result.best_sites)}")  # fmt: skip
+    ax.set_xlabel("first cross-attention layer of the window")
+    ax.set_ylabel("attribute score")
+    meta = result.meta
+    ax.set_title(
+        f"LocoGen ({result.mode}): → {meta.get('target_prompt', '')!r}, score {meta.get('attribute', '')!r}", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    return figure
+
+
+def image_strip(images: torch.Tensor, labels: Sequence[str], *, columns: int = 10) -> Figure:
+    """Images ``(n, 3, H, W)`` in a labelled grid."""
+    n = images.shape[0]
+    rows = (n + columns - 1) // columns
+    cols = min(columns, n)
+    figure = Figure(figsize=(1.3 * cols, 1.5 * rows))
+    for i in range(n):
+        ax = figure.add_subplot(rows, cols, i + 1)
+        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        ax.set_title(labels[i].replace("unet.", ""), fontsize=6)
+        ax.axis("off")
+    return figure

@@ -1,0 +1,84 @@
+"""``diffloc trace`` / ``diffloc locogen`` end to end on a tiny model, including kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from diffloc.cli.main import main
+from diffloc.eval.scorers import ClipScorer
+from diffloc.tracing.results import TraceResult, WindowResult
+
+PROMPT = "a house in the style of van gogh"
+FAST = ["--seeds", "0", "--steps", "2", "--guidance", "5", "--max-batch", "12"]
+
+
+def test_clip_scorer_mechanics_on_a_tiny_random_clip(tiny_clip_dir):
+    scorer = ClipScorer.from_dir(tiny_clip_dir)  # random weights: checks shapes and plumbing only
+    images = torch.rand(3, 3, 40, 40)
+    scores = scorer.score(images, ["a red circle"] * 3)
+    assert scores.shape == (3,) and scores.abs().max() <= 1.0 + 1e-5
+    assert not torch.equal(scores, scorer.score(images, ["a blue square"] * 3))
+
+
+def test_trace_unet_cli_writes_results_and_plots(tmp_path, tiny_clip_dir, capsys):
+    code = main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "van gogh",
+                 "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.*",
+                 "--out", str(tmp_path), *FAST])  # fmt: skip
+    assert code == 0
+    result = TraceResult.load(tmp_path)
+    assert result.kind == "unet" and len(result.labels) == 16
+    assert (tmp_path / "trace.png").stat().st_size > 0 and (tmp_path / "strip.png").stat().st_size > 0
+    assert "top sites" in capsys.readouterr().out
+
+
+def test_trace_text_and_locogen_cli(tmp_path, tiny_clip_dir):
+    assert main(["trace", "text", "--model", "tiny-sd1", "--prompt", "a van gogh house", "--subject", "van gogh",
+                 "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--kinds", "attn",
+                 "--out", str(tmp_path / "t"), *FAST]) == 0  # fmt: skip
+    assert TraceResult.load(tmp_path / "t").scores.shape[0] == 1
+    assert main(["locogen", "--model", "tiny-sd1", "--prompt", PROMPT, "--target", "a painting",
+                 "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--window", "3",
+                 "--out", str(tmp_path / "l"), *FAST]) == 0  # fmt: skip
+    windows = WindowResult.load(tmp_path / "l")
+    assert len(windows.windows) == 14 and (tmp_path / "l" / "windows.png").is_file()
+
+
+def _trace_cmd(out, clip_dir):
+    return [sys.executable, "-m", "diffloc.cli.main", "trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT,
+            "--prompt", "van gogh painting of a tree", "--subject", "van gogh", "--attribute", "van gogh style",
+            "--clip", str(clip_dir), "--sites", "unet.xattn.*", "--seeds", "0", "1", "--steps", "3",
+            "--guidance", "5", "--max-batch", "9", "--out", str(out)]  # fmt: skip
+
+
+def test_kill_9_mid_sweep_then_rerun_equals_uninterrupted(tmp_path, tiny_clip_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _trace_cmd(killed, tiny_clip_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((killed / "items").glob("*.json"))) < 1:
+        if proc.poll() is not None:
+            pytest.fail("the sweep finished before it could be killed; make it longer")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (killed / "items").glob("*.json")}
+    assert 1 <= len(finished) < 4 and not (killed / "result.json").exists()
+    assert subprocess.run(_trace_cmd(killed, tiny_clip_dir), env=env, capture_output=True).returncode == 0
+    assert all((killed / "items" / name).stat().st_mtime_ns == stamp for name, stamp in finished.items())
+    resumed = json.loads((killed / "result.json").read_text())
+    assert resumed["meta"]["items_reused"] == len(finished)
+    assert resumed["meta"]["items_computed"] == 4 - len(finished)
+    fresh = tmp_path / "fresh"
+    assert subprocess.run(_trace_cmd(fresh, tiny_clip_dir), env=env, capture_output=True).returncode == 0
+    np.testing.assert_array_equal(TraceResult.load(killed).scores, TraceResult.load(fresh).scores)
