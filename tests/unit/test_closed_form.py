@@ -1,0 +1,91 @@
+"""The shared ridge solve against hand-computed solutions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffloc.editing.closed_form import ridge_solve
+from diffloc.errors import ConfigError, EditError
+
+
+def _layer(d_out=5, d_in=4, n=3, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(d_out, d_in, generator=gen, dtype=dtype)
+    keys = torch.randn(n, d_in, generator=gen, dtype=dtype)
+    values = torch.randn(n, d_out, generator=gen, dtype=dtype)
+    return w0, keys, values
+
+
+def test_matches_normal_equations_with_explicit_inverse():
+    w0, keys, values = _layer()
+    lam = 0.3
+    # hand-computed: W* = (λ W0 + Σ v kᵀ)(λ I + Σ k kᵀ)⁻¹, sums written out
+    lhs = lam * w0.clone()
+    gram = lam * torch.eye(4, dtype=torch.float64)
+    for k, v in zip(keys, values, strict=True):
+        lhs += torch.outer(v, k)
+        gram += torch.outer(k, k)
+    expected = lhs @ torch.inverse(gram)
+    got = ridge_solve(w0, keys, values, lam)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_tiny_example_by_hand():
+    # 1x1 layer: w* = (λ w0 + Σ v k) / (λ + Σ k²) = (1*2 + 3*1) / (1 + 1) = 2.5
+    got = ridge_solve(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[3.0]]), 1.0)
+    assert got.item() == pytest.approx(2.5)
+
+
+def test_is_the_minimiser():
+    w0, keys, values = _layer(seed=3)
+    lam = 0.05
+
+    def loss(w):
+        return ((keys @ w.T - values) ** 2).sum() + lam * ((w - w0) ** 2).sum()
+
+    best = ridge_solve(w0, keys, values, lam)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        assert loss(best) < loss(best + 1e-3 * torch.randn(best.shape, generator=gen, dtype=best.dtype))
+
+
+def test_large_lambda_keeps_w0_small_lambda_fits_keys():
+    w0, keys, values = _layer(d_in=6, n=3)
+    torch.testing.assert_close(ridge_solve(w0, keys, values, 1e9), w0, rtol=0, atol=1e-7)
+    fitted = ridge_solve(w0, keys, values, 1e-9)
+    torch.testing.assert_close(keys @ fitted.T, values, rtol=0, atol=1e-6)
+
+
+def test_preservation_pairs_equal_stacked_keys():
+    w0, keys, values = _layer(n=4)
+    keep = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    joint = ridge_solve(w0, keys, values, 0.1, K_preserve=keep, V_preserve=keep @ w0.T)
+    stacked = ridge_solve(w0, torch.cat([keys, keep]), torch.cat([values, keep @ w0.T]), 0.1)
+    torch.testing.assert_close(joint, stacked)
+    # preserved keys move much less than without preservation
+    free = ridge_solve(w0, keys, values, 0.1)
+    assert (keep @ joint.T - keep @ w0.T).norm() < (keep @ free.T - keep @ w0.T).norm()
+
+
+def test_dtype_and_device_kept():
+    w0, keys, values = _layer(dtype=torch.float32)
+    out = ridge_solve(w0, keys, values, 0.01)
+    assert out.dtype == torch.float32 and out.shape == w0.shape
+
+
+@pytest.mark.parametrize("lam", [0, -1.0, float("nan"), float("inf")])
+def test_bad_lambda(lam):
+    w0, keys, values = _layer()
+    with pytest.raises(ConfigError, match="lambda"):
+        ridge_solve(w0, keys, values, lam)
+
+
+def test_shape_errors():
+    w0, keys, values = _layer()
+    with pytest.raises(EditError, match="one vector per row"):
+        ridge_solve(w0, keys.T, values, 0.1)
+    with pytest.raises(EditError, match="one value per key"):
+        ridge_solve(w0, keys, values[:2], 0.1)
+    with pytest.raises(EditError, match="at least one"):
+        ridge_solve(w0, keys[:0], values[:0], 0.1)
