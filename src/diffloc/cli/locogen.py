@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip)
-    with progress_bar("locogen") as progress:
+    with progress_bar("locogen", unit="run") as progress:
         result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
                          progress=progress)  # fmt: skip
     save_figure(plot_windows(result), out / "windows.png")

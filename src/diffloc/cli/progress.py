@@ -11,9 +11,9 @@ from diffloc.engine.generate import ProgressFn
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[ProgressFn]:
+def progress_bar(description: str, total: int | None = None, unit: str = "step") -> Iterator[ProgressFn]:
     """A tqdm bar on stderr driven by a ``progress(done, total)`` callback."""
-    bar = tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
 
     def update(done: int, new_total: int) -> None:
         if bar.total != new_total:

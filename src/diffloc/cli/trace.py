@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip)
-    with progress_bar(f"trace {args.target}") as progress:
+    with progress_bar(f"trace {args.target}", unit="run") as progress:
         if args.target == "unet":
             result = causal_trace(
                 model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),

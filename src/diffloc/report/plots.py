@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from diffloc.atomic import write_atomic
 from diffloc.tracing.results import TraceResult, WindowResult
@@ -33,8 +34,8 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     ax.bar(range(len(effect)), effect, color=[_KIND_COLOURS.get(k, "#8172b3") for k in kinds], width=0.85)
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="clean")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="corrupted")
-    for kind, colour in _KIND_COLOURS.items():
-        ax.bar([], [], color=colour, label=kind)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color=colour, label=kind) for kind, colour in _KIND_COLOURS.items()]
     step = max(1, len(effect) // 24)
     ax.set_xticks(range(0, len(effect), step))
     ax.set_xticklabels(
@@ -47,7 +48,7 @@ def plot_unet_trace(result: TraceResult) -> Figure:
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {len(result.items)} items)",
         fontsize=9,
     )
-    ax.legend(fontsize=7, ncol=6, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, ncol=6, loc="upper right")
     return figure
 
 

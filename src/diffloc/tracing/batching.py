@@ -26,7 +26,7 @@ def score_runs(
     scorer: Scorer,
     config: SweepConfig,
     shared: Sequence[Run] = (),
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,  # called with the number of runs finished (shared counted once)
     keep_images: bool = False,
 ) -> tuple[list[float], list[float], list[torch.Tensor]]:
     """Generate and score ``runs`` in batches of at most ``config.max_batch`` runs.
@@ -55,5 +55,5 @@ def score_runs(
         if keep_images:
             images.extend(out[len(shared) :])
         if on_batch is not None:
-            on_batch(len(chunk))
+            on_batch(len(chunk) + (len(shared) if index == 0 else 0))
     return shared_scores, run_scores, images

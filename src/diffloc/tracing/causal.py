@@ -145,7 +145,7 @@ def causal_trace(
 
                 shared, scores, _ = score_runs(
                     model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean],
-                    on_batch=lambda n: advance(n + 1),
+                    on_batch=advance,
                 )  # fmt: skip
                 item = {
                     "prompt": prompt,
@@ -263,7 +263,7 @@ def trace_text(
 
             shared, scores, _ = score_runs(
                 model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean],
-                on_batch=lambda n: advance(n + 1),
+                on_batch=advance,
             )  # fmt: skip
             item = {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
             store.put(key, item)
