@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from contextlib import ExitStack
 
 from diffloc import __version__
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
+from diffloc.editing.edit import Edit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import PromptError
 from diffloc.images import save_png
@@ -30,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: model's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: model's)")
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
+    parser.add_argument(
+        "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,13 +48,18 @@ def run(args: argparse.Namespace) -> int:
     for prompt in args.prompt:
         if not prompt.strip():
             raise PromptError("empty prompt; give the text to generate with --prompt")
+    edit = Edit.load(args.edit) if args.edit else None
     out = ensure_writable_dir(args.out)
     model = load(args.model)
+    if edit is not None:
+        edit.check_base(model)  # refuse before generating anything
     seeds = args.seed or [0]
     prompts = [p for p in args.prompt for _ in seeds]
     seed_list = [s for _ in args.prompt for s in seeds]
     start = time.perf_counter()
-    with progress_bar(f"generating {len(prompts)} image(s)") as progress:
+    with progress_bar(f"generating {len(prompts)} image(s)") as progress, ExitStack() as stack:
+        if edit is not None:
+            stack.enter_context(edit.applied(model))
         images = generate(model, prompts, seeds=seed_list, config=config, progress=progress)
     elapsed = time.perf_counter() - start
     files = []
@@ -68,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "images": files,
     }
+    if edit is not None:
+        settings["edit"] = {
+            "dir": str(args.edit),
+            "method": edit.method,
+            "request": dict(edit.request),
+            "base": edit.base,
+            "parameters": edit.parameters,
+        }
     write_json_atomic(out / "generate.json", settings)
     for f in files:
         print(out / f["file"])

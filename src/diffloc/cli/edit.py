@@ -1,0 +1,141 @@
+"""``diffloc edit``: compute Diff-QuickFix, LocoEdit and neuron edits into edit directories, or show one.
+
+Examples::
+
+    diffloc edit quickfix --model shapesworld --concept "vangoo" --target "a painting" --out edits/qf
+    diffloc edit locoedit --model shapesworld --concept "vangoo" --target "a painting" --sites unet.xattn.4 --out e
+    diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
+    diffloc edit show edits/qf
+    diffloc generate --edit edits/qf --prompt "a red circle in the style of vangoo"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from diffloc.errors import DifflocError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
+    parser.add_argument(
+        "--concept", action="append", required=True, help="concept to edit (repeat for a multi-concept edit)"
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="what the concept becomes: one target for all concepts, or one per --concept",
+    )
+    parser.add_argument("--preserve", action="append", default=[], help="concept to keep unchanged (repeatable)")
+    parser.add_argument(
+        "--template", action="append", default=[], help="extra prompt template with one '{}' (repeatable)"
+    )
+    parser.add_argument(
+        "--no-default-templates", action="store_true", help="use only --template prompts, not the method's defaults"
+    )
+    parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
+
+
+def _sites(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sites", help="cross-attention sites, comma-separated names or globs (e.g. unet.xattn.8,9)")
+    where.add_argument("--window", help="a saved LocoGen result directory: edit its best window")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``diffloc edit`` and its sub-commands."""
+    parser = subparsers.add_parser(
+        "edit",
+        help="compute a closed-form edit (quickfix, locoedit, neurons) or show a saved one",
+        description="Compute model edits as revertible, saveable artifacts, or describe a saved edit.",
+    )
+    sub = parser.add_subparsers(dest="edit_command", metavar="METHOD")
+
+    quickfix = sub.add_parser("quickfix", help="Diff-QuickFix: edit the text encoder's layer-0 attention output")
+    _common(quickfix)
+    quickfix.add_argument("--lam", type=float, default=0.01, help="ridge strength lambda > 0 (default 0.01)")
+    quickfix.add_argument("--no-eos", action="store_true", help="map only the last subject token, not EOS/padding")
+    quickfix.add_argument(
+        "--faithful", action="store_true", help="reference-notebook mode: out_proj bias inside the targets"
+    )
+    quickfix.set_defaults(func=run_compute, method="quickfix")
+
+    loco = sub.add_parser("locoedit", help="LocoEdit: edit cross-attention K/V of localized layers")
+    _common(loco)
+    _sites(loco)
+    loco.add_argument("--lam-k", type=float, default=0.01, help="ridge strength for keys (default 0.01)")
+    loco.add_argument("--lam-v", type=float, default=0.01, help="ridge strength for values (default 0.01)")
+    loco.set_defaults(func=run_compute, method="locoedit")
+
+    neurons = sub.add_parser("neurons", help="ablate the K/V channels that best separate concept from target")
+    _common(neurons)
+    _sites(neurons)
+    neurons.add_argument("--top-n", type=int, default=50, help="channels ablated per projection (default 50)")
+    neurons.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="replacement value")
+    neurons.set_defaults(func=run_compute, method="neurons")
+
+    show = sub.add_parser("show", help="describe a saved edit: what it touches, sizes, base hash")
+    show.add_argument("edit_dir", help="edit directory")
+    show.add_argument("--json", action="store_true", help="print the edit's JSON metadata")
+    show.set_defaults(func=run_show)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _site_spec(args: argparse.Namespace) -> Any:
+    if getattr(args, "window", None):
+        from diffloc.tracing.results import WindowResult
+
+        try:
+            return WindowResult.load(args.window)
+        except DifflocError:
+            raise
+        except Exception as exc:  # a corrupt or foreign directory
+            raise DifflocError(f"cannot read LocoGen result {args.window!r}: {exc}") from None
+    return args.sites
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from diffloc.editing import LocoEditConfig, NeuronConfig, QuickFixConfig
+
+    if args.method == "quickfix":
+        return QuickFixConfig(lam=args.lam, use_eos=not args.no_eos, faithful=args.faithful)
+    if args.method == "locoedit":
+        return LocoEditConfig(sites=_site_spec(args), lam_k=args.lam_k, lam_v=args.lam_v)
+    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation)
+
+
+def run_compute(args: argparse.Namespace) -> int:
+    """Compute an edit and save it."""
+    from diffloc.editing import EditRequest, compute_edit
+    from diffloc.models.registry import load
+
+    request = EditRequest(
+        concepts=tuple(args.concept),
+        targets=tuple(args.target),
+        templates=tuple(args.template),
+        default_templates=not args.no_default_templates,
+        preserve=tuple(args.preserve),
+    )
+    config = _config(args)  # validate before loading the model
+    model = load(args.model)
+    edit = compute_edit(model, request, method=args.method, config=config)
+    out = edit.save(args.out)
+    print(f"{out}: {edit.method} edit of {len(edit.parameters)} tensor(s), {edit.num_values:,} values")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print what a saved edit touches."""
+    from diffloc.editing import Edit
+
+    edit = Edit.load(args.edit_dir)
+    if args.json:
+        json.dump(edit.metadata(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(edit.summary())
+    return 0

@@ -1,0 +1,79 @@
+"""``diffloc edit`` and ``diffloc generate --edit``: artifacts, round trips, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffloc.cli.main import main
+from diffloc.editing import Edit
+
+
+def _edit(tmp_path, *args: str) -> int:
+    return main(["edit", *args, "--model", "tiny-sd1", "--concept", "cat", "--target", "dog"])
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("quickfix", ["--preserve", "house", "--template", "a drawing of {}"]),
+        ("locoedit", ["--sites", "unet.xattn.8,unet.xattn.9", "--lam-v", "0.1"]),
+        ("neurons", ["--sites", "unet.xattn.8", "--top-n", "5", "--ablation", "zero"]),
+    ],
+)
+def test_edit_writes_a_loadable_artifact(tmp_path, capsys, method, extra):
+    out = tmp_path / method
+    assert _edit(tmp_path, method, *extra, "--out", str(out)) == 0
+    edit = Edit.load(out)
+    assert edit.method == method and edit.family == "sd1"
+    assert str(out) in capsys.readouterr().out
+    assert main(["edit", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert edit.parameters[0] in shown and edit.base["tensors"][edit.parameters[0]][:16] in shown
+    assert main(["edit", "show", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == method
+
+
+def test_generate_with_edit_records_it_and_changes_images(tmp_path, capsys):
+    edit_dir = tmp_path / "e"
+    assert _edit(tmp_path, "locoedit", "--sites", "unet.xattn.*", "--out", str(edit_dir)) == 0
+    common = ["generate", "--model", "tiny-sd1", "--prompt", "a cat", "--steps", "2"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--edit", str(edit_dir), "--out", str(tmp_path / "edited")]) == 0
+    settings = json.loads((tmp_path / "edited" / "generate.json").read_text())
+    assert settings["edit"]["method"] == "locoedit" and settings["edit"]["base"]["family"] == "sd1"
+    assert "edit" not in json.loads((tmp_path / "plain" / "generate.json").read_text())
+    plain = (tmp_path / "plain" / "a-cat_seed0.png").read_bytes()
+    edited = (tmp_path / "edited" / "a-cat_seed0.png").read_bytes()
+    assert plain != edited
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["quickfix", "--lam", "0"], "lam must be > 0"),
+        (["locoedit", "--sites", "unet.sattn.1"], "cross-attention"),
+        (["locoedit", "--sites", "unet.xattn.77"], "unknown site"),
+        (["neurons", "--sites", "unet.xattn.8", "--top-n", "100000"], "exceeds"),
+        (["quickfix", "--template", "{}s in a field", "--no-default-templates"], "cats in a field"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
+    out = tmp_path / "e"
+    assert _edit(tmp_path, *args, "--out", str(out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and words in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_generate_refuses_an_edit_for_another_model(tmp_path, capsys):
+    edit_dir = tmp_path / "e"
+    assert _edit(tmp_path, "quickfix", "--out", str(edit_dir)) == 0
+    code = main(
+        ["generate", "--model", "tiny-sd2", "--prompt", "a cat", "--edit", str(edit_dir), "--out", str(tmp_path / "g")]
+    )
+    assert code == 1
+    assert "computed for a sd1 model" in capsys.readouterr().err
+    assert main(["edit", "show", str(tmp_path / "missing")]) == 1
+    assert "not an edit directory" in capsys.readouterr().err
