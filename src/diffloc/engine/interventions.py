@@ -118,14 +118,19 @@ def _slice_rows(rows: torch.Tensor, positions: tuple[int, int] | None) -> tuple[
 
 
 def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]) -> OutputHook:
-    """Copy rows from source rows; all reads come from the unmodified output."""
+    """Copy rows from source rows, in place.
+
+    All source rows are read before any row is written, so the result does not depend on op order. The
+    module's output is a fresh tensor nobody has read yet, so writing its rows in place is safe and avoids
+    copying the whole batch at every hooked site (the copy made tracing ~1.5x slower than plain batches).
+    """
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        src_out = primary(output)
-        new = src_out.clone()
-        for target, source, positions in ops:
-            new[_slice_rows(target, positions)] = src_out[_slice_rows(source, positions)]
-        return with_primary(output, new)
+        out = primary(output)
+        values = [out[_slice_rows(source, positions)].clone() for _, source, positions in ops]
+        for (target, _, positions), value in zip(ops, values, strict=True):
+            out[_slice_rows(target, positions)] = value
+        return output
 
     return hook
 
@@ -273,7 +278,7 @@ def _unet_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: Batch
         if restore is not None:
             output = restore(module, args, kwargs, output)
         if sets:
-            out = primary(output).clone()
+            out = primary(output)  # fresh module output: edited in place, like restores
             n_channels = out.shape[dim]
             for row, iv in sets:
                 if max(iv.channels, default=-1) >= n_channels or min(iv.channels, default=0) < 0:
@@ -284,7 +289,6 @@ def _unet_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: Batch
                 values = torch.as_tensor(iv.values, dtype=out.dtype, device=out.device)
                 view = out[row].movedim(dim if dim < 0 else dim - 1, -1)  # (…, channels) view of one row
                 view[..., idx] = values
-            output = with_primary(output, out)
         return output
 
     return hook
