@@ -17,8 +17,10 @@ def _layer(d_out=5, d_in=4, n=3, seed=0, dtype=torch.float64):
     return w0, keys, values
 
 
-def test_matches_normal_equations_with_explicit_inverse():
-    w0, keys, values = _layer()
+@pytest.mark.parametrize("n", [3, 9])  # fewer keys than inputs (dual form) and more (primal form)
+@pytest.mark.parametrize("form", ["auto", "primal", "dual"])
+def test_matches_normal_equations_with_explicit_inverse(n, form):
+    w0, keys, values = _layer(n=n)
     lam = 0.3
     # hand-computed: W* = (λ W0 + Σ v kᵀ)(λ I + Σ k kᵀ)⁻¹, sums written out
     lhs = lam * w0.clone()
@@ -27,7 +29,7 @@ def test_matches_normal_equations_with_explicit_inverse():
         lhs += torch.outer(v, k)
         gram += torch.outer(k, k)
     expected = lhs @ torch.inverse(gram)
-    got = ridge_solve(w0, keys, values, lam)
+    got = ridge_solve(w0, keys, values, lam, form=form)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -50,11 +52,15 @@ def test_is_the_minimiser():
         assert loss(best) < loss(best + 1e-3 * torch.randn(best.shape, generator=gen, dtype=best.dtype))
 
 
-def test_large_lambda_keeps_w0_small_lambda_fits_keys():
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_large_lambda_keeps_w0_small_lambda_fits_keys(form):
     w0, keys, values = _layer(d_in=6, n=3)
-    torch.testing.assert_close(ridge_solve(w0, keys, values, 1e9), w0, rtol=0, atol=1e-7)
-    fitted = ridge_solve(w0, keys, values, 1e-9)
-    torch.testing.assert_close(keys @ fitted.T, values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ridge_solve(w0, keys, values, 1e9, form=form), w0, rtol=0, atol=1e-7)
+    fitted = ridge_solve(w0, keys, values, 1e-8, form=form)
+    torch.testing.assert_close(keys @ fitted.T, values, rtol=0, atol=1e-5)
+    # the fitted map changes nothing orthogonal to the keys (minimum-norm change)
+    ortho = torch.linalg.svd(keys, full_matrices=True).Vh[3:]  # (3, 6) basis of the keys' null space
+    torch.testing.assert_close(ortho @ fitted.T, ortho @ w0.T, rtol=0, atol=1e-5)
 
 
 def test_preservation_pairs_equal_stacked_keys():

@@ -262,3 +262,15 @@ def test_concept_missing_from_template_names_the_prompt(tiny_sd1):
     request = EditRequest(concepts=("cat",), targets=("dog",), templates=("{}s in a field",))
     with pytest.raises(PromptError, match="cats in a field"):
         compute_edit(tiny_sd1, request, method="locoedit", config=LocoEditConfig(sites=(XATTN,)))
+
+
+def test_locoedit_target_modes(tiny_sd1):
+    bare = compute_edit(tiny_sd1, REQUEST, method="locoedit", config=LocoEditConfig(sites=(XATTN,)))
+    templated = compute_edit(
+        tiny_sd1, REQUEST, method="locoedit", config=LocoEditConfig(sites=(XATTN,), target_mode="template")
+    )
+    key = bare.parameters[0]
+    assert not torch.equal(bare.weights[key], templated.weights[key])
+    assert bare.config["target_mode"] == "bare"
+    with pytest.raises(ConfigError, match="target_mode"):
+        LocoEditConfig(sites=(XATTN,), target_mode="nope")

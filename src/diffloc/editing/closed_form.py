@@ -8,9 +8,16 @@ where ``(p_j, q_j)`` are optional preservation pairs. Setting the gradient to ze
 
     W* (λ I + Kᵀ K + Pᵀ P) = λ W0 + Vᵀ K + Qᵀ P
 
-with keys stacked as **rows** (``K`` is ``n × d_in``, ``V`` is ``n × d_out``). The system matrix is symmetric
-positive definite for λ > 0, so ``W*ᵀ`` is the solution of one ``torch.linalg.solve`` (no explicit inverse),
-done in float64 and cast back to ``W0``'s dtype.
+with keys stacked as **rows** (``K`` is ``n × d_in``, ``V`` is ``n × d_out``). Preservation pairs are simply
+more rows of ``K`` and ``V``. The system matrix is symmetric positive definite for λ > 0, so ``W*ᵀ`` is the
+solution of one ``torch.linalg.solve`` (no explicit inverse), done in float64 and cast back to ``W0``'s dtype.
+
+Two equivalent forms are solved, whichever is smaller:
+
+* primal (``n >= d_in``): ``(λ I_d + Kᵀ K) W*ᵀ = (λ W0 + Vᵀ K)ᵀ`` — a ``d_in × d_in`` system;
+* dual (``n < d_in``): writing ``λ W0 = W0 (λ I + KᵀK) − W0 KᵀK`` and using ``K (λ I_d + KᵀK)⁻¹ =
+  (λ I_n + K Kᵀ)⁻¹ K`` gives ``W* = W0 + (V − K W0ᵀ)ᵀ (λ I_n + K Kᵀ)⁻¹ K`` — an ``n × n`` system. LocoEdit
+  fits a handful of keys into 768- to 2048-wide layers, so this is what makes it fast.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ def ridge_solve(
     *,
     K_preserve: torch.Tensor | None = None,
     V_preserve: torch.Tensor | None = None,
+    form: str = "auto",
 ) -> torch.Tensor:
     """Closed-form ridge edit of a linear layer's weight.
 
@@ -48,6 +56,7 @@ def ridge_solve(
         lam: ridge strength λ > 0 pulling the result towards ``W0``.
         K_preserve, V_preserve: optional preservation keys ``(m, d_in)`` and values ``(m, d_out)``
             (usually ``V_preserve = K_preserve @ W0.T``: keep these inputs' outputs).
+        form: ``"auto"`` (the smaller system), ``"primal"`` or ``"dual"``; all give the same ``W*``.
 
     Returns:
         ``W*`` with ``W0``'s shape, dtype and device.
@@ -72,18 +81,28 @@ def ridge_solve(
         raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
     if (K_preserve is None) != (V_preserve is None):
         raise EditError("give both K_preserve and V_preserve, or neither")
-    w0 = W0.detach().to(device="cpu", dtype=torch.float64)
-    system = lam * torch.eye(d_in, dtype=torch.float64) + keys.T @ keys  # (d_in, d_in)
-    rhs = lam * w0 + values.T @ keys  # (d_out, d_in)
+    if form not in ("auto", "primal", "dual"):
+        raise ConfigError(f"form must be 'auto', 'primal' or 'dual', got {form!r}")
     if K_preserve is not None and V_preserve is not None:
         kp = _rows("K_preserve", K_preserve, d_in)
         vp = _rows("V_preserve", V_preserve, d_out)
         if kp.shape[0] != vp.shape[0]:
             raise EditError(f"{kp.shape[0]} preservation keys but {vp.shape[0]} values")
-        system = system + kp.T @ kp
-        rhs = rhs + vp.T @ kp
-    # W* S = R with S symmetric  <=>  S W*ᵀ = Rᵀ
-    solution = torch.linalg.solve(system, rhs.T).T  # (d_out, d_in)
-    if not torch.isfinite(solution).all():
-        raise EditError("the ridge solve produced non-finite weights; increase lambda")
+        keys, values = torch.cat([keys, kp]), torch.cat([values, vp])
+    w0 = W0.detach().to(device="cpu", dtype=torch.float64)
+    n = keys.shape[0]
+    if form == "dual" or (form == "auto" and n < d_in):
+        gram = lam * torch.eye(n, dtype=torch.float64) + keys @ keys.T  # (n, n)
+        residual = values - keys @ w0.T  # (n, d_out): what the edit must add at each key
+        coeff = torch.linalg.solve(gram, residual)  # (n, d_out)
+        if not torch.isfinite(coeff).all():  # W0 is finite (checked at load), so this decides W*'s finiteness
+            raise EditError("the ridge solve produced non-finite weights; increase lambda")
+        solution = w0 + coeff.T @ keys  # (d_out, d_in)
+    else:
+        system = lam * torch.eye(d_in, dtype=torch.float64) + keys.T @ keys  # (d_in, d_in)
+        rhs = lam * w0 + values.T @ keys  # (d_out, d_in)
+        # W* S = R with S symmetric  <=>  S W*ᵀ = Rᵀ
+        solution = torch.linalg.solve(system, rhs.T).T  # (d_out, d_in)
+        if not torch.isfinite(solution).all():
+            raise EditError("the ridge solve produced non-finite weights; increase lambda")
     return solution.to(device=W0.device, dtype=W0.dtype).contiguous()

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +126,27 @@ class Edit:
             from diffloc import __version__
 
             object.__setattr__(self, "version", __version__)
-        object.__setattr__(self, "_base_hashes", {k: tensor_hash(v) for k, v in self.originals.items()})
-        object.__setattr__(self, "_new_hashes", {k: tensor_hash(v) for k, v in self.weights.items()})
 
     # -- identity --------------------------------------------------------------------------------
+    # Hashes are computed on first use (tensors are never mutated by an Edit), so computing an edit does not
+    # pay for hashing megabytes it may never apply or save.
+    @cached_property
+    def _base_hashes(self) -> dict[str, str]:
+        return {k: tensor_hash(v) for k, v in self.originals.items()}
+
+    @cached_property
+    def _new_hashes(self) -> dict[str, str]:
+        return {k: tensor_hash(v) for k, v in self.weights.items()}
+
     @property
     def base(self) -> dict[str, Any]:
         """The base this edit applies to: family and the hash of every touched base tensor."""
-        return {"family": self.family, "tensors": dict(self._base_hashes)}  # type: ignore[attr-defined]
+        return {"family": self.family, "tensors": dict(self._base_hashes)}
 
     @property
     def result_hashes(self) -> dict[str, str]:
         """Hash of every touched tensor after the edit is applied."""
-        return dict(self._new_hashes)  # type: ignore[attr-defined]
+        return dict(self._new_hashes)
 
     @property
     def parameters(self) -> list[str]:

@@ -6,8 +6,10 @@ For every chosen cross-attention site and each of its text projections ``W0`` (`
     W* = argmin_W  Σ_i ‖W c_i − W0 c*_i‖²  +  λ ‖W − W0‖²
 
 ``c_i`` is the context the UNet reads (final text-encoder output; IF: after ``encoder_hid_proj``) at the last
-token of the concept in prompt i, ``c*_i`` the same for the target filled into the *same* template (so a style,
-object or fact is mapped to its replacement in matching context). Preserved concepts add pairs
+token of the concept in prompt i, ``c*_i`` the same for the target prompt at the target's last token. With
+``target_mode="bare"`` (default, as the reference ``loco_edit.py``) the target prompt is the target alone
+("a painting") for every key; with ``"template"`` it is the target filled into the key's own template, so the
+concept is mapped to its replacement in matching context. Preserved concepts add pairs
 ``c_p → W0 c_p``. λ is separate for keys and values (both 0.01 by default, as in the reference). SD-XL's pooled
 text embedding, which does not pass through these projections, is left untouched.
 
@@ -39,6 +41,7 @@ IF_NOTE = (
     "DeepFloyd IF: LocoEdit is applied, but the ICML 2024 paper reports it is limited on IF because the T5 "
     "encoder is bidirectional (subject states depend on the whole prompt)."
 )
+TARGET_MODES = ("bare", "template")
 SDXL_NOTE = "SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change."
 
 
@@ -68,14 +71,19 @@ class LocoEditConfig:
             to a tuple of strings).
         lam_k: ridge strength for key projections (reference: 0.01).
         lam_v: ridge strength for value projections (reference: 0.01; the reference parses but ignores it).
+        target_mode: ``"bare"`` (the target alone, reference behaviour) or ``"template"`` (the target in the
+            key's template).
     """
 
     sites: Any
     lam_k: float = 0.01
     lam_v: float = 0.01
+    target_mode: str = "bare"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", site_names(self.sites))
+        if self.target_mode not in TARGET_MODES:
+            raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got {self.target_mode!r}")
         _check_lambda("lam_k", self.lam_k)
         _check_lambda("lam_v", self.lam_v)
 
@@ -118,7 +126,8 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     pairs = request.pairs(LOCOEDIT_TEMPLATES)
     edit_pairs = [p for p in pairs if not p.preserve]
     keep_pairs = [p for p in pairs if p.preserve]
-    prompts = [p.key_prompt for p in pairs] + [p.value_prompt for p in edit_pairs]
+    bare = config.target_mode == "bare"
+    prompts = [p.key_prompt for p in pairs] + [p.value_subject if bare else p.value_prompt for p in edit_pairs]
     subjects = [p.key_subject for p in pairs] + [p.value_subject for p in edit_pairs]
     states = context_at_subjects(model, prompts, subjects).double()  # (rows, d_text)
     n_edit, n_all = len(edit_pairs), len(pairs)

@@ -58,22 +58,26 @@ def subject_positions(model: LoadedModel, prompts: Sequence[str], subjects: Sequ
     return out
 
 
-def _padded_length(model: LoadedModel, prompts: Sequence[str]) -> int:
-    pipe, adapter = model.pipe, model.adapter
-    return max(len(getattr(pipe, spec.tokenizer)(p).input_ids) for spec in adapter.text_encoders(pipe) for p in prompts)
+def _token_count(model: LoadedModel, prompt: str) -> int:
+    pipe = model.pipe
+    return max(len(getattr(pipe, spec.tokenizer)(prompt).input_ids) for spec in model.adapter.text_encoders(pipe))
+
+
+def all_causal(model: LoadedModel) -> bool:
+    """Whether every text encoder of the pipeline is a causal CLIP encoder."""
+    return all(is_causal_clip(getattr(model.pipe, s.component)) for s in model.adapter.text_encoders(model.pipe))
 
 
 def encode_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
-    """Cross-attention context ``(len(prompts), tokens, dim)`` of distinct prompts, as the UNet reads it.
+    """Cross-attention context ``(len(prompts), tokens, dim)`` of prompts, as the UNet reads it.
 
     For all-CLIP pipelines the prompts are padded only to the longest one (see the module docstring), so
     only positions up to each prompt's own end are meaningful.
     """
     pipe, adapter = model.pipe, model.adapter
-    encoders = [getattr(pipe, spec.component) for spec in adapter.text_encoders(pipe)]
     with torch.no_grad():
-        if all(is_causal_clip(e) for e in encoders):
-            length = _padded_length(model, prompts)
+        if all_causal(model):
+            length = max(_token_count(model, p) for p in prompts)
             # A shallow copy of the (stateless) adapter whose pad length is the longest prompt: the adapter's
             # own encode logic (which layer, SD-XL's concatenation) runs unchanged on shorter sequences.
             short = copy.copy(adapter)
@@ -87,7 +91,8 @@ def encode_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
 def context_at_subjects(model: LoadedModel, prompts: Sequence[str], subjects: Sequence[str]) -> torch.Tensor:
     """Cross-attention context at the last subject token of each prompt, ``(len(prompts), dim)``.
 
-    Each distinct prompt is encoded once.
+    Each distinct prompt is encoded once; with causal encoders, prompts of equal token count are batched
+    together at exactly that length (no padding work at all).
 
     Raises:
         PromptError: a subject does not occur in its prompt.
@@ -96,7 +101,16 @@ def context_at_subjects(model: LoadedModel, prompts: Sequence[str], subjects: Se
         raise PromptError("empty prompt list; an edit needs at least one prompt")
     positions = subject_positions(model, prompts, subjects)
     distinct = list(dict.fromkeys(prompts))
-    context = encode_context(model, distinct)
-    row = {p: i for i, p in enumerate(distinct)}
-    picked = [context[row[p], pos] for p, pos in zip(prompts, positions, strict=True)]
+    if all_causal(model):
+        groups: dict[int, list[str]] = {}
+        for prompt in distinct:
+            groups.setdefault(_token_count(model, prompt), []).append(prompt)
+        batches = list(groups.values())
+    else:
+        batches = [distinct]
+    state: dict[str, torch.Tensor] = {}
+    for batch in batches:
+        context = encode_context(model, batch)
+        state.update({p: context[i] for i, p in enumerate(batch)})
+    picked = [state[p][pos] for p, pos in zip(prompts, positions, strict=True)]
     return torch.stack(picked).float()  # (n, dim)

@@ -1,0 +1,126 @@
+"""Benchmark: wall time of the closed-form editors on SD-1.5-size modules, side by side in one run.
+
+Run: ``python bench/edit_speed.py [--repeats 5] [--threads 1]``
+
+Part 1 — SD-1.5 size. A StableDiffusionPipeline whose text encoder is CLIP ViT-L/14-sized (768 wide, 12 layers,
+the real 49408-token vocabulary and tokenizer) and whose UNet is the published SD-1.5 config (860M parameters),
+both with random weights built in-process (no download). Timed per edit, end to end through ``compute_edit``:
+tokenizing, the text-encoder passes, the solves, and building the :class:`Edit` (base tensors copied).
+
+* Diff-QuickFix: "van gogh" → "a painting", the reference's 4 templates, EOS/padding positions included
+  (291 key/value pairs, one 768×768 solve). Only text-encoder layer 0 runs.
+* LocoEdit: the same request on layers 8 and 9 (``unet.xattn.8``, ``unet.xattn.9``: 4 projections of
+  1280×768), the reference's default window. The 8 distinct prompts run through all 12 CLIP layers, padded to
+  the longest prompt (CLIP is causal, so subject states equal the 77-token ones up to rounding).
+
+Targets: < 0.3 s each on this CPU.
+
+Part 2 — ShapesWorld: closed-form edit vs an ESD-style fine-tuning baseline. TODO(issue 5): needs the shipped
+ShapesWorld model (``src/diffloc/assets/shapesworld/model_index.json``) and its detectors; until then this part
+prints "skipped: ShapesWorld model not shipped".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch
+
+from diffloc.editing import EditRequest, LocoEditConfig, QuickFixConfig, compute_edit
+from diffloc.models.base import LoadedModel
+from diffloc.models.registry import load, shapesworld_dir
+
+
+def build_sd15_size() -> LoadedModel:
+    """SD-1.5-sized text encoder + UNet with random weights (tiny VAE: editing never decodes)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffloc.models.full_configs import full_size_unet_config
+    from diffloc.models.tiny import build_tiny_pipeline
+
+    torch.manual_seed(0)
+    pipe = build_tiny_pipeline("sd1", seed=0)  # tokenizer, scheduler and VAE
+    tokenizer = pipe.tokenizer
+    text_config = CLIPTextConfig(  # openai/clip-vit-large-patch14 text tower
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    pipe.register_modules(
+        text_encoder=CLIPTextModel(text_config).eval(),
+        unet=UNet2DConditionModel(**full_size_unet_config("sd1")).eval(),
+    )
+    return load(pipe)
+
+
+def time_edit(model: LoadedModel, method: str, config, request: EditRequest, repeats: int) -> tuple[list[float], dict]:
+    """Wall times of ``compute_edit`` (first call excluded as warm-up) and the last edit's stats."""
+    compute_edit(model, request, method=method, config=config)  # warm-up: allocator, tokenizer caches
+    times = []
+    edit = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        edit = compute_edit(model, request, method=method, config=config)
+        times.append(time.perf_counter() - start)
+    assert edit is not None
+    return times, {"params": edit.num_values, **dict(edit.stats)}
+
+
+def sd15_part(repeats: int) -> None:
+    start = time.perf_counter()
+    model = build_sd15_size()
+    print(f"built SD-1.5-size modules in {time.perf_counter() - start:.1f} s (random weights)")
+    request = EditRequest(concepts=("van gogh",), targets=("a painting",))
+    rows = [
+        ("Diff-QuickFix", "quickfix", QuickFixConfig()),
+        ("LocoEdit L8-9", "locoedit", LocoEditConfig(sites=("unet.xattn.8", "unet.xattn.9"))),
+    ]
+    print(f"{'method':<15} {'best s':>8} {'median s':>9} {'target':>7}  params written  pairs  solve s")
+    for label, method, config in rows:
+        times, stats = time_edit(model, method, config, request, repeats)
+        pairs = stats.get("key_value_pairs")
+        if isinstance(pairs, dict):
+            pairs = sum(v["edit"] for v in pairs.values())
+        verdict = "ok" if min(times) < 0.3 else "SLOW"
+        print(
+            f"{label:<15} {min(times):8.3f} {statistics.median(times):9.3f} {'<0.3':>7}  "
+            f"{stats['params']:>14,}  {pairs!s:>5}  {stats['solve_seconds']:.3f}  {verdict}"
+        )
+
+
+def shapesworld_part() -> None:
+    if not (shapesworld_dir() / "model_index.json").is_file():
+        # TODO(issue 5): closed-form removal vs ESD-style fine-tuning to the same detection drop (ratio >= 1000x)
+        print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
+        return
+    print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ESD baseline not implemented yet (TODO issue 5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), best/median of {args.repeats} after a warm-up")
+    sd15_part(args.repeats)
+    shapesworld_part()
+
+
+if __name__ == "__main__":
+    main()
