@@ -15,9 +15,11 @@ tokenizing, the text-encoder passes, the solves, and building the :class:`Edit` 
 
 Targets: < 0.3 s each on this CPU.
 
-Part 2 — ShapesWorld: closed-form edit vs an ESD-style fine-tuning baseline. TODO(issue 5): needs the shipped
-ShapesWorld model (``src/diffloc/assets/shapesworld/model_index.json``) and its detectors; until then this part
-prints "skipped: ShapesWorld model not shipped".
+Part 2 — ShapesWorld: removing a named style in closed form (wall time of ``compute_edit``) vs the ESD-x
+fine-tuning baseline of ``bench/esd_baseline.py`` on the same removal target, run until the style's held-out
+detection rate is as low as after the closed-form edit (training time only; the periodic evaluation is not
+counted). Target ratio: >= 1000x. Needs the shipped ShapesWorld model and detectors; otherwise it prints
+"skipped: ShapesWorld model not shipped" (or that the detectors are missing).
 """
 
 from __future__ import annotations
@@ -103,23 +105,74 @@ def sd15_part(repeats: int) -> None:
         )
 
 
-def shapesworld_part() -> None:
+def shapesworld_part(seeds: int, max_steps: int) -> None:
+    """Closed-form style removal vs ESD-x fine-tuning run until it reaches the same detection drop."""
     if not (shapesworld_dir() / "model_index.json").is_file():
-        # TODO(issue 5): closed-form removal vs ESD-style fine-tuning to the same detection drop (ratio >= 1000x)
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
-    print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ESD baseline not implemented yet (TODO issue 5)")
+    from edit_efficacy import rates, style_templates
+    from esd_baseline import ESDConfig, kv_snapshot, run_esd
+
+    from diffloc.engine.generate import GenerationConfig
+    from diffloc.world import captions, vocab
+    from diffloc.world.detectors import shipped_detector
+
+    try:
+        shipped_detector()
+    except Exception as exc:
+        print(f"ShapesWorld closed-form vs ESD fine-tuning: skipped: detectors not available ({exc})")
+        return
+    model = load("shapesworld")
+    style = next(iter(vocab.STYLES))
+    group = f"style:{style}"
+    prompts = [p for p in captions.heldout_prompts() if p.group == group]
+    generation = GenerationConfig(steps=20, guidance=4.0)
+    before = rates(model, prompts, seeds, generation)[group]
+    request = EditRequest(
+        concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False
+    )
+    print(f"ShapesWorld: removing {style!r}; held-out detection rate before {before:.2f} ({seeds} seeds)")
+    print(f"{'method':<15} {'seconds':>9} {'rate after':>10} {'ESD steps':>9} {'ESD s':>8} {'ESD/closed':>10}")
+    for label, method, config in (
+        ("Diff-QuickFix", "quickfix", QuickFixConfig()),
+        ("LocoEdit", "locoedit", LocoEditConfig(sites="unet.xattn.*")),
+    ):
+        times, _ = time_edit(model, method, config, request, repeats=3)
+        edit = compute_edit(model, request, method=method, config=config)
+        with edit.applied(model):
+            after = rates(model, prompts, seeds, generation)[group]
+        restore = kv_snapshot(model)
+        try:
+            esd = run_esd(
+                model,
+                [t.format(style) for t in style_templates()],
+                config=ESDConfig(max_steps=max_steps),
+                generation=generation,
+                done=lambda after=after: rates(model, prompts, seeds, generation)[group] <= after,
+            )
+        finally:
+            restore()
+        ratio = esd.train_seconds / min(times)
+        bound = "" if esd.reached else ">="
+        print(
+            f"{label:<15} {min(times):9.4f} {after:10.2f} {esd.steps:9d} {esd.train_seconds:8.1f} "
+            f"{bound}{ratio:9.0f}x  (target >= 1000x; ESD evaluation time {esd.eval_seconds:.0f} s not counted)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=4, help="ShapesWorld: seeds per held-out prompt")
+    parser.add_argument("--esd-steps", type=int, default=2000, help="ShapesWorld: ESD step budget")
+    parser.add_argument("--skip-sd15", action="store_true", help="only the ShapesWorld part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), best/median of {args.repeats} after a warm-up")
-    sd15_part(args.repeats)
-    shapesworld_part()
+    if not args.skip_sd15:
+        sd15_part(args.repeats)
+    shapesworld_part(args.seeds, args.esd_steps)
 
 
 if __name__ == "__main__":
