@@ -274,3 +274,16 @@ def test_locoedit_target_modes(tiny_sd1):
     assert bare.config["target_mode"] == "bare"
     with pytest.raises(ConfigError, match="target_mode"):
         LocoEditConfig(sites=(XATTN,), target_mode="nope")
+
+
+def test_no_hook_or_state_left_behind(tiny_model):
+    from diffloc.engine.hooks import installed_hook_count
+
+    before = tiny_model.adapter.encode(tiny_model.pipe, ["a photo of cat"]).hidden
+    hooks = installed_hook_count(tiny_model)  # after a first encode: transformers installs its own lazily
+    compute_edit(tiny_model, REQUEST)  # quickfix stops the text encoder mid-forward
+    if tiny_model.family != "if":  # the tiny T5 vocabulary splits "cats" into "cat" + "s"
+        with pytest.raises(PromptError):
+            compute_edit(tiny_model, EditRequest(concepts=("cat",), targets=("dog",), templates=("{}s in a field",)))
+    assert installed_hook_count(tiny_model) == hooks
+    assert torch.equal(tiny_model.adapter.encode(tiny_model.pipe, ["a photo of cat"]).hidden, before)

@@ -342,7 +342,9 @@ class Edit:
         ]
         for key, new in self.weights.items():
             base = self.base["tensors"][key]
-            lines.append(f"  {key}  {tuple(new.shape)} {str(new.dtype).removeprefix('torch.')}  base {base[:16]}")
+            dtype = str(new.dtype).removeprefix("torch.")
+            origin = "absent (added by the edit)" if base == ABSENT else f"sha256 {base[:16]}"
+            lines.append(f"  {key}  {tuple(new.shape)} {dtype} {new.numel():,} values  base {origin}")
         lines += [f"stats: {json.dumps(dict(self.stats))}"] if self.stats else []
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
