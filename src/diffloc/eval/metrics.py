@@ -1,0 +1,45 @@
+"""Pure metric functions over scores and images (no model access)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from diffloc.errors import ConfigError
+
+
+def detection_rate(scores: torch.Tensor | Sequence[float], threshold: float = 0.5) -> float:
+    """Fraction of images whose score exceeds ``threshold`` (a detector probability reads as detected)."""
+    values = torch.as_tensor(scores, dtype=torch.float64)
+    if values.numel() == 0:
+        raise ConfigError("no scores to rate; the prompt set is empty")
+    return float((values > threshold).double().mean())
+
+
+def mean_score(scores: torch.Tensor | Sequence[float]) -> float:
+    """Mean of scores (CLIP-score style metrics)."""
+    values = torch.as_tensor(scores, dtype=torch.float64)
+    if values.numel() == 0:
+        raise ConfigError("no scores to average; the prompt set is empty")
+    return float(values.mean())
+
+
+def removal_efficacy(before: float, after: float) -> float:
+    """Points of detection removed, as a fraction of what was there: ``(before - after) / before``."""
+    return 0.0 if before <= 0 else (before - after) / before
+
+
+def retention(before: float, after: float) -> float:
+    """Fraction of an unedited detection rate kept after the edit (1.0 = untouched; capped at 1)."""
+    if before <= 0:
+        return 1.0 if after <= 0 else math.inf
+    return min(1.0, after / before)
+
+
+def pixel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute pixel difference of two image batches ``(n, 3, H, W)`` in ``[0, 1]``."""
+    if a.shape != b.shape:
+        raise ConfigError(f"image batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float((a.double() - b.double()).abs().mean())

@@ -1,0 +1,270 @@
+"""Evaluation suites (YAML) and :func:`evaluate`: what an edit changed and what it left alone.
+
+A suite lists concept *cases*. Each case names the concept, what the edit should do (``remove`` it, or
+``update`` it to a new fact), the prompts the edit was made for (efficacy), held-out paraphrases and
+compositions (generalization), and neighbouring prompts whose own attribute must survive (specificity).
+Unrelated prompts measure fidelity: how far edited images move from unedited ones at equal seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffloc import __version__
+from diffloc.atomic import write_json_atomic
+from diffloc.config import from_dict, read_yaml
+from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.errors import ConfigError
+from diffloc.eval.metrics import detection_rate, pixel_distance, removal_efficacy, retention
+from diffloc.eval.scorers import Scorer
+from diffloc.models.base import LoadedModel
+
+
+@dataclass(frozen=True, kw_only=True)
+class Neighbour:
+    """A prompt whose attribute an edit must not disturb."""
+
+    prompt: str
+    attribute: str
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip() or not self.attribute.strip():
+            raise ConfigError("a neighbour needs a non-empty prompt and attribute")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConceptCase:
+    """One concept to edit and how to judge the edit.
+
+    Attributes:
+        name: label used in reports.
+        kind: ``style``, ``object`` or ``fact``.
+        concept: the words the edit targets (e.g. ``"van goo"``).
+        target: what the concept should become (anchor for removal, new fact for an update).
+        mode: ``remove`` or ``update``.
+        attribute: text scored for the concept (e.g. ``"in the style of van goo"``).
+        target_attribute: text scored for the new fact (``update`` only).
+        prompts: the edit's own prompts (efficacy).
+        heldout: paraphrases and compositions not used to compute the edit (generalization).
+        neighbours: prompts whose attribute must survive (specificity).
+        target_prompt: the prompt a LocoGen window reads instead (default: the first prompt with the concept
+            replaced by the target).
+    """
+
+    name: str
+    kind: str
+    concept: str
+    target: str
+    mode: str
+    attribute: str
+    prompts: tuple[str, ...]
+    heldout: tuple[str, ...]
+    neighbours: tuple[Neighbour, ...]
+    target_attribute: str = ""
+    target_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("style", "object", "fact"):
+            raise ConfigError(f"case {self.name!r}: kind must be style, object or fact, got {self.kind!r}")
+        if self.mode not in ("remove", "update"):
+            raise ConfigError(f"case {self.name!r}: mode must be remove or update, got {self.mode!r}")
+        if self.mode == "update" and not self.target_attribute.strip():
+            raise ConfigError(f"case {self.name!r}: an update needs target_attribute (the new fact to detect)")
+        for label in ("prompts", "heldout"):
+            if not getattr(self, label):
+                raise ConfigError(f"case {self.name!r}: {label} is empty")
+        for prompt in (*self.prompts, *self.heldout):
+            if self.concept.lower() not in prompt.lower():
+                raise ConfigError(
+                    f"case {self.name!r}: prompt {prompt!r} does not contain the concept {self.concept!r}"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSuite:
+    """A set of cases plus sampling settings and unrelated prompts for fidelity."""
+
+    cases: tuple[ConceptCase, ...]
+    unrelated: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    steps: int = 20
+    guidance: float = 7.5
+    max_batch: int = 32
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.cases:
+            raise ConfigError("suite has no cases")
+        if not self.seeds:
+            raise ConfigError("suite has no seeds")
+        GenerationConfig(steps=self.steps, guidance=self.guidance)
+
+    def case(self, name: str) -> ConceptCase:
+        """The case called ``name``."""
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise ConfigError(f"no case {name!r} in the suite; valid: {', '.join(c.name for c in self.cases)}")
+
+
+def load_suite(path: str | Path) -> EvalSuite:
+    """Load a suite YAML strictly (unknown keys or missing fields raise a one-line ConfigError)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(path)!r}: expected a mapping at the top level")
+    cases = []
+    for i, raw in enumerate(data.get("cases") or []):
+        where = f"{Path(path).name}: cases[{i}]"
+        if isinstance(raw, dict) and "neighbours" in raw:
+            raw = {**raw, "neighbours": [from_dict(Neighbour, n, where=f"{where}.neighbours[{j}]")
+                                         for j, n in enumerate(raw["neighbours"] or [])]}  # fmt: skip
+        cases.append(from_dict(ConceptCase, raw, where=where))
+    return from_dict(EvalSuite, {**data, "cases": cases}, where=Path(path).name)
+
+
+def shipped_suite_path(name: str = "shapesworld") -> Path:
+    """Path of a suite shipped with diffloc."""
+    return Path(__file__).resolve().parent.parent / "assets" / "suites" / f"{name}.yaml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalReport:
+    """Metrics of one edit on one suite (rates are detection rates in [0, 1]).
+
+    Attributes:
+        cases: per case: efficacy/generalization before and after, per-neighbour retention.
+        fidelity: mean absolute pixel change on unrelated prompts (0 = untouched).
+        meta: edit method, model, scorer, seeds, timings, version.
+    """
+
+    cases: dict[str, dict[str, Any]]
+    fidelity: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"cases": self.cases, "fidelity": self.fidelity, "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report as JSON atomically."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalReport:
+        """Read a report written by :meth:`save`."""
+        data = json.loads(Path(path).read_text())
+        return cls(cases=data["cases"], fidelity=float(data["fidelity"]), meta=data["meta"])
+
+
+def _images(model: LoadedModel, prompts: list[str], suite: EvalSuite) -> torch.Tensor:
+    config = GenerationConfig(steps=suite.steps, guidance=suite.guidance)
+    pairs = [(p, s) for p in prompts for s in suite.seeds]
+    chunks = [pairs[i : i + suite.max_batch] for i in range(0, len(pairs), suite.max_batch)]
+    return torch.cat([generate(model, [p for p, _ in c], seeds=[s for _, s in c], config=config) for c in chunks])
+
+
+def _rates(
+    scorer: Scorer, images: torch.Tensor, prompts: list[str], attributes: list[str], suite: EvalSuite
+) -> list[float]:
+    n = len(suite.seeds)
+    texts = [a for a in attributes for _ in range(n)]
+    scores = scorer.score(images, texts)
+    return [detection_rate(scores[i * n : (i + 1) * n], suite.threshold) for i in range(len(prompts))]
+
+
+def measure(model: LoadedModel, suite: EvalSuite, scorer: Scorer, cases: list[ConceptCase]) -> dict[str, Any]:
+    """Generate every prompt of ``cases`` (and the unrelated prompts) and score them: one model state."""
+    prompts: list[str] = []
+    attributes: list[str] = []
+    for case in cases:
+        for p in (*case.prompts, *case.heldout):
+            prompts.append(p)
+            attributes.append(case.attribute)
+            if case.mode == "update":
+                prompts.append(p)
+                attributes.append(case.target_attribute)
+        for n in case.neighbours:
+            prompts.append(n.prompt)
+            attributes.append(n.attribute)
+    unique = list(dict.fromkeys([*prompts, *suite.unrelated]))
+    images = _images(model, unique, suite)
+    index = {p: i for i, p in enumerate(unique)}
+    k = len(suite.seeds)
+    per_prompt = {p: images[index[p] * k : (index[p] + 1) * k] for p in unique}
+    rates = _rates(scorer, torch.cat([per_prompt[p] for p in prompts]), prompts, attributes, suite)
+    table = {(p, a): r for p, a, r in zip(prompts, attributes, rates, strict=True)}
+    return {"rates": table, "unrelated": torch.cat([per_prompt[p] for p in suite.unrelated])}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def evaluate(
+    model: LoadedModel,
+    edit: Any,
+    suite: EvalSuite,
+    *,
+    scorer: Scorer,
+    cases: list[str] | None = None,
+    before: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Measure an edit: efficacy, generalization, specificity and fidelity against the unedited model.
+
+    Args:
+        model: the unedited model (the edit is applied only inside this call and reverted after).
+        edit: an :class:`~diffloc.editing.edit.Edit`.
+        suite: the suite.
+        scorer: image scorer (ShapesWorld detectors or CLIP).
+        cases: names of the cases the edit addresses (default: all).
+        before: a :func:`measure` of the unedited model to reuse across edits.
+
+    Returns:
+        :class:`EvalReport`.
+    """
+    chosen = [suite.case(n) for n in cases] if cases else list(suite.cases)
+    start = time.perf_counter()
+    before = before if before is not None else measure(model, suite, scorer, chosen)
+    with edit.applied(model):
+        after = measure(model, suite, scorer, chosen)
+    report: dict[str, dict[str, Any]] = {}
+    for case in chosen:
+        attr = case.target_attribute if case.mode == "update" else case.attribute
+
+        def rate(state: dict[str, Any], prompts: tuple[str, ...], attribute: str) -> float:
+            return _mean([state["rates"][(p, attribute)] for p in prompts])
+
+        entry: dict[str, Any] = {"kind": case.kind, "mode": case.mode, "concept": case.concept, "target": case.target}
+        for label, prompts in (("efficacy", case.prompts), ("generalization", case.heldout)):
+            b, a = rate(before, prompts, case.attribute), rate(after, prompts, case.attribute)
+            entry[label] = {"concept_before": b, "concept_after": a, "removed": removal_efficacy(b, a)}
+            if case.mode == "update":
+                entry[label].update(target_before=rate(before, prompts, attr), target_after=rate(after, prompts, attr))
+        entry["specificity"] = [
+            {
+                "prompt": n.prompt,
+                "attribute": n.attribute,
+                "before": before["rates"][(n.prompt, n.attribute)],
+                "after": after["rates"][(n.prompt, n.attribute)],
+                "retention": retention(
+                    before["rates"][(n.prompt, n.attribute)], after["rates"][(n.prompt, n.attribute)]
+                ),
+            }
+            for n in case.neighbours
+        ]
+        report[case.name] = entry
+    meta = {
+        "diffloc_version": __version__,
+        "edit": edit.metadata() if hasattr(edit, "metadata") else str(edit),
+        "model": model.source,
+        "scorer": scorer.name,
+        "suite": {k: v for k, v in asdict(suite).items() if k != "cases"},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return EvalReport(cases=report, fidelity=pixel_distance(before["unrelated"], after["unrelated"]), meta=meta)
