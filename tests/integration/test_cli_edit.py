@@ -77,3 +77,18 @@ def test_generate_refuses_an_edit_for_another_model(tmp_path, capsys):
     assert "computed for a sd1 model" in capsys.readouterr().err
     assert main(["edit", "show", str(tmp_path / "missing")]) == 1
     assert "not an edit directory" in capsys.readouterr().err
+
+
+def test_locoedit_from_a_saved_locogen_window(tmp_path, capsys):
+    import numpy as np
+
+    from diffloc.tracing.results import WindowResult
+
+    windows = [["unet.xattn.7", "unet.xattn.8"], ["unet.xattn.8", "unet.xattn.9"]]
+    result = WindowResult(windows=windows, scores=np.array([0.5, 0.1]), original_score=0.9, mode="remove")
+    result.save(tmp_path / "window")
+    out = tmp_path / "e"
+    assert _edit(tmp_path, "locoedit", "--window", str(tmp_path / "window"), "--out", str(out)) == 0
+    assert Edit.load(out).config["sites"] == ["unet.xattn.8", "unet.xattn.9"]
+    assert _edit(tmp_path, "locoedit", "--window", str(tmp_path / "missing"), "--out", str(out)) == 1
+    assert capsys.readouterr().err.count("\n") == 1
