@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from diffloc import __version__
 from diffloc.errors import DifflocError
 
-COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "world", "edit")
+COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "demo", "world")
 
 
 def build_parser() -> argparse.ArgumentParser:

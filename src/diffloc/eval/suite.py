@@ -84,6 +84,8 @@ class ConceptCase:
                 raise ConfigError(
                     f"case {self.name!r}: prompt {prompt!r} does not contain the concept {self.concept!r}"
                 )
+        if not self.target_prompt:
+            object.__setattr__(self, "target_prompt", self.prompts[0].replace(self.concept, self.target))
 
 
 @dataclass(frozen=True, kw_only=True)

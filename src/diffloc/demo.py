@@ -1,0 +1,208 @@
+"""The end-to-end demo: localize, edit and evaluate every case of a suite, then write an HTML report.
+
+Stages (each skipped on rerun when its outputs exist; sweeps also resume item by item):
+
+1. ``trace/<case>/unet`` and ``trace/<case>/text`` — causal tracing of the UNet and text encoder;
+2. ``locogen/<case>`` — the cross-attention window that controls the attribute;
+3. ``edits/<case>/<method>`` — Diff-QuickFix and LocoEdit (on the LocoGen window) as saved Edit artifacts;
+4. ``eval/<case>/<method>.json`` — efficacy, generalization, specificity, fidelity;
+5. ``report.html`` + ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffloc import __version__
+from diffloc.atomic import write_json_atomic
+from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.eval.scorers import Scorer
+from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
+from diffloc.models.base import LoadedModel
+from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, plot_windows, save_figure
+from diffloc.tracing.causal import causal_trace, trace_text
+from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.locogen import locogen
+from diffloc.tracing.results import TraceResult, WindowResult
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("quickfix", "locoedit")
+#: ``stage(name, done, total)`` progress callback
+StageFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """Effort settings of the demo (the suite sets sampling for evaluation)."""
+
+    trace_seeds: tuple[int, ...] = (0, 1)
+    trace_prompts: int = 2
+    text_seeds: tuple[int, ...] = (0,)
+    locogen_window: int = 2
+    steps: int = 20
+    guidance: float = 7.5
+    max_batch: int = 32
+
+
+def _cached(path: Path, load: Callable[[Path], Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
+    if (
+        (path / "result.json").is_file()
+        or (path.suffix == ".json" and path.is_file())
+        or (path / "edit.json").is_file()
+    ):
+        try:
+            return load(path), True
+        except Exception:
+            logger.warning("recomputing unreadable stage output %s", path)
+    return compute(), False
+
+
+def run_demo(
+    model: LoadedModel,
+    suite: EvalSuite,
+    scorer: Scorer,
+    out: Path,
+    *,
+    config: DemoConfig | None = None,
+    progress: StageFn | None = None,
+) -> dict[str, Any]:
+    """Run every stage for every case; returns the summary written to ``summary.json``."""
+    config = config or DemoConfig()
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"diffloc_version": __version__, "model": model.source, "scorer": scorer.name,
+                               "demo_config": {**config.__dict__}, "cases": {}}  # fmt: skip
+    total = len(suite.cases) * 7
+    done = 0
+
+    def tick(stage: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(stage, done, total)
+
+    shared: dict[str, Any] = {}  # the unedited model's measurement, reused by every evaluation
+    for case in suite.cases:
+        summary["cases"][case.name] = _run_case(model, suite, scorer, out, case, config, timings, tick, shared)
+    summary["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    write_json_atomic(out / "summary.json", summary)
+    from diffloc.report.html import write_report
+
+    write_report(out, summary, suite)
+    return summary
+
+
+def _run_case(
+    model: LoadedModel,
+    suite: EvalSuite,
+    scorer: Scorer,
+    out: Path,
+    case: ConceptCase,
+    config: DemoConfig,
+    timings: dict[str, float],
+    tick: Callable[[str], None],
+    shared: dict[str, Any],
+) -> dict[str, Any]:
+    """All stages of one case; returns its summary entry."""
+    from diffloc.editing.edit import Edit
+    from diffloc.editing.locoedit import LocoEditConfig
+    from diffloc.editing.registry import compute_edit
+    from diffloc.editing.requests import EditRequest
+
+    sweep = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch}
+    entry: dict[str, Any] = {"kind": case.kind, "mode": case.mode, "concept": case.concept, "target": case.target}
+    prompts = list(case.prompts[: config.trace_prompts])
+    base = out / "trace" / case.name
+    start = time.perf_counter()
+    unet, reused = _cached(base / "unet", TraceResult.load, lambda: causal_trace(
+        model, prompts, case.concept, case.attribute, scorer=scorer,
+        config=TraceConfig(seeds=config.trace_seeds, **sweep), out=base / "unet"))  # fmt: skip
+    save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
+    timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
+    tick("trace unet")
+    start = time.perf_counter()
+    text, reused = _cached(base / "text", TraceResult.load, lambda: trace_text(
+        model, prompts[0], case.concept, case.attribute, scorer=scorer,
+        config=TraceConfig(seeds=config.text_seeds, **sweep), out=base / "text"))  # fmt: skip
+    save_figure(plot_text_trace(text), base / "text" / "trace.png")
+    timings[f"{case.name}/trace-text"] = 0.0 if reused else time.perf_counter() - start
+    tick("trace text")
+    start = time.perf_counter()
+    attribute = case.target_attribute if case.mode == "update" else case.attribute
+    window_dir = out / "locogen" / case.name
+    windows, reused = _cached(window_dir, WindowResult.load, lambda: locogen(
+        model, prompts, case.target_prompt, attribute, scorer=scorer,
+        config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
+        out=window_dir))  # fmt: skip
+    save_figure(plot_windows(windows), window_dir / "windows.png")
+    timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
+    tick("locogen")
+    request = EditRequest(
+        concepts=(case.concept,), targets=(case.target,),
+        templates=tuple(p.replace(case.concept, "{}") for p in case.prompts),
+    )  # fmt: skip
+    edits = {}
+    for method in METHODS:
+        edit_dir = out / "edits" / case.name / method
+        method_config = LocoEditConfig(sites=windows) if method == "locoedit" else None
+        start = time.perf_counter()
+
+        def compute(method: str = method, method_config: Any = method_config, edit_dir: Path = edit_dir) -> Any:
+            edit = compute_edit(model, request, method=method, config=method_config)
+            edit.save(edit_dir)
+            return edit
+
+        edits[method], reused = _cached(edit_dir, Edit.load, compute)
+        timings[f"{case.name}/edit-{method}"] = 0.0 if reused else time.perf_counter() - start
+        tick(f"edit {method}")
+    reports = {}
+    for method, edit in edits.items():
+        report_path = out / "eval" / case.name / f"{method}.json"
+        start = time.perf_counter()
+
+        def compute_report(edit: Any = edit, case: ConceptCase = case, report_path: Path = report_path) -> Any:
+            if "before" not in shared:
+                shared["before"] = measure(model, suite, scorer, list(suite.cases))
+            report = evaluate(model, edit, suite, scorer=scorer, cases=[case.name], before=shared["before"])
+            report.save(report_path)
+            return report
+
+        reports[method], reused = _cached(report_path, EvalReport.load, compute_report)
+        grid_path = out / "eval" / case.name / f"{method}-grid.png"
+        if not grid_path.is_file():
+            _before_after_grid(model, edit, suite, case, grid_path)
+        timings[f"{case.name}/eval-{method}"] = 0.0 if reused else time.perf_counter() - start
+        tick(f"eval {method}")
+    entry["unet_top"] = unet.top(5)
+    entry["unet_clean"], entry["unet_corrupted"] = unet.clean_score, unet.corrupt_score
+    entry["text_clean"], entry["text_corrupted"] = text.clean_score, text.corrupt_score
+    entry["locogen"] = {"best_sites": windows.best_sites, "best_score": windows.best_score,
+                        "original_score": windows.original_score}  # fmt: skip
+    entry["edits"] = {m: {"params": edits[m].num_values, "seconds": edits[m].stats.get("seconds")} for m in edits}
+    entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
+    return entry
+
+
+def _before_after_grid(model: LoadedModel, edit: Any, suite: EvalSuite, case: ConceptCase, path: Path) -> None:
+    """Row 1: unedited, row 2: edited; columns: an edit prompt, a held-out prompt, two neighbours (seed 0)."""
+    prompts = [case.prompts[0], case.heldout[0], *(n.prompt for n in case.neighbours[:2])]
+    config = GenerationConfig(steps=suite.steps, guidance=suite.guidance)
+    seed = suite.seeds[0]
+    before = generate(model, prompts, seeds=seed, config=config)
+    with edit.applied(model):
+        after = generate(model, prompts, seeds=seed, config=config)
+    labels = [f"before: {p}" for p in prompts] + [f"after: {p}" for p in prompts]
+    save_figure(image_strip(torch.cat([before, after]), labels, columns=len(prompts)), path)
+
+
+def load_summary(out: Path) -> dict[str, Any]:
+    """Read ``summary.json`` of a finished demo."""
+    return json.loads((out / "summary.json").read_text())

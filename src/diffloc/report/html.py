@@ -1,0 +1,119 @@
+"""A single static HTML page presenting a demo run; every number comes from ``summary.json``.
+
+Images are referenced by relative path (the page lives next to them), so the output directory can be
+zipped or served as is. Numbers carry ``data-key`` attributes naming where they come from in the summary,
+so a test can check the page against the JSON.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from diffloc.atomic import write_atomic
+from diffloc.eval.suite import EvalSuite
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
+h1{margin-bottom:.2rem} h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.5rem}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem}
+td,th{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}
+th{background:#f4f4f4} td.l,th.l{text-align:left} img{max-width:100%;border:1px solid #eee;margin:.3rem 0}
+.muted{color:#666;font-size:.9em} .good{color:#1a7f37} .bad{color:#b42318}
+"""
+
+
+def _num(value: Any, key: str, digits: int = 3) -> str:
+    text = "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+    return f'<span data-key="{html.escape(key)}">{html.escape(text)}</span>'
+
+
+def _img(out: Path, rel: str, alt: str) -> str:
+    if not (out / rel).is_file():
+        return f'<p class="muted">({html.escape(alt)}: not produced)</p>'
+    return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
+
+
+def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
+    key = f"cases.{name}"
+    parts = [f"<h2 id='{html.escape(name)}'>{html.escape(name)}: {html.escape(entry['mode'])} "
+             f"“{html.escape(entry['concept'])}” → “{html.escape(entry['target'])}”</h2>"]  # fmt: skip
+    parts.append("<h3>Localization</h3>")
+    parts.append(
+        "<table><tr><th class=l>trace</th><th>clean score</th><th>corrupted score</th></tr>"
+        f"<tr><td class=l>UNet</td><td>{_num(entry['unet_clean'], key + '.unet_clean')}</td>"
+        f"<td>{_num(entry['unet_corrupted'], key + '.unet_corrupted')}</td></tr>"
+        f"<tr><td class=l>text encoder</td><td>{_num(entry['text_clean'], key + '.text_clean')}</td>"
+        f"<td>{_num(entry['text_corrupted'], key + '.text_corrupted')}</td></tr></table>"
+    )
+    rows = "".join(
+        f"<tr><td class=l>{html.escape(site)}</td><td>{_num(effect, f'{key}.unet_top.{i}.1')}</td></tr>"
+        for i, (site, effect) in enumerate(entry["unet_top"])
+    )
+    parts.append(f"<table><tr><th class=l>top UNet site</th><th>indirect effect</th></tr>{rows}</table>")
+    parts.append(_img(out, f"trace/{name}/unet/trace.png", "UNet causal trace"))
+    parts.append(_img(out, f"trace/{name}/text/trace.png", "text-encoder causal trace"))
+    loco = entry["locogen"]
+    parts.append(
+        f"<p>LocoGen window: <b>{html.escape(', '.join(loco['best_sites']))}</b> — score "
+        f"{_num(loco['best_score'], key + '.locogen.best_score')} vs original "
+        f"{_num(loco['original_score'], key + '.locogen.original_score')}</p>"
+    )
+    parts.append(_img(out, f"locogen/{name}/windows.png", "LocoGen window curve"))
+    parts.append("<h3>Edits and evaluation</h3>")
+    head = ("<tr><th class=l>method</th><th>params</th><th>edit s</th><th>efficacy: before → after</th>"
+            "<th>generalization: before → after</th><th>fidelity (pixel Δ)</th></tr>")  # fmt: skip
+    body = []
+    for method, ev in entry["eval"].items():
+        mk = f"{key}.eval.{method}"
+        target_key = "target" if entry["mode"] == "update" else "concept"
+        eff, gen = ev["efficacy"], ev["generalization"]
+        body.append(
+            f"<tr><td class=l>{html.escape(method)}</td>"
+            f"<td>{_num(entry['edits'][method]['params'], f'{key}.edits.{method}.params')}</td>"
+            f"<td>{_num(entry['edits'][method]['seconds'], f'{key}.edits.{method}.seconds')}</td>"
+            f"<td>{_num(eff[target_key + '_before'], f'{mk}.efficacy.{target_key}_before', 2)} → "
+            f"{_num(eff[target_key + '_after'], f'{mk}.efficacy.{target_key}_after', 2)}</td>"
+            f"<td>{_num(gen[target_key + '_before'], f'{mk}.generalization.{target_key}_before', 2)} → "
+            f"{_num(gen[target_key + '_after'], f'{mk}.generalization.{target_key}_after', 2)}</td>"
+            f"<td>{_num(ev['fidelity'], f'{mk}.fidelity', 4)}</td></tr>"
+        )
+    parts.append(f"<table>{head}{''.join(body)}</table>")
+    parts.append("<p class=muted>Rates are detection rates over the suite's seeds. For an update, efficacy is the "
+                 "rate of the <i>new</i> fact on the concept's prompts.</p>")  # fmt: skip
+    for method, ev in entry["eval"].items():
+        rows = "".join(
+            f"<tr><td class=l>{html.escape(n['prompt'])}</td>"
+            f"<td>{_num(n['before'], f'{key}.eval.{method}.specificity.{i}.before', 2)}</td>"
+            f"<td>{_num(n['after'], f'{key}.eval.{method}.specificity.{i}.after', 2)}</td></tr>"
+            for i, n in enumerate(ev["specificity"])
+        )
+        parts.append(f"<table><tr><th class=l>specificity ({html.escape(method)}): neighbour</th><th>before</th>"
+                     f"<th>after</th></tr>{rows}</table>")  # fmt: skip
+        parts.append(_img(out, f"eval/{name}/{method}-grid.png", f"before/after images ({method})"))
+    return "\n".join(parts)
+
+
+def render_report(out: Path, summary: dict[str, Any], suite: EvalSuite) -> str:
+    """The report page as a string."""
+    cases = "\n".join(_case_section(out, name, entry) for name, entry in summary["cases"].items())
+    timing_rows = "".join(
+        f"<tr><td class=l>{html.escape(k)}</td><td>{_num(v, f'timings_seconds.{k}', 2)}</td></tr>"
+        for k, v in summary.get("timings_seconds", {}).items()
+    )
+    settings = (f"model <b>{html.escape(str(summary['model']))}</b>, scorer {html.escape(summary['scorer'])}, "
+                f"diffloc {html.escape(summary['diffloc_version'])}; evaluation seeds {list(suite.seeds)}, "
+                f"{suite.steps} steps, guidance {suite.guidance}")  # fmt: skip
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>diffloc report</title>"
+        f"<style>{_STYLE}</style></head><body><h1>diffloc report</h1><p class=muted>{settings}</p>"
+        f"{cases}<h2>Timings (seconds; 0 = reused from an earlier run)</h2><table>{timing_rows}</table>"
+        "</body></html>"
+    )
+
+
+def write_report(out: Path, summary: dict[str, Any], suite: EvalSuite) -> Path:
+    """Write ``report.html`` atomically next to the demo outputs."""
+    page = render_report(out, summary, suite)
+    return write_atomic(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))

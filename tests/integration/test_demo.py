@@ -1,0 +1,106 @@
+"""The demo pipeline end to end on a tiny model (random weights, tiny random CLIP scorer: mechanics only)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from diffloc.demo import DemoConfig, run_demo
+from diffloc.errors import ConfigError
+from diffloc.eval.scorers import ClipScorer
+from diffloc.eval.suite import load_suite
+
+SUITE = """
+seeds: [0]
+steps: 2
+guidance: 5.0
+max_batch: 16
+unrelated: [a red circle]
+cases:
+  - name: style-vg
+    kind: style
+    concept: van gogh
+    target: a painting
+    mode: remove
+    attribute: van gogh style
+    prompts: [a house in the style of van gogh, a tree in the style of van gogh]
+    heldout: [van gogh painting of a boat]
+    neighbours:
+      - {prompt: a house in the style of monet, attribute: monet style}
+"""
+
+
+def _lookup(summary, key):
+    node = summary
+    for part in key.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, tiny_clip_dir):
+    from diffloc.models.registry import load
+
+    out = tmp_path_factory.mktemp("demo")
+    (out / "suite.yaml").write_text(SUITE)
+    suite = load_suite(out / "suite.yaml")
+    model = load("tiny-sd1")
+    scorer = ClipScorer.from_dir(tiny_clip_dir)
+    config = DemoConfig(trace_seeds=(0,), steps=2, guidance=5.0, max_batch=24, trace_prompts=1)
+    summary = run_demo(model, suite, scorer, out / "run", config=config)
+    return model, suite, scorer, config, out / "run", summary
+
+
+def test_report_has_every_section_and_matches_the_json(demo_run):
+    _, _, _, _, out, summary = demo_run
+    page = (out / "report.html").read_text()
+    for needle in ("UNet causal trace", "text-encoder causal trace", "LocoGen window", "quickfix", "locoedit",
+                   "specificity", "Timings"):  # fmt: skip
+        assert needle in page
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    spans = re.findall(r'<span data-key="([^"]+)">([^<]+)</span>', page)
+    assert len(spans) > 20
+    for key, shown in spans:
+        value = _lookup(on_disk, key)
+        if shown == "—":
+            assert value is None
+        else:
+            assert float(shown) == pytest.approx(float(value), abs=0.5 * 10 ** -len(shown.split(".")[-1]))
+    for img in re.findall(r'<img src="([^"]+)"', page):
+        assert (out / img).is_file(), img
+    eval_json = json.loads((out / "eval" / "style-vg" / "quickfix.json").read_text())
+    assert eval_json["cases"]["style-vg"] == {
+        k: v for k, v in summary["cases"]["style-vg"]["eval"]["quickfix"].items() if k != "fidelity"
+    }
+
+
+def test_rerun_skips_finished_stages(demo_run):
+    model, suite, scorer, config, out, _ = demo_run
+    stamps = {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.json") if "items" not in p.parts and p.name != "summary.json"
+    }
+    summary = run_demo(model, suite, scorer, out, config=config)
+    assert all(v == 0.0 for v in summary["timings_seconds"].values())
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_suite_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SUITE.replace("steps: 2", "stepz: 2"))
+    with pytest.raises(ConfigError, match="unknown key 'stepz'; did you mean steps"):
+        load_suite(bad)
+    bad.write_text(SUITE.replace("    attribute: van gogh style\n", ""))
+    with pytest.raises(ConfigError, match="missing required field 'attribute'"):
+        load_suite(bad)
+    bad.write_text(SUITE.replace("[a house in the style of van gogh, ", "[a house, "))
+    with pytest.raises(ConfigError, match="does not contain the concept"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_suite(tmp_path / "missing.yaml")
+    Path(bad).write_text("cases: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_suite(bad)
