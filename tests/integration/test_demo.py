@@ -104,3 +104,58 @@ def test_suite_errors_are_one_line(tmp_path):
     Path(bad).write_text("cases: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_suite(bad)
+
+
+CHECKER = """
+<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target && e.target.src)), true);
+const origError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(' ')); origError(...a); };
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'));
+  const marker = document.createElement('pre');
+  marker.id = 'diffloc-check';
+  marker.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errors});
+  document.body.appendChild(marker);
+});
+</script>
+"""
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_in_a_real_headless_browser(demo_run, tmp_path):
+    import os
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("DIFFLOC_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (DIFFLOC_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("chromium not installed")
+    out = demo_run[4]
+    check = out / "browser-check.html"
+    check.write_text((out / "report.html").read_text().replace("</body>", CHECKER + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files"]  # fmt: skip
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", check.as_uri()],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    found = re.search(r'<pre id="diffloc-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["images"] >= 5 and result["broken"] == [] and result["errors"] == []
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # text and figures, not a blank page
