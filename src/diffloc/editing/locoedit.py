@@ -26,12 +26,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.editing.states import context_at_subjects
-from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
 
@@ -111,6 +112,18 @@ def projection_sites(model: LoadedModel, names: tuple[str, ...]) -> list[Site]:
     return sorted(chosen.values(), key=lambda s: order[s.name])
 
 
+def projection_linear(model: LoadedModel, site: Site) -> nn.Linear:
+    """The ``nn.Linear`` behind a ``.k``/``.v`` projection site.
+
+    Raises:
+        EditError: the module is not a linear layer (an attention implementation diffloc does not know).
+    """
+    module = model.module(site)
+    if not isinstance(module, nn.Linear):
+        raise EditError(f"{site.name} is a {type(module).__name__}, not a linear projection; cannot edit it")
+    return module
+
+
 def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> Edit:
     """Compute a LocoEdit edit (the model is not modified).
 
@@ -138,7 +151,7 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     originals: dict[str, torch.Tensor | None] = {}
     solve_seconds = 0.0
     for proj in projections:
-        linear = model.module(proj)
+        linear = projection_linear(model, proj)
         w0 = linear.weight.detach()
         w64 = w0.double()
         lam = config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v

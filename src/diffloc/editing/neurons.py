@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from diffloc.editing.edit import Edit
-from diffloc.editing.locoedit import projection_sites, site_names
+from diffloc.editing.locoedit import projection_linear, projection_sites, site_names
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.editing.states import context_at_subjects
 from diffloc.errors import ConfigError, PromptError
@@ -87,7 +87,7 @@ def compute_neurons(model: LoadedModel, request: EditRequest, config: NeuronConf
     start = time.perf_counter()
     projections = projection_sites(model, config.sites)
     for proj in projections:
-        width = model.module(proj).out_features
+        width = projection_linear(model, proj).out_features
         if config.top_n > width:
             raise ConfigError(f"top_n={config.top_n} exceeds the {width} output channels of {proj.name}")
     pairs = request.pairs(LOCOEDIT_TEMPLATES)
@@ -103,7 +103,7 @@ def compute_neurons(model: LoadedModel, request: EditRequest, config: NeuronConf
     originals: dict[str, torch.Tensor | None] = {}
     chosen: dict[str, list[int]] = {}
     for proj in projections:
-        linear = model.module(proj)
+        linear = projection_linear(model, proj)
         w0 = linear.weight.detach()
         b0 = linear.bias.detach() if linear.bias is not None else None
         acts = states @ w0.double().T  # (rows, channels)

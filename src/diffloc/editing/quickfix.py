@@ -163,7 +163,10 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
         w0 = linear.weight.detach()
         w64 = w0.double()
         bias = linear.bias.detach().double() if (config.faithful and linear.bias is not None) else None
-        edit_k, edit_v, keep_k, keep_v = [], [], [], []
+        edit_k: list[torch.Tensor] = []
+        edit_v: list[torch.Tensor] = []
+        keep_k: list[torch.Tensor] = []
+        keep_v: list[torch.Tensor] = []
         for pair, kp, vp in zip(pairs, key_pos, value_pos, strict=True):
             k_idx, v_idx = _aligned(kp, vp, length, config.use_eos)
             keys = hidden[row[pair.key_prompt], k_idx]  # (n, inner)

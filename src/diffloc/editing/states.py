@@ -81,7 +81,7 @@ def encode_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
             # A shallow copy of the (stateless) adapter whose pad length is the longest prompt: the adapter's
             # own encode logic (which layer, SD-XL's concatenation) runs unchanged on shorter sequences.
             short = copy.copy(adapter)
-            short.max_tokens = lambda _pipe, _spec: length  # type: ignore[method-assign]
+            short.max_tokens = lambda _pipe, _spec: length  # type: ignore[method-assign,assignment]
             hidden = short.encode(pipe, list(prompts)).hidden
         else:
             hidden = adapter.encode(pipe, list(prompts)).hidden
