@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--sites", default="unet.xattn.*", help="LocoEdit sites (names/globs)")
     parser.add_argument("--fact", default="zorbia")
     parser.add_argument("--new-fact", default="quelland")
+    parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
+    parser.add_argument("--lam", type=float, default=0.01, help="ridge strength of every solve")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/edit_efficacy.json")
     args = parser.parse_args()
@@ -111,8 +113,8 @@ def main() -> None:
     report["unedited"] = base
     print(f"unedited ({time.perf_counter() - start:.0f} s): " + ", ".join(f"{g} {r:.2f}" for g, r in base.items()))
     methods = {
-        "quickfix": QuickFixConfig(),
-        "locoedit": LocoEditConfig(sites=args.sites),
+        "quickfix": QuickFixConfig(lam=args.lam, use_eos=not args.no_eos),
+        "locoedit": LocoEditConfig(sites=args.sites, lam_k=args.lam, lam_v=args.lam),
     }
     report["removal"] = {}
     print(
@@ -159,7 +161,7 @@ def main() -> None:
         concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False
     )
     before = rates(model, fact_prompts, args.fact_seeds, config)
-    edit = compute_edit(model, request, method="locoedit", config=LocoEditConfig(sites=args.sites))
+    edit = compute_edit(model, request, method="locoedit", config=methods["locoedit"])
     with edit.applied(model):
         after = rates(model, fact_prompts, args.fact_seeds, config)
     key = f"update:{args.fact}->{args.new_fact}"
