@@ -100,7 +100,7 @@ def test_resumed_sweep_skips_finished_items(tiny_sd1, tmp_path):
 
 def test_text_trace_grid_and_full_restore(tiny_model):
     result = trace_text(
-        tiny_model, "a van gogh house", "van gogh", "x", scorer=PixelScorer(), config=TraceConfig(noise=2.0, **FAST)
+        tiny_model, "van gogh", "van gogh", "x", scorer=PixelScorer(), config=TraceConfig(noise=2.0, **FAST)
     )
     n_tokens = len(result.tokens)
     assert result.scores.shape[1:] == (4, n_tokens) and result.scores.shape[0] == len(result.labels)
@@ -112,14 +112,15 @@ def test_text_trace_grid_and_full_restore(tiny_model):
 
 
 def test_locogen_windows_and_modes(tiny_model, tmp_path):
-    config = LocoGenConfig(window=2, **FAST)
-    result = locogen(tiny_model, PROMPT, "a painting", "x", scorer=PixelScorer(), config=config, out=tmp_path)
     n_xattn = len(tiny_model.sites.select("unet.xattn.*"))
-    assert len(result.windows) == n_xattn - 1 and all(len(w) == 2 for w in result.windows)
+    m = max(2, n_xattn // 2)  # SD-XL's 70 layers: fewer windows keep the test fast
+    config = LocoGenConfig(window=m, **FAST)
+    result = locogen(tiny_model, PROMPT, "a painting", "x", scorer=PixelScorer(), config=config, out=tmp_path)
+    assert len(result.windows) == n_xattn - m + 1 and all(len(w) == m for w in result.windows)
     assert result.best_index == int(np.argmin(result.scores))
     loaded = WindowResult.load(tmp_path)
     assert loaded.best_sites == result.best_sites
-    update = LocoGenConfig(window=2, mode="update", **FAST)
+    update = LocoGenConfig(window=m, mode="update", **FAST)
     again = locogen(tiny_model, PROMPT, "a painting", "x", scorer=PixelScorer(), config=update, out=tmp_path)
     assert again.best_index == int(np.argmax(again.scores))
 
