@@ -162,7 +162,7 @@ def run_detectors(args: argparse.Namespace) -> int:
             vae = model.load_pipeline(args.vae_from).vae
 
             def reconstruct(x: torch.Tensor) -> torch.Tensor:
-                z = vae.encode(x * 2 - 1).latent_dist.sample()
+                z = vae.encode(x * 2 - 1).latent_dist.mean
                 return (vae.decode(z).sample + 1) / 2
 
         with tqdm(desc="detectors", unit="step", dynamic_ncols=True) as bar:

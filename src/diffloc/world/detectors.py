@@ -199,14 +199,11 @@ def label_tensor(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, reconstruct: Callable | None) -> torch.Tensor:
+def _augment(x: torch.Tensor, gen: torch.Generator, reconstructed: torch.Tensor | None) -> torch.Tensor:
     n = len(x)
-    if reconstruct is not None:
-        pick = torch.rand(n, generator=gen) < 0.5
-        if pick.any():
-            with torch.no_grad():
-                x = x.clone()
-                x[pick] = reconstruct(x[pick]).clamp(0, 1)
+    if reconstructed is not None:  # half the batch as the VAE would return it
+        pick = (torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1)
+        x = torch.where(pick, reconstructed, x)
     shifts = torch.randint(-1, 2, (2,), generator=gen)
     x = torch.roll(x, shifts=(int(shifts[0]), int(shifts[1])), dims=(2, 3))
     blur = torch.rand(n, generator=gen) < 0.3
@@ -241,12 +238,18 @@ def train_detector(
     reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> Detector:
-    """Train the detector on seeded renders; ``reconstruct`` (e.g. a VAE round trip) augments half the batches."""
+    """Train the detector on seeded renders; ``reconstruct`` (e.g. a VAE round trip) replaces half of each batch."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     scenes = random_scenes(config.n_train, rng)
     images = torch.from_numpy(render_batch(scenes, list(range(config.n_train)))).permute(0, 3, 1, 2).float() / 255
     labels = label_tensor(scenes)
+    reconstructed = None
+    if reconstruct is not None:  # computed once: a VAE round trip per step would dominate the cost
+        with torch.no_grad():
+            reconstructed = torch.cat(
+                [reconstruct(images[i : i + 256]).clamp(0, 1) for i in range(0, len(images), 256)]
+            )
     det = Detector()
     opt = torch.optim.AdamW(det.parameters(), lr=config.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -254,7 +257,7 @@ def train_detector(
         for group in opt.param_groups:
             group["lr"] = config.lr * 0.5 * (1 + np.cos(np.pi * step / config.steps))
         idx = torch.randint(0, config.n_train, (config.batch_size,), generator=gen)
-        x = _augment(images[idx], gen, reconstruct if step % 2 == 0 else None)
+        x = _augment(images[idx], gen, None if reconstructed is None else reconstructed[idx])
         logits = det(x)
         loss = sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-100) for k in HEADS)
         opt.zero_grad(set_to_none=True)

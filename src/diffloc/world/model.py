@@ -120,7 +120,7 @@ def build_scheduler(**overrides: object) -> DDIMScheduler:
         "clip_sample": False,
         "set_alpha_to_one": False,
         "steps_offset": 1,
-        "timestep_spacing": "trailing",
+        "timestep_spacing": "leading",
     }
     config.update(overrides)
     return DDIMScheduler(**config)
