@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ from diffloc.sites import SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import TraceResult
-from diffloc.tracing.store import ItemStore, item_key
+from diffloc.tracing.store import Job, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,27 @@ def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]])
     return groups
 
 
+def _restore_item(
+    model: LoadedModel,
+    prompt: str,
+    seed: int,
+    corrupt: CorruptTokens,
+    restores: Sequence[Restore],
+    attribute: str,
+    scorer: Scorer,
+    config: TraceConfig,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
+    """Score one (prompt, seed): clean, corrupted, and corrupted + each restore (from the clean run)."""
+    runs = [Run(prompt=prompt, seed=seed, interventions=(corrupt,), label="corrupted")]
+    runs += [Run(prompt=prompt, seed=seed, interventions=(corrupt, restore)) for restore in restores]
+    shared, scores, _ = score_runs(
+        model, runs, attribute=attribute, scorer=scorer, config=config,
+        shared=[Run(prompt=prompt, seed=seed, label="clean")], on_batch=advance,
+    )  # fmt: skip
+    return {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
+
+
 def causal_trace(
     model: LoadedModel,
     prompts: str | Sequence[str],
@@ -116,51 +139,23 @@ def causal_trace(
     groups = _site_groups(model, sites)
     ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p in prompt_list}
     noise = embedding_noise(model, config)
-    store = ItemStore(out)
-    total = len(prompt_list) * len(config.seeds) * (len(groups) + 2)
-    done = 0
-    items = []
-    for prompt in prompt_list:
-        for seed in config.seeds:
-            spec = _item_spec(
+    jobs = [
+        Job(
+            spec=_item_spec(
                 model, "unet", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
                 sites=[list(g) for g in groups], noise=noise, config=config.to_dict(),
-            )  # fmt: skip
-            key = item_key(spec)
-            item = store.get(key)
-            if item is None:
-                corrupt = CorruptTokens(positions=ranges[prompt], std=noise, noise_seed=config.noise_seed + seed)
-                clean = Run(prompt=prompt, seed=seed, label="clean")
-                runs = [Run(prompt=prompt, seed=seed, interventions=(corrupt,), label="corrupted")]
-                runs += [
-                    Run(prompt=prompt, seed=seed, interventions=(corrupt, Restore(sites=group, source=0)))
-                    for group in groups
-                ]
-
-                def advance(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
-
-                shared, scores, _ = score_runs(
-                    model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean],
-                    on_batch=advance,
-                )  # fmt: skip
-                item = {
-                    "prompt": prompt,
-                    "seed": seed,
-                    "clean": shared[0],
-                    "corrupted": scores[0],
-                    "scores": scores[1:],
-                }
-                store.put(key, item)
-            else:
-                done += len(groups) + 2
-                if progress is not None:
-                    progress(done, total)
-            items.append(item)
-    logger.info("unet trace: %d items computed, %d reused", store.computed, store.reused)
+            ),
+            runs=len(groups) + 2,
+            compute=partial(
+                _restore_item, model, prompt, seed,
+                CorruptTokens(positions=ranges[prompt], std=noise, noise_seed=config.noise_seed + seed),
+                [Restore(sites=group, source=0) for group in groups], attribute, scorer, config,
+            ),
+        )
+        for prompt in prompt_list
+        for seed in config.seeds
+    ]  # fmt: skip
+    items, store = run_jobs(jobs, out, progress)
     result = TraceResult(
         kind="unet",
         scores=np.mean([it["scores"] for it in items], axis=0),
@@ -231,47 +226,23 @@ def trace_text(
         if f"{prefix}.{layer}" in model.sites
     ]
     noise = embedding_noise(model, config)
-    store = ItemStore(out)
-    total = len(config.seeds) * (len(grid) + 2)
-    done = 0
-    items = []
-    for seed in config.seeds:
-        spec = _item_spec(
-            model, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
-            states=[label for label, _ in states], noise=noise, config=config.to_dict(),
-        )  # fmt: skip
-        key = item_key(spec)
-        item = store.get(key)
-        if item is None:
-            corrupt = CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed)
-            clean = Run(prompt=prompt, seed=seed, label="clean")
-            runs = [Run(prompt=prompt, seed=seed, interventions=(corrupt,), label="corrupted")]
-            runs += [
-                Run(
-                    prompt=prompt,
-                    seed=seed,
-                    interventions=(corrupt, Restore(sites=(site,), source=0, positions=(pos, pos + 1))),
-                )
-                for _, _, pos, site in grid
-            ]
-
-            def advance(n: int) -> None:
-                nonlocal done
-                done += n
-                if progress is not None:
-                    progress(done, total)
-
-            shared, scores, _ = score_runs(
-                model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean],
-                on_batch=advance,
-            )  # fmt: skip
-            item = {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
-            store.put(key, item)
-        else:
-            done += len(grid) + 2
-            if progress is not None:
-                progress(done, total)
-        items.append(item)
+    jobs = [
+        Job(
+            spec=_item_spec(
+                model, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
+                states=[label for label, _ in states], noise=noise, config=config.to_dict(),
+            ),
+            runs=len(grid) + 2,
+            compute=partial(
+                _restore_item, model, prompt, seed,
+                CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed),
+                [Restore(sites=(site,), source=0, positions=(pos, pos + 1)) for _, _, pos, site in grid],
+                attribute, scorer, config,
+            ),
+        )
+        for seed in config.seeds
+    ]  # fmt: skip
+    items, store = run_jobs(jobs, out, progress)
     mean = np.mean([it["scores"] for it in items], axis=0)
     cube = np.full((len(states), n_layers, len(ids)), np.nan)
     for value, (ki, layer, pos, _) in zip(mean, grid, strict=True):

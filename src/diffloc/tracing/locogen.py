@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
 from diffloc.tracing.results import WindowResult
-from diffloc.tracing.store import ItemStore, item_key
+from diffloc.tracing.store import Job, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,27 @@ def windows_for(model: LoadedModel, config: LocoGenConfig) -> list[list[str]]:
     if config.window > n:
         raise ConfigError(f"window {config.window} is larger than the model's {n} cross-attention layers; use 1..{n}")
     return [layers[j : j + config.window] for j in range(n - config.window + 1)]
+
+
+def _window_item(
+    model: LoadedModel,
+    prompt: str,
+    seed: int,
+    target_prompt: str,
+    windows: list[list[str]],
+    attribute: str,
+    scorer: Scorer,
+    config: LocoGenConfig,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
+    """Score one (prompt, seed): the original and each window reading the target prompt."""
+    runs = [Run(prompt=prompt, seed=seed, label="original")]
+    runs += [
+        Run(prompt=prompt, seed=seed, interventions=(SwapContext(sites=tuple(w), prompt=target_prompt),))
+        for w in windows
+    ]
+    _, scores, _ = score_runs(model, runs, attribute=attribute, scorer=scorer, config=config, on_batch=advance)
+    return {"prompt": prompt, "seed": seed, "original": scores[0], "scores": scores[1:]}
 
 
 def locogen(
@@ -83,42 +106,19 @@ def locogen(
     scorer.check(attribute)
     windows = windows_for(model, config)
     model.adapter.tokenize(model.pipe, model.adapter.text_encoders(model.pipe)[0], [*prompt_list, target_prompt])
-    store = ItemStore(out)
-    total = len(prompt_list) * len(config.seeds) * (len(windows) + 1)
-    done = 0
-    items = []
-    for prompt in prompt_list:
-        for seed in config.seeds:
-            spec = _item_spec(
+    jobs = [
+        Job(
+            spec=_item_spec(
                 model, "locogen", prompt, seed, target=target_prompt, attribute=attribute, scorer=scorer.name,
                 windows=windows, config=config.to_dict(),
-            )  # fmt: skip
-            key = item_key(spec)
-            item = store.get(key)
-            if item is None:
-                runs = [Run(prompt=prompt, seed=seed, label="original")]
-                runs += [
-                    Run(prompt=prompt, seed=seed, interventions=(SwapContext(sites=tuple(w), prompt=target_prompt),))
-                    for w in windows
-                ]
-
-                def advance(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    if progress is not None:
-                        progress(done, total)
-
-                _, scores, _ = score_runs(
-                    model, runs, attribute=attribute, scorer=scorer, config=config, on_batch=advance
-                )
-                item = {"prompt": prompt, "seed": seed, "original": scores[0], "scores": scores[1:]}
-                store.put(key, item)
-            else:
-                done += len(windows) + 1
-                if progress is not None:
-                    progress(done, total)
-            items.append(item)
-    logger.info("locogen: %d items computed, %d reused", store.computed, store.reused)
+            ),
+            runs=len(windows) + 1,
+            compute=partial(_window_item, model, prompt, seed, target_prompt, windows, attribute, scorer, config),
+        )
+        for prompt in prompt_list
+        for seed in config.seeds
+    ]  # fmt: skip
+    items, store = run_jobs(jobs, out, progress)
     result = WindowResult(
         windows=windows,
         scores=np.mean([it["scores"] for it in items], axis=0),

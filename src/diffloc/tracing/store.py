@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,47 @@ class ItemStore:
         self.computed += 1
         if self.directory is not None:
             write_json_atomic(self.directory / f"{key}.json", item)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One item of a sweep: the settings that define it, its number of runs, and how to compute it.
+
+    ``compute(advance)`` returns the item (a JSON-able dict) and calls ``advance(n)`` as runs finish.
+    """
+
+    spec: dict[str, Any]
+    runs: int
+    compute: Callable[[Callable[[int], None]], dict[str, Any]]
+
+
+def run_jobs(
+    jobs: Sequence[Job], out: str | Path | None, progress: Callable[[int, int], None] | None = None
+) -> tuple[list[dict[str, Any]], ItemStore]:
+    """Run a sweep's jobs in order, reusing stored items and storing new ones as each finishes.
+
+    Returns:
+        (items in job order, the store with its computed/reused counts).
+    """
+    store = ItemStore(out)
+    total = sum(job.runs for job in jobs)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    items = []
+    for job in jobs:
+        key = item_key(job.spec)
+        item = store.get(key)
+        if item is None:
+            item = job.compute(advance)
+            store.put(key, item)
+        else:
+            advance(job.runs)
+        items.append(item)
+    logger.info("sweep: %d items computed, %d reused", store.computed, store.reused)
+    return items, store
