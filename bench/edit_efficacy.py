@@ -112,6 +112,8 @@ def main() -> None:
     start = time.perf_counter()
     base = rates(model, scored, args.seeds, config)
     report["unedited"] = base
+    if min(base.values()) < 0.5:
+        print("warning: some unedited detection rates are below 0.5; the model is not trained enough to judge edits")
     print(f"unedited ({time.perf_counter() - start:.0f} s): " + ", ".join(f"{g} {r:.2f}" for g, r in base.items()))
     methods = {
         "quickfix": QuickFixConfig(lam=args.lam, use_eos=not args.no_eos),

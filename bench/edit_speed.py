@@ -132,6 +132,8 @@ def shapesworld_part(seeds: int, max_steps: int) -> None:
         concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False
     )
     print(f"ShapesWorld: removing {style!r}; held-out detection rate before {before:.2f} ({seeds} seeds)")
+    if before < 0.5:
+        print("  warning: the unedited model rarely shows the style; the drop (and the ESD ratio) is not meaningful")
     print(f"{'method':<15} {'seconds':>9} {'rate after':>10} {'ESD steps':>9} {'ESD s':>8} {'ESD/closed':>10}")
     for label, method, config in (
         ("Diff-QuickFix", "quickfix", QuickFixConfig()),
