@@ -43,6 +43,15 @@ def _quiet_third_party() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
+def _no_library_progress_bars() -> None:
+    # diffusers/transformers draw their own bars while loading weights; diffloc shows one bar per job.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 diffloc error, 2 usage error)."""
     _quiet_third_party()
@@ -54,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _no_library_progress_bars()
     try:
         return int(args.func(args) or 0)
     except DifflocError as exc:
