@@ -36,7 +36,7 @@ from diffloc.tracing.results import TraceResult, WindowResult
 logger = logging.getLogger(__name__)
 
 METHODS = ("quickfix", "locoedit")
-#: ``stage(name, done, total)`` progress callback
+#: ``progress(label, stages_done, stages_total)``; ``label`` names the stage, with runs done inside a sweep
 StageFn = Callable[[str, int, int], None]
 
 
@@ -83,11 +83,13 @@ def run_demo(
     total = len(suite.cases) * 7
     done = 0
 
-    def tick(stage: str) -> None:
+    def tick(stage: str, runs: tuple[int, int] | None = None) -> None:
+        """Report a finished stage, or (with ``runs``) progress inside the current one."""
         nonlocal done
-        done += 1
+        if runs is None:
+            done += 1
         if progress is not None:
-            progress(stage, done, total)
+            progress(stage if runs is None else f"{stage} {runs[0]}/{runs[1]} runs", done, total)
 
     shared: dict[str, Any] = {}  # the unedited model's measurement, reused by every evaluation
     for case in suite.cases:
@@ -108,7 +110,7 @@ def _run_case(
     case: ConceptCase,
     config: DemoConfig,
     timings: dict[str, float],
-    tick: Callable[[str], None],
+    tick: Callable[..., None],
     shared: dict[str, Any],
 ) -> dict[str, Any]:
     """All stages of one case; returns its summary entry."""
@@ -124,14 +126,16 @@ def _run_case(
     start = time.perf_counter()
     unet, reused = _cached(base / "unet", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.trace_seeds, **sweep), out=base / "unet"))  # fmt: skip
+        config=TraceConfig(seeds=config.trace_seeds, **sweep), out=base / "unet",
+        progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
     save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
     start = time.perf_counter()
     text, reused = _cached(base / "text", TraceResult.load, lambda: trace_text(
         model, prompts[0], case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.text_seeds, **sweep), out=base / "text"))  # fmt: skip
+        config=TraceConfig(seeds=config.text_seeds, **sweep), out=base / "text",
+        progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
     save_figure(plot_text_trace(text), base / "text" / "trace.png")
     timings[f"{case.name}/trace-text"] = 0.0 if reused else time.perf_counter() - start
     tick("trace text")
@@ -141,7 +145,7 @@ def _run_case(
     windows, reused = _cached(window_dir, WindowResult.load, lambda: locogen(
         model, prompts, case.target_prompt, attribute, scorer=scorer,
         config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
-        out=window_dir))  # fmt: skip
+        out=window_dir, progress=lambda d, t: tick(f"{case.name}: locogen", (d, t))))  # fmt: skip
     save_figure(plot_windows(windows), window_dir / "windows.png")
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
     tick("locogen")
