@@ -33,7 +33,7 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return out
 
 
-def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
+def write_atomic(path: str | Path, writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` then atomically move the temporary file to ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def _run_case(
     from diffloc.editing.registry import compute_edit
     from diffloc.editing.requests import EditRequest
 
-    sweep = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch}
+    sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch}
     entry: dict[str, Any] = {"kind": case.kind, "mode": case.mode, "concept": case.concept, "target": case.target}
     prompts = list(case.prompts[: config.trace_prompts])
     base = out / "trace" / case.name

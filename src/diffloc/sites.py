@@ -95,7 +95,7 @@ class SiteRegistry(Sequence[Site]):
     def __len__(self) -> int:
         return len(self._sites)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self._sites[i]
 
     def __iter__(self) -> Iterator[Site]:
@@ -145,15 +145,11 @@ class SiteRegistry(Sequence[Site]):
             if any(ch in pattern for ch in "*?["):
                 depth = max(2, pattern.count("."))
                 hits = [
-                    s.name
-                    for s in self._sites
-                    if s.name.count(".") <= depth and fnmatch.fnmatchcase(s.name, pattern)
+                    s.name for s in self._sites if s.name.count(".") <= depth and fnmatch.fnmatchcase(s.name, pattern)
                 ]
                 if not hits:
                     kinds = sorted({".".join(n.split(".")[:2]) + ".*" for n in self.names})
-                    raise UnknownSiteError(
-                        f"site pattern {pattern!r} matches no site; try one of {one_of(kinds)}"
-                    )
+                    raise UnknownSiteError(f"site pattern {pattern!r} matches no site; try one of {one_of(kinds)}")
                 wanted.update(hits)
             else:
                 wanted.add(self.get(pattern).name)

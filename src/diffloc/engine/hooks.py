@@ -31,8 +31,8 @@ def with_primary(output: Any, tensor: torch.Tensor) -> Any:
 @contextmanager
 def patch(
     model: LoadedModel,
-    outputs: Mapping[str | Site, OutputHook] | None = None,
-    inputs: Mapping[str | Site, InputHook] | None = None,
+    outputs: Mapping[str, OutputHook] | Mapping[Site, OutputHook] | None = None,
+    inputs: Mapping[str, InputHook] | Mapping[Site, InputHook] | None = None,
     *,
     first: bool = True,
 ) -> Iterator[None]:
@@ -51,10 +51,10 @@ def patch(
     """
     handles: list[Any] = []
     try:
-        for site, fn in (inputs or {}).items():
-            handles.append(model.module(site).register_forward_pre_hook(fn, with_kwargs=True, prepend=first))
-        for site, fn in (outputs or {}).items():
-            handles.append(model.module(site).register_forward_hook(fn, with_kwargs=True, prepend=first))
+        for site, pre in (inputs or {}).items():
+            handles.append(model.module(site).register_forward_pre_hook(pre, with_kwargs=True, prepend=first))
+        for site, post in (outputs or {}).items():
+            handles.append(model.module(site).register_forward_hook(post, with_kwargs=True, prepend=first))
         yield
     finally:
         for handle in handles:

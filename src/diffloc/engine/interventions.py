@@ -173,9 +173,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                     noise_ops[name].append((text_rows[r], iv))
             elif isinstance(iv, Restore):
                 if not 0 <= iv.source < len(runs):
-                    raise ConfigError(
-                        f"restore source run {iv.source} is outside the batch (0..{len(runs) - 1})"
-                    )
+                    raise ConfigError(f"restore source run {iv.source} is outside the batch (0..{len(runs) - 1})")
                 for name in iv.sites:
                     site = model.site(name)
                     if site.kind in _TEXT_KINDS:
@@ -184,9 +182,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                         )
                     else:
                         if iv.positions is not None and site.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V):
-                            raise ConfigError(
-                                f"token positions apply to text and .k/.v sites, not {site.name!r}"
-                            )
+                            raise ConfigError(f"token positions apply to text and .k/.v sites, not {site.name!r}")
                         unet_ops[site.name].append(("restore", r, (iv.source, iv.positions)))
             elif isinstance(iv, SwapContext):
                 for name in iv.sites:
@@ -215,9 +211,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
     text_outputs: dict[str, OutputHook] = {}
     for name in set(text_ops) | set(noise_ops):
         text_outputs[name] = _text_hook(text_ops.get(name, []), noise_ops.get(name, []), name)
-    return CompiledBatch(
-        text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps)
-    )
+    return CompiledBatch(text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps))
 
 
 def _text_hook(

@@ -125,6 +125,12 @@ def check_finite(pipe: Any) -> None:
                 )
 
 
+def _wrap(pipe: Any, family: str | None, *, source: str) -> LoadedModel:
+    adapter = adapter_for(pipe, family)
+    check_finite(pipe)
+    return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=source)
+
+
 def load(
     model: str | Path | Any = "shapesworld",
     *,
@@ -160,19 +166,18 @@ def load(
             raise ModelLoadError(f"unknown tiny model {model!r}; valid: {one_of(TINY_PREFIX + f for f in FAMILIES)}")
         from diffloc.models.tiny import build_tiny_pipeline
 
-        model = build_tiny_pipeline(tiny_family).to(device=device, dtype=dtype)
+        tiny: Any = build_tiny_pipeline(tiny_family)
+        tiny.to(device=device, dtype=dtype)
+        return _wrap(tiny, family, source=model)
     if not isinstance(model, str | Path):
-        pipe = model
-        adapter = adapter_for(pipe, family)
-        check_finite(pipe)
-        return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source="<in-memory>")
+        return _wrap(model, family, source="<in-memory>")
 
     path = resolve_source(model)
     class_name = pipeline_class_name(path)
     adapter_for(class_name, family)  # fail fast on unsupported classes, before reading weights
     import diffusers
 
-    pipeline_cls = getattr(diffusers, class_name)
+    pipeline_cls: Any = getattr(diffusers, class_name)
     index = json.loads((path / "model_index.json").read_text())
     skip = {name: None for name in _SKIPPED_COMPONENTS if name in index}
     if "requires_safety_checker" in index or "safety_checker" in index:

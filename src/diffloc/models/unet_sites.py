@@ -11,13 +11,14 @@ resnet ``i + 1``. Inside a ``Transformer2DModel`` each transformer block runs ``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
 from diffloc.sites import Site, SiteKind
 
 
-def _blocks(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def _blocks(unet: Any) -> Iterator[tuple[str, nn.Module]]:
     for i, block in enumerate(unet.down_blocks):
         yield f"down_blocks.{i}", block
     if getattr(unet, "mid_block", None) is not None:
@@ -42,7 +43,7 @@ def _block_children(prefix: str, block: nn.Module) -> Iterator[tuple[str, nn.Mod
             yield f"{prefix}.attentions.{i}", attentions[i], False
 
 
-def _resolutions(unet: nn.Module) -> dict[str, int]:
+def _resolutions(unet: Any) -> dict[str, int]:
     """Latent side length each block runs at, for the model's default sample size."""
     size = unet.config.sample_size
     side = int(size[0] if isinstance(size, list | tuple) else size)
@@ -59,7 +60,7 @@ def _resolutions(unet: nn.Module) -> dict[str, int]:
     return out
 
 
-def unet_sites(unet: nn.Module, *, kv_names: tuple[str, str] = ("to_k", "to_v")) -> list[Site]:
+def unet_sites(unet: Any, *, kv_names: tuple[str, str] = ("to_k", "to_v")) -> list[Site]:
     """All UNet sites (res, sattn, xattn + .k/.v, ff) in execution order.
 
     Args:

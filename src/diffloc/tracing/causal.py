@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ def embedding_noise(model: LoadedModel, config: TraceConfig) -> float:
     """Corruption std: ``config.noise`` or ``noise_multiplier`` × std of the token-embedding matrix."""
     if config.noise is not None:
         return float(config.noise)
-    weight = model.module("text.embed").weight
-    return float(config.noise_multiplier * weight.detach().float().std())
+    weight = cast(torch.Tensor, model.module("text.embed").weight)
+    return float(config.noise_multiplier * weight.detach().to(torch.float32).std())
 
 
 def _prompts(prompts: str | Sequence[str]) -> list[str]:

@@ -6,7 +6,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -19,7 +19,7 @@ def _save(directory: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndar
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **cast(dict[str, Any], arrays))
     write_bytes_atomic(out / "result.npz", buffer.getvalue())
     write_json_atomic(out / "result.json", meta)
     return out
