@@ -155,3 +155,21 @@ def test_bad_inputs(tiny_sd1):
     with pytest.raises(ConfigError, match="max_batch"):
         TraceConfig(max_batch=1)
     assert torch.is_tensor(tiny_sd1.module("text.embed").weight)
+
+
+def test_resumed_items_are_keyed_by_the_current_weights(tiny_sd1, tmp_path):
+    """An edited model (different weights) must not reuse the base model's stored items."""
+    kwargs = dict(scorer=PixelScorer(), sites="unet.xattn.8", config=TraceConfig(noise=1.0, **FAST), out=tmp_path)
+    causal_trace(tiny_sd1, PROMPT, "van gogh", "x", **kwargs)
+    weight = tiny_sd1.module("unet.xattn.8.k").weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)
+        edited = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", **kwargs)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert (edited.meta["items_computed"], edited.meta["items_reused"]) == (1, 0)
+    again = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", **kwargs)
+    assert (again.meta["items_computed"], again.meta["items_reused"]) == (0, 1)

@@ -104,9 +104,7 @@ class ModelAdapter(ABC):
                 raise PromptError(
                     f"prompt {_short(prompt)!r} is {n} tokens long; {spec.component} accepts at most {limit}"
                 )
-        out = tokenizer(
-            list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
-        )
+        out = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         return out.input_ids
 
     def find_subject(self, pipe: Any, prompt: str, subject: str) -> tuple[int, int]:
@@ -133,9 +131,7 @@ class ModelAdapter(ABC):
         through = tokenizer(prompt[: start_char + len(needle)], add_special_tokens=False).input_ids
         start, end = lead + len(before), lead + len(through)
         if end <= start or ids[start:end] != through[len(before) :]:
-            raise PromptError(
-                f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}"
-            )
+            raise PromptError(f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}")
         return start, end
 
     @abstractmethod
@@ -200,6 +196,22 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Device of the UNet."""
         return self.pipe.unet.device
+
+    def fingerprint(self) -> str:
+        """A short hash of the current weights (per-parameter sums and squared sums, float64).
+
+        Cheap enough to take at the start of every sweep (one pass over the weights), and it changes when an
+        edit is applied, so resumable results of an edited model are never confused with the base model's.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, component in sorted(self.pipe.components.items()):
+            if isinstance(component, nn.Module):
+                for pname, param in component.named_parameters():
+                    data = param.detach().to(torch.float64)
+                    digest.update(f"{name}.{pname}:{float(data.sum()):.17g}:{float((data * data).sum()):.17g}".encode())
+        return digest.hexdigest()[:16]
 
     def site(self, name: str | Site) -> Site:
         """Resolve a site name (raises :class:`~diffloc.errors.UnknownSiteError`)."""

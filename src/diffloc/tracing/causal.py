@@ -53,8 +53,14 @@ def _prompts(prompts: str | Sequence[str]) -> list[str]:
     return items
 
 
-def _item_spec(model: LoadedModel, kind: str, prompt: str, seed: int, **extra: object) -> dict[str, object]:
-    return {"model": model.source, "family": model.family, "kind": kind, "prompt": prompt, "seed": seed, **extra}
+def _item_spec(
+    model: LoadedModel, weights: str, kind: str, prompt: str, seed: int, **extra: object
+) -> dict[str, object]:
+    """What defines one sweep item; ``weights`` is :meth:`LoadedModel.fingerprint`, taken once per sweep."""
+    return {
+        "model": model.source, "family": model.family, "weights": weights, "kind": kind,
+        "prompt": prompt, "seed": seed, **extra,
+    }  # fmt: skip
 
 
 def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
@@ -139,10 +145,11 @@ def causal_trace(
     groups = _site_groups(model, sites)
     ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p in prompt_list}
     noise = embedding_noise(model, config)
+    weights = model.fingerprint()
     jobs = [
         Job(
             spec=_item_spec(
-                model, "unet", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
+                model, weights, "unet", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
                 sites=[list(g) for g in groups], noise=noise, config=config.to_dict(),
             ),
             runs=len(groups) + 2,
@@ -226,10 +233,11 @@ def trace_text(
         if f"{prefix}.{layer}" in model.sites
     ]
     noise = embedding_noise(model, config)
+    weights = model.fingerprint()
     jobs = [
         Job(
             spec=_item_spec(
-                model, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
+                model, weights, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
                 states=[label for label, _ in states], noise=noise, config=config.to_dict(),
             ),
             runs=len(grid) + 2,

@@ -106,10 +106,11 @@ def locogen(
     scorer.check(attribute)
     windows = windows_for(model, config)
     model.adapter.tokenize(model.pipe, model.adapter.text_encoders(model.pipe)[0], [*prompt_list, target_prompt])
+    weights = model.fingerprint()
     jobs = [
         Job(
             spec=_item_spec(
-                model, "locogen", prompt, seed, target=target_prompt, attribute=attribute, scorer=scorer.name,
+                model, weights, "locogen", prompt, seed, target=target_prompt, attribute=attribute, scorer=scorer.name,
                 windows=windows, config=config.to_dict(),
             ),
             runs=len(windows) + 1,
