@@ -287,3 +287,19 @@ def test_no_hook_or_state_left_behind(tiny_model):
             compute_edit(tiny_model, EditRequest(concepts=("cat",), targets=("dog",), templates=("{}s in a field",)))
     assert installed_hook_count(tiny_model) == hooks
     assert torch.equal(tiny_model.adapter.encode(tiny_model.pipe, ["a photo of cat"]).hidden, before)
+
+
+def test_multi_concept_quickfix_is_one_joint_solve(tiny_sd1):
+    request = EditRequest(concepts=("cat", "bird"), targets=("dog", "fish"), preserve=("house",))
+    edit = compute_edit(tiny_sd1, request, config=QuickFixConfig(use_eos=False))
+    assert len(edit.parameters) == 1  # one weight, all concepts stacked into one solve
+    assert edit.stats["key_value_pairs"]["text_encoder"] == {"edit": 8, "preserve": 4}
+    pairs = [("a photo of cat", "cat", "a photo of dog", "dog"), ("a photo of bird", "bird", "a photo of fish", "fish")]
+    before = {c: (_layer0_attention(tiny_sd1, p, c), _layer0_attention(tiny_sd1, tp, t)) for p, c, tp, t in pairs}
+    keep = _layer0_attention(tiny_sd1, "a photo of house", "house")
+    with edit.applied(tiny_sd1):
+        for prompt, concept, _, _ in pairs:
+            c0, t0 = before[concept]
+            c1 = _layer0_attention(tiny_sd1, prompt, concept)
+            assert (c1 - t0).norm() < 0.2 * (c0 - t0).norm(), concept
+        assert (_layer0_attention(tiny_sd1, "a photo of house", "house") - keep).norm() < 0.05 * keep.norm()
