@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from diffloc import __version__
 from diffloc.errors import DifflocError
 
-COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "demo", "world")
+COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "demo", "reproduce", "world")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,46 @@
+"""``diffloc eval``: measure a saved edit on a suite (efficacy, generalization, specificity, fidelity)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffloc.atomic import ensure_writable_dir
+from diffloc.eval.scorers import scorer_for
+from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
+from diffloc.models.registry import load
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``diffloc eval``."""
+    parser = subparsers.add_parser("eval", help="evaluate a saved edit on a suite YAML")
+    parser.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
+    parser.add_argument("--edit", required=True, help="edit directory (from 'diffloc edit …')")
+    parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
+    parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
+    parser.add_argument("--clip", default=None, help="local CLIP directory (needed for models other than shapesworld)")
+    parser.add_argument("--out", default="out/eval", help="output directory (default out/eval/)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write ``report.json``."""
+    from diffloc.editing.edit import Edit
+
+    suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
+    if args.case:
+        for name in args.case:
+            suite.case(name)
+    edit = Edit.load(args.edit)
+    out = ensure_writable_dir(args.out)
+    model = load(args.model)
+    edit.check_base(model)
+    report = evaluate(model, edit, suite, scorer=scorer_for(args.model, args.clip), cases=args.case)
+    path = report.save(Path(out) / "report.json")
+    for name, case in report.cases.items():
+        eff = case["efficacy"]
+        print(
+            f"{name}: concept {eff['concept_before']:.2f} -> {eff['concept_after']:.2f}; fidelity {report.fidelity:.4f}"
+        )
+    print(f"wrote {path}")
+    return 0

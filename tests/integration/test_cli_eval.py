@@ -1,0 +1,68 @@
+"""``diffloc eval`` and ``diffloc reproduce`` on tiny models (random weights, tiny random CLIP: mechanics)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from diffloc.cli.main import main
+from diffloc.eval.suite import load_suite, shipped_suite_path
+
+SUITE = """
+seeds: [0]
+steps: 2
+guidance: 5.0
+max_batch: 16
+unrelated: [a red circle]
+cases:
+  - name: style-vg
+    kind: style
+    concept: van gogh
+    target: painting
+    mode: remove
+    attribute: a painting in the style of van gogh
+    prompts: [a house in the style of van gogh]
+    heldout: [van gogh painting of a boat]
+    neighbours:
+      - {prompt: a house in the style of monet, attribute: monet style}
+"""
+
+
+def test_shipped_suites_load():
+    for name in ("shapesworld", "van-gogh"):
+        suite = load_suite(shipped_suite_path(name))
+        assert suite.cases and suite.unrelated
+
+
+def test_eval_cli_and_wrong_model_refusal(tmp_path, tiny_clip_dir, capsys):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    assert main(["edit", "quickfix", "--model", "tiny-sd1", "--concept", "van gogh", "--target", "painting",
+                 "--out", str(tmp_path / "edit")]) == 0  # fmt: skip
+    suite = str(tmp_path / "suite.yaml")
+    assert main(["eval", "--model", "tiny-sd1", "--edit", str(tmp_path / "edit"), "--suite", suite,
+                 "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert set(report["cases"]["style-vg"]) >= {"efficacy", "generalization", "specificity"}
+    assert report["fidelity"] >= 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    other = subprocess.run(
+        [sys.executable, "-m", "diffloc.cli.main", "eval", "--model", "tiny-sd2", "--edit", str(tmp_path / "edit"),
+         "--suite", str(tmp_path / "suite.yaml"), "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "ev2")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert [line for line in other.stderr.splitlines() if line.startswith("diffloc: error:")]
+    assert (tmp_path / "ev" / "report.json").is_file()  # earlier results intact
+
+
+def test_reproduce_on_a_tiny_model(tmp_path, tiny_clip_dir):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    suite = str(tmp_path / "suite.yaml")
+    code = main(["reproduce", "--model", "tiny-sd1", "--clip", str(tiny_clip_dir), "--suite", suite,
+                 "--steps", "2", "--trace-seeds", "0", "--max-batch", "24", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(summary["cases"]["style-vg"]["locogen"]["best_sites"]) == 2
+    assert (tmp_path / "r" / "report.html").is_file()
