@@ -45,6 +45,7 @@ class DemoConfig:
     """Effort settings of the demo (the suite sets sampling for evaluation)."""
 
     trace_seeds: tuple[int, ...] = (0, 1)
+    noise: float | None = None  # corruption std; None: 3 x the token-embedding std (TraceConfig default)
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)
     locogen_window: int = 2
@@ -126,7 +127,7 @@ def _run_case(
     start = time.perf_counter()
     unet, reused = _cached(base / "unet", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.trace_seeds, **sweep), out=base / "unet",
+        config=TraceConfig(seeds=config.trace_seeds, noise=config.noise, **sweep), out=base / "unet",
         progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
     save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
@@ -134,7 +135,7 @@ def _run_case(
     start = time.perf_counter()
     text, reused = _cached(base / "text", TraceResult.load, lambda: trace_text(
         model, prompts[0], case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.text_seeds, **sweep), out=base / "text",
+        config=TraceConfig(seeds=config.text_seeds, noise=config.noise, **sweep), out=base / "text",
         progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
     save_figure(plot_text_trace(text), base / "text" / "trace.png")
     timings[f"{case.name}/trace-text"] = 0.0 if reused else time.perf_counter() - start

@@ -26,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
     parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0, 1], help="seeds for tracing/LocoGen")
     parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
+    parser.add_argument("--noise", type=float, default=None, help="corruption std (default 3 × token-embedding std)")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
     config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps, max_batch=args.max_batch,
-                        guidance=suite.guidance)  # fmt: skip
+                        guidance=suite.guidance, noise=args.noise)  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip)
