@@ -8,6 +8,9 @@ Public API (imported lazily so ``import diffloc`` and ``diffloc --help`` stay fa
     images = diffloc.generate(model, "a red circle", seeds=[0, 1])
     runs = [diffloc.Run(prompt=p), diffloc.Run(prompt=p, interventions=(diffloc.CorruptTokens(...),))]
     images = diffloc.generate_runs(model, runs)    # one batched pass per step for all runs
+    trace = diffloc.causal_trace(model, prompt, "van goo", "in the style of van goo", scorer=diffloc.DetectorScorer())
+    edit = diffloc.compute_edit(model, diffloc.EditRequest(concepts=("van goo",), targets=("a plain style",)))
+    with edit.applied(model): ...
 """
 
 from __future__ import annotations
@@ -34,6 +37,21 @@ _EXPORTS = {
     "SetChannels": "diffloc.engine.interventions",
     "patch": "diffloc.engine.hooks",
     "record": "diffloc.engine.hooks",
+    "causal_trace": "diffloc.tracing.causal",
+    "trace_text": "diffloc.tracing.causal",
+    "locogen": "diffloc.tracing.locogen",
+    "TraceConfig": "diffloc.tracing.config",
+    "LocoGenConfig": "diffloc.tracing.config",
+    "TraceResult": "diffloc.tracing.results",
+    "WindowResult": "diffloc.tracing.results",
+    "compute_edit": "diffloc.editing.registry",
+    "Edit": "diffloc.editing.edit",
+    "EditRequest": "diffloc.editing.requests",
+    "evaluate": "diffloc.eval.suite",
+    "load_suite": "diffloc.eval.suite",
+    "EvalReport": "diffloc.eval.suite",
+    "DetectorScorer": "diffloc.eval.scorers",
+    "ClipScorer": "diffloc.eval.scorers",
     "DifflocError": "diffloc.errors",
 }
 

@@ -24,6 +24,7 @@ import torch
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.errors import ConfigError
 from diffloc.eval.scorers import Scorer
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
 from diffloc.models.base import LoadedModel
@@ -150,10 +151,8 @@ def _run_case(
     save_figure(plot_windows(windows), window_dir / "windows.png")
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
     tick("locogen")
-    request = EditRequest(
-        concepts=(case.concept,), targets=(case.target,),
-        templates=tuple(p.replace(case.concept, "{}") for p in case.prompts),
-    )  # fmt: skip
+    request = EditRequest(concepts=(case.concept,), targets=(case.target,), templates=edit_templates(case),
+                          default_templates=False)  # fmt: skip
     edits = {}
     for method in METHODS:
         edit_dir = out / "edits" / case.name / method
@@ -194,6 +193,19 @@ def _run_case(
     entry["edits"] = {m: {"params": edits[m].num_values, "seconds": edits[m].stats.get("seconds")} for m in edits}
     entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
     return entry
+
+
+def edit_templates(case: ConceptCase) -> tuple[str, ...]:
+    """The case's own prompts as edit templates (``{}`` where the concept stands).
+
+    Only these are used: the methods' default templates ("a photo of {}" …) are phrasings a model trained on
+    other captions (ShapesWorld's from-scratch encoder) never saw. Prompts naming the concept more than once
+    are skipped, since a template has one slot.
+    """
+    templates = tuple(p.replace(case.concept, "{}") for p in case.prompts if p.count(case.concept) == 1)
+    if not templates:
+        raise ConfigError(f"case {case.name!r}: no prompt names the concept exactly once, so none can be a template")
+    return templates
 
 
 def _before_after_grid(model: LoadedModel, edit: Any, suite: EvalSuite, case: ConceptCase, path: Path) -> None:

@@ -213,3 +213,10 @@ def test_find_subject_returns_all_subject_tokens(tiny_sd1, tiny_if):
     assert ids[0] == tok.bos_token_id and start > 0
     s2, e2 = tiny_if.adapter.find_subject(tiny_if.pipe, "a red circle", "circle")
     assert tiny_if.pipe.tokenizer.decode(tiny_if.pipe.tokenizer("a red circle").input_ids[s2:e2]).strip() == "circle"
+
+
+def test_find_subject_prefers_whole_words(tiny_sd1):
+    tok = tiny_sd1.pipe.tokenizer
+    prompt = "a catalog with a cat"
+    start, end = tiny_sd1.adapter.find_subject(tiny_sd1.pipe, prompt, "cat")
+    assert tok.decode(tok(prompt).input_ids[start:end]).strip() == "cat" and end == len(tok(prompt).input_ids) - 1

@@ -95,3 +95,10 @@ def test_truncated_weights_give_one_line_error(saved_sd1, tmp_path):
 def test_unknown_tiny_model():
     with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny-sd3'; valid: tiny-sd1"):
         load("tiny-sd3")
+
+
+def test_public_api_resolves():
+    import diffloc
+
+    missing = [name for name in diffloc.__all__ if not hasattr(diffloc, name)]
+    assert missing == []

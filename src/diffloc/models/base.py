@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,17 +123,21 @@ class ModelAdapter(ABC):
         needle = subject.strip().lower()
         if not needle:
             raise PromptError("subject is empty; give the words of the prompt to corrupt, e.g. 'van gogh'")
-        start_char = prompt.lower().find(needle)
-        if start_char < 0:
+        lowered = prompt.lower()
+        # Every occurrence, whole words first ("cat" in "a catalog with a cat" is the last one).
+        starts = [m.start() for m in re.finditer(re.escape(needle), lowered)]
+        if not starts:
             raise PromptError(f"subject {subject!r} does not occur in prompt {_short(prompt)!r}")
+        whole = [i for i in starts if _word_bounded(lowered, i, len(needle))]
         lead = _leading_special(tokenizer)
         ids = tokenizer(prompt).input_ids
-        before = tokenizer(prompt[:start_char], add_special_tokens=False).input_ids
-        through = tokenizer(prompt[: start_char + len(needle)], add_special_tokens=False).input_ids
-        start, end = lead + len(before), lead + len(through)
-        if end <= start or ids[start:end] != through[len(before) :]:
-            raise PromptError(f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}")
-        return start, end
+        for start_char in whole + [i for i in starts if i not in whole]:
+            before = tokenizer(prompt[:start_char], add_special_tokens=False).input_ids
+            through = tokenizer(prompt[: start_char + len(needle)], add_special_tokens=False).input_ids
+            start, end = lead + len(before), lead + len(through)
+            if end > start and ids[start:end] == through[len(before) :]:
+                return start, end
+        raise PromptError(f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}")
 
     @abstractmethod
     def encode(self, pipe: Any, prompts: Sequence[str]) -> Conditioning:
@@ -237,6 +242,13 @@ def raise_not_xattn(site: Site) -> None:
     raise UnknownSiteError(
         f"site {site.name!r} is a {site.kind} site; a cross-attention site 'unet.xattn.N' is required"
     )
+
+
+def _word_bounded(text: str, start: int, length: int) -> bool:
+    """Whether ``text[start:start + length]`` is not glued to letters or digits on either side."""
+    before = text[start - 1] if start > 0 else " "
+    after = text[start + length] if start + length < len(text) else " "
+    return not before.isalnum() and not after.isalnum()
 
 
 def _leading_special(tokenizer: Any) -> int:
