@@ -30,7 +30,7 @@ class EvalConfig:
 
     seeds: int = 4
     steps: int = 20
-    guidance: float = 4.0
+    guidance: float = 7.5
     batch_size: int = 32
 
     def __post_init__(self) -> None:

@@ -177,6 +177,7 @@ def export_pipeline(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a shipped model must be readable by all
     try:
         unet.save_pretrained(staging / "unet", safe_serialization=True)
         vae.save_pretrained(staging / "vae", safe_serialization=True)
