@@ -45,7 +45,7 @@ StageFn = Callable[[str, int, int], None]
 class DemoConfig:
     """Effort settings of the demo (the suite sets sampling for evaluation)."""
 
-    trace_seeds: tuple[int, ...] = (0, 1)
+    trace_seeds: tuple[int, ...] = (0,)
     noise: float | None = None  # corruption std; None: 3 x the token-embedding std (TraceConfig default)
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip", default=None, help="local CLIP directory (needed for models other than shapesworld)")
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
-    parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0, 1], help="seeds for tracing/LocoGen")
+    parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0], help="seeds for tracing/LocoGen (default 0)")
     parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
     parser.add_argument("--noise", type=float, default=None, help="corruption std (default 3 × token-embedding std)")
     parser.set_defaults(func=run)
