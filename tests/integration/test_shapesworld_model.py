@@ -1,0 +1,139 @@
+"""The shipped ShapesWorld pipeline: standard diffusers layout, loads offline, generates, real SD layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffloc.errors import CheckpointError, ModelLoadError
+from diffloc.world import model
+
+SHIPPED = model.shipped_model_dir()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(2)
+    return model.load_pipeline()
+
+
+def test_layout_is_a_standard_sd_pipeline():
+    index = json.loads((SHIPPED / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    assert index["requires_safety_checker"] is False
+    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (SHIPPED / component).is_dir(), component
+    total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert total <= 50 * 1024 * 1024, total
+    assert not list(SHIPPED.rglob("*.bin")) and not list(SHIPPED.rglob("*.pt"))
+
+
+def test_loads_offline_and_generates_in_a_fresh_process(tmp_path):
+    code = (
+        "import torch; from diffusers import StableDiffusionPipeline\n"
+        f"p = StableDiffusionPipeline.from_pretrained({str(SHIPPED)!r}, local_files_only=True)\n"
+        "p.set_progress_bar_config(disable=True)\n"
+        "im = p('a red circle', num_inference_steps=2, generator=torch.Generator().manual_seed(0),"
+        " output_type='pt').images\n"
+        "print(tuple(im.shape))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "(1, 3, 32, 32)"
+
+
+def test_unet_has_sd15_block_structure(pipe):
+    config = pipe.unet.config
+    assert config.down_block_types == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    assert config.up_block_types == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+    assert config.layers_per_block == 2
+    xattn = [n for n, _ in pipe.unet.named_modules() if n.endswith("attn2")]
+    assert len(xattn) == 16
+    assert pipe.text_encoder.config.num_hidden_layers >= 4
+    assert pipe.text_encoder.config.hidden_act == "quick_gelu"
+
+
+def test_text_encoder_carries_the_trained_weights(pipe):
+    """Keys are in SD's layout (``text_model.*``) and every loaded tensor equals the file's, not a re-init."""
+    config = json.loads((SHIPPED / "text_encoder" / "config.json").read_text())
+    assert config["architectures"] == ["CLIPTextModel"]
+    stored = load_file(str(SHIPPED / "text_encoder" / "model.safetensors"))
+    assert stored and all(k.startswith("text_model.") for k in stored)
+    loaded = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
+    for key, value in stored.items():
+        assert torch.equal(loaded[key.removeprefix("text_model.")], value), key
+    token_embedding = stored["text_model.embeddings.token_embedding.weight"]
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, token_embedding)
+
+
+def test_generation_is_seeded_and_sized(pipe):
+    def run(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return pipe("a blue square", num_inference_steps=3, generator=g, output_type="pt").images
+
+    a, b, c = run(1), run(1), run(2)
+    assert a.shape == (1, 3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _copy(tmp_path):
+    target = tmp_path / "shapesworld"
+    shutil.copytree(SHIPPED, target)
+    return target
+
+
+def test_truncated_weights_are_a_one_line_error(tmp_path):
+    copy = _copy(tmp_path)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError) as info:
+        model.load_pipeline(copy)
+    message = str(info.value)
+    assert "\n" not in message and "diffusion_pytorch_model.safetensors" in message
+    assert (SHIPPED / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != weights.read_bytes()
+
+
+def test_corrupted_header_is_a_one_line_error(tmp_path):
+    copy = _copy(tmp_path)
+    weights = copy / "text_encoder" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"#" * 32
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        model.load_pipeline(copy)
+
+
+def test_missing_weights_and_non_pipeline_dirs(tmp_path):
+    copy = _copy(tmp_path)
+    (copy / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="'vae'"):
+        model.load_pipeline(copy)
+    with pytest.raises(ModelLoadError, match=r"model_index\.json"):
+        model.load_pipeline(tmp_path / "nowhere")
+
+
+def test_cli_rejects_bad_eval_arguments(capsys):
+    from diffloc.cli.main import main
+
+    assert main(["world", "eval", "--seeds", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and "--seeds" in err and "\n" not in err
+
+
+def test_diffloc_load_gives_sd15_site_table():
+    import diffloc
+
+    loaded = diffloc.load("shapesworld")
+    assert type(loaded.pipe).__name__ == "StableDiffusionPipeline"
+    xattn = [s.name for s in loaded.sites.select("unet.xattn.*") if s.name.count(".") == 2]
+    assert xattn == [f"unet.xattn.{i}" for i in range(16)]
