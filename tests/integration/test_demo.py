@@ -159,3 +159,34 @@ def test_report_in_a_real_headless_browser(demo_run, tmp_path):
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # text and figures, not a blank page
+
+
+def test_demo_killed_mid_way_resumes_without_recomputing(tmp_path, tiny_clip_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    out = tmp_path / "run"
+    suite = str(tmp_path / "suite.yaml")
+    cmd = [sys.executable, "-m", "diffloc.cli.main", "demo", "--model", "tiny-sd1", "--suite", suite,
+           "--clip", str(tiny_clip_dir), "--steps", "2", "--max-batch", "24", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "trace" / "style-vg" / "unet" / "result.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not first.is_file():
+        assert proc.poll() is None, "the demo finished before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and not (out / "report.html").exists()
+    stamp = first.stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert first.stat().st_mtime_ns == stamp
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timings_seconds"]["style-vg/trace-unet"] == 0.0  # reused, not recomputed
+    assert (out / "report.html").is_file()
