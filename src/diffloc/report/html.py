@@ -47,6 +47,12 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         f"<tr><td class=l>text encoder</td><td>{_num(entry['text_clean'], key + '.text_clean')}</td>"
         f"<td>{_num(entry['text_corrupted'], key + '.text_corrupted')}</td></tr></table>"
     )
+    gap = entry["unet_clean"] - entry["unet_corrupted"]
+    if abs(gap) < 0.05 * max(abs(entry["unet_clean"]), abs(entry["unet_corrupted"]), 1e-12):
+        parts.append(
+            "<p class=bad>Corruption barely changed the score (clean ≈ corrupted), so the indirect effects "
+            "below divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"
+        )
     rows = "".join(
         f"<tr><td class=l>{html.escape(site)}</td><td>{_num(effect, f'{key}.unet_top.{i}.1')}</td></tr>"
         for i, (site, effect) in enumerate(entry["unet_top"])
