@@ -55,12 +55,9 @@ class DemoConfig:
     max_batch: int = 32
 
 
-def _cached(path: Path, load: Callable[[Path], Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
-    if (
-        (path / "result.json").is_file()
-        or (path.suffix == ".json" and path.is_file())
-        or (path / "edit.json").is_file()
-    ):
+def _cached(path: Path, marker: str, load: Callable[[Path], Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """``load(path)`` when the stage's ``marker`` file exists (``""``: ``path`` is the file), else ``compute()``."""
+    if (path / marker if marker else path).is_file():
         try:
             return load(path), True
         except Exception:
@@ -126,7 +123,7 @@ def _run_case(
     prompts = list(case.prompts[: config.trace_prompts])
     base = out / "trace" / case.name
     start = time.perf_counter()
-    unet, reused = _cached(base / "unet", TraceResult.load, lambda: causal_trace(
+    unet, reused = _cached(base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
         config=TraceConfig(seeds=config.trace_seeds, noise=config.noise, **sweep), out=base / "unet",
         progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
@@ -134,7 +131,7 @@ def _run_case(
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
     start = time.perf_counter()
-    text, reused = _cached(base / "text", TraceResult.load, lambda: trace_text(
+    text, reused = _cached(base / "text", "result.json", TraceResult.load, lambda: trace_text(
         model, prompts[0], case.concept, case.attribute, scorer=scorer,
         config=TraceConfig(seeds=config.text_seeds, noise=config.noise, **sweep), out=base / "text",
         progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
@@ -144,7 +141,7 @@ def _run_case(
     start = time.perf_counter()
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     window_dir = out / "locogen" / case.name
-    windows, reused = _cached(window_dir, WindowResult.load, lambda: locogen(
+    windows, reused = _cached(window_dir, "result.json", WindowResult.load, lambda: locogen(
         model, prompts, case.target_prompt, attribute, scorer=scorer,
         config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
         out=window_dir, progress=lambda d, t: tick(f"{case.name}: locogen", (d, t))))  # fmt: skip
@@ -164,7 +161,7 @@ def _run_case(
             edit.save(edit_dir)
             return edit
 
-        edits[method], reused = _cached(edit_dir, Edit.load, compute)
+        edits[method], reused = _cached(edit_dir, "edit.json", Edit.load, compute)
         timings[f"{case.name}/edit-{method}"] = 0.0 if reused else time.perf_counter() - start
         tick(f"edit {method}")
     reports = {}
@@ -179,7 +176,7 @@ def _run_case(
             report.save(report_path)
             return report
 
-        reports[method], reused = _cached(report_path, EvalReport.load, compute_report)
+        reports[method], reused = _cached(report_path, "", EvalReport.load, compute_report)
         grid_path = out / "eval" / case.name / f"{method}-grid.png"
         if not grid_path.is_file():
             _before_after_grid(model, edit, suite, case, grid_path)

@@ -81,6 +81,12 @@ def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]])
     return groups
 
 
+def _trace_runs(prompt: str, seed: int, corrupt: CorruptTokens, restores: Sequence[Restore]) -> list[Run]:
+    """Clean run (index 0, the restore source), corrupted run, then corrupted + each restore."""
+    runs = [Run(prompt=prompt, seed=seed, label="clean"), Run(prompt=prompt, seed=seed, interventions=(corrupt,))]
+    return runs + [Run(prompt=prompt, seed=seed, interventions=(corrupt, restore)) for restore in restores]
+
+
 def _restore_item(
     model: LoadedModel,
     prompt: str,
@@ -93,11 +99,9 @@ def _restore_item(
     advance: Callable[[int], None],
 ) -> dict[str, Any]:
     """Score one (prompt, seed): clean, corrupted, and corrupted + each restore (from the clean run)."""
-    runs = [Run(prompt=prompt, seed=seed, interventions=(corrupt,), label="corrupted")]
-    runs += [Run(prompt=prompt, seed=seed, interventions=(corrupt, restore)) for restore in restores]
+    clean, *runs = _trace_runs(prompt, seed, corrupt, restores)
     shared, scores, _ = score_runs(
-        model, runs, attribute=attribute, scorer=scorer, config=config,
-        shared=[Run(prompt=prompt, seed=seed, label="clean")], on_batch=advance,
+        model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean], on_batch=advance,
     )  # fmt: skip
     return {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
 
@@ -284,12 +288,8 @@ def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -
     prompt, seed = item["prompt"], item["seed"]
     config = TraceConfig(**{**result.meta["config"], "seeds": tuple(result.meta["config"]["seeds"])})
     corrupt = CorruptTokens(positions=result.subject_range, std=result.noise, noise_seed=config.noise_seed + seed)
-    best = [name for name, _ in result.top(limit)]
-    runs = [Run(prompt=prompt, seed=seed), Run(prompt=prompt, seed=seed, interventions=(corrupt,))]
-    runs += [
-        Run(prompt=prompt, seed=seed, interventions=(corrupt, Restore(sites=tuple(n.split("+")), source=0)))
-        for n in best
-    ]
+    restores = [Restore(sites=tuple(name.split("+")), source=0) for name, _ in result.top(limit)]
+    runs = _trace_runs(prompt, seed, corrupt, restores)
     from diffloc.engine.generate import generate_runs
 
     return generate_runs(model, runs, config=generation_config(config))

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from diffloc.engine.generate import GenerationConfig
 from diffloc.errors import ConfigError
 
 
@@ -31,10 +32,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds is empty; give at least one seed")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        # Sampling settings are validated where they are defined, with the same messages.
+        GenerationConfig(steps=self.steps, guidance=self.guidance, height=self.height, width=self.width)
         if not isinstance(self.max_batch, int) or self.max_batch < 2:
             raise ConfigError(
                 f"max_batch must be an integer >= 2 (a clean run plus one intervention), got {self.max_batch!r}"
