@@ -46,13 +46,19 @@ class DemoConfig:
     """Effort settings of the demo (the suite sets sampling for evaluation)."""
 
     trace_seeds: tuple[int, ...] = (0,)
-    noise: float | None = None  # corruption std; None: 3 x the token-embedding std (TraceConfig default)
+    #: corruption std; ``None``: 3 x the token-embedding std (TraceConfig default); ``"auto"``: per case, the
+    #: smallest multiple of that std that halves the attribute's score (``diffloc.tracing.calibrate``)
+    noise: float | str | None = "auto"
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)
     locogen_window: int = 2
     steps: int = 20
     guidance: float = 7.5
     max_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.noise, str) and self.noise != "auto":
+            raise ConfigError(f"noise must be a number >= 0, 'auto' or None, got {self.noise!r}")
 
 
 def _cached(path: Path, marker: str, load: Callable[[Path], Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
@@ -123,9 +129,22 @@ def _run_case(
     prompts = list(case.prompts[: config.trace_prompts])
     base = out / "trace" / case.name
     start = time.perf_counter()
+    noise = None if isinstance(config.noise, str) else config.noise
+    if config.noise == "auto":
+        calibration, _ = _cached(
+            base / "noise.json",
+            "",
+            lambda p: json.loads(p.read_text()),
+            lambda: _calibrate(
+                model, prompts, case, scorer, TraceConfig(seeds=config.trace_seeds, **sweep), base / "noise.json"
+            ),
+        )
+        entry["noise"] = calibration
+        noise = float(calibration["noise"])
+        timings[f"{case.name}/noise"] = time.perf_counter() - start
     unet, reused = _cached(base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.trace_seeds, noise=config.noise, **sweep), out=base / "unet",
+        config=TraceConfig(seeds=config.trace_seeds, noise=noise, **sweep), out=base / "unet",
         progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
     save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
@@ -133,7 +152,7 @@ def _run_case(
     start = time.perf_counter()
     text, reused = _cached(base / "text", "result.json", TraceResult.load, lambda: trace_text(
         model, prompts[0], case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.text_seeds, noise=config.noise, **sweep), out=base / "text",
+        config=TraceConfig(seeds=config.text_seeds, noise=noise, **sweep), out=base / "text",
         progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
     save_figure(plot_text_trace(text), base / "text" / "trace.png")
     timings[f"{case.name}/trace-text"] = 0.0 if reused else time.perf_counter() - start
@@ -190,6 +209,17 @@ def _run_case(
     entry["edits"] = {m: {"params": edits[m].num_values, "seconds": edits[m].stats.get("seconds")} for m in edits}
     entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
     return entry
+
+
+def _calibrate(
+    model: LoadedModel, prompts: list[str], case: ConceptCase, scorer: Scorer, config: TraceConfig, path: Path
+) -> dict[str, Any]:
+    """Calibrate the corruption noise of a case and store the table atomically."""
+    from diffloc.tracing.calibrate import calibrate_noise
+
+    result = calibrate_noise(model, prompts, case.concept, case.attribute, scorer=scorer, config=config).to_dict()
+    write_json_atomic(path, result)
+    return result
 
 
 def edit_templates(case: ConceptCase) -> tuple[str, ...]:

@@ -43,8 +43,11 @@ def test_trace_unet_cli_writes_results_and_plots(tmp_path, tiny_clip_dir, capsys
 def test_trace_text_and_locogen_cli(tmp_path, tiny_clip_dir):
     assert main(["trace", "text", "--model", "tiny-sd1", "--prompt", "a van gogh house", "--subject", "van gogh",
                  "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--kinds", "attn",
-                 "--out", str(tmp_path / "t"), *FAST]) == 0  # fmt: skip
-    assert TraceResult.load(tmp_path / "t").scores.shape[0] == 1
+                 "--noise", "auto", "--out", str(tmp_path / "t"), *FAST]) == 0  # fmt: skip
+    text = TraceResult.load(tmp_path / "t")
+    assert text.scores.shape[0] == 1
+    calibration = json.loads((tmp_path / "t" / "noise.json").read_text())
+    assert text.noise == pytest.approx(calibration["noise"]) and calibration["multiplier"] in (3, 6, 12, 24, 48)
     assert main(["locogen", "--model", "tiny-sd1", "--prompt", PROMPT, "--target", "a painting",
                  "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--window", "3",
                  "--out", str(tmp_path / "l"), *FAST]) == 0  # fmt: skip

@@ -173,3 +173,36 @@ def test_resumed_items_are_keyed_by_the_current_weights(tiny_sd1, tmp_path):
     assert (edited.meta["items_computed"], edited.meta["items_reused"]) == (1, 0)
     again = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", **kwargs)
     assert (again.meta["items_computed"], again.meta["items_reused"]) == (0, 1)
+
+
+def test_noise_calibration_picks_the_first_multiplier_that_halves_the_score(tiny_sd1):
+    from diffloc.tracing.calibrate import calibrate_noise
+
+    class PositiveScorer(PixelScorer):
+        def score(self, images, texts):
+            return torch.sigmoid(super().score(images, texts) / 10)
+
+    config = TraceConfig(**FAST)
+    mults = (0.5, 8.0, 64.0)
+    cal = calibrate_noise(
+        tiny_sd1, PROMPT, "van gogh", "x", scorer=PositiveScorer(), config=config, multipliers=mults, min_drop=0.01
+    )
+    table = [cal.corrupted[f"{m:g}"] for m in mults]
+    passing = [m for m, v in zip(mults, table, strict=True) if v <= cal.clean * 0.99]
+    expected = passing[0] if passing else mults[table.index(min(table))]
+    assert cal.multiplier == expected and cal.reached == bool(passing)
+    std = tiny_sd1.module("text.embed").weight.float().std().item()
+    assert cal.noise == pytest.approx(expected * std, rel=1e-6)
+    # the calibration's numbers are the trace's own clean and corrupted runs at that noise
+    trace = causal_trace(
+        tiny_sd1, PROMPT, "van gogh", "x", scorer=PositiveScorer(), sites="unet.xattn.8",
+        config=TraceConfig(noise=cal.noise, **FAST),
+    )  # fmt: skip
+    assert trace.clean_score == pytest.approx(cal.clean, abs=1e-5)
+    assert trace.corrupt_score == pytest.approx(cal.corrupted[f"{expected:g}"], abs=1e-5)
+    with pytest.raises(ConfigError, match="multipliers must be a non-empty list"):
+        calibrate_noise(tiny_sd1, PROMPT, "van gogh", "x", scorer=PixelScorer(), multipliers=(3.0, -1.0))
+    with pytest.raises(ConfigError, match="min_drop must be in"):
+        calibrate_noise(tiny_sd1, PROMPT, "van gogh", "x", scorer=PixelScorer(), min_drop=0.0)
+    with pytest.raises(PromptError, match="subject 'monet' does not occur"):
+        calibrate_noise(tiny_sd1, PROMPT, "monet", "x", scorer=PixelScorer(), config=config)

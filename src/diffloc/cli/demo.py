@@ -6,6 +6,7 @@ import argparse
 import time
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.sweep_args import noise_value
 from diffloc.demo import DemoConfig, run_demo
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import load_suite, shipped_suite_path
@@ -26,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
     parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0], help="seeds for tracing/LocoGen (default 0)")
     parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
-    parser.add_argument("--noise", type=float, default=None, help="corruption std (default 3 × token-embedding std)")
+    parser.add_argument(
+        "--noise", type=noise_value, default="auto",
+        help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
+        "that halves the attribute's score",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 

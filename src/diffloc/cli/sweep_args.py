@@ -22,6 +22,19 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
 
 
+def noise_value(text: str) -> float | str:
+    """``--noise``: a std >= 0, or ``auto`` (calibrated so the corruption halves the attribute's score)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0 or 'auto'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"noise must be a finite number >= 0 or 'auto', got {text!r}")
+    return value
+
+
 def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :class:`SweepConfig` from parsed options."""
     fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": args.guidance, "max_batch": args.max_batch}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 
-from diffloc.atomic import ensure_writable_dir
+from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
-from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
 from diffloc.errors import PromptError
 from diffloc.eval.scorers import scorer_for
 from diffloc.models.registry import load
@@ -33,7 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         )
         add_sweep_arguments(sub, default_out=default_out)
         sub.add_argument("--subject", required=True, help="words of the prompt to corrupt, e.g. 'van goo'")
-        sub.add_argument("--noise", type=float, default=None, help="noise std (default: 3 × token-embedding std)")
+        sub.add_argument(
+            "--noise", type=noise_value, default=None,
+            help="noise std, or 'auto': the smallest multiple (3, 6, 12, 24, 48) of the token-embedding std "
+            "that halves the attribute's score (default: 3 × token-embedding std)",
+        )  # fmt: skip
         if target == "unet":
             sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")
         else:
@@ -43,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Trace and write results and plots."""
-    config = TraceConfig(noise=args.noise, **sweep_kwargs(args))  # type: ignore[arg-type]
+    auto = args.noise == "auto"
+    config = TraceConfig(noise=None if auto else args.noise, **sweep_kwargs(args))  # type: ignore[arg-type]
     if args.target == "text" and len(args.prompt) != 1:
         raise PromptError(
             f"text tracing takes one prompt (token positions differ between prompts); got {len(args.prompt)}"
@@ -51,6 +57,18 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip)
+    if auto:
+        from diffloc.tracing.calibrate import calibrate_noise
+
+        calibration = calibrate_noise(model, args.prompt, args.subject, args.attribute, scorer=scorer, config=config)
+        write_json_atomic(out / "noise.json", calibration.to_dict())
+        config = replace(config, noise=calibration.noise)
+        print(
+            f"noise {calibration.noise:.4g} ({calibration.multiplier:g} × embedding std "
+            f"{calibration.embedding_std:.4g}); "
+            f"clean {calibration.clean:.3f}, corrupted by multiplier: "
+            + ", ".join(f"{k}× {v:.3f}" for k, v in calibration.corrupted.items())
+        )
     with progress_bar(f"trace {args.target}", unit="run") as progress:
         if args.target == "unet":
             result = causal_trace(

@@ -38,13 +38,9 @@ class DeepFloydIFAdapter(ModelAdapter):
         tokenizer = pipe.tokenizer
         limit = self.max_tokens(pipe, spec)
         self.tokenize(pipe, spec, prompts)  # length check with a clear error
-        batch = tokenizer(
-            list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
-        )
+        batch = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
         device = pipe.text_encoder.device
-        hidden = pipe.text_encoder(
-            batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
-        )[0]
+        hidden = pipe.text_encoder(batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))[0]
         return Conditioning(hidden)
 
     def pixels_per_latent(self, pipe: Any) -> int:

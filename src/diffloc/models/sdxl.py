@@ -39,9 +39,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
                 pooled = out[0]  # (rows, projection_dim): text_embeds of CLIPTextModelWithProjection
         hidden = torch.cat(hidden_parts, dim=-1)
         assert pooled is not None
-        return Conditioning(
-            hidden, {"text_embeds": pooled, "time_ids": self._time_ids(pipe, len(prompts), hidden)}
-        )
+        return Conditioning(hidden, {"text_embeds": pooled, "time_ids": self._time_ids(pipe, len(prompts), hidden)})
 
     def encode_unconditional(self, pipe: Any, rows: int) -> Conditioning:
         if bool(pipe.config.get("force_zeros_for_empty_prompt", True)):

@@ -33,9 +33,7 @@ def text_sites(encoder: nn.Module, prefix: str, component: str) -> list[Site]:
     """
     names = dict(encoder.named_modules())
     for layer_re, attn_suffix, mlp_suffix, embed_suffixes in (_CLIP, _T5):
-        layers = sorted(
-            ((int(m.group(1)), path) for path in names if (m := layer_re.search(path))), key=lambda x: x[0]
-        )
+        layers = sorted(((int(m.group(1)), path) for path in names if (m := layer_re.search(path))), key=lambda x: x[0])
         if not layers:
             continue
         embed = next((p for p in names for suf in embed_suffixes if p == suf or p.endswith("." + suf)), None)
