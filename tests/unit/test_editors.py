@@ -276,6 +276,29 @@ def test_locoedit_target_modes(tiny_sd1):
         LocoEditConfig(sites=(XATTN,), target_mode="nope")
 
 
+def test_locoedit_eos_positions_map_the_padding_states_too(tiny_sd1):
+    request = EditRequest(concepts=("cat",), targets=("dog",), templates=("a photo of {}",), default_templates=False)
+    config = LocoEditConfig(sites=(XATTN,), target_mode="template", positions="subject+eos", lam_k=1e-4)
+    edit = compute_edit(tiny_sd1, request, method="locoedit", config=config)
+    # "a photo of cat" = BOS a photo of cat EOS: the last subject token sits at position 4 of 77
+    assert edit.stats["key_value_pairs"] == 77 - 4
+    context = encode_context(tiny_sd1, ["a photo of cat", "a photo of dog"])  # full padding is not needed
+    full = tiny_sd1.adapter.encode(tiny_sd1.pipe, ["a photo of cat", "a photo of dog"]).hidden
+    assert torch.allclose(context[:, :6], full[:, :6], atol=1e-5)
+    k_site, _ = tiny_sd1.kv_sites(XATTN)
+    module = tiny_sd1.module(k_site)
+    with torch.no_grad():
+        goal = module(full[1, 5:])  # the target's EOS and padding keys
+        before = (module(full[0, 5:]) - goal).norm()
+        with edit.applied(tiny_sd1):
+            after = (module(full[0, 5:]) - goal).norm()
+    assert after < 0.5 * before
+    subject_only = compute_edit(tiny_sd1, request, method="locoedit", config=LocoEditConfig(sites=(XATTN,)))
+    assert subject_only.stats["key_value_pairs"] == 1
+    with pytest.raises(ConfigError, match="positions must be one of subject, subject\\+eos, got 'eos'"):
+        LocoEditConfig(sites=(XATTN,), positions="eos")
+
+
 def test_no_hook_or_state_left_behind(tiny_model):
     from diffloc.engine.hooks import installed_hook_count
 

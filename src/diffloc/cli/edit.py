@@ -69,6 +69,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _sites(loco)
     loco.add_argument("--lam-k", type=float, default=0.01, help="ridge strength for keys (default 0.01)")
     loco.add_argument("--lam-v", type=float, default=0.01, help="ridge strength for values (default 0.01)")
+    loco.add_argument(
+        "--target-mode", choices=("bare", "template"), default="bare",
+        help="values from the target alone (bare, reference) or the target in the key's template",
+    )  # fmt: skip
+    loco.add_argument(
+        "--positions", choices=("subject", "subject+eos"), default="subject",
+        help="map the last subject token only (reference) or also the EOS/padding positions after it",
+    )  # fmt: skip
     loco.set_defaults(func=run_compute, method="locoedit")
 
     neurons = sub.add_parser("neurons", help="ablate the K/V channels that best separate concept from target")
@@ -104,7 +112,10 @@ def _config(args: argparse.Namespace) -> Any:
     if args.method == "quickfix":
         return QuickFixConfig(lam=args.lam, use_eos=not args.no_eos, faithful=args.faithful)
     if args.method == "locoedit":
-        return LocoEditConfig(sites=_site_spec(args), lam_k=args.lam_k, lam_v=args.lam_v)
+        return LocoEditConfig(
+            sites=_site_spec(args), lam_k=args.lam_k, lam_v=args.lam_v, target_mode=args.target_mode,
+            positions=args.positions,
+        )  # fmt: skip
     return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation)
 
 

@@ -10,8 +10,14 @@ token of the concept in prompt i, ``c*_i`` the same for the target prompt at the
 ``target_mode="bare"`` (default, as the reference ``loco_edit.py``) the target prompt is the target alone
 ("a painting") for every key; with ``"template"`` it is the target filled into the key's own template, so the
 concept is mapped to its replacement in matching context. Preserved concepts add pairs
-``c_p → W0 c_p``. λ is separate for keys and values (both 0.01 by default, as in the reference). SD-XL's pooled
-text embedding, which does not pass through these projections, is left untouched.
+``c_p → W0 c_p``. λ is separate for keys and values (both 0.01 by default, as in the reference). SD-XL's
+pooled text embedding, which does not pass through these projections, is left untouched.
+
+``positions="subject+eos"`` (diffloc's extension; the reference maps the last subject token only) also maps
+every later position — EOS and the padding slots, which a causal text encoder fills with a summary of the whole
+prompt and which cross-attention reads too — aligned by offset as in Diff-QuickFix. Use it with
+``target_mode="template"`` and a preservation set: on a model that keeps a concept at the EOS state
+(ShapesWorld's styles and facts, see ``docs/findings.md``) the subject token alone barely moves the image.
 
 Sites are canonical names or globs (``unet.xattn.8``, ``unet.xattn.8.k`` for one projection only), or any
 object with a ``best_sites`` attribute, such as a LocoGen :class:`~diffloc.tracing.results.WindowResult`.
@@ -30,8 +36,8 @@ from torch import nn
 
 from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit
-from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
-from diffloc.editing.states import context_at_subjects
+from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
+from diffloc.editing.states import context_at_subjects, context_pairs
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
@@ -43,6 +49,7 @@ IF_NOTE = (
     "encoder is bidirectional (subject states depend on the whole prompt)."
 )
 TARGET_MODES = ("bare", "template")
+POSITIONS = ("subject", "subject+eos")
 SDXL_NOTE = "SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change."
 
 
@@ -74,17 +81,22 @@ class LocoEditConfig:
         lam_v: ridge strength for value projections (reference: 0.01; the reference parses but ignores it).
         target_mode: ``"bare"`` (the target alone, reference behaviour) or ``"template"`` (the target in the
             key's template).
+        positions: ``"subject"`` (the last subject token, reference behaviour) or ``"subject+eos"`` (that token
+            and every later position, aligned by offset; see the module docs).
     """
 
     sites: Any
     lam_k: float = 0.01
     lam_v: float = 0.01
     target_mode: str = "bare"
+    positions: str = "subject"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", site_names(self.sites))
         if self.target_mode not in TARGET_MODES:
             raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got {self.target_mode!r}")
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         _check_lambda("lam_k", self.lam_k)
         _check_lambda("lam_v", self.lam_v)
 
@@ -124,6 +136,33 @@ def projection_linear(model: LoadedModel, site: Site) -> nn.Linear:
     return module
 
 
+def _key_value_states(
+    model: LoadedModel, edit_pairs: list[PromptPair], keep_pairs: list[PromptPair], config: LocoEditConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(concept keys, target states, preserved keys), float64 rows of cross-attention context."""
+    bare = config.target_mode == "bare"
+    value_prompts = [p.value_subject if bare else p.value_prompt for p in edit_pairs]
+    value_subjects = [p.value_subject for p in edit_pairs]
+    if config.positions == "subject":
+        pairs = edit_pairs + keep_pairs
+        prompts = [p.key_prompt for p in pairs] + value_prompts
+        subjects = [p.key_subject for p in pairs] + value_subjects
+        states = context_at_subjects(model, prompts, subjects).double()  # (rows, d_text)
+        n_edit, n_all = len(edit_pairs), len(pairs)
+        return states[:n_edit], states[n_all:], states[n_edit:n_all]
+    keys, values = context_pairs(
+        model,
+        [p.key_prompt for p in edit_pairs] + [p.key_prompt for p in keep_pairs],
+        [p.key_subject for p in edit_pairs] + [p.key_subject for p in keep_pairs],
+        value_prompts + [p.key_prompt for p in keep_pairs],
+        value_subjects + [p.key_subject for p in keep_pairs],
+    )
+    n_edit = len(edit_pairs)
+    width = keys[0].shape[1]
+    keep = torch.cat(keys[n_edit:]) if keep_pairs else torch.zeros(0, width, dtype=torch.float64)
+    return torch.cat(keys[:n_edit]), torch.cat(values[:n_edit]), keep
+
+
 def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> Edit:
     """Compute a LocoEdit edit (the model is not modified).
 
@@ -139,14 +178,7 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     pairs = request.pairs(LOCOEDIT_TEMPLATES)
     edit_pairs = [p for p in pairs if not p.preserve]
     keep_pairs = [p for p in pairs if p.preserve]
-    bare = config.target_mode == "bare"
-    prompts = [p.key_prompt for p in pairs] + [p.value_subject if bare else p.value_prompt for p in edit_pairs]
-    subjects = [p.key_subject for p in pairs] + [p.value_subject for p in edit_pairs]
-    states = context_at_subjects(model, prompts, subjects).double()  # (rows, d_text)
-    n_edit, n_all = len(edit_pairs), len(pairs)
-    concept_states = states[:n_edit]
-    keep_states = states[n_edit:n_all]
-    target_states = states[n_all:]
+    concept_states, target_states, keep_states = _key_value_states(model, edit_pairs, keep_pairs, config)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     solve_seconds = 0.0
@@ -175,8 +207,8 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
         notes.append(SDXL_NOTE)
     stats = {
         "sites": [p.name for p in projections],
-        "key_value_pairs": n_edit,
-        "preserve_pairs": len(keep_pairs),
+        "key_value_pairs": int(concept_states.shape[0]),
+        "preserve_pairs": int(keep_states.shape[0]),
         "solve_seconds": round(solve_seconds, 6),
         "seconds": round(time.perf_counter() - start, 6),
     }

@@ -31,7 +31,7 @@ from torch import nn
 from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
-from diffloc.editing.states import is_causal_clip, subject_positions
+from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
 from diffloc.errors import ConfigError, EditError
 from diffloc.models.base import LoadedModel, TextEncoderSpec
 
@@ -118,14 +118,6 @@ def attention_inputs(model: LoadedModel, spec: TextEncoderSpec, linear: nn.Linea
     return store[0]
 
 
-def _aligned(key_pos: int, value_pos: int, length: int, use_eos: bool) -> tuple[list[int], list[int]]:
-    if not use_eos:
-        return [key_pos], [value_pos]
-    keys = list(range(key_pos, length))
-    values = [min(value_pos + r, length - 1) for r in range(len(keys))]
-    return keys, values
-
-
 def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> Edit:
     """Compute a Diff-QuickFix edit (the model is not modified).
 
@@ -168,7 +160,7 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
         keep_k: list[torch.Tensor] = []
         keep_v: list[torch.Tensor] = []
         for pair, kp, vp in zip(pairs, key_pos, value_pos, strict=True):
-            k_idx, v_idx = _aligned(kp, vp, length, config.use_eos)
+            k_idx, v_idx = aligned_positions(kp, vp, length, config.use_eos)
             keys = hidden[row[pair.key_prompt], k_idx]  # (n, inner)
             values = hidden[row[pair.value_prompt], v_idx] @ w64.T  # (n, d)
             if bias is not None:

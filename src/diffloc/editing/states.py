@@ -88,6 +88,52 @@ def encode_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
         return attention_context(model, hidden)  # (rows, tokens, dim)
 
 
+def aligned_positions(key_pos: int, value_pos: int, length: int, use_eos: bool) -> tuple[list[int], list[int]]:
+    """Key and value positions of one prompt pair.
+
+    Without ``use_eos`` only the last subject tokens; with it, every position from the key's last subject
+    token to the end (EOS and padding) paired by offset with the value prompt's positions, the value's last
+    position repeated when it runs out (the Diff-QuickFix reference's alignment).
+    """
+    if not use_eos:
+        return [key_pos], [value_pos]
+    keys = list(range(key_pos, length))
+    values = [min(value_pos + r, length - 1) for r in range(len(keys))]
+    return keys, values
+
+
+def context_pairs(
+    model: LoadedModel,
+    key_prompts: Sequence[str],
+    key_subjects: Sequence[str],
+    value_prompts: Sequence[str],
+    value_subjects: Sequence[str],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Cross-attention context of aligned key/value positions, EOS and padding included, per prompt pair.
+
+    Prompts are encoded at the pipeline's full padded length (the padding slots are what the UNet reads
+    after the prompt). Returns, per pair, the key rows and the value rows ``(n_i, dim)`` from
+    :func:`aligned_positions` with ``use_eos=True``.
+
+    Raises:
+        PromptError: a subject does not occur in its prompt, or no prompts.
+    """
+    if not key_prompts:
+        raise PromptError("empty prompt list; an edit needs at least one prompt")
+    key_pos = subject_positions(model, key_prompts, key_subjects)
+    value_pos = subject_positions(model, value_prompts, value_subjects)
+    distinct = list(dict.fromkeys([*key_prompts, *value_prompts]))
+    with torch.no_grad():
+        context = attention_context(model, model.adapter.encode(model.pipe, distinct).hidden).double()
+    row = {p: i for i, p in enumerate(distinct)}
+    keys, values = [], []
+    for kp_text, vp_text, kp, vp in zip(key_prompts, value_prompts, key_pos, value_pos, strict=True):
+        k_idx, v_idx = aligned_positions(kp, vp, context.shape[1], True)
+        keys.append(context[row[kp_text], k_idx])
+        values.append(context[row[vp_text], v_idx])
+    return keys, values
+
+
 def context_at_subjects(model: LoadedModel, prompts: Sequence[str], subjects: Sequence[str]) -> torch.Tensor:
     """Cross-attention context at the last subject token of each prompt, ``(len(prompts), dim)``.
 
