@@ -88,6 +88,12 @@ def main() -> None:
     parser.add_argument("--new-fact", default="quelland")
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
     parser.add_argument("--lam", type=float, default=0.01, help="ridge strength of every solve")
+    parser.add_argument(
+        "--preserve-others", action="store_true",
+        help="style removal: preserve the other named styles in the same solve (UCE-style preservation set)",
+    )  # fmt: skip
+    parser.add_argument("--positions", default="subject", choices=("subject", "subject+eos"), help="LocoEdit keys")
+    parser.add_argument("--target-mode", default="bare", choices=("bare", "template"), help="LocoEdit values")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/edit_efficacy.json")
     args = parser.parse_args()
@@ -117,7 +123,9 @@ def main() -> None:
     print(f"unedited ({time.perf_counter() - start:.0f} s): " + ", ".join(f"{g} {r:.2f}" for g, r in base.items()))
     methods = {
         "quickfix": QuickFixConfig(lam=args.lam, use_eos=not args.no_eos),
-        "locoedit": LocoEditConfig(sites=args.sites, lam_k=args.lam, lam_v=args.lam),
+        "locoedit": LocoEditConfig(
+            sites=args.sites, lam_k=args.lam, lam_v=args.lam, positions=args.positions, target_mode=args.target_mode
+        ),
     }
     report["removal"] = {}
     print(
@@ -125,9 +133,11 @@ def main() -> None:
         f"{'others kept (min)':>17}"
     )
     for style in styles:
+        others = tuple(s for s in vocab.STYLES if s != style) if args.preserve_others else ()
         request = EditRequest(
-            concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False
-        )
+            concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
+            preserve=others,
+        )  # fmt: skip
         for method, method_config in methods.items():
             edit: Edit = compute_edit(model, request, method=method, config=method_config)
             with edit.applied(model):
@@ -152,29 +162,39 @@ def main() -> None:
                 f"{row['plain_kept']:10.2f} {min(others.values(), default=float('nan')):17.2f}"
                 f"  {'PASS' if row['passed'] else 'FAIL'}"
             )
-    # fact update: the old fact's held-out prompts should now show the new fact
+    # fact update: the old fact's held-out prompts should now show the new fact; the other facts should not move
+    key = f"update:{args.fact}->{args.new_fact}"
     fact_prompts = [
-        captions.EvalPrompt(
-            prompt=p.prompt, group=f"update:{args.fact}->{args.new_fact}", labels={"fact": args.new_fact}
-        )
+        captions.EvalPrompt(prompt=p.prompt, group=key, labels={"fact": args.new_fact})
         for p in heldout
         if p.group == f"fact:{args.fact}"
-    ]
+    ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{args.fact}"]
+    others = tuple(f for f in vocab.FACTS if f != args.fact) if args.preserve_others else ()
     request = EditRequest(
-        concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False
-    )
+        concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False,
+        preserve=others,
+    )  # fmt: skip
     before = rates(model, fact_prompts, args.fact_seeds, config)
     edit = compute_edit(model, request, method="locoedit", config=methods["locoedit"])
     with edit.applied(model):
         after = rates(model, fact_prompts, args.fact_seeds, config)
-    key = f"update:{args.fact}->{args.new_fact}"
-    report["fact_update"] = {"prompts": [p.prompt for p in fact_prompts], "before": before[key], "after": after[key]}
-    report["fact_update"]["passed"] = after[key] >= 0.8
-    print(f"fact update {key}: new fact shown {before[key]:.2f} -> {after[key]:.2f}")
+    kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g != key}
+    report["fact_update"] = {
+        "prompts": [p.prompt for p in fact_prompts if p.group == key], "before": before[key], "after": after[key],
+        "other_facts_before": {g: before[g] for g in kept}, "other_facts_kept": kept,
+        "edit_seconds": edit.stats.get("seconds"), "passed": after[key] >= 0.8,
+    }  # fmt: skip
+    print(
+        f"fact update {key}: new fact shown {before[key]:.2f} -> {after[key]:.2f}  (bar >= 0.80) "
+        f"{'PASS' if after[key] >= 0.8 else 'FAIL'}; other facts kept (min) "
+        f"{min(kept.values(), default=float('nan')):.2f}"
+    )
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
-    print(json.dumps({k: v.get("passed") for k, v in report["removal"].items()}))
+    print(
+        json.dumps({**{k: v.get("passed") for k, v in report["removal"].items()}, key: report["fact_update"]["passed"]})
+    )
 
 
 if __name__ == "__main__":
