@@ -1,17 +1,17 @@
 """Editing acceptance on ShapesWorld: style removal (Diff-QuickFix, LocoEdit) and a fact update (LocoEdit).
 
 Run: ``python bench/edit_efficacy.py [--seeds 4] [--styles "van goo,mo nettle" | all] [--sites unet.xattn.*]
-[--out runs/edit_efficacy.json]`` (one style by default: each removed style costs two full held-out evaluations,
-~1-2 min per seed on this CPU).
+[--out runs/edit_efficacy.json] [--preserve-others] [--positions subject+eos --target-mode template]`` (one
+style, the best drawn, by default: each removed style costs two held-out evaluations, ~1-2 min per seed here).
 
 Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world.captions.heldout_prompts``
 (templates and attribute combinations the model never saw), every prompt × ``--seeds`` seeds:
 
-* style removal: for each named style and each method, the edit maps the artist ("van goo") to the anchor
+* style removal: for each named style and each method, the edit maps the artist ("pica stro") to the anchor
   style phrase ("a plain style"). Reported: the style's detection rate before/after (drop in points; the bar
   is >= 80), and the ratio after/before of the detection rate of plain prompts (all four attributes right)
   and of every other named style (the bar is >= 0.9 each);
-* fact update (LocoEdit): the country ("zorbia") is mapped to another country ("quelland"); reported: how
+* fact update (LocoEdit): the country ("marnovia") is mapped to another country ("trelania"); reported: how
   often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8).
 
 Edit prompts use ShapesWorld's *training* phrasings (the from-scratch text encoder knows no other words):
@@ -82,10 +82,10 @@ def main() -> None:
     parser.add_argument("--fact-seeds", type=int, default=16, help="seeds per fact prompt (few held-out prompts)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--styles", default="van goo", help="comma-separated artists, or 'all' (default: van goo)")
+    parser.add_argument("--styles", default="pica stro", help="comma-separated artists, or 'all' (default: pica stro)")
     parser.add_argument("--sites", default="unet.xattn.*", help="LocoEdit sites (names/globs)")
-    parser.add_argument("--fact", default="zorbia")
-    parser.add_argument("--new-fact", default="quelland")
+    parser.add_argument("--fact", default="marnovia", help="not zorbia: the model draws it for unknown countries")
+    parser.add_argument("--new-fact", default="trelania")
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
     parser.add_argument("--lam", type=float, default=0.01, help="ridge strength of every solve")
     parser.add_argument(

@@ -105,7 +105,7 @@ def sd15_part(repeats: int) -> None:
         )
 
 
-def shapesworld_part(seeds: int, max_steps: int) -> None:
+def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     """Closed-form style removal vs ESD-x fine-tuning run until it reaches the same detection drop."""
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
@@ -123,7 +123,8 @@ def shapesworld_part(seeds: int, max_steps: int) -> None:
         print(f"ShapesWorld closed-form vs ESD fine-tuning: skipped: detectors not available ({exc})")
         return
     model = load("shapesworld")
-    style = next(iter(vocab.STYLES))
+    if style not in vocab.STYLES:
+        raise SystemExit(f"unknown style {style!r}; valid: {', '.join(vocab.STYLES)}")
     group = f"style:{style}"
     prompts = [p for p in captions.heldout_prompts() if p.group == group]
     generation = GenerationConfig(steps=20, guidance=4.0)
@@ -169,12 +170,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="ShapesWorld: seeds per held-out prompt")
     parser.add_argument("--esd-steps", type=int, default=2000, help="ShapesWorld: ESD step budget")
     parser.add_argument("--skip-sd15", action="store_true", help="only the ShapesWorld part")
+    parser.add_argument("--style", default="pica stro", help="ShapesWorld: the named style to remove")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), best/median of {args.repeats} after a warm-up")
     if not args.skip_sd15:
         sd15_part(args.repeats)
-    shapesworld_part(args.seeds, args.esd_steps)
+    shapesworld_part(args.seeds, args.esd_steps, args.style)
 
 
 if __name__ == "__main__":
