@@ -326,3 +326,37 @@ def test_multi_concept_quickfix_is_one_joint_solve(tiny_sd1):
             c1 = _layer0_attention(tiny_sd1, prompt, concept)
             assert (c1 - t0).norm() < 0.2 * (c0 - t0).norm(), concept
         assert (_layer0_attention(tiny_sd1, "a photo of house", "house") - keep).norm() < 0.05 * keep.norm()
+
+
+@pytest.mark.parametrize("method", ["quickfix", "locoedit"])
+def test_preserved_prompts_keep_their_states(tiny_sd1, method):
+    kept_prompt = "a red house on a hill"
+    config = LocoEditConfig(sites=(XATTN,), positions="subject+eos", target_mode="template")
+    config = config if method == "locoedit" else QuickFixConfig()
+    k_site, _ = tiny_sd1.kv_sites(XATTN)
+
+    def states():
+        if method == "quickfix":
+            with record(tiny_sd1, ["text.attn.0"]) as store:
+                tiny_sd1.adapter.encode(tiny_sd1.pipe, [kept_prompt])
+            return store["text.attn.0"][0][0]
+        with torch.no_grad():
+            return tiny_sd1.module(k_site)(encode_context(tiny_sd1, [kept_prompt])[0])
+
+    base = states()
+    moved = {}
+    for keep in ((), (kept_prompt,)):
+        request = EditRequest(concepts=("cat",), targets=("dog",), preserve_prompts=keep)
+        edit = compute_edit(tiny_sd1, request, method=method, config=config)
+        assert EditRequest.from_dict(edit.request).preserve_prompts == keep
+        with edit.applied(tiny_sd1):
+            moved[keep] = float((states() - base).norm() / base.norm())
+    # a compromise in a least-squares solve (the tiny encoder is 32 wide), not an exact constraint
+    assert moved[(kept_prompt,)] < 0.6 * moved[()], moved
+    with pytest.raises(ConfigError, match="neuron edits do not take preserve_prompts"):
+        compute_edit(
+            tiny_sd1, EditRequest(concepts=("cat",), targets=("dog",), preserve_prompts=("a house",)),
+            method="neurons", config=NeuronConfig(sites=(XATTN,), top_n=2),
+        )  # fmt: skip
+    with pytest.raises(PromptError, match="empty preserved prompt"):
+        EditRequest(concepts=("cat",), targets=("dog",), preserve_prompts=(" ",))

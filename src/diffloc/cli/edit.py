@@ -32,6 +32,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preserve", action="append", default=[], help="concept to keep unchanged (repeatable)")
     parser.add_argument(
+        "--preserve-prompt", action="append", default=[],
+        help="whole prompt whose text states must not change, every position (repeatable; quickfix, locoedit)",
+    )  # fmt: skip
+    parser.add_argument(
         "--template", action="append", default=[], help="extra prompt template with one '{}' (repeatable)"
     )
     parser.add_argument(
@@ -130,6 +134,7 @@ def run_compute(args: argparse.Namespace) -> int:
         templates=tuple(args.template),
         default_templates=not args.no_default_templates,
         preserve=tuple(args.preserve),
+        preserve_prompts=tuple(args.preserve_prompt),
     )
     config = _config(args)  # validate before loading the model
     model = load(args.model)

@@ -37,7 +37,7 @@ from torch import nn
 from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
-from diffloc.editing.states import context_at_subjects, context_pairs
+from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
@@ -163,6 +163,14 @@ def _key_value_states(
     return torch.cat(keys[:n_edit]), torch.cat(values[:n_edit]), keep
 
 
+def _with_preserved_prompts(model: LoadedModel, keep: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
+    """Append every position of the preserved prompts to the preserved keys."""
+    if not prompts:
+        return keep
+    rows = context_rows(model, prompts)
+    return torch.cat([keep.reshape(-1, rows.shape[1]), rows]) if keep.numel() else rows
+
+
 def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> Edit:
     """Compute a LocoEdit edit (the model is not modified).
 
@@ -179,6 +187,7 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     edit_pairs = [p for p in pairs if not p.preserve]
     keep_pairs = [p for p in pairs if p.preserve]
     concept_states, target_states, keep_states = _key_value_states(model, edit_pairs, keep_pairs, config)
+    keep_states = _with_preserved_prompts(model, keep_states, request.preserve_prompts)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     solve_seconds = 0.0
@@ -193,8 +202,8 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
             concept_states,
             target_states @ w64.T,
             lam,
-            K_preserve=keep_states if keep_pairs else None,
-            V_preserve=keep_states @ w64.T if keep_pairs else None,
+            K_preserve=keep_states if keep_states.numel() else None,
+            V_preserve=keep_states @ w64.T if keep_states.numel() else None,
         )
         solve_seconds += time.perf_counter() - solve_start
         key = f"{proj.full_path}.weight"

@@ -85,6 +85,11 @@ def compute_neurons(model: LoadedModel, request: EditRequest, config: NeuronConf
         PromptError: a concept/target does not occur in a template.
     """
     start = time.perf_counter()
+    if request.preserve_prompts:
+        raise ConfigError(
+            "neuron edits do not take preserve_prompts (they ablate channels, there is no solve to constrain); "
+            "use preserve=(concepts,) to add neutral prompts"
+        )
     projections = projection_sites(model, config.sites)
     for proj in projections:
         width = projection_linear(model, proj).out_features

@@ -167,6 +167,11 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
                 values = values + bias
             (keep_k if pair.preserve else edit_k).append(keys)
             (keep_v if pair.preserve else edit_v).append(values)
+        if request.preserve_prompts:
+            kept = attention_inputs(model, spec, linear, request.preserve_prompts).double()[:, 1:]
+            kept = kept.reshape(-1, kept.shape[-1])  # every position after BOS
+            keep_k.append(kept)
+            keep_v.append(kept @ w64.T + (bias if bias is not None else 0))
         solve_start = time.perf_counter()
         new = ridge_solve(
             w0,

@@ -66,6 +66,9 @@ class EditRequest:
         default_templates: whether to use the method's default templates (Diff-QuickFix: the reference
             notebook's 4; LocoEdit and neurons: the reference ``loco_edit.py`` 4).
         preserve: concepts that must keep their meaning; each is mapped to itself in the same solve.
+        preserve_prompts: whole prompts whose text states must not change (e.g. plain captions the edit must
+            leave alone): every token position after BOS, EOS and padding included, maps to itself.
+            Diff-QuickFix and LocoEdit only (neuron edits refuse them).
 
     Raises:
         PromptError: no concept, an empty concept or target, a template without exactly one ``{}``, or no
@@ -81,15 +84,20 @@ class EditRequest:
     templates: tuple[str, ...] = ()
     default_templates: bool = True
     preserve: tuple[str, ...] = field(default_factory=tuple)
+    preserve_prompts: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         concepts = _clean_strings("concepts", self.concepts)
         targets = _clean_strings("targets", self.targets)
         templates = _clean_strings("templates", self.templates)
         preserve = _clean_strings("preserve", self.preserve)
+        preserve_prompts = _clean_strings("preserve_prompts", self.preserve_prompts)
         if not concepts:
             raise PromptError("no concept to edit; give at least one concept, e.g. 'van gogh'")
-        for label, items in (("concept", concepts), ("target", targets), ("preserved concept", preserve)):
+        for label, items in (
+            ("concept", concepts), ("target", targets), ("preserved concept", preserve),
+            ("preserved prompt", preserve_prompts),
+        ):  # fmt: skip
             for item in items:
                 if not item:
                     raise PromptError(f"empty {label}; every {label} must contain words")
@@ -111,6 +119,7 @@ class EditRequest:
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "templates", templates)
         object.__setattr__(self, "preserve", preserve)
+        object.__setattr__(self, "preserve_prompts", tuple(dict.fromkeys(preserve_prompts)))
 
     def all_templates(self, defaults: tuple[str, ...]) -> tuple[str, ...]:
         """The templates a method uses: its defaults (if enabled) then the user's, without repeats."""
@@ -151,12 +160,13 @@ class EditRequest:
             "templates": list(self.templates),
             "default_templates": self.default_templates,
             "preserve": list(self.preserve),
+            "preserve_prompts": list(self.preserve_prompts),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EditRequest:
         """Rebuild a request from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
-        known = {"concepts", "targets", "templates", "default_templates", "preserve"}
+        known = {"concepts", "targets", "templates", "default_templates", "preserve", "preserve_prompts"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown edit request key(s) {sorted(unknown)}; valid: {sorted(known)}")
@@ -166,4 +176,5 @@ class EditRequest:
             templates=tuple(data.get("templates", ())),
             default_templates=bool(data.get("default_templates", True)),
             preserve=tuple(data.get("preserve", ())),
+            preserve_prompts=tuple(data.get("preserve_prompts", ())),
         )

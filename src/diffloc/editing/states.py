@@ -134,6 +134,18 @@ def context_pairs(
     return keys, values
 
 
+def context_rows(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Cross-attention context at every position after BOS of each prompt, at the full padded length.
+
+    Returns ``(len(prompts) * (tokens - 1), dim)`` float64 rows (the rows a preserved prompt keeps).
+    """
+    if not prompts:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    with torch.no_grad():
+        context = attention_context(model, model.adapter.encode(model.pipe, list(prompts)).hidden).double()
+    return context[:, 1:].reshape(-1, context.shape[-1])
+
+
 def context_at_subjects(model: LoadedModel, prompts: Sequence[str], subjects: Sequence[str]) -> torch.Tensor:
     """Cross-attention context at the last subject token of each prompt, ``(len(prompts), dim)``.
 
