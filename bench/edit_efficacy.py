@@ -1,7 +1,7 @@
 """Editing acceptance on ShapesWorld: style removal (Diff-QuickFix, LocoEdit) and a fact update (LocoEdit).
 
 Run: ``python bench/edit_efficacy.py [--seeds 4] [--styles "van goo,mo nettle" | all] [--sites unet.xattn.*]
-[--out runs/edit_efficacy.json] [--preserve-others] [--positions subject+eos --target-mode template]`` (one
+[--out runs/edit_efficacy.json] [--preserve] [--positions subject+eos --target-mode template]`` (one
 style, the best drawn, by default: each removed style costs two held-out evaluations, ~1-2 min per seed here).
 
 Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world.captions.heldout_prompts``
@@ -41,6 +41,14 @@ from diffloc.models.registry import load, shapesworld_dir
 
 #: (shape, colour) pairs used to fill the training templates of the edit prompts
 FILL_PAIRS = (("circle", "red"), ("square", "blue"), ("triangle", "green"), ("star", "yellow"))
+
+
+def preserve_captions() -> tuple[str, ...]:
+    """Plain captions in training phrasings kept by ``--preserve``: the shipped suite's (none is a held-out
+    prompt, so the measured specificity is not the preservation itself)."""
+    from diffloc.eval.suite import load_suite, shipped_suite_path
+
+    return load_suite(shipped_suite_path("shapesworld")).cases[0].preserve_prompts
 
 
 def style_templates() -> tuple[str, ...]:
@@ -89,8 +97,9 @@ def main() -> None:
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
     parser.add_argument("--lam", type=float, default=0.01, help="ridge strength of every solve")
     parser.add_argument(
-        "--preserve-others", action="store_true",
-        help="style removal: preserve the other named styles in the same solve (UCE-style preservation set)",
+        "--preserve", action="store_true",
+        help="preserve, in the same solve, the other named concepts of the kind and the shipped "
+        "suite's plain training captions (none of them evaluated) — UCE-style preservation",
     )  # fmt: skip
     parser.add_argument("--positions", default="subject", choices=("subject", "subject+eos"), help="LocoEdit keys")
     parser.add_argument("--target-mode", default="bare", choices=("bare", "template"), help="LocoEdit values")
@@ -133,10 +142,10 @@ def main() -> None:
         f"{'others kept (min)':>17}"
     )
     for style in styles:
-        others = tuple(s for s in vocab.STYLES if s != style) if args.preserve_others else ()
+        others = tuple(s for s in vocab.STYLES if s != style) if args.preserve else ()
         request = EditRequest(
             concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
-            preserve=others,
+            preserve=others, preserve_prompts=preserve_captions() if args.preserve else (),
         )  # fmt: skip
         for method, method_config in methods.items():
             edit: Edit = compute_edit(model, request, method=method, config=method_config)
@@ -169,10 +178,10 @@ def main() -> None:
         for p in heldout
         if p.group == f"fact:{args.fact}"
     ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{args.fact}"]
-    others = tuple(f for f in vocab.FACTS if f != args.fact) if args.preserve_others else ()
+    others = tuple(f for f in vocab.FACTS if f != args.fact) if args.preserve else ()
     request = EditRequest(
         concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False,
-        preserve=others,
+        preserve=others, preserve_prompts=preserve_captions() if args.preserve else (),
     )  # fmt: skip
     before = rates(model, fact_prompts, args.fact_seeds, config)
     edit = compute_edit(model, request, method="locoedit", config=methods["locoedit"])

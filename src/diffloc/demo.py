@@ -55,15 +55,32 @@ class DemoConfig:
     steps: int = 20
     guidance: float = 7.5
     max_batch: int = 32
+    #: LocoEdit keys: ``"subject+eos"`` (default here: ShapesWorld keeps concepts at EOS) or ``"subject"``
+    locoedit_positions: str = "subject+eos"
+    #: LocoEdit values: ``"template"`` (default here) or ``"bare"`` (the reference)
+    locoedit_target_mode: str = "template"
 
     def __post_init__(self) -> None:
+        from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
+
         if isinstance(self.noise, str) and self.noise != "auto":
             raise ConfigError(f"noise must be a number >= 0, 'auto' or None, got {self.noise!r}")
+        if self.locoedit_positions not in POSITIONS:
+            raise ConfigError(
+                f"locoedit_positions must be one of {', '.join(POSITIONS)}, got {self.locoedit_positions!r}"
+            )
+        if self.locoedit_target_mode not in TARGET_MODES:
+            raise ConfigError(
+                f"locoedit_target_mode must be one of {', '.join(TARGET_MODES)}, got {self.locoedit_target_mode!r}"
+            )
 
 
-def _cached(path: Path, marker: str, load: Callable[[Path], Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
-    """``load(path)`` when the stage's ``marker`` file exists (``""``: ``path`` is the file), else ``compute()``."""
-    if (path / marker if marker else path).is_file():
+def _cached(
+    reuse: bool, path: Path, marker: str, load: Callable[[Path], Any], compute: Callable[[], Any]
+) -> tuple[Any, bool]:
+    """``load(path)`` when ``reuse`` and the stage's ``marker`` file exists (``""``: ``path`` is the file), else
+    ``compute()``."""
+    if reuse and (path / marker if marker else path).is_file():
         try:
             return load(path), True
         except Exception:
@@ -82,6 +99,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage for every case; returns the summary written to ``summary.json``."""
     config = config or DemoConfig()
+    reuse = _same_run(out, run_key(model, suite, scorer, config))
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"diffloc_version": __version__, "model": model.source, "scorer": scorer.name,
                                "demo_config": {**config.__dict__}, "cases": {}}  # fmt: skip
@@ -96,7 +114,7 @@ def run_demo(
         if progress is not None:
             progress(stage if runs is None else f"{stage} {runs[0]}/{runs[1]} runs", done, total)
 
-    shared: dict[str, Any] = {}  # the unedited model's measurement, reused by every evaluation
+    shared: dict[str, Any] = {"reuse": reuse}  # + the unedited measurement, reused by every evaluation
     for case in suite.cases:
         summary["cases"][case.name] = _run_case(model, suite, scorer, out, case, config, timings, tick, shared)
     summary["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
@@ -105,6 +123,34 @@ def run_demo(
 
     write_report(out, summary, suite)
     return summary
+
+
+def run_key(model: LoadedModel, suite: EvalSuite, scorer: Scorer, config: DemoConfig) -> dict[str, Any]:
+    """Everything a demo's outputs depend on: weights, suite, scorer, settings and diffloc's version."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps({
+        "diffloc_version": __version__, "model": model.source, "weights": model.fingerprint(),
+        "scorer": scorer.name, "suite": asdict(suite), "config": asdict(config),
+    }))  # fmt: skip
+
+
+def _same_run(out: Path, key: dict[str, Any]) -> bool:
+    """Whether ``out`` holds stages of a run with this key; records the key. A different key means every
+    stage is recomputed (item-level sweep caches are keyed on their own and still resume)."""
+    path = out / "run-key.json"
+    previous = None
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+    if previous is not None and previous != key:
+        changed = sorted(k for k in key if previous.get(k) != key.get(k))
+        logger.warning("demo output %s was made with other %s; recomputing every stage", out, ", ".join(changed))
+    if previous != key:
+        write_json_atomic(path, key)
+    return previous == key
 
 
 def _run_case(
@@ -132,6 +178,7 @@ def _run_case(
     noise = None if isinstance(config.noise, str) else config.noise
     if config.noise == "auto":
         calibration, _ = _cached(
+            shared["reuse"],
             base / "noise.json",
             "",
             lambda p: json.loads(p.read_text()),
@@ -142,7 +189,7 @@ def _run_case(
         entry["noise"] = calibration
         noise = float(calibration["noise"])
         timings[f"{case.name}/noise"] = time.perf_counter() - start
-    unet, reused = _cached(base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
+    unet, reused = _cached(shared["reuse"], base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
         config=TraceConfig(seeds=config.trace_seeds, noise=noise, **sweep), out=base / "unet",
         progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
@@ -150,7 +197,7 @@ def _run_case(
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
     start = time.perf_counter()
-    text, reused = _cached(base / "text", "result.json", TraceResult.load, lambda: trace_text(
+    text, reused = _cached(shared["reuse"], base / "text", "result.json", TraceResult.load, lambda: trace_text(
         model, prompts[0], case.concept, case.attribute, scorer=scorer,
         config=TraceConfig(seeds=config.text_seeds, noise=noise, **sweep), out=base / "text",
         progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
@@ -160,7 +207,7 @@ def _run_case(
     start = time.perf_counter()
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     window_dir = out / "locogen" / case.name
-    windows, reused = _cached(window_dir, "result.json", WindowResult.load, lambda: locogen(
+    windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: locogen(
         model, prompts, case.target_prompt, attribute, scorer=scorer,
         config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
         out=window_dir, progress=lambda d, t: tick(f"{case.name}: locogen", (d, t))))  # fmt: skip
@@ -168,11 +215,16 @@ def _run_case(
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
     tick("locogen")
     request = EditRequest(concepts=(case.concept,), targets=(case.target,), templates=edit_templates(case),
-                          default_templates=False)  # fmt: skip
+                          default_templates=False, preserve=case.preserve,
+                          preserve_prompts=case.preserve_prompts)  # fmt: skip
     edits = {}
     for method in METHODS:
         edit_dir = out / "edits" / case.name / method
-        method_config = LocoEditConfig(sites=windows) if method == "locoedit" else None
+        method_config = (
+            LocoEditConfig(sites=windows, positions=config.locoedit_positions, target_mode=config.locoedit_target_mode)
+            if method == "locoedit"
+            else None
+        )
         start = time.perf_counter()
 
         def compute(method: str = method, method_config: Any = method_config, edit_dir: Path = edit_dir) -> Any:
@@ -180,7 +232,7 @@ def _run_case(
             edit.save(edit_dir)
             return edit
 
-        edits[method], reused = _cached(edit_dir, "edit.json", Edit.load, compute)
+        edits[method], reused = _cached(shared["reuse"], edit_dir, "edit.json", Edit.load, compute)
         timings[f"{case.name}/edit-{method}"] = 0.0 if reused else time.perf_counter() - start
         tick(f"edit {method}")
     reports = {}
@@ -195,9 +247,9 @@ def _run_case(
             report.save(report_path)
             return report
 
-        reports[method], reused = _cached(report_path, "", EvalReport.load, compute_report)
+        reports[method], reused = _cached(shared["reuse"], report_path, "", EvalReport.load, compute_report)
         grid_path = out / "eval" / case.name / f"{method}-grid.png"
-        if not grid_path.is_file():
+        if not (shared["reuse"] and grid_path.is_file()):
             _before_after_grid(model, edit, suite, case, grid_path)
         timings[f"{case.name}/eval-{method}"] = 0.0 if reused else time.perf_counter() - start
         tick(f"eval {method}")

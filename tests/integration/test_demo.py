@@ -30,6 +30,8 @@ cases:
     heldout: [van gogh painting of a boat]
     neighbours:
       - {prompt: a house in the style of monet, attribute: monet style}
+    preserve: [monet]
+    preserve_prompts: [a red house]
 """
 
 
@@ -73,6 +75,9 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     for img in re.findall(r'<img src="([^"]+)"', page):
         assert (out / img).is_file(), img
     eval_json = json.loads((out / "eval" / "style-vg" / "quickfix.json").read_text())
+    edit = json.loads((out / "edits" / "style-vg" / "locoedit" / "edit.json").read_text())
+    assert edit["request"]["preserve"] == ["monet"] and edit["request"]["preserve_prompts"] == ["a red house"]
+    assert edit["config"]["positions"] == "subject+eos"
     assert eval_json["cases"]["style-vg"] == {
         k: v for k, v in summary["cases"]["style-vg"]["eval"]["quickfix"].items() if k != "fidelity"
     }
@@ -101,6 +106,11 @@ def test_suite_errors_are_one_line(tmp_path):
         load_suite(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_suite(tmp_path / "missing.yaml")
+    bad.write_text(
+        SUITE.replace("preserve_prompts: [a red house]", "preserve_prompts: [a house in the style of monet]")
+    )
+    with pytest.raises(ConfigError, match="is also a held-out or neighbour prompt"):
+        load_suite(bad)
     Path(bad).write_text("cases: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_suite(bad)
@@ -190,3 +200,23 @@ def test_demo_killed_mid_way_resumes_without_recomputing(tmp_path, tiny_clip_dir
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timings_seconds"]["style-vg/trace-unet"] == 0.0  # reused, not recomputed
     assert (out / "report.html").is_file()
+
+
+def test_outputs_of_another_run_are_not_reused(demo_run, caplog):
+    from dataclasses import replace
+
+    from diffloc.demo import _same_run, run_key
+
+    model, suite, scorer, config, out, _ = demo_run
+    key = run_key(model, suite, scorer, config)
+    assert json.loads((out / "run-key.json").read_text()) == key
+    assert _same_run(out, key)
+    changed = run_key(model, suite, scorer, replace(config, locoedit_target_mode="bare"))
+    assert changed != key
+    with caplog.at_level("WARNING"):
+        assert not _same_run(out, changed)
+    assert "recomputing every stage" in caplog.text and "config" in caplog.text
+    assert _same_run(out, changed)  # the new key is recorded
+    _same_run(out, key)  # leave the directory as the fixture made it
+    with pytest.raises(ConfigError, match="locoedit_positions must be one of"):
+        DemoConfig(locoedit_positions="eos")

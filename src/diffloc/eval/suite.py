@@ -55,6 +55,9 @@ class ConceptCase:
         neighbours: prompts whose attribute must survive (specificity).
         target_prompt: the prompt a LocoGen window reads instead (default: the first prompt with the concept
             replaced by the target).
+        preserve: concepts the edit keeps in the same solve (UCE-style preservation set), e.g. other artists.
+        preserve_prompts: whole captions the edit keeps at every token position. They must not be neighbour
+            or held-out prompts, which would make the specificity/generalization measurement circular.
     """
 
     name: str
@@ -68,6 +71,8 @@ class ConceptCase:
     neighbours: tuple[Neighbour, ...]
     target_attribute: str = ""
     target_prompt: str = ""
+    preserve: tuple[str, ...] = ()
+    preserve_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("style", "object", "fact"):
@@ -86,6 +91,13 @@ class ConceptCase:
                 )
         if not self.target_prompt:
             object.__setattr__(self, "target_prompt", self.prompts[0].replace(self.concept, self.target))
+        measured = {" ".join(p.lower().split()) for p in (*self.heldout, *(n.prompt for n in self.neighbours))}
+        for prompt in self.preserve_prompts:
+            if " ".join(prompt.lower().split()) in measured:
+                raise ConfigError(
+                    f"case {self.name!r}: preserved prompt {prompt!r} is also a held-out or neighbour prompt; "
+                    "preserving what is measured would make the measurement circular"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
