@@ -1,6 +1,6 @@
 """Editing acceptance on ShapesWorld: style removal (Diff-QuickFix, LocoEdit) and a fact update (LocoEdit).
 
-Run: ``python bench/edit_efficacy.py [--seeds 4] [--styles "van goo,mo nettle" | all] [--sites unet.xattn.*]
+Run: ``python bench/edit_efficacy.py [--seeds 4] [--styles "van goo,mo nettle" | all] [--sites locogen]
 [--out runs/edit_efficacy.json] [--preserve] [--positions subject+eos --target-mode template]`` (one
 style, the best drawn, by default: each removed style costs two held-out evaluations, ~1-2 min per seed here).
 
@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--styles", default="pica stro", help="comma-separated artists, or 'all' (default: pica stro)")
-    parser.add_argument("--sites", default="unet.xattn.*", help="LocoEdit sites (names/globs)")
+    parser.add_argument(
+        "--sites", default="locogen",
+        help="LocoEdit sites (names/globs), or 'locogen' (default): each concept's best LocoGen window of 2",
+    )  # fmt: skip
     parser.add_argument("--fact", default="marnovia", help="not zorbia: the model draws it for unknown countries")
     parser.add_argument("--new-fact", default="trelania")
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
@@ -130,12 +133,28 @@ def main() -> None:
     if min(base.values()) < 0.5:
         print("warning: some unedited detection rates are below 0.5; the model is not trained enough to judge edits")
     print(f"unedited ({time.perf_counter() - start:.0f} s): " + ", ".join(f"{g} {r:.2f}" for g, r in base.items()))
-    methods = {
-        "quickfix": QuickFixConfig(lam=args.lam, use_eos=not args.no_eos),
-        "locoedit": LocoEditConfig(
-            sites=args.sites, lam_k=args.lam, lam_v=args.lam, positions=args.positions, target_mode=args.target_mode
-        ),
-    }
+    quickfix = QuickFixConfig(lam=args.lam, use_eos=not args.no_eos)
+
+    def loco(sites: object) -> LocoEditConfig:
+        return LocoEditConfig(
+            sites=sites, lam_k=args.lam, lam_v=args.lam, positions=args.positions, target_mode=args.target_mode
+        )
+
+    def sites_for(prompt: str, target_prompt: str, attribute: str, mode: str) -> object:
+        """``--sites``, or with ``locogen`` the smallest LocoGen window (2, 4, 8) that controls the concept."""
+        if args.sites != "locogen":
+            return args.sites
+        from diffloc.eval.scorers import scorer_for
+        from diffloc.tracing.config import LocoGenConfig
+        from diffloc.tracing.locogen import locogen_search
+
+        sweep = LocoGenConfig(seeds=(0, 1), window=2, mode=mode, steps=args.steps, guidance=args.guidance, max_batch=32)
+        found = locogen_search(
+            model, [prompt], target_prompt, attribute, scorer=scorer_for("shapesworld", None), config=sweep
+        )
+        print(f"LocoGen window for {attribute!r}: {', '.join(found.best_sites)} (score {found.best_score:.2f})")
+        return found.best_sites
+
     report["removal"] = {}
     print(
         f"{'method':<9} {'style':<12} {'before':>6} {'after':>6} {'drop pts':>8} {'plain kept':>10} "
@@ -147,13 +166,18 @@ def main() -> None:
             concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
             preserve=others, preserve_prompts=preserve_captions() if args.preserve else (),
         )  # fmt: skip
-        for method, method_config in methods.items():
+        sites = sites_for(
+            f"a red circle in the style of {style}", f"a red circle in {vocab.STYLE_ANCHOR}",
+            f"in the style of {style}", "remove",
+        )  # fmt: skip
+        for method, method_config in (("quickfix", quickfix), ("locoedit", loco(sites))):
             edit: Edit = compute_edit(model, request, method=method, config=method_config)
             with edit.applied(model):
                 after = rates(model, scored, args.seeds, config)
             group = f"style:{style}"
             others = {g: after[g] / base[g] if base[g] else float("nan") for g in base if g not in (group, "plain")}
             row = {
+                "sites": list(edit.stats.get("sites", ["text.attn.0"])),
                 "before": base[group],
                 "after": after[group],
                 "drop_points": 100 * (base[group] - after[group]),
@@ -184,11 +208,15 @@ def main() -> None:
         preserve=others, preserve_prompts=preserve_captions() if args.preserve else (),
     )  # fmt: skip
     before = rates(model, fact_prompts, args.fact_seeds, config)
-    edit = compute_edit(model, request, method="locoedit", config=methods["locoedit"])
+    sites = sites_for(
+        f"the flag of {args.fact}", f"the flag of {args.new_fact}", f"the flag of {args.new_fact}", "update"
+    )
+    edit = compute_edit(model, request, method="locoedit", config=loco(sites))
     with edit.applied(model):
         after = rates(model, fact_prompts, args.fact_seeds, config)
     kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g != key}
     report["fact_update"] = {
+        "sites": list(edit.stats["sites"]),
         "prompts": [p.prompt for p in fact_prompts if p.group == key], "before": before[key], "after": after[key],
         "other_facts_before": {g: before[g] for g in kept}, "other_facts_kept": kept,
         "edit_seconds": edit.stats.get("seconds"), "passed": after[key] >= 0.8,

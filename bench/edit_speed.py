@@ -110,7 +110,7 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import rates, style_templates
+    from edit_efficacy import preserve_captions, rates, style_templates
     from esd_baseline import ESDConfig, kv_snapshot, run_esd
 
     from diffloc.engine.generate import GenerationConfig
@@ -129,16 +129,18 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     prompts = [p for p in captions.heldout_prompts() if p.group == group]
     generation = GenerationConfig(steps=20, guidance=4.0)
     before = rates(model, prompts, seeds, generation)[group]
+    # the recipe of bench/edit_efficacy.py --preserve --positions subject+eos --target-mode template
     request = EditRequest(
-        concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False
-    )
+        concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
+        preserve=tuple(s for s in vocab.STYLES if s != style), preserve_prompts=preserve_captions(),
+    )  # fmt: skip
     print(f"ShapesWorld: removing {style!r}; held-out detection rate before {before:.2f} ({seeds} seeds)")
     if before < 0.5:
         print("  warning: the unedited model rarely shows the style; the drop (and the ESD ratio) is not meaningful")
     print(f"{'method':<15} {'seconds':>9} {'rate after':>10} {'ESD steps':>9} {'ESD s':>8} {'ESD/closed':>10}")
     for label, method, config in (
         ("Diff-QuickFix", "quickfix", QuickFixConfig()),
-        ("LocoEdit", "locoedit", LocoEditConfig(sites="unet.xattn.*")),
+        ("LocoEdit", "locoedit", LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template")),
     ):
         times, _ = time_edit(model, method, config, request, repeats=3)
         edit = compute_edit(model, request, method=method, config=config)

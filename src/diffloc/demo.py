@@ -31,7 +31,7 @@ from diffloc.models.base import LoadedModel
 from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, plot_windows, save_figure
 from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
-from diffloc.tracing.locogen import locogen
+from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class DemoConfig:
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)
     locogen_window: int = 2
+    #: widen the window (m, 2m, 4m) until it controls the attribute (:func:`~diffloc.tracing.locogen.locogen_search`);
+    #: needs a probability-like scorer (the ShapesWorld detectors)
+    locogen_widen: bool = True
     steps: int = 20
     guidance: float = 7.5
     max_batch: int = 32
@@ -207,9 +210,11 @@ def _run_case(
     start = time.perf_counter()
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     window_dir = out / "locogen" / case.name
-    windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: locogen(
+    sizes = (config.locogen_window, 2 * config.locogen_window, 4 * config.locogen_window)
+    windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: locogen_search(
         model, prompts, case.target_prompt, attribute, scorer=scorer,
         config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
+        sizes=sizes if config.locogen_widen else sizes[:1],
         out=window_dir, progress=lambda d, t: tick(f"{case.name}: locogen", (d, t))))  # fmt: skip
     save_figure(plot_windows(windows), window_dir / "windows.png")
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
@@ -257,7 +262,8 @@ def _run_case(
     entry["unet_clean"], entry["unet_corrupted"] = unet.clean_score, unet.corrupt_score
     entry["text_clean"], entry["text_corrupted"] = text.clean_score, text.corrupt_score
     entry["locogen"] = {"best_sites": windows.best_sites, "best_score": windows.best_score,
-                        "original_score": windows.original_score}  # fmt: skip
+                        "original_score": windows.original_score,
+                        "window_search": windows.meta.get("window_search")}  # fmt: skip
     entry["edits"] = {m: {"params": edits[m].num_values, "seconds": edits[m].stats.get("seconds")} for m in edits}
     entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
     return entry

@@ -206,3 +206,29 @@ def test_noise_calibration_picks_the_first_multiplier_that_halves_the_score(tiny
         calibrate_noise(tiny_sd1, PROMPT, "van gogh", "x", scorer=PixelScorer(), min_drop=0.0)
     with pytest.raises(PromptError, match="subject 'monet' does not occur"):
         calibrate_noise(tiny_sd1, PROMPT, "monet", "x", scorer=PixelScorer(), config=config)
+
+
+def test_locogen_search_widens_until_a_window_controls_the_attribute(tiny_sd1, tmp_path):
+    from diffloc.tracing.locogen import controls, locogen_search
+
+    class PositiveScorer(PixelScorer):
+        def score(self, images, texts):
+            return torch.sigmoid(super().score(images, texts) / 10)
+
+    scorer, config = PositiveScorer(), LocoGenConfig(**FAST)
+    never = locogen_search(
+        tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=config, sizes=(2, 99), min_effect=1.0, out=tmp_path
+    )  # a score never reaches exactly 0, so every size is tried; 99 is capped at the 16 layers
+    tried = never.meta["window_search"]["tried"]
+    assert [t["window"] for t in tried] == [2, 16] and not any(t["controls"] for t in tried)
+    assert len(never.windows) == 1 and len(never.windows[0]) == 16
+    assert (tmp_path / "m2" / "result.json").is_file() and WindowResult.load(tmp_path).best_sites == never.best_sites
+    direct = locogen(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=LocoGenConfig(window=2, **FAST))
+    expected = controls(direct, 1e-9)
+    found = locogen_search(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=config, sizes=(2, 16),
+                           min_effect=1e-9)  # fmt: skip
+    assert len(found.meta["window_search"]["tried"]) == (1 if expected else 2)
+    with pytest.raises(ConfigError, match="window sizes must be"):
+        locogen_search(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=config, sizes=())
+    with pytest.raises(ConfigError, match="min_effect must be in"):
+        locogen_search(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=config, min_effect=2.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,66 @@ def locogen(
             "items_computed": store.computed, "items_reused": store.reused,
         },
     )  # fmt: skip
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def controls(result: WindowResult, min_effect: float = 0.5) -> bool:
+    """Whether the best window moves a probability-like score at least ``min_effect`` of the way to its
+    extreme: ``best <= (1 - min_effect) * original`` (remove) or ``best >= original + min_effect * (1 -
+    original)`` (update)."""
+    if result.mode == "remove":
+        return result.best_score <= (1 - min_effect) * result.original_score
+    return result.best_score >= result.original_score + min_effect * (1 - result.original_score)
+
+
+def locogen_search(
+    model: LoadedModel,
+    prompts: str | Sequence[str],
+    target_prompt: str,
+    attribute: str,
+    *,
+    scorer: Scorer,
+    config: LocoGenConfig | None = None,
+    sizes: Sequence[int] = (2, 4, 8),
+    min_effect: float = 0.5,
+    out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> WindowResult:
+    """The smallest LocoGen window that controls the attribute: :func:`locogen` with each window size in
+    ``sizes`` (capped at the number of cross-attention layers) until :func:`controls` holds.
+
+    Some knowledge is read redundantly by many layers (on ShapesWorld, a flag: no window of 2 makes another
+    country's flag appear), so a fixed window can localize nothing. Scores must be probability-like (in
+    [0, 1], e.g. the ShapesWorld detectors). Each size's sweep is kept under ``out/m<size>``; the returned
+    result (the first size that controls the attribute, else the last tried) records the search in
+    ``meta["window_search"]`` and is also saved to ``out``.
+
+    Raises:
+        ConfigError: empty ``sizes``, a size < 1, or ``min_effect`` outside (0, 1].
+    """
+    config = config or LocoGenConfig()
+    if not sizes or any(not isinstance(m, int) or m < 1 for m in sizes):
+        raise ConfigError(f"window sizes must be a non-empty list of integers >= 1, got {list(sizes)!r}")
+    if not 0 < min_effect <= 1:
+        raise ConfigError(f"min_effect must be in (0, 1], got {min_effect!r}")
+    layers = len(model.sites.select("unet.xattn.*"))
+    tried: list[dict[str, Any]] = []
+    result: WindowResult | None = None
+    for size in dict.fromkeys(min(m, layers) for m in sizes):
+        sub = None if out is None else Path(out) / f"m{size}"
+        result = locogen(
+            model, prompts, target_prompt, attribute, scorer=scorer, config=replace(config, window=size), out=sub,
+            progress=progress,
+        )  # fmt: skip
+        ok = controls(result, min_effect)
+        tried.append({"window": size, "best_sites": result.best_sites, "best_score": result.best_score, "controls": ok})
+        if ok:
+            break
+        logger.info("no window of %d controls %r (best %.3f); widening", size, attribute, result.best_score)
+    assert result is not None
+    result.meta["window_search"] = {"sizes": list(sizes), "min_effect": min_effect, "tried": tried}
     if out is not None:
         result.save(out)
     return result
