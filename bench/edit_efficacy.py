@@ -141,7 +141,7 @@ def main() -> None:
         )
 
     def sites_for(prompt: str, target_prompt: str, attribute: str, mode: str) -> object:
-        """``--sites``, or with ``locogen`` the smallest LocoGen window (2, 4, 8) that controls the concept."""
+        """``--sites``, or with ``locogen`` the smallest LocoGen window (2, 4, 8, 16) that controls the concept."""
         if args.sites != "locogen":
             return args.sites
         from diffloc.eval.scorers import scorer_for

@@ -52,7 +52,7 @@ class DemoConfig:
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)
     locogen_window: int = 2
-    #: widen the window (m, 2m, 4m) until it controls the attribute (:func:`~diffloc.tracing.locogen.locogen_search`);
+    #: widen the window (m, 2m, 4m, 8m) until it controls the attribute (:func:`~diffloc.tracing.locogen.locogen_search`);
     #: needs a probability-like scorer (the ShapesWorld detectors)
     locogen_widen: bool = True
     steps: int = 20
@@ -210,7 +210,7 @@ def _run_case(
     start = time.perf_counter()
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     window_dir = out / "locogen" / case.name
-    sizes = (config.locogen_window, 2 * config.locogen_window, 4 * config.locogen_window)
+    sizes = tuple(k * config.locogen_window for k in (1, 2, 4, 8))
     windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: locogen_search(
         model, prompts, case.target_prompt, attribute, scorer=scorer,
         config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),

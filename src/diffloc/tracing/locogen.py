@@ -139,7 +139,7 @@ def locogen(
     return result
 
 
-def controls(result: WindowResult, min_effect: float = 0.5) -> bool:
+def controls(result: WindowResult, min_effect: float = 0.8) -> bool:
     """Whether the best window moves a probability-like score at least ``min_effect`` of the way to its
     extreme: ``best <= (1 - min_effect) * original`` (remove) or ``best >= original + min_effect * (1 -
     original)`` (update)."""
@@ -156,16 +156,16 @@ def locogen_search(
     *,
     scorer: Scorer,
     config: LocoGenConfig | None = None,
-    sizes: Sequence[int] = (2, 4, 8),
-    min_effect: float = 0.5,
+    sizes: Sequence[int] = (2, 4, 8, 16),
+    min_effect: float = 0.8,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> WindowResult:
     """The smallest LocoGen window that controls the attribute: :func:`locogen` with each window size in
     ``sizes`` (capped at the number of cross-attention layers) until :func:`controls` holds.
 
-    Some knowledge is read redundantly by many layers (on ShapesWorld, a flag: no window of 2 makes another
-    country's flag appear), so a fixed window can localize nothing. Scores must be probability-like (in
+    Some knowledge is read redundantly by many layers (on ShapesWorld, a flag: only all 16 layers together make
+    another country's flag appear), so a fixed window can localize nothing. Scores must be probability-like (in
     [0, 1], e.g. the ShapesWorld detectors). Each size's sweep is kept under ``out/m<size>``; the returned
     result (the first size that controls the attribute, else the last tried) records the search in
     ``meta["window_search"]`` and is also saved to ``out``.
