@@ -52,8 +52,8 @@ class DemoConfig:
     trace_prompts: int = 2
     text_seeds: tuple[int, ...] = (0,)
     locogen_window: int = 2
-    #: widen the window (m, 2m, 4m, 8m) until it controls the attribute (:func:`~diffloc.tracing.locogen.locogen_search`);
-    #: needs a probability-like scorer (the ShapesWorld detectors)
+    #: widen the window (m, 2m, 4m, 8m) until it controls the attribute
+    #: (:func:`~diffloc.tracing.locogen.locogen_search`); needs a probability-like scorer (ShapesWorld's detectors)
     locogen_widen: bool = True
     steps: int = 20
     guidance: float = 7.5
