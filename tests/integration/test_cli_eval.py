@@ -65,4 +65,6 @@ def test_reproduce_on_a_tiny_model(tmp_path, tiny_clip_dir):
     assert code == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert len(summary["cases"]["style-vg"]["locogen"]["best_sites"]) == 2
+    config = summary["demo_config"]  # the papers' protocol, not the demo's ShapesWorld choices
+    assert config["noise"] is None and not config["locogen_widen"] and config["locoedit_positions"] == "subject"
     assert (tmp_path / "r" / "report.html").is_file()

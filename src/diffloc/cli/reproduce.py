@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
     suite = load_suite(args.suite or shipped_suite_path("van-gogh"))
     config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps or suite.steps, guidance=suite.guidance,
-                        max_batch=args.max_batch, locogen_window=2, trace_prompts=2)  # fmt: skip
+                        max_batch=args.max_batch, locogen_window=2, trace_prompts=2,
+                        # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token
+                        noise=None, locogen_widen=False, locoedit_positions="subject",
+                        locoedit_target_mode="bare")  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config)
