@@ -52,7 +52,7 @@ def test_generate_with_edit_records_it_and_changes_images(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["quickfix", "--lam", "0"], "lam must be > 0"),
+        (["quickfix", "--lam", "0"], "lam must be a finite number > 0 (ridge strength)"),
         (["locoedit", "--sites", "unet.sattn.1"], "cross-attention"),
         (["locoedit", "--sites", "unet.xattn.77"], "unknown site"),
         (["neurons", "--sites", "unet.xattn.8", "--top-n", "100000"], "exceeds"),

@@ -74,6 +74,19 @@ def test_preservation_pairs_equal_stacked_keys():
     assert (keep @ joint.T - keep @ w0.T).norm() < (keep @ free.T - keep @ w0.T).norm()
 
 
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_preserve_weight_equals_repeating_the_pairs(form):
+    w0, keys, values = _layer(n=3)
+    keep = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    weighted = ridge_solve(w0, keys, values, 0.1, K_preserve=keep, V_preserve=keep @ w0.T, preserve_weight=3.0,
+                           form=form)  # fmt: skip
+    repeated = ridge_solve(w0, keys, values, 0.1, K_preserve=keep.repeat(3, 1), V_preserve=(keep @ w0.T).repeat(3, 1),
+                           form=form)  # fmt: skip
+    torch.testing.assert_close(weighted, repeated)
+    with pytest.raises(ConfigError, match="preserve_weight must be a finite number > 0, got 0"):
+        ridge_solve(w0, keys, values, 0.1, K_preserve=keep, V_preserve=keep @ w0.T, preserve_weight=0)
+
+
 def test_dtype_and_device_kept():
     w0, keys, values = _layer(dtype=torch.float32)
     out = ridge_solve(w0, keys, values, 0.01)

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from diffloc.errors import DifflocError
+from diffloc.errors import ConfigError, DifflocError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-default-templates", action="store_true", help="use only --template prompts, not the method's defaults"
     )
+    parser.add_argument(
+        "--preserve-weight", type=float, default=1.0,
+        help="weight of the preserved pairs against the edited ones in the solve (UCE's scale; default 1)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
 
 
@@ -114,12 +118,16 @@ def _config(args: argparse.Namespace) -> Any:
     from diffloc.editing import LocoEditConfig, NeuronConfig, QuickFixConfig
 
     if args.method == "quickfix":
-        return QuickFixConfig(lam=args.lam, use_eos=not args.no_eos, faithful=args.faithful)
+        return QuickFixConfig(
+            lam=args.lam, use_eos=not args.no_eos, faithful=args.faithful, preserve_weight=args.preserve_weight
+        )
     if args.method == "locoedit":
         return LocoEditConfig(
             sites=_site_spec(args), lam_k=args.lam_k, lam_v=args.lam_v, target_mode=args.target_mode,
-            positions=args.positions,
+            positions=args.positions, preserve_weight=args.preserve_weight,
         )  # fmt: skip
+    if args.preserve_weight != 1.0:
+        raise ConfigError("--preserve-weight applies to quickfix and locoedit (a neuron edit solves nothing)")
     return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation)
 
 

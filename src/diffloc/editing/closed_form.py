@@ -2,9 +2,10 @@
 
 For a linear map with weight ``W0`` (``d_out × d_in``), key vectors ``k_i`` and value vectors ``v_i``::
 
-    W* = argmin_W  Σ_i ‖W k_i − v_i‖²  +  Σ_j ‖W p_j − q_j‖²  +  λ ‖W − W0‖_F²
+    W* = argmin_W  Σ_i ‖W k_i − v_i‖²  +  ω Σ_j ‖W p_j − q_j‖²  +  λ ‖W − W0‖_F²
 
-where ``(p_j, q_j)`` are optional preservation pairs. Setting the gradient to zero gives the normal equations::
+where ``(p_j, q_j)`` are optional preservation pairs and ω their weight (UCE's preservation scale; 1 by
+default; ω > 1 scales their rows by √ω). Setting the gradient to zero gives the normal equations::
 
     W* (λ I + Kᵀ K + Pᵀ P) = λ W0 + Vᵀ K + Qᵀ P
 
@@ -23,10 +24,18 @@ Two equivalent forms are solved, whichever is smaller:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from diffloc.errors import ConfigError, EditError
+
+
+def check_positive(label: str, value: Any, meaning: str = "") -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is a finite real number > 0 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        suffix = f" ({meaning})" if meaning else ""
+        raise ConfigError(f"{label} must be a finite number > 0{suffix}, got {value!r}")
 
 
 def _rows(label: str, x: torch.Tensor, width: int) -> torch.Tensor:
@@ -46,6 +55,7 @@ def ridge_solve(
     K_preserve: torch.Tensor | None = None,
     V_preserve: torch.Tensor | None = None,
     form: str = "auto",
+    preserve_weight: float = 1.0,
 ) -> torch.Tensor:
     """Closed-form ridge edit of a linear layer's weight.
 
@@ -57,6 +67,7 @@ def ridge_solve(
         K_preserve, V_preserve: optional preservation keys ``(m, d_in)`` and values ``(m, d_out)``
             (usually ``V_preserve = K_preserve @ W0.T``: keep these inputs' outputs).
         form: ``"auto"`` (the smaller system), ``"primal"`` or ``"dual"``; all give the same ``W*``.
+        preserve_weight: ω > 0, the weight of the preservation pairs against the edit pairs.
 
     Returns:
         ``W*`` with ``W0``'s shape, dtype and device.
@@ -68,8 +79,7 @@ def ridge_solve(
     Example:
         >>> W = ridge_solve(W0, K, V, 0.01)   # W @ K[i] ≈ V[i] for every i, W ≈ W0 elsewhere
     """
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam <= 0:
-        raise ConfigError(f"ridge strength lambda must be a finite number > 0, got {lam!r}")
+    check_positive("ridge strength lambda", lam)
     if W0.dim() != 2:
         raise EditError(f"W0 must be a 2-D weight (d_out, d_in), got shape {tuple(W0.shape)}")
     d_out, d_in = W0.shape
@@ -81,6 +91,7 @@ def ridge_solve(
         raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
     if (K_preserve is None) != (V_preserve is None):
         raise EditError("give both K_preserve and V_preserve, or neither")
+    check_positive("preserve_weight", preserve_weight)
     if form not in ("auto", "primal", "dual"):
         raise ConfigError(f"form must be 'auto', 'primal' or 'dual', got {form!r}")
     if K_preserve is not None and V_preserve is not None:
@@ -88,7 +99,8 @@ def ridge_solve(
         vp = _rows("V_preserve", V_preserve, d_out)
         if kp.shape[0] != vp.shape[0]:
             raise EditError(f"{kp.shape[0]} preservation keys but {vp.shape[0]} values")
-        keys, values = torch.cat([keys, kp]), torch.cat([values, vp])
+        scale = math.sqrt(preserve_weight)
+        keys, values = torch.cat([keys, scale * kp]), torch.cat([values, scale * vp])
     w0 = W0.detach().to(device="cpu", dtype=torch.float64)
     n = keys.shape[0]
     if form == "dual" or (form == "auto" and n < d_in):

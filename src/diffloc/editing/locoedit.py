@@ -26,7 +26,6 @@ object with a ``best_sites`` attribute, such as a LocoGen :class:`~diffloc.traci
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import ridge_solve
+from diffloc.editing.closed_form import check_positive, ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
@@ -51,11 +50,6 @@ IF_NOTE = (
 TARGET_MODES = ("bare", "template")
 POSITIONS = ("subject", "subject+eos")
 SDXL_NOTE = "SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change."
-
-
-def _check_lambda(label: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{label} must be a finite number > 0 (ridge strength), got {value!r}")
 
 
 def site_names(sites: Any) -> tuple[str, ...]:
@@ -83,6 +77,7 @@ class LocoEditConfig:
             key's template).
         positions: ``"subject"`` (the last subject token, reference behaviour) or ``"subject+eos"`` (that token
             and every later position, aligned by offset; see the module docs).
+        preserve_weight: weight ω of the preservation pairs (preserved concepts and prompts) in the solve.
     """
 
     sites: Any
@@ -90,6 +85,7 @@ class LocoEditConfig:
     lam_v: float = 0.01
     target_mode: str = "bare"
     positions: str = "subject"
+    preserve_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", site_names(self.sites))
@@ -97,8 +93,9 @@ class LocoEditConfig:
             raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got {self.target_mode!r}")
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
-        _check_lambda("lam_k", self.lam_k)
-        _check_lambda("lam_v", self.lam_v)
+        check_positive("lam_k", self.lam_k, "ridge strength")
+        check_positive("preserve_weight", self.preserve_weight)
+        check_positive("lam_v", self.lam_v, "ridge strength")
 
 
 def projection_sites(model: LoadedModel, names: tuple[str, ...]) -> list[Site]:
@@ -204,6 +201,7 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
             lam,
             K_preserve=keep_states if keep_states.numel() else None,
             V_preserve=keep_states @ w64.T if keep_states.numel() else None,
+            preserve_weight=config.preserve_weight,
         )
         solve_seconds += time.perf_counter() - solve_start
         key = f"{proj.full_path}.weight"

@@ -18,7 +18,6 @@ Only layer 0 is needed, so the text encoder's forward is stopped as soon as the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import ridge_solve
+from diffloc.editing.closed_form import check_positive, ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
@@ -57,18 +56,18 @@ class QuickFixConfig:
         use_eos: also map the EOS/padding positions after the last subject token (reference default: on).
         faithful: put out_proj's bias into the values, as the reference notebook does (see module docs).
         layer: text-encoder layer whose attention output projection is edited (the paper: 0).
+        preserve_weight: weight ω of the preservation pairs (preserved concepts and prompts) in the solve.
     """
 
     lam: float = 0.01
     use_eos: bool = True
     faithful: bool = False
     layer: int = 0
+    preserve_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not math.isfinite(self.lam):
-            raise ConfigError(f"lam must be a finite number > 0, got {self.lam!r}")
-        if self.lam <= 0:
-            raise ConfigError(f"lam must be > 0 (ridge strength), got {self.lam!r}")
+        check_positive("lam", self.lam, "ridge strength")
+        check_positive("preserve_weight", self.preserve_weight)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ConfigError(f"layer must be an integer >= 0, got {self.layer!r}")
 
@@ -180,6 +179,7 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
             config.lam,
             K_preserve=torch.cat(keep_k) if keep_k else None,
             V_preserve=torch.cat(keep_v) if keep_v else None,
+            preserve_weight=config.preserve_weight,
         )
         stats["solve_seconds"] += time.perf_counter() - solve_start
         key = f"{site.full_path}.{attr}.weight"
