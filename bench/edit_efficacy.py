@@ -1,8 +1,9 @@
 """Editing acceptance on ShapesWorld: style removal (Diff-QuickFix, LocoEdit) and a fact update (LocoEdit).
 
 Run: ``python bench/edit_efficacy.py [--seeds 4] [--styles "van goo,mo nettle" | all] [--sites locogen]
-[--out runs/edit_efficacy.json] [--preserve] [--positions subject+eos --target-mode template]`` (one
-style, the best drawn, by default: each removed style costs two held-out evaluations, ~1-2 min per seed here).
+[--out runs/edit_efficacy.json] [--preserve --preserve-weight 10] [--positions subject+eos --target-mode
+template]`` (one style, the best drawn, by default: each removed style costs two held-out evaluations,
+~1-2 min per seed here).
 
 Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world.captions.heldout_prompts``
 (templates and attribute combinations the model never saw), every prompt × ``--seeds`` seeds:
@@ -104,6 +105,7 @@ def main() -> None:
         help="preserve, in the same solve, the other named concepts of the kind and the shipped "
         "suite's plain training captions (none of them evaluated) — UCE-style preservation",
     )  # fmt: skip
+    parser.add_argument("--preserve-weight", type=float, default=1.0, help="weight of the preserved pairs")
     parser.add_argument("--positions", default="subject", choices=("subject", "subject+eos"), help="LocoEdit keys")
     parser.add_argument("--target-mode", default="bare", choices=("bare", "template"), help="LocoEdit values")
     parser.add_argument("--threads", type=int, default=1)
@@ -133,11 +135,16 @@ def main() -> None:
     if min(base.values()) < 0.5:
         print("warning: some unedited detection rates are below 0.5; the model is not trained enough to judge edits")
     print(f"unedited ({time.perf_counter() - start:.0f} s): " + ", ".join(f"{g} {r:.2f}" for g, r in base.items()))
-    quickfix = QuickFixConfig(lam=args.lam, use_eos=not args.no_eos)
+    quickfix = QuickFixConfig(lam=args.lam, use_eos=not args.no_eos, preserve_weight=args.preserve_weight)
 
     def loco(sites: object) -> LocoEditConfig:
         return LocoEditConfig(
-            sites=sites, lam_k=args.lam, lam_v=args.lam, positions=args.positions, target_mode=args.target_mode
+            sites=sites,
+            lam_k=args.lam,
+            lam_v=args.lam,
+            positions=args.positions,
+            target_mode=args.target_mode,
+            preserve_weight=args.preserve_weight,
         )
 
     def sites_for(prompt: str, target_prompt: str, attribute: str, mode: str) -> object:

@@ -89,7 +89,7 @@ def sd15_part(repeats: int) -> None:
     print(f"built SD-1.5-size modules in {time.perf_counter() - start:.1f} s (random weights)")
     request = EditRequest(concepts=("van gogh",), targets=("a painting",))
     rows = [
-        ("Diff-QuickFix", "quickfix", QuickFixConfig()),
+        ("Diff-QuickFix", "quickfix", QuickFixConfig(preserve_weight=10.0)),
         ("LocoEdit L8-9", "locoedit", LocoEditConfig(sites=("unet.xattn.8", "unet.xattn.9"))),
     ]
     print(f"{'method':<15} {'best s':>8} {'median s':>9} {'target':>7}  params written  pairs  solve s")
@@ -129,7 +129,8 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     prompts = [p for p in captions.heldout_prompts() if p.group == group]
     generation = GenerationConfig(steps=20, guidance=4.0)
     before = rates(model, prompts, seeds, generation)[group]
-    # the recipe of bench/edit_efficacy.py --preserve --positions subject+eos --target-mode template
+    # the recipe of bench/edit_efficacy.py --preserve --preserve-weight 10 --positions subject+eos
+    # --target-mode template
     request = EditRequest(
         concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
         preserve=tuple(s for s in vocab.STYLES if s != style), preserve_prompts=preserve_captions(),
@@ -139,8 +140,12 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
         print("  warning: the unedited model rarely shows the style; the drop (and the ESD ratio) is not meaningful")
     print(f"{'method':<15} {'seconds':>9} {'rate after':>10} {'ESD steps':>9} {'ESD s':>8} {'ESD/closed':>10}")
     for label, method, config in (
-        ("Diff-QuickFix", "quickfix", QuickFixConfig()),
-        ("LocoEdit", "locoedit", LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template")),
+        ("Diff-QuickFix", "quickfix", QuickFixConfig(preserve_weight=10.0)),
+        (
+            "LocoEdit",
+            "locoedit",
+            LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0),
+        ),
     ):
         times, _ = time_edit(model, method, config, request, repeats=3)
         edit = compute_edit(model, request, method=method, config=config)

@@ -62,6 +62,8 @@ class DemoConfig:
     locoedit_positions: str = "subject+eos"
     #: LocoEdit values: ``"template"`` (default here) or ``"bare"`` (the reference)
     locoedit_target_mode: str = "template"
+    #: weight of the suite's preserved concepts/captions in both editors' solves (UCE's scale)
+    preserve_weight: float = 10.0
 
     def __post_init__(self) -> None:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
@@ -170,6 +172,7 @@ def _run_case(
     """All stages of one case; returns its summary entry."""
     from diffloc.editing.edit import Edit
     from diffloc.editing.locoedit import LocoEditConfig
+    from diffloc.editing.quickfix import QuickFixConfig
     from diffloc.editing.registry import compute_edit
     from diffloc.editing.requests import EditRequest
 
@@ -226,9 +229,14 @@ def _run_case(
     for method in METHODS:
         edit_dir = out / "edits" / case.name / method
         method_config = (
-            LocoEditConfig(sites=windows, positions=config.locoedit_positions, target_mode=config.locoedit_target_mode)
+            LocoEditConfig(
+                sites=windows,
+                positions=config.locoedit_positions,
+                target_mode=config.locoedit_target_mode,
+                preserve_weight=config.preserve_weight,
+            )
             if method == "locoedit"
-            else None
+            else QuickFixConfig(preserve_weight=config.preserve_weight)
         )
         start = time.perf_counter()
 

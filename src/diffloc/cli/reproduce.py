@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                         max_batch=args.max_batch, locogen_window=2, trace_prompts=2,
                         # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token
                         noise=None, locogen_widen=False, locoedit_positions="subject",
-                        locoedit_target_mode="bare")  # fmt: skip
+                        locoedit_target_mode="bare", preserve_weight=1.0)  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config)
