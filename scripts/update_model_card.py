@@ -1,0 +1,62 @@
+"""Rewrite the measured section of the ShapesWorld model card from ``eval.json``.
+
+The card's "Status" section (accuracy tables and generation time) is generated, never typed, so its numbers
+are the ones ``diffloc world eval`` wrote::
+
+    diffloc world eval --out src/diffloc/assets/shapesworld/eval.json
+    python scripts/update_model_card.py src/diffloc/assets/shapesworld
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+START = "## Status"
+END = "## The world"
+
+
+def status_section(ev: dict) -> str:
+    """The card's status section for one ``eval.json``."""
+    cfg = ev["config"]
+    attributes = "\n".join(
+        f"| {name} | {rate:.1%} | ≥ {ev['thresholds'][name]:.0%} |" for name, rate in ev["attributes"].items()
+    )
+    concepts = "\n".join(
+        f"| {name} | {rate:.1%} | ≥ {ev['thresholds']['concept']:.0%} |" for name, rate in ev["concepts"].items()
+    )
+    verdict = "meets" if ev["passed"] else "DOES NOT YET MEET"
+    return f"""{START}: {verdict} the acceptance bar
+
+Measured by `{ev["command"]}` ({ev["n_prompts"]} held-out prompts × {cfg["seeds"]} seeds =
+{ev["n_images"]} images, {cfg["steps"]} DDIM steps, guidance {cfg["guidance"]}), full JSON in `eval.json`:
+
+| attribute (plain + object prompts) | accuracy | bar |
+|---|---|---|
+{attributes}
+
+| named concept (held-out template) | accuracy | bar |
+|---|---|---|
+{concepts}
+
+One 20-step generation (batch 1, with CFG): **{ev["seconds_per_image_20_steps"]:.2f} s** on this 2-core CPU
+(best of 3 after warm-up; batched: {ev["seconds_per_image_batched"]:.2f} s per image).
+
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path, help="the shipped model directory (README.md + eval.json)")
+    args = parser.parse_args()
+    card_path = args.model_dir / "README.md"
+    card = card_path.read_text(encoding="utf-8")
+    ev = json.loads((args.model_dir / "eval.json").read_text(encoding="utf-8"))
+    start, end = card.index(START), card.index(END)
+    card_path.write_text(card[:start] + status_section(ev) + card[end:], encoding="utf-8")
+    print(f"updated {card_path}")
+
+
+if __name__ == "__main__":
+    main()
