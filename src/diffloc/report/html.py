@@ -47,6 +47,16 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         f"<tr><td class=l>text encoder</td><td>{_num(entry['text_clean'], key + '.text_clean')}</td>"
         f"<td>{_num(entry['text_corrupted'], key + '.text_corrupted')}</td></tr></table>"
     )
+    noise = entry.get("noise")
+    if noise:
+        tried = ", ".join(f"{m}×: {v:.2f}" for m, v in noise["corrupted"].items())
+        parts.append(
+            f"<p>Corruption calibrated (--noise auto): std {_num(noise['noise'], key + '.noise.noise', 4)} = "
+            f"{_num(noise['multiplier'], key + '.noise.multiplier', 0)} × the token-embedding std "
+            f"{_num(noise['embedding_std'], key + '.noise.embedding_std', 4)}"
+            f"{'' if noise['reached'] else ' (no multiplier halved the score; the strongest effect was used)'}. "
+            f"Score with each multiplier: {html.escape(tried)}.</p>"
+        )
     gap = entry["unet_clean"] - entry["unet_corrupted"]
     if abs(gap) < 0.05 * max(abs(entry["unet_clean"]), abs(entry["unet_corrupted"]), 1e-12):
         parts.append(
@@ -66,6 +76,10 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         f"{_num(loco['best_score'], key + '.locogen.best_score')} vs original "
         f"{_num(loco['original_score'], key + '.locogen.original_score')}</p>"
     )
+    search = loco.get("window_search")
+    if search and len(search["tried"]) > 1:
+        steps = " → ".join(f"{t['window']} layers: {t['best_score']:.2f}" for t in search["tried"])
+        parts.append(f"<p class=muted>Window search (best score per window size): {html.escape(steps)}.</p>")
     parts.append(_img(out, f"locogen/{name}/windows.png", "LocoGen window curve"))
     parts.append("<h3>Edits and evaluation</h3>")
     head = ("<tr><th class=l>method</th><th>params</th><th>edit s</th><th>efficacy: before → after</th>"
