@@ -1,6 +1,6 @@
 """Benchmark: wall time of the closed-form editors on SD-1.5-size modules, side by side in one run.
 
-Run: ``python bench/edit_speed.py [--repeats 5] [--threads 1]``
+Run: ``python bench/edit_speed.py [--repeats 5] [--threads 1] [--esd-step] [--skip-sd15]``
 
 Part 1 — SD-1.5 size. A StableDiffusionPipeline whose text encoder is CLIP ViT-L/14-sized (768 wide, 12 layers,
 the real 49408-token vocabulary and tokenizer) and whose UNet is the published SD-1.5 config (860M parameters),
@@ -13,7 +13,9 @@ tokenizing, the text-encoder passes, the solves, and building the :class:`Edit` 
   1280×768), the reference's default window. The 8 distinct prompts run through all 12 CLIP layers, padded to
   the longest prompt (CLIP is causal, so subject states equal the 77-token ones up to rounding).
 
-Targets: < 0.3 s each on this CPU.
+Targets: < 0.3 s each on this CPU. With ``--esd-step``, one ESD-x training step on the same modules is timed
+too and printed as a multiple of each closed-form edit (a lower bound on the ESD/closed ratio at SD-1.5 size:
+ESD needs many steps).
 
 Part 2 — ShapesWorld: removing a named style in closed form (wall time of ``compute_edit``) vs the ESD-x
 fine-tuning baseline of ``bench/esd_baseline.py`` on the same removal target, run until the style's held-out
@@ -83,16 +85,17 @@ def time_edit(model: LoadedModel, method: str, config, request: EditRequest, rep
     return times, {"params": edit.num_values, **dict(edit.stats)}
 
 
-def sd15_part(repeats: int) -> None:
+def sd15_part(repeats: int, esd_step: bool = False) -> None:
     start = time.perf_counter()
     model = build_sd15_size()
     print(f"built SD-1.5-size modules in {time.perf_counter() - start:.1f} s (random weights)")
     request = EditRequest(concepts=("van gogh",), targets=("a painting",))
     rows = [
-        ("Diff-QuickFix", "quickfix", QuickFixConfig(preserve_weight=10.0)),
+        ("Diff-QuickFix", "quickfix", QuickFixConfig()),
         ("LocoEdit L8-9", "locoedit", LocoEditConfig(sites=("unet.xattn.8", "unet.xattn.9"))),
     ]
     print(f"{'method':<15} {'best s':>8} {'median s':>9} {'target':>7}  params written  pairs  solve s")
+    best: dict[str, float] = {}
     for label, method, config in rows:
         times, stats = time_edit(model, method, config, request, repeats)
         pairs = stats.get("key_value_pairs")
@@ -102,6 +105,17 @@ def sd15_part(repeats: int) -> None:
         print(
             f"{label:<15} {min(times):8.3f} {statistics.median(times):9.3f} {'<0.3':>7}  "
             f"{stats['params']:>14,}  {pairs!s:>5}  {stats['solve_seconds']:.3f}  {verdict}"
+        )
+        best[label] = min(times)
+    if esd_step:
+        from esd_baseline import esd_step_seconds
+
+        seconds = esd_step_seconds(model, "a house in the style of van gogh")
+        print(
+            f"one ESD-x step at this size (batch 1, 64x64 latents, 2 frozen + 1 trained UNet pass, backward, "
+            f"Adam on every cross-attention K/V): {seconds:.1f} s = "
+            + ", ".join(f"{seconds / t:,.0f}x {label}" for label, t in best.items())
+            + " (ESD needs at least ~25 such steps on ShapesWorld, see part 2; ESD proper runs ~1000)"
         )
 
 
@@ -177,12 +191,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="ShapesWorld: seeds per held-out prompt")
     parser.add_argument("--esd-steps", type=int, default=2000, help="ShapesWorld: ESD step budget")
     parser.add_argument("--skip-sd15", action="store_true", help="only the ShapesWorld part")
+    parser.add_argument("--esd-step", action="store_true", help="part 1: also time one ESD-x step at SD-1.5 size")
     parser.add_argument("--style", default="pica stro", help="ShapesWorld: the named style to remove")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), best/median of {args.repeats} after a warm-up")
     if not args.skip_sd15:
-        sd15_part(args.repeats)
+        sd15_part(args.repeats, args.esd_step)
     shapesworld_part(args.seeds, args.esd_steps, args.style)
 
 

@@ -140,3 +140,48 @@ def kv_snapshot(model: LoadedModel) -> Callable[[], None]:
                 p.copy_(s)
 
     return restore
+
+
+def esd_step_seconds(model: LoadedModel, prompt: str, seed: int = 0) -> float:
+    """Wall time of one ESD-x training step (batch 1) on ``model``'s UNet at its default latent size.
+
+    Two passes of a frozen copy (concept and empty prompt), one pass of the trained UNet, the backward pass
+    and an Adam step on every cross-attention K/V projection, as in :func:`run_esd`; the latent is random
+    noise (its content does not change the cost). The model's weights are restored afterwards.
+    """
+    import copy
+
+    pipe, adapter = model.pipe, model.adapter
+    unet = pipe.unet
+    restore = kv_snapshot(model)
+    frozen = copy.deepcopy(unet).requires_grad_(False).eval()
+    gen = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    x_t = torch.randn(1, unet.config.in_channels, size, size, generator=gen)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        cond, uncond = adapter.encode(pipe, [prompt]), adapter.encode_unconditional(pipe, 1)
+    params = _kv_parameters(model)
+    saved_flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=1e-5)
+    try:
+        start = time.perf_counter()
+        with torch.no_grad():
+            e_c = frozen(x_t, t, **adapter.unet_kwargs(cond)).sample
+            e_u = frozen(x_t, t, **adapter.unet_kwargs(uncond)).sample
+        pred = unet(x_t, t, **adapter.unet_kwargs(cond)).sample
+        loss = torch.nn.functional.mse_loss(pred, e_u - (e_c - e_u))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seconds = time.perf_counter() - start
+    finally:
+        for p, flag in zip(unet.parameters(), saved_flags, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None
+        restore()
+        del frozen
+    return seconds
