@@ -87,3 +87,42 @@ def test_truncated_checkpoint_is_a_one_line_error(straight_run, tmp_path):
 def test_bad_config_values(field, value):
     with pytest.raises(ConfigError):
         TrainConfig(**{**TINY, field: value})
+
+
+def test_warm_start_begins_from_an_exported_pipeline(straight_run, tmp_path):
+    from diffloc.world.model import load_pipeline
+    from diffloc.world.train import export_run
+
+    run, _ = straight_run
+    exported = export_run(run, tmp_path / "pipe")
+    init = load_pipeline(exported)
+    warm = tmp_path / "warm"
+    # One step at a negligible learning rate: the checkpoint holds the initial pipeline's weights (another
+    # seed, so a fresh initialisation would differ everywhere).
+    config = TrainConfig(**{**TINY, "seed": 1, "lr": 1e-12, "init_from": str(exported)})
+    summary = train(config, warm, max_minutes=0.0)
+    assert summary["step"] == 1
+    vae = load_file(str(warm / "vae.safetensors"))
+    assert all(torch.equal(v, init.vae.state_dict()[k]) for k, v in vae.items())
+    cache = load_file(str(warm / "cache.safetensors"))
+    assert float(cache["scaling"]) == pytest.approx(init.vae.config.scaling_factor, rel=1e-6)
+    ckpt = load_file(str(warm / "checkpoint.safetensors"))
+    for prefix, module in (("unet.", init.unet), ("text_encoder.", init.text_encoder)):
+        for key, value in module.state_dict().items():
+            assert torch.allclose(ckpt[prefix + key].float(), value.float(), atol=1e-8), prefix + key
+    params = [*init.unet.parameters(), *init.text_encoder.parameters()]
+    assert len([k for k in ckpt if k.startswith("ema.")]) == len(params)
+    for i, p in enumerate(params):  # the EMA starts at the initial weights too
+        assert torch.allclose(ckpt[f"ema.{i}"], p.detach(), atol=1e-8), i
+
+
+def test_warm_start_checks_the_architecture_and_the_path(straight_run, tmp_path):
+    from diffloc.world.train import export_run
+
+    run, _ = straight_run
+    exported = export_run(run, tmp_path / "pipe")
+    with pytest.raises(ConfigError, match="another architecture") as info:
+        train(TrainConfig(**{**TINY, "text_width": 32, "init_from": str(exported)}), tmp_path / "a")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="not a directory"):
+        train(TrainConfig(**{**TINY, "init_from": str(tmp_path / "nope")}), tmp_path / "b")

@@ -45,6 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, caches, log)")
     p.add_argument("--steps", type=int, default=None, help="total UNet steps (default: the shipped recipe)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped recipe)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the shipped recipe)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="warm start: begin from this ShapesWorld pipeline's VAE, UNet and text encoder",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
     p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
@@ -123,9 +131,11 @@ def run_train(args: argparse.Namespace) -> int:
     from diffloc.world.train import TrainConfig, export_run, train
 
     _positive("steps", args.steps)
-    fields = {"seed": args.seed}
-    if args.steps is not None:
-        fields["steps"] = args.steps
+    fields: dict[str, object] = {"seed": args.seed}
+    for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
+                        ("init_from", args.init_from)):  # fmt: skip
+        if value is not None:
+            fields[name] = value
     bars = _Bars()
     try:
         summary = train(TrainConfig(**fields), args.out, resume=args.resume, max_minutes=args.max_minutes,

@@ -59,11 +59,16 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64, 64)
     unet_heads: tuple[int, ...] = (1, 2, 2, 2)
     threads: int = 1
+    #: Warm start: a ShapesWorld pipeline directory whose VAE (with its latent scaling), UNet and text encoder
+    #: start the run instead of a fresh VAE and random weights (the optimizer starts fresh).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.vae_lr > 0:
+            raise ConfigError(f"lr and vae_lr must be > 0, got {self.lr} and {self.vae_lr}")
         if self.vae_steps < 0 or self.warmup_steps < 0:
             raise ConfigError("vae_steps and warmup_steps must be >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -140,8 +145,8 @@ def _batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | None):
-    """Stage 1: VAE and latent cache (reused when present)."""
+def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | None, init=None):
+    """Stage 1: VAE and latent cache (reused when present; a warm start takes ``init``'s VAE)."""
     vae_path, cache_path = run_dir / "vae.safetensors", run_dir / "cache.safetensors"
     vae = model.build_vae()
     examples = None
@@ -149,6 +154,9 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         model.check_safetensors(vae_path)
         vae.load_state_dict(load_file(str(vae_path)))
         vae.eval()
+    elif init is not None:
+        vae = init.vae.eval()
+        model._atomic_save_file(vae.state_dict(), vae_path)
     else:
         examples = captions.training_examples(config.n_examples, config.seed)
         images = _images_tensor(examples)
@@ -164,10 +172,33 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         examples = captions.training_examples(config.n_examples, config.seed)
         images = _images_tensor(examples)
     latents = encode_latents(vae, images)
-    scaling = float(torch.tensor(1.0 / float(latents.std()), dtype=torch.float32))  # as stored in the cache
+    if init is not None:  # the warm-started UNet learned latents at the initial model's scale
+        scaling = float(init.vae.config.scaling_factor)
+    else:
+        scaling = float(torch.tensor(1.0 / float(latents.std()), dtype=torch.float32))  # as stored in the cache
     ids = tokenize([e.caption for e in examples])
     model._atomic_save_file({"latents": latents, "ids": ids, "scaling": torch.tensor(scaling)}, cache_path)
     return vae, latents, ids, scaling
+
+
+def _load_init(config: TrainConfig):
+    """The pipeline a warm-started run begins from (checked file by file); raises a one-line error if unusable."""
+    path = model.shipped_model_dir() if config.init_from == "shapesworld" else Path(str(config.init_from))
+    if not path.is_dir():
+        raise ConfigError(f"init_from {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
+    return model.load_pipeline(path)
+
+
+def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
+    """Copy the initial pipeline's UNet and text-encoder weights into the freshly built modules."""
+    try:
+        unet.load_state_dict(init.unet.state_dict())
+        text_encoder.load_state_dict(init.text_encoder.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"init_from {config.init_from!r} has another architecture than this recipe "
+            "(text_width/text_layers/text_heads/unet_channels/unet_heads)"
+        ) from exc
 
 
 def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: torch.Generator) -> dict:
@@ -251,7 +282,10 @@ def train(
     model._atomic_write_text(config.to_json() + "\n", config_path)
 
     started = time.time()
-    _vae, latents, ids, scaling = _prepare(config, run_dir, progress)
+    resuming = resume and ckpt.exists()
+    needs_init = config.init_from and not (resuming and (run_dir / "cache.safetensors").exists())
+    init = _load_init(config) if needs_init else None
+    _vae, latents, ids, scaling = _prepare(config, run_dir, progress, init)
     latents = latents * scaling
     torch.manual_seed(config.seed)
     text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
@@ -260,10 +294,15 @@ def train(
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 2)
-    step, ema = 0, [p.detach().clone() for p in params]
-    if resume and ckpt.exists():
+    step = 0
+    if resuming:
         step, ema, _ = load_checkpoint(ckpt, unet, text_encoder, opt, gen)
         logger.info("resumed at step %d", step)
+    else:
+        if init is not None:
+            _warm_start(config, init, unet, text_encoder)
+            logger.info("warm start from %s", config.init_from)
+        ema = [p.detach().clone() for p in params]
     scheduler = model.build_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     uncond = tokenize([""])[0]
