@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffloc.editing.closed_form import ridge_solve
+from diffloc.editing.closed_form import SharedInputRidge, ridge_solve
 from diffloc.errors import ConfigError, EditError
 
 
@@ -108,3 +108,39 @@ def test_shape_errors():
         ridge_solve(w0, keys, values[:2], 0.1)
     with pytest.raises(EditError, match="at least one"):
         ridge_solve(w0, keys[:0], values[:0], 0.1)
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 0), (2, 1), (3, 8), (9, 0)])  # dual (n + m < d_in) and primal
+@pytest.mark.parametrize("weight", [1.0, 10.0])
+def test_shared_input_solve_equals_one_solve_per_layer(n, m, weight):
+    gen = torch.Generator().manual_seed(n * 10 + m)
+    d_in = 4 if n + m >= 4 else 6
+    keys = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    targets = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    keep = torch.randn(m, d_in, generator=gen, dtype=torch.float64) if m else None
+    shared = SharedInputRidge(keys, targets, 0.05, K_preserve=keep, preserve_weight=weight)
+    for d_out in (3, 7):  # several layers of different widths reading the same inputs
+        w0 = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64)
+        expected = ridge_solve(
+            w0,
+            keys,
+            targets @ w0.T,
+            0.05,
+            K_preserve=keep,
+            V_preserve=None if keep is None else keep @ w0.T,
+            preserve_weight=weight,
+        )
+        torch.testing.assert_close(shared.apply(w0), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_shared_input_solve_keeps_dtype_and_checks_shapes():
+    keys, targets = torch.randn(2, 4), torch.randn(2, 4)
+    shared = SharedInputRidge(keys, targets, 0.1)
+    w0 = torch.randn(3, 4, dtype=torch.float32)
+    assert shared.apply(w0).dtype == torch.float32
+    with pytest.raises(EditError, match=r"\(d_out, 4\)"):
+        shared.apply(torch.randn(3, 5))
+    with pytest.raises(EditError, match="one per key"):
+        SharedInputRidge(keys, targets[:1], 0.1)
+    with pytest.raises(ConfigError, match="lambda"):
+        SharedInputRidge(keys, targets, 0.0)

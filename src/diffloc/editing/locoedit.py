@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import check_positive, ridge_solve
+from diffloc.editing.closed_form import SharedInputRidge, check_positive
 from diffloc.editing.edit import Edit
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
@@ -187,26 +187,24 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     keep_states = _with_preserved_prompts(model, keep_states, request.preserve_prompts)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
-    solve_seconds = 0.0
-    for proj in projections:
-        linear = projection_linear(model, proj)
-        w0 = linear.weight.detach()
-        w64 = w0.double()
-        lam = config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v
-        solve_start = time.perf_counter()
-        new = ridge_solve(
-            w0,
+    solve_start = time.perf_counter()
+    # Every projection reads the same context, so one factorization per λ serves them all.
+    solvers: dict[float, SharedInputRidge] = {}
+    for lam in {config.lam_k, config.lam_v}:
+        solvers[lam] = SharedInputRidge(
             concept_states,
-            target_states @ w64.T,
+            target_states,
             lam,
             K_preserve=keep_states if keep_states.numel() else None,
-            V_preserve=keep_states @ w64.T if keep_states.numel() else None,
             preserve_weight=config.preserve_weight,
         )
-        solve_seconds += time.perf_counter() - solve_start
+    for proj in projections:
+        w0 = projection_linear(model, proj).weight.detach()
+        new = solvers[config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v].apply(w0)
         key = f"{proj.full_path}.weight"
         weights[key] = new
         originals[key] = w0.clone()
+    solve_seconds = time.perf_counter() - solve_start
     notes = []
     if model.family == "if":
         notes.append(IF_NOTE)

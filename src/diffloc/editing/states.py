@@ -46,7 +46,7 @@ def subject_positions(model: LoadedModel, prompts: Sequence[str], subjects: Sequ
             _, end = adapter.find_subject(pipe, prompt, subject)
         except PromptError as exc:
             raise PromptError(f"{exc} (edit prompt built from a template; the concept must appear in it)") from None
-        first = getattr(pipe, specs[0].tokenizer)(prompt).input_ids
+        first = getattr(pipe, specs[0].tokenizer)(prompt).input_ids if len(specs) > 1 else None
         for spec in specs[1:]:
             other = getattr(pipe, spec.tokenizer)(prompt).input_ids
             if other != first:

@@ -99,8 +99,8 @@ class ModelAdapter(ABC):
         """
         tokenizer = getattr(pipe, spec.tokenizer)
         limit = self.max_tokens(pipe, spec)
-        for prompt in prompts:
-            n = len(tokenizer(prompt).input_ids)
+        for prompt, ids in zip(prompts, tokenizer(list(prompts)).input_ids if prompts else [], strict=True):
+            n = len(ids)
             if n > limit:
                 raise PromptError(
                     f"prompt {_short(prompt)!r} is {n} tokens long; {spec.component} accepts at most {limit}"
