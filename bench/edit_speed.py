@@ -20,7 +20,9 @@ ESD needs many steps).
 Part 2 — ShapesWorld: removing a named style in closed form (wall time of ``compute_edit``) vs the ESD-x
 fine-tuning baseline of ``bench/esd_baseline.py`` on the same removal target, run until the style's held-out
 detection rate is as low as after the closed-form edit (training time only; the periodic evaluation is not
-counted). Target ratio: >= 1000x. Needs the shipped ShapesWorld model and detectors; otherwise it prints
+counted), with two ESD recipes side by side: the published one (Adam, learning rate 1e-5, batch 1) and one
+tuned here to finish as fast as it can (learning rate 1e-3, batch 4, checked every 5 steps). Target ratio:
+>= 1000x. Needs the shipped ShapesWorld model and detectors; otherwise it prints
 "skipped: ShapesWorld model not shipped" (or that the detectors are missing).
 """
 
@@ -125,7 +127,7 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
     from edit_efficacy import preserve_captions, rates, style_templates
-    from esd_baseline import ESDConfig, kv_snapshot, run_esd
+    from esd_baseline import kv_snapshot, run_esd
 
     from diffloc.engine.generate import GenerationConfig
     from diffloc.world import captions, vocab
@@ -152,7 +154,10 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     print(f"ShapesWorld: removing {style!r}; held-out detection rate before {before:.2f} ({seeds} seeds)")
     if before < 0.5:
         print("  warning: the unedited model rarely shows the style; the drop (and the ESD ratio) is not meaningful")
-    print(f"{'method':<15} {'seconds':>9} {'rate after':>10} {'ESD steps':>9} {'ESD s':>8} {'ESD/closed':>10}")
+    print(
+        f"{'method':<15} {'seconds':>9} {'rate after':>10}  {'ESD recipe':<26} {'ESD steps':>9} {'ESD s':>8} "
+        f"{'ESD/closed':>10}"
+    )
     for label, method, config in (
         ("Diff-QuickFix", "quickfix", QuickFixConfig(preserve_weight=10.0)),
         (
@@ -161,27 +166,44 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
             LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0),
         ),
     ):
-        times, _ = time_edit(model, method, config, request, repeats=3)
+        times, _ = time_edit(model, method, config, request, repeats=5)
         edit = compute_edit(model, request, method=method, config=config)
         with edit.applied(model):
             after = rates(model, prompts, seeds, generation)[group]
-        restore = kv_snapshot(model)
-        try:
-            esd = run_esd(
-                model,
-                [t.format(style) for t in style_templates()],
-                config=ESDConfig(max_steps=max_steps),
-                generation=generation,
-                done=lambda after=after: rates(model, prompts, seeds, generation)[group] <= after,
+        for recipe, esd_config in esd_recipes(max_steps):
+            restore = kv_snapshot(model)
+            try:
+                esd = run_esd(
+                    model,
+                    [t.format(style) for t in style_templates()],
+                    config=esd_config,
+                    generation=generation,
+                    done=lambda after=after: rates(model, prompts, seeds, generation)[group] <= after,
+                )
+            finally:
+                restore()
+            ratio = esd.train_seconds / min(times)
+            bound = "" if esd.reached else ">="
+            print(
+                f"{label:<15} {min(times):9.4f} {after:10.2f}  {recipe:<26} {esd.steps:9d} {esd.train_seconds:8.1f} "
+                f"{bound}{ratio:9.0f}x  (target >= 1000x; ESD evaluation {esd.eval_seconds:.0f} s not counted)"
             )
-        finally:
-            restore()
-        ratio = esd.train_seconds / min(times)
-        bound = "" if esd.reached else ">="
-        print(
-            f"{label:<15} {min(times):9.4f} {after:10.2f} {esd.steps:9d} {esd.train_seconds:8.1f} "
-            f"{bound}{ratio:9.0f}x  (target >= 1000x; ESD evaluation time {esd.eval_seconds:.0f} s not counted)"
-        )
+
+
+def esd_recipes(max_steps: int) -> list[tuple[str, object]]:
+    """The two ESD-x recipes compared: the published one and one tuned here to finish fast.
+
+    Gandikota et al. (2023) train ESD-x with Adam at learning rate 1e-5, batch 1, for 1000 steps; on
+    ShapesWorld's 3.3M-parameter UNet a 100x larger rate with batch 4 removes a style within a few dozen
+    steps, which is the strongest (cheapest) baseline this bench knows. The stopping check runs every
+    ``eval_every`` steps, so ESD's cost is overstated by at most that many steps.
+    """
+    from esd_baseline import ESDConfig
+
+    return [
+        ("published (lr 1e-5, bs 1)", ESDConfig(lr=1e-5, batch_size=1, max_steps=max_steps, eval_every=100)),
+        ("tuned (lr 1e-3, bs 4)", ESDConfig(lr=1e-3, batch_size=4, max_steps=max_steps, eval_every=5)),
+    ]
 
 
 def main() -> None:

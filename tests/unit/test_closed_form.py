@@ -140,7 +140,7 @@ def test_shared_input_solve_keeps_dtype_and_checks_shapes():
     assert shared.apply(w0).dtype == torch.float32
     with pytest.raises(EditError, match=r"\(d_out, 4\)"):
         shared.apply(torch.randn(3, 5))
-    with pytest.raises(EditError, match="one per key"):
+    with pytest.raises(EditError, match="one target input per key"):
         SharedInputRidge(keys, targets[:1], 0.1)
     with pytest.raises(ConfigError, match="lambda"):
         SharedInputRidge(keys, targets, 0.0)

@@ -52,6 +52,18 @@ def _rows(label: str, x: torch.Tensor, width: int) -> torch.Tensor:
     return x.detach().to(device="cpu", dtype=torch.float64)
 
 
+def _paired_rows(
+    K: torch.Tensor, d_in: int, label: str, X: torch.Tensor, width: int, noun: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and their partner rows (values or target inputs), checked: one partner per key, at least one."""
+    keys, partners = _rows("K", K, d_in), _rows(label, X, width)
+    if keys.shape[0] != partners.shape[0]:
+        raise EditError(f"{keys.shape[0]} keys but {partners.shape[0]} {noun}s; give one {noun} per key")
+    if keys.shape[0] == 0:
+        raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
+    return keys, partners
+
+
 def _stack_preserved(
     keys: torch.Tensor, K_preserve: torch.Tensor | None, preserve_weight: float, width: int
 ) -> torch.Tensor:
@@ -90,12 +102,7 @@ class SharedInputRidge:
         if K.dim() != 2:
             raise EditError(f"K must be (n, d_in) with one key per row, got shape {tuple(K.shape)}")
         width = K.shape[1]
-        keys = _rows("K", K, width)
-        targets = _rows("T", T, width)
-        if keys.shape[0] != targets.shape[0]:
-            raise EditError(f"{keys.shape[0]} keys but {targets.shape[0]} target inputs; give one per key")
-        if keys.shape[0] == 0:
-            raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
+        keys, targets = _paired_rows(K, width, "T", T, width, "target input")
         every = _stack_preserved(keys, K_preserve, preserve_weight, width)  # (N, d_in)
         n, total = keys.shape[0], every.shape[0]
         if total < width:  # dual: E = (G⁻¹ [K; √ω P])[:n] with G = λ I_N + every everyᵀ
@@ -155,12 +162,7 @@ def ridge_solve(
     if W0.dim() != 2:
         raise EditError(f"W0 must be a 2-D weight (d_out, d_in), got shape {tuple(W0.shape)}")
     d_out, d_in = W0.shape
-    keys = _rows("K", K, d_in)
-    values = _rows("V", V, d_out)
-    if keys.shape[0] != values.shape[0]:
-        raise EditError(f"{keys.shape[0]} keys but {values.shape[0]} values; give one value per key")
-    if keys.shape[0] == 0:
-        raise EditError("no key/value pairs to fit; the edit needs at least one prompt")
+    keys, values = _paired_rows(K, d_in, "V", V, d_out, "value")
     if (K_preserve is None) != (V_preserve is None):
         raise EditError("give both K_preserve and V_preserve, or neither")
     check_positive("preserve_weight", preserve_weight)
