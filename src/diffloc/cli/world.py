@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
     from diffloc.world.train import TrainConfig, export_run, train
 
     _positive("steps", args.steps)
-    fields: dict[str, object] = {"seed": args.seed}
+    fields: dict[str, Any] = {"seed": args.seed}
     for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
                         ("init_from", args.init_from)):  # fmt: skip
         if value is not None:
