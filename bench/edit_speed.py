@@ -1,6 +1,6 @@
 """Benchmark: wall time of the closed-form editors on SD-1.5-size modules, side by side in one run.
 
-Run: ``python bench/edit_speed.py [--repeats 5] [--threads 1] [--esd-step] [--skip-sd15]``
+Run: ``python bench/edit_speed.py [--repeats 5] [--threads 1] [--esd-step] [--skip-sd15 | --skip-shapesworld]``
 
 Part 1 — SD-1.5 size. A StableDiffusionPipeline whose text encoder is CLIP ViT-L/14-sized (768 wide, 12 layers,
 the real 49408-token vocabulary and tokenizer) and whose UNet is the published SD-1.5 config (860M parameters),
@@ -213,6 +213,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="ShapesWorld: seeds per held-out prompt")
     parser.add_argument("--esd-steps", type=int, default=2000, help="ShapesWorld: ESD step budget")
     parser.add_argument("--skip-sd15", action="store_true", help="only the ShapesWorld part")
+    parser.add_argument("--skip-shapesworld", action="store_true", help="only the SD-1.5-size part")
     parser.add_argument("--esd-step", action="store_true", help="part 1: also time one ESD-x step at SD-1.5 size")
     parser.add_argument("--style", default="pica stro", help="ShapesWorld: the named style to remove")
     args = parser.parse_args()
@@ -220,7 +221,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), best/median of {args.repeats} after a warm-up")
     if not args.skip_sd15:
         sd15_part(args.repeats, args.esd_step)
-    shapesworld_part(args.seeds, args.esd_steps, args.style)
+    if not args.skip_shapesworld:
+        shapesworld_part(args.seeds, args.esd_steps, args.style)
 
 
 if __name__ == "__main__":

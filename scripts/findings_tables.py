@@ -1,0 +1,127 @@
+"""Print the findings tables of a finished ``diffloc demo`` run as Markdown (docs/findings.md quotes them).
+
+Every number comes from the run's ``summary.json`` and the trace results it points to, so the tables in
+the docs are generated, never typed::
+
+    diffloc demo --out demo-out
+    python scripts/findings_tables.py demo-out
+
+Tables: the corruption calibration per case; where each attribute is (UNet sites recovering >= 80% of the
+gap, the best single text-encoder state, the LocoGen window search); and the edits (own and held-out prompts
+before -> after, neighbours kept, pixel change on unrelated prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+BAR = 0.8  # a site "recovers" the attribute when its indirect effect is at least this
+KEPT = 0.9  # a neighbour is "kept" when its retention is at least this
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def _short(site: str) -> str:
+    return site.removeprefix("unet.")
+
+
+def calibration_table(summary: dict[str, Any]) -> str:
+    rows = ["| case | score at each noise multiplier | chosen |", "|---|---|---|"]
+    for name, case in summary["cases"].items():
+        noise = case.get("noise")
+        if not noise:
+            continue
+        tried = " / ".join(f"{float(m):g}×: {_fmt(v)}" for m, v in noise["corrupted"].items())
+        reached = "" if noise.get("reached", True) else " (never halved)"
+        rows.append(f"| {name} (clean {_fmt(noise['clean'])}) | {tried} | {noise['multiplier']:g}× "
+                    f"({noise['noise']:.3f}){reached} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def _unet_sites(run: Path, name: str) -> str:
+    data = json.loads((run / "trace" / name / "unet" / "result.json").read_text())
+    effects = sorted(zip(data["indirect_effect"], data["labels"], strict=True), reverse=True)
+    strong = [f"`{_short(label)}` ({effect:.2f})" for effect, label in effects if effect >= BAR]
+    if strong:
+        return ", ".join(strong[:6]) + (f" and {len(strong) - 6} more" if len(strong) > 6 else "")
+    best_effect, best_label = effects[0]
+    return f"none (best `{_short(best_label)}` {best_effect:.2f})"
+
+
+def _text_state(run: Path, name: str) -> str:
+    data = json.loads((run / "trace" / name / "text" / "result.json").read_text())
+    best = (-math.inf, "", 0, 0)
+    for kind, layers in zip(data["labels"], data["indirect_effect"], strict=True):
+        for layer, row in enumerate(layers):
+            for pos, value in enumerate(row):
+                if value is not None and not math.isnan(value) and value > best[0]:
+                    best = (value, kind, layer, pos)
+    value, kind, layer, pos = best
+    token = data["tokens"][pos] if pos < len(data["tokens"]) else str(pos)
+    return f"{value:.2f} at `{kind}` layer {layer}, token {pos} ({token!r})"
+
+
+def _locogen(case: dict[str, Any]) -> str:
+    loco = case["locogen"]
+    search = (loco.get("window_search") or {}).get("tried") or []
+    steps = ", ".join(f"{t['window']}: {_fmt(t['best_score'])}" for t in search)
+    sites = loco["best_sites"]
+    span = _short(sites[0]) if len(sites) == 1 else f"{_short(sites[0])}–{sites[-1].rsplit('.', 1)[-1]}"
+    return f"{steps} → **{span}** (original {_fmt(loco['original_score'])})"
+
+
+def location_table(summary: dict[str, Any], run: Path) -> str:
+    rows = [
+        "| case | UNet clean → corrupted | sites recovering ≥ 80% of the gap | best single text state (effect) "
+        "| LocoGen: best score per window size → chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for name, case in summary["cases"].items():
+        rows.append(
+            f"| {name} | {_fmt(case['unet_clean'])} → {_fmt(case['unet_corrupted'])} | {_unet_sites(run, name)} | "
+            f"{_text_state(run, name)} | {_locogen(case)} |"
+        )
+    return "\n".join(rows)
+
+
+def edits_table(summary: dict[str, Any]) -> str:
+    rows = [
+        "| case | method | own: before → after | held-out: before → after | neighbours kept (≥ 0.9) | pixel Δ "
+        "unrelated | edit s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, case in summary["cases"].items():
+        for method, ev in case["eval"].items():
+            key = ("target_before", "target_after") if case["mode"] == "update" else ("concept_before", "concept_after")
+            own, held = ev["efficacy"], ev["generalization"]
+            spec = ev["specificity"]
+            kept = sum(1 for n in spec if n["retention"] is not None and n["retention"] >= KEPT)
+            low = [f"{n['prompt']!r} {_fmt(n['before'])}→{_fmt(n['after'])}" for n in spec
+                   if n["retention"] is None or n["retention"] < KEPT]  # fmt: skip
+            kept_text = f"{kept} of {len(spec)}" + (f" (not: {'; '.join(low)})" if low else "")
+            rows.append(
+                f"| {name} | {method} | {_fmt(own[key[0]])} → {_fmt(own[key[1]])} | "
+                f"{_fmt(held[key[0]])} → {_fmt(held[key[1]])} | {kept_text} | {ev['fidelity']:.3f} | "
+                f"{_fmt(case['edits'][method]['seconds'])} |"
+            )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the demo's --out directory (with summary.json)")
+    args = parser.parse_args()
+    summary = json.loads((args.run / "summary.json").read_text())
+    print("### Corruption calibration\n\n" + calibration_table(summary) + "\n")
+    print("### Where the attribute is\n\n" + location_table(summary, args.run) + "\n")
+    print("### Edits\n\n" + edits_table(summary))
+
+
+if __name__ == "__main__":
+    main()
