@@ -62,9 +62,7 @@ def main() -> None:
     (args.out / "vocab.json").write_text(
         json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8"
     )
-    (args.out / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
+    (args.out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     special = {
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
