@@ -93,3 +93,19 @@ def test_kill_9_mid_sweep_then_rerun_equals_uninterrupted(tmp_path, tiny_clip_di
         config=TraceConfig(seeds=(0, 1), steps=3, guidance=5.0, max_batch=9),
     )  # fmt: skip
     np.testing.assert_array_equal(TraceResult.load(killed).scores, fresh.scores)
+
+
+def test_a_shapesworld_model_given_by_path_is_scored_with_detectors(tmp_path, capsys):
+    from diffloc.world.model import shipped_model_dir
+
+    model_dir = str(shipped_model_dir())  # as a user's own export would be given: a directory, not 'shapesworld'
+    args = ["trace", "unet", "--model", model_dir, "--prompt", "a red circle in the style of pica stro",
+            "--subject", "pica stro", "--attribute", "in the style of pica stro", "--sites", "unet.xattn.0",
+            "--out", str(tmp_path / "ok"), *FAST]  # fmt: skip
+    assert main([*args, "--detectors"]) == 0
+    result = TraceResult.load(tmp_path / "ok")
+    assert result.meta["scorer"] == "shapesworld-detectors"
+    capsys.readouterr()
+    assert main(args) == 1  # no scorer for a directory without --clip/--detectors: a one-line error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--detectors" in err[0] and "Traceback" not in err[0]

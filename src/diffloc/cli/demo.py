@@ -6,7 +6,7 @@ import argparse
 import time
 
 from diffloc.atomic import ensure_writable_dir
-from diffloc.cli.sweep_args import noise_value
+from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
 from diffloc.demo import DemoConfig, run_demo
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import load_suite, shipped_suite_path
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default="shapesworld", help="model (default: the shipped ShapesWorld)")
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
-    parser.add_argument("--clip", default=None, help="local CLIP directory (needed for models other than shapesworld)")
+    add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
     parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0], help="seeds for tracing/LocoGen (default 0)")
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         guidance=suite.guidance, noise=args.noise)  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)
-    scorer = scorer_for(args.model, args.clip)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
     start = time.perf_counter()
     bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.sweep_args import add_scorer_arguments
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
 from diffloc.models.registry import load
@@ -18,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--edit", required=True, help="edit directory (from 'diffloc edit …')")
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
-    parser.add_argument("--clip", default=None, help="local CLIP directory (needed for models other than shapesworld)")
+    add_scorer_arguments(parser)
     parser.add_argument("--out", default="out/eval", help="output directory (default out/eval/)")
     parser.set_defaults(func=run)
 
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     edit.check_base(model)
-    report = evaluate(model, edit, suite, scorer=scorer_for(args.model, args.clip), cases=args.case)
+    report = evaluate(
+        model, edit, suite, scorer=scorer_for(args.model, args.clip, detectors=args.detectors), cases=args.case
+    )
     path = report.save(Path(out) / "report.json")
     for name, case in report.cases.items():
         eff = case["efficacy"]

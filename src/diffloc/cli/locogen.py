@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = ensure_writable_dir(args.out)
     model = load(args.model)
-    scorer = scorer_for(args.model, args.clip)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
     with progress_bar("locogen", unit="run") as progress:
         result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
                          progress=progress)  # fmt: skip

@@ -12,14 +12,26 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
     parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
     parser.add_argument("--prompt", action="append", required=True, help="prompt showing the attribute (repeatable)")
     parser.add_argument("--attribute", required=True, help="text the scorer measures, e.g. 'in the style of van goo'")
-    parser.add_argument(
-        "--clip", default=None, help="local CLIP directory for CLIP-score (default for shapesworld: detectors)"
-    )
+    add_scorer_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds per prompt (default 0 1 2 3)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default 7.5)")
     parser.add_argument("--max-batch", type=int, default=16, help="most runs per UNet batch (memory bound; default 16)")
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
+
+
+def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--clip DIR`` (CLIP-score) or ``--detectors`` (ShapesWorld's detectors, for a ShapesWorld model you
+    trained and exported yourself); neither: detectors for ``shapesworld``, an error for other models."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--clip", default=None, help="local CLIP directory for CLIP-score (default for shapesworld: detectors)"
+    )
+    group.add_argument(
+        "--detectors",
+        action="store_true",
+        help="score with ShapesWorld's detectors (a model trained by 'diffloc world')",
+    )
 
 
 def noise_value(text: str) -> float | str:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         )
     out = ensure_writable_dir(args.out)
     model = load(args.model)
-    scorer = scorer_for(args.model, args.clip)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
     if auto:
         from diffloc.tracing.calibrate import calibrate_noise
 

@@ -116,16 +116,18 @@ class ClipScorer:
             raise ConfigError("empty attribute text; give the text to score images against, e.g. 'van gogh style'")
 
 
-def scorer_for(model_source: str, clip_dir: str | Path | None = None) -> Scorer:
-    """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld``.
+def scorer_for(model_source: str, clip_dir: str | Path | None = None, *, detectors: bool = False) -> Scorer:
+    """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld`` or
+    when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere).
 
     Raises:
         ConfigError: no scorer applies (a real model needs ``clip_dir``).
     """
     if clip_dir is not None:
         return ClipScorer.from_dir(clip_dir)
-    if str(model_source) == "shapesworld":
+    if detectors or str(model_source) == "shapesworld":
         return DetectorScorer()
     raise ConfigError(
-        f"no default scorer for model {str(model_source)!r}: pass a local CLIP directory (--clip DIR) to score images"
+        f"no default scorer for model {str(model_source)!r}: pass a local CLIP directory (--clip DIR), or "
+        "--detectors for a ShapesWorld model you trained"
     )
