@@ -121,8 +121,10 @@ def test_warm_start_checks_the_architecture_and_the_path(straight_run, tmp_path)
 
     run, _ = straight_run
     exported = export_run(run, tmp_path / "pipe")
-    with pytest.raises(ConfigError, match="another architecture") as info:
-        train(TrainConfig(**{**TINY, "text_width": 32, "init_from": str(exported)}), tmp_path / "a")
-    assert "\n" not in str(info.value)
+    for change in ({"text_width": 32}, {"unet_heads": (1, 1, 2, 2)}):
+        with pytest.raises(ConfigError, match="another architecture") as info:
+            train(TrainConfig(**{**TINY, **change, "init_from": str(exported)}), tmp_path / "a")
+        assert "\n" not in str(info.value)
+        assert not list((tmp_path / "a").iterdir())  # refused before anything was written
     with pytest.raises(ConfigError, match="not a directory"):
         train(TrainConfig(**{**TINY, "init_from": str(tmp_path / "nope")}), tmp_path / "b")

@@ -186,7 +186,18 @@ def _load_init(config: TrainConfig):
     path = model.shipped_model_dir() if config.init_from == "shapesworld" else Path(str(config.init_from))
     if not path.is_dir():
         raise ConfigError(f"init_from {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
-    return model.load_pipeline(path)
+    init = model.load_pipeline(path)
+    text, unet = init.text_encoder.config, init.unet.config
+    heads = unet.attention_head_dim
+    heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
+    found = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, tuple(unet.block_out_channels), heads)
+    wanted = (config.text_width, config.text_layers, config.text_heads, config.unet_channels, config.unet_heads)
+    if found != wanted:  # checked before anything is written to the run directory
+        raise ConfigError(
+            f"init_from {config.init_from!r} has another architecture than this recipe (text width/layers/heads, "
+            f"UNet channels/heads: {found} vs {wanted})"
+        )
+    return init
 
 
 def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
@@ -279,12 +290,12 @@ def train(
         changed = sorted(k for k in new if k not in ("steps", "threads") and old.get(k) != new[k])
         if changed:
             raise ConfigError(f"run {str(run_dir)!r} was made with a different recipe ({', '.join(changed)})")
-    model._atomic_write_text(config.to_json() + "\n", config_path)
-
-    started = time.time()
     resuming = resume and ckpt.exists()
     needs_init = config.init_from and not (resuming and (run_dir / "cache.safetensors").exists())
     init = _load_init(config) if needs_init else None
+    model._atomic_write_text(config.to_json() + "\n", config_path)
+
+    started = time.time()
     _vae, latents, ids, scaling = _prepare(config, run_dir, progress, init)
     latents = latents * scaling
     torch.manual_seed(config.seed)
