@@ -188,19 +188,21 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     solve_start = time.perf_counter()
-    # Every projection reads the same context, so one factorization per λ serves them all.
-    solvers: dict[float, SharedInputRidge] = {}
-    for lam in {config.lam_k, config.lam_v}:
-        solvers[lam] = SharedInputRidge(
+    # Every projection reads the same context, so one factorization per λ in use serves them all.
+    lams = [config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v for proj in projections]
+    solvers = {
+        lam: SharedInputRidge(
             concept_states,
             target_states,
             lam,
             K_preserve=keep_states if keep_states.numel() else None,
             preserve_weight=config.preserve_weight,
         )
-    for proj in projections:
+        for lam in dict.fromkeys(lams)
+    }
+    for proj, lam in zip(projections, lams, strict=True):
         w0 = projection_linear(model, proj).weight.detach()
-        new = solvers[config.lam_k if proj.kind is SiteKind.XATTN_K else config.lam_v].apply(w0)
+        new = solvers[lam].apply(w0)
         key = f"{proj.full_path}.weight"
         weights[key] = new
         originals[key] = w0.clone()
