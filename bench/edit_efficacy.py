@@ -106,6 +106,10 @@ def main() -> None:
         "suite's plain training captions (none of them evaluated) — UCE-style preservation",
     )  # fmt: skip
     parser.add_argument("--preserve-weight", type=float, default=1.0, help="weight of the preserved pairs")
+    parser.add_argument(
+        "--fact-preserve", choices=("same", "on", "off"), default="same",
+        help="preservation in the fact update: as --preserve (default), or on/off for the fact only",
+    )  # fmt: skip
     parser.add_argument("--positions", default="subject", choices=("subject", "subject+eos"), help="LocoEdit keys")
     parser.add_argument("--target-mode", default="bare", choices=("bare", "template"), help="LocoEdit values")
     parser.add_argument("--threads", type=int, default=1)
@@ -209,10 +213,11 @@ def main() -> None:
         for p in heldout
         if p.group == f"fact:{args.fact}"
     ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{args.fact}"]
-    others = tuple(f for f in vocab.FACTS if f != args.fact) if args.preserve else ()
+    fact_preserve = args.preserve if args.fact_preserve == "same" else args.fact_preserve == "on"
+    others = tuple(f for f in vocab.FACTS if f != args.fact) if fact_preserve else ()
     request = EditRequest(
         concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False,
-        preserve=others, preserve_prompts=preserve_captions() if args.preserve else (),
+        preserve=others, preserve_prompts=preserve_captions() if fact_preserve else (),
     )  # fmt: skip
     before = rates(model, fact_prompts, args.fact_seeds, config)
     sites = sites_for(
@@ -223,7 +228,7 @@ def main() -> None:
         after = rates(model, fact_prompts, args.fact_seeds, config)
     kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g != key}
     report["fact_update"] = {
-        "sites": list(edit.stats["sites"]),
+        "sites": list(edit.stats["sites"]), "preserve": fact_preserve,
         "prompts": [p.prompt for p in fact_prompts if p.group == key], "before": before[key], "after": after[key],
         "other_facts_before": {g: before[g] for g in kept}, "other_facts_kept": kept,
         "edit_seconds": edit.stats.get("seconds"), "passed": after[key] >= 0.8,

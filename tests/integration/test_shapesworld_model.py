@@ -130,6 +130,16 @@ def test_cli_rejects_bad_eval_arguments(capsys):
     assert err.startswith("diffloc: error:") and "--seeds" in err and "\n" not in err
 
 
+@pytest.mark.parametrize(("mix", "named"), [("1,2", "mix (1.0, 2.0)"), ("a,b,c,d", "--mix 'a,b,c,d'")])
+def test_cli_rejects_a_bad_training_mix_before_writing(capsys, tmp_path, mix, named):
+    from diffloc.cli.main import main
+
+    assert main(["world", "train", "--out", str(tmp_path / "run"), "--mix", mix]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and named in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_diffloc_load_gives_sd15_site_table():
     import diffloc
 

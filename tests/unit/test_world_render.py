@@ -36,6 +36,17 @@ def test_training_examples_are_deterministic():
     assert first != captions.training_examples(200, seed=4)
 
 
+def test_mix_sets_the_share_of_caption_kinds():
+    examples = captions.training_examples(2000, seed=0, mix=(0.0, 0.5, 0.0, 0.5))
+    assert not any(e.scene.kind == "object" for e in examples)
+    # style anchors ("in a plain style") are plain scenes drawn from the style share: 20% of it
+    plain = [e for e in examples if e.scene.kind == "plain"]
+    assert all(vocab.STYLE_ANCHOR in e.caption for e in plain) and 0.07 < len(plain) / len(examples) < 0.13
+    share = sum(e.scene.kind == "fact" for e in examples) / len(examples)
+    assert 0.45 < share < 0.55
+    assert captions.training_examples(50, seed=0) == captions.training_examples(50, seed=0, mix=captions.DEFAULT_MIX)
+
+
 @pytest.mark.parametrize("colour", list(vocab.COLOURS))
 def test_solid_render_pixels_match_labels(colour):
     scene = Scene(shape="square", colour=colour, texture="solid", background="black")

@@ -83,7 +83,25 @@ def test_truncated_checkpoint_is_a_one_line_error(straight_run, tmp_path):
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == data[: len(data) // 2]
 
 
-@pytest.mark.parametrize(("field", "value"), [("steps", 0), ("caption_dropout", 1.5), ("unet_channels", (8, 16))])
+def test_run_made_before_a_field_existed_resumes_with_its_default(straight_run, tmp_path):
+    import json
+
+    run, _ = straight_run
+    for name in ("vae.safetensors", "cache.safetensors", "checkpoint.safetensors"):
+        shutil.copy(run / name, tmp_path / name)
+    old = json.loads((run / "config.json").read_text())
+    del old["mix"]  # as written by a version without the field
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert train(TrainConfig(**TINY), tmp_path, resume=True)["step"] == TINY["steps"]
+    with pytest.raises(ConfigError, match="different recipe \\(mix\\)"):
+        train(TrainConfig(**{**TINY, "mix": (0.4, 0.4, 0.1, 0.1)}), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("steps", 0), ("caption_dropout", 1.5), ("unet_channels", (8, 16)), ("mix", (0.5, 0.5, 0.5, 0.5)),
+     ("mix", (1.2, -0.2, 0.0, 0.0)), ("mix", (0.5, 0.5))],
+)  # fmt: skip
 def test_bad_config_values(field, value):
     with pytest.raises(ConfigError):
         TrainConfig(**{**TINY, field: value})

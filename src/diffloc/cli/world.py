@@ -54,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="warm start: begin from this ShapesWorld pipeline's VAE, UNet and text encoder",
     )
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="shares of plain,style,object,fact captions, e.g. 0.45,0.35,0.1,0.1 (default: the shipped recipe)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
     p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
@@ -133,6 +139,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     _positive("steps", args.steps)
     fields: dict[str, Any] = {"seed": args.seed}
+    if args.mix is not None:
+        try:
+            fields["mix"] = tuple(float(v) for v in args.mix.split(","))
+        except ValueError:
+            raise ConfigError(f"--mix {args.mix!r} is not 4 comma-separated numbers, e.g. 0.45,0.35,0.1,0.1") from None
+    if args.threads is not None:
+        fields["threads"] = args.threads
     for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
                         ("init_from", args.init_from)):  # fmt: skip
         if value is not None:

@@ -79,9 +79,31 @@ def _plain_fields(shape: str, colour: str, texture: str, background: str) -> dic
     return {"shape": shape, "colour": colour, "bg": background, "tex_adj": adj, "tex_phrase": phrase}
 
 
-def sample_training(rng: np.random.Generator) -> tuple[str, Scene]:
-    """Draw one training caption and its scene (never a held-out combination or template)."""
-    kind = rng.choice(["plain", "style", "object", "fact"], p=[0.55, 0.2, 0.13, 0.12])
+#: Default share of each caption kind in training data: (plain, style, object, fact).
+DEFAULT_MIX: tuple[float, float, float, float] = (0.55, 0.2, 0.13, 0.12)
+KINDS: tuple[str, ...] = ("plain", "style", "object", "fact")
+
+
+def check_mix(mix: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """``mix`` as four non-negative shares of (plain, style, object, fact) summing to 1.
+
+    Raises:
+        PromptError: wrong length, a negative share, or shares that do not sum to 1.
+    """
+    values = tuple(float(v) for v in mix)
+    if len(values) != len(KINDS) or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+        raise PromptError(
+            f"mix {mix!r} must be 4 non-negative shares of ({', '.join(KINDS)}) summing to 1, e.g. {DEFAULT_MIX}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def sample_training(rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_MIX) -> tuple[str, Scene]:
+    """Draw one training caption and its scene (never a held-out combination or template).
+
+    ``mix`` gives the share of each caption kind (plain, style, object, fact).
+    """
+    kind = rng.choice(list(KINDS), p=list(check_mix(mix)))
     if kind == "plain":
         held = heldout_plain_cached()
         while True:
@@ -146,12 +168,13 @@ def heldout_style_cached() -> set[tuple[str, str, str]]:
     return _CACHE["style"]
 
 
-def training_examples(n: int, seed: int) -> list[Example]:
-    """``n`` seeded training examples; the same ``(n, seed)`` always gives the same list."""
+def training_examples(n: int, seed: int, mix: tuple[float, ...] = DEFAULT_MIX) -> list[Example]:
+    """``n`` seeded training examples; the same ``(n, seed, mix)`` always gives the same list."""
+    mix = check_mix(mix)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        caption, scene = sample_training(rng)
+        caption, scene = sample_training(rng, mix)
         out.append(Example(caption=caption, scene=scene, seed=seed * 1_000_003 + i))
     return out
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diffloc.errors import CheckpointError, ConfigError
+from diffloc.errors import CheckpointError, ConfigError, PromptError
 from diffloc.world import captions, model
 from diffloc.world.render import render_batch
 
@@ -62,8 +62,14 @@ class TrainConfig:
     #: Warm start: a ShapesWorld pipeline directory whose VAE (with its latent scaling), UNet and text encoder
     #: start the run instead of a fresh VAE and random weights (the optimizer starts fresh).
     init_from: str | None = None
+    #: Share of (plain, style, object, fact) captions in the training data.
+    mix: tuple[float, float, float, float] = captions.DEFAULT_MIX
 
     def __post_init__(self) -> None:
+        try:
+            captions.check_mix(self.mix)
+        except PromptError as exc:
+            raise ConfigError(str(exc)) from exc
         for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -158,7 +164,7 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         vae = init.vae.eval()
         model._atomic_save_file(vae.state_dict(), vae_path)
     else:
-        examples = captions.training_examples(config.n_examples, config.seed)
+        examples = captions.training_examples(config.n_examples, config.seed, config.mix)
         images = _images_tensor(examples)
         started = time.time()
         vae = train_vae(config, images, progress)
@@ -169,7 +175,7 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         cache = load_file(str(cache_path))
         return vae, cache["latents"], cache["ids"], float(cache["scaling"])
     if examples is None:
-        examples = captions.training_examples(config.n_examples, config.seed)
+        examples = captions.training_examples(config.n_examples, config.seed, config.mix)
         images = _images_tensor(examples)
     latents = encode_latents(vae, images)
     if init is not None:  # the warm-started UNet learned latents at the initial model's scale
@@ -287,7 +293,8 @@ def train(
     if config_path.exists():
         old = json.loads(config_path.read_text())
         new = json.loads(config.to_json())
-        changed = sorted(k for k in new if k not in ("steps", "threads") and old.get(k) != new[k])
+        defaults = json.loads(TrainConfig().to_json())  # a field added after the run was made has its default
+        changed = sorted(k for k in new if k not in ("steps", "threads") and old.get(k, defaults[k]) != new[k])
         if changed:
             raise ConfigError(f"run {str(run_dir)!r} was made with a different recipe ({', '.join(changed)})")
     resuming = resume and ckpt.exists()
