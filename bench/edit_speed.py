@@ -126,7 +126,7 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import preserve_captions, rates, style_templates
+    from edit_efficacy import GUIDANCE, preserve_captions, rates, style_templates
     from esd_baseline import kv_snapshot, run_esd
 
     from diffloc.engine.generate import GenerationConfig
@@ -143,7 +143,7 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
         raise SystemExit(f"unknown style {style!r}; valid: {', '.join(vocab.STYLES)}")
     group = f"style:{style}"
     prompts = [p for p in captions.heldout_prompts() if p.group == group]
-    generation = GenerationConfig(steps=20, guidance=4.0)
+    generation = GenerationConfig(steps=20, guidance=GUIDANCE)
     before = rates(model, prompts, seeds, generation)[group]
     # the recipe of bench/edit_efficacy.py --preserve --preserve-weight 10 --positions subject+eos
     # --target-mode template
