@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffloc.errors import PromptError
+from diffloc.errors import ConfigError, PromptError
 from diffloc.world import vocab
 from diffloc.world.render import Scene
 
@@ -88,11 +88,11 @@ def check_mix(mix: tuple[float, ...]) -> tuple[float, float, float, float]:
     """``mix`` as four non-negative shares of (plain, style, object, fact) summing to 1.
 
     Raises:
-        PromptError: wrong length, a negative share, or shares that do not sum to 1.
+        ConfigError: wrong length, a negative share, or shares that do not sum to 1.
     """
     values = tuple(float(v) for v in mix)
     if len(values) != len(KINDS) or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
-        raise PromptError(
+        raise ConfigError(
             f"mix {mix!r} must be 4 non-negative shares of ({', '.join(KINDS)}) summing to 1, e.g. {DEFAULT_MIX}"
         )
     return values  # type: ignore[return-value]
@@ -101,9 +101,10 @@ def check_mix(mix: tuple[float, ...]) -> tuple[float, float, float, float]:
 def sample_training(rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_MIX) -> tuple[str, Scene]:
     """Draw one training caption and its scene (never a held-out combination or template).
 
-    ``mix`` gives the share of each caption kind (plain, style, object, fact).
+    ``mix`` gives the share of each caption kind (plain, style, object, fact), as :func:`check_mix` returns it
+    (:func:`training_examples` checks it once for the whole draw).
     """
-    kind = rng.choice(list(KINDS), p=list(check_mix(mix)))
+    kind = rng.choice(list(KINDS), p=list(mix))
     if kind == "plain":
         held = heldout_plain_cached()
         while True:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diffloc.errors import CheckpointError, ConfigError, PromptError
+from diffloc.errors import CheckpointError, ConfigError
 from diffloc.world import captions, model
 from diffloc.world.render import render_batch
 
@@ -66,10 +66,7 @@ class TrainConfig:
     mix: tuple[float, float, float, float] = captions.DEFAULT_MIX
 
     def __post_init__(self) -> None:
-        try:
-            captions.check_mix(self.mix)
-        except PromptError as exc:
-            raise ConfigError(str(exc)) from exc
+        captions.check_mix(self.mix)
         for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
