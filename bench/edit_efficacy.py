@@ -13,7 +13,8 @@ Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world
   is >= 80), and the ratio after/before of the detection rate of plain prompts (all four attributes right)
   and of every other named style (the bar is >= 0.9 each);
 * fact update (LocoEdit): the country ("marnovia") is mapped to another country ("trelania"); reported: how
-  often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8).
+  often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8), and the same on
+  the training phrasings the edit was computed on (efficacy); both × ``--fact-seeds``.
 
 Edit prompts use ShapesWorld's *training* phrasings (the from-scratch text encoder knows no other words):
 the concept alone plus the training style/fact templates filled with a few shape/colour pairs.
@@ -39,9 +40,10 @@ from diffloc.editing import Edit, EditRequest, LocoEditConfig, QuickFixConfig, c
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.models.base import LoadedModel
 from diffloc.models.registry import load, shapesworld_dir
+from diffloc.world.model import GUIDANCE as SHAPESWORLD_GUIDANCE
 
-#: Classifier-free guidance of every generation here: that of ``diffloc world eval`` and the shipped suite.
-GUIDANCE = 7.5
+#: Classifier-free guidance of every generation here: the model's own (``diffloc world eval``, the shipped suite).
+GUIDANCE = SHAPESWORLD_GUIDANCE
 #: (shape, colour) pairs used to fill the training templates of the edit prompts
 FILL_PAIRS = (("circle", "red"), ("square", "blue"), ("triangle", "green"), ("star", "yellow"))
 
@@ -217,6 +219,12 @@ def main() -> None:
         for p in heldout
         if p.group == f"fact:{args.fact}"
     ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{args.fact}"]
+    # efficacy: the training phrasings the edit was computed on (the bar is judged on the held-out one above)
+    trained = f"{key}:edit-phrasings"
+    fact_prompts += [
+        captions.EvalPrompt(prompt=t.format(country=args.fact), group=trained, labels={"fact": args.new_fact})
+        for t in vocab.FACT_TEMPLATES_TRAIN
+    ]
     fact_preserve = args.preserve if args.fact_preserve == "same" else args.fact_preserve == "on"
     others = tuple(f for f in vocab.FACTS if f != args.fact) if fact_preserve else ()
     request = EditRequest(
@@ -230,21 +238,22 @@ def main() -> None:
     edit = compute_edit(model, request, method="locoedit", config=loco(sites))
     with edit.applied(model):
         after = rates(model, fact_prompts, args.fact_seeds, config)
-    kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g != key}
+    kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g not in (key, trained)}
     # the ceiling: how often the unedited model draws the new fact for its own name in the same phrasing
     ceiling = before.get(f"fact:{args.new_fact}", float("nan"))
     report["fact_update"] = {
         "sites": list(edit.stats["sites"]), "preserve": fact_preserve,
         "prompts": [p.prompt for p in fact_prompts if p.group == key], "before": before[key], "after": after[key],
         "other_facts_before": {g: before[g] for g in kept}, "other_facts_kept": kept,
-        "new_fact_own_rate": ceiling,
+        "new_fact_own_rate": ceiling, "edit_phrasings_before": before[trained], "edit_phrasings_after": after[trained],
         "edit_seconds": edit.stats.get("seconds"), "passed": after[key] >= 0.8,
     }  # fmt: skip
     print(
         f"fact update {key}: new fact shown {before[key]:.2f} -> {after[key]:.2f}  (bar >= 0.80) "
         f"{'PASS' if after[key] >= 0.8 else 'FAIL'}; other facts kept (min) "
         f"{min(kept.values(), default=float('nan')):.2f}; unedited {args.new_fact} on its own held-out prompts "
-        f"{ceiling:.2f}"
+        f"{ceiling:.2f}; on the {len(vocab.FACT_TEMPLATES_TRAIN)} edit phrasings {before[trained]:.2f} -> "
+        f"{after[trained]:.2f}"
     )
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(args.out, report)

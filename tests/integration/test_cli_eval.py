@@ -9,6 +9,7 @@ import sys
 
 from diffloc.cli.main import main
 from diffloc.eval.suite import load_suite, shipped_suite_path
+from diffloc.world.model import GUIDANCE
 
 SUITE = """
 seeds: [0]
@@ -34,6 +35,8 @@ def test_shipped_suites_load():
     for name in ("shapesworld", "van-gogh"):
         suite = load_suite(shipped_suite_path(name))
         assert suite.cases and suite.unrelated
+    # the ShapesWorld suite samples as the model is evaluated (world eval, the edit benchmarks)
+    assert load_suite(shipped_suite_path("shapesworld")).guidance == GUIDANCE
 
 
 def test_eval_cli_and_wrong_model_refusal(tmp_path, tiny_clip_dir, capsys):

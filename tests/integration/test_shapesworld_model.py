@@ -128,6 +128,9 @@ def test_cli_rejects_bad_eval_arguments(capsys):
     assert main(["world", "eval", "--seeds", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffloc: error:") and "--seeds" in err and "\n" not in err
+    assert main(["world", "eval", "--split", "test"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown split 'test'; valid: heldout, validation" in err and "\n" not in err
 
 
 @pytest.mark.parametrize(("mix", "named"), [("1,2", "mix (1.0, 2.0)"), ("a,b,c,d", "--mix 'a,b,c,d'")])

@@ -66,6 +66,22 @@ def test_textures_paint_different_fractions_of_the_shape():
     assert len(set(painted.values())) == 4
 
 
+def test_fill_phase_shifts_the_pattern_and_nothing_else():
+    scene = Scene(kind="style", shape="square", colour="red", style="checkered")
+    base, shifted = render(scene, seed=3), render(scene, seed=3, phase=(0, 4))
+    red = np.array(vocab.COLOURS["red"], dtype=np.uint8)
+    on_base, on_shifted = (base == red).all(-1), (shifted == red).all(-1)
+    # one cell over is the complementary checkerboard: inside the shape the painted cells swap
+    inside = on_base | on_shifted
+    assert not (on_base & on_shifted).any() and inside.sum() > 100
+    assert np.array_equal(render(scene, seed=3, phase=(8, 8)), base)  # the checkerboard repeats every 8 px
+    assert np.array_equal(
+        render(Scene(shape="circle", colour="blue"), 0, phase=(3, 5)), render(Scene(shape="circle", colour="blue"), 0)
+    )  # solid fills have no phase
+    with pytest.raises(ConfigError, match="pass one phase per scene"):
+        render_batch([scene], [0], [(0, 0), (1, 1)])
+
+
 def test_shapes_have_distinct_masks():
     masks = [shape_mask(s, 16, 16, 11) for s in vocab.SHAPES]
     for i in range(len(masks)):
@@ -114,6 +130,27 @@ def test_heldout_combinations_and_templates_never_train():
     heldout = captions.heldout_prompts()
     assert {p.group.split(":")[0] for p in heldout} == {"plain", "style", "object", "fact"}
     assert not (train_captions & {p.prompt for p in heldout})
+
+
+def test_validation_prompts_come_from_training_and_are_labelled():
+    prompts = captions.validation_prompts(200)
+    assert len(prompts) == 200 and prompts == captions.validation_prompts(200)
+    heldout = {p.prompt for p in captions.heldout_prompts()}
+    assert not heldout & {p.prompt for p in prompts}
+    groups = {p.group for p in prompts}
+    assert "plain" in groups and {g.split(":")[0] for g in groups} == {"plain", "style", "object", "fact"}
+    for p in prompts:
+        asked = captions.parse_caption(p.prompt)  # what the words ask for must agree with the labels
+        assert all(p.labels[k] == v for k, v in asked.items() if k in p.labels), p
+        assert vocab.STYLE_ANCHOR not in p.prompt and vocab.FACT_ANCHOR not in p.prompt
+
+
+def test_eval_config_names_a_bad_split():
+    from diffloc.world.evaluate import EvalConfig
+
+    assert EvalConfig().split == "heldout"
+    with pytest.raises(ConfigError, match="unknown split 'test'; valid: heldout, validation"):
+        EvalConfig(split="test")
 
 
 def test_parse_caption_matches_scene_labels():

@@ -85,6 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the eval recipe's)")
+    p.add_argument("--split", default="heldout", help="heldout (the acceptance bar; default) or validation "
+                   "(training templates, for choosing sampler settings)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here (always printed)")
     p.set_defaults(func=run_eval)
 
@@ -205,7 +207,9 @@ def run_detectors(args: argparse.Namespace) -> int:
     else:
         det = detectors.load_detector(weights)
     accuracy = detectors.measure_accuracy(det, n=args.n)
-    result = {"weights": weights.name, "n_renders": args.n, "accuracy": accuracy, "min": min(accuracy.values())}
+    any_phase = detectors.measure_accuracy(det, n=args.n, any_phase=True)
+    result = {"weights": weights.name, "n_renders": args.n, "accuracy": accuracy, "min": min(accuracy.values()),
+              "accuracy_any_fill_phase": any_phase, "min_any_fill_phase": min(any_phase.values())}  # fmt: skip
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -220,7 +224,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     _positive("seeds", args.seeds)
     _positive("steps", args.steps)
-    fields = {"seeds": args.seeds, "steps": args.steps}
+    fields = {"seeds": args.seeds, "steps": args.steps, "split": args.split}
     if args.guidance is not None:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)

@@ -218,6 +218,38 @@ def heldout_prompts() -> list[EvalPrompt]:
     return prompts
 
 
+#: Seed of :func:`validation_prompts` (no training run draws its captions from it).
+VALIDATION_SEED = 777
+
+
+def validation_prompts(n: int = 288, seed: int = VALIDATION_SEED) -> list[EvalPrompt]:
+    """Prompts from the *training* distribution (templates and combinations), grouped like the held-out ones.
+
+    For choosing sampler settings (guidance, steps) without looking at the held-out prompts. Anchor captions
+    ("a thing", "in a plain style", "a blank flag") are left out, as in :func:`heldout_prompts`.
+    """
+    prompts: list[EvalPrompt] = []
+    rng = np.random.default_rng(seed)
+    mix = (0.4, 0.3, 0.2, 0.1)
+    artists = {look: artist for artist, look in vocab.STYLES.items()}
+    while len(prompts) < n:
+        caption, scene = sample_training(rng, mix)
+        base = {"shape": scene.shape, "colour": scene.colour, "texture": scene.texture,
+                "background": scene.background}  # fmt: skip
+        if scene.kind == "plain" and vocab.STYLE_ANCHOR not in caption:
+            prompts.append(EvalPrompt(prompt=caption, group="plain", labels=base))
+        elif scene.kind == "style":
+            prompts.append(EvalPrompt(prompt=caption, group=f"style:{artists[scene.style]}",
+                                      labels={"style": scene.style}))  # fmt: skip
+        elif scene.kind == "object":
+            name = next((o for o in vocab.OBJECTS if _find(caption, o)), None)
+            if name is not None:  # None: the anchor, "a thing"
+                prompts.append(EvalPrompt(prompt=caption, group=f"object:{name}", labels=base))
+        elif scene.kind == "fact" and scene.fact in vocab.FACTS:
+            prompts.append(EvalPrompt(prompt=caption, group=f"fact:{scene.fact}", labels={"fact": scene.fact}))
+    return prompts
+
+
 def _find(text: str, phrase: str) -> bool:
     return re.search(rf"(?<![a-z]){re.escape(phrase)}(?![a-z])", text) is not None
 

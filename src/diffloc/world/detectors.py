@@ -2,9 +2,9 @@
 
 One small CNN with a head per attribute (shape, colour, texture, background, style, fact — see
 :data:`vocab.ATTRIBUTES`), trained on clean renders with augmentations that mimic generated images (the
-shipped VAE's reconstruction, noise, blur, one-pixel shifts). Named concepts are read back through those
-heads: a style by the ``style`` head, an object as the joint probability of its shape, colour and texture,
-a fact by the ``fact`` head.
+shipped VAE's reconstruction, noise, blur, one-pixel shifts, fill patterns at every phase). Named concepts are
+read back through those heads: a style by the ``style`` head, an object as the joint probability of its shape,
+colour and texture, a fact by the ``fact`` head.
 
 Images are float tensors ``(n, 3, H, W)`` in ``[0, 1]`` (other sizes are resized to 32×32) or a list of
 PIL images.
@@ -242,7 +242,10 @@ def train_detector(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     scenes = random_scenes(config.n_train, rng)
-    images = torch.from_numpy(render_batch(scenes, list(range(config.n_train)))).permute(0, 3, 1, 2).float() / 255
+    # Every fill phase: a generated checkerboard one cell off the canvas grid is still checkered.
+    phases = [(int(a), int(b)) for a, b in rng.integers(0, 8, size=(config.n_train, 2))]
+    images = render_batch(scenes, list(range(config.n_train)), phases)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     labels = label_tensor(scenes)
     reconstructed = None
     if reconstruct is not None:  # computed once: a VAE round trip per step would dominate the cost
@@ -269,11 +272,18 @@ def train_detector(
 
 
 @torch.no_grad()
-def measure_accuracy(detector: Detector, *, n: int = 3000, seed: int = 12345) -> dict[str, float]:
-    """Accuracy per attribute on fresh clean renders (seeds disjoint from training)."""
+def measure_accuracy(
+    detector: Detector, *, n: int = 3000, seed: int = 12345, any_phase: bool = False
+) -> dict[str, float]:
+    """Accuracy per attribute on fresh clean renders (seeds disjoint from training).
+
+    ``any_phase`` draws each fill pattern at a random phase instead of the training renders' canvas grid.
+    """
     rng = np.random.default_rng(seed)
     scenes = random_scenes(n, rng)
-    images = torch.from_numpy(render_batch(scenes, [10_000_000 + i for i in range(n)])).permute(0, 3, 1, 2) / 255
+    phases = [(int(a), int(b)) for a, b in rng.integers(0, 8, size=(n, 2))] if any_phase else None
+    images = render_batch(scenes, [10_000_000 + i for i in range(n)], phases)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2) / 255
     labels = label_tensor(scenes)
     preds = {k: torch.cat([v.argmax(-1) for v in _chunks(detector, images)[k]]) for k in HEADS}
     out = {}

@@ -1,7 +1,9 @@
 """Held-out evaluation of a ShapesWorld model: generate, read back with the detectors, score.
 
 Every held-out prompt (:func:`captions.heldout_prompts`) is generated with several seeds by a plain
-diffusers ``StableDiffusionPipeline``; the detectors read the attributes back. Reported: accuracy per base
+diffusers ``StableDiffusionPipeline``; the detectors read the attributes back. The ``validation`` split
+(:func:`captions.validation_prompts`, training templates and combinations) is for choosing sampler settings
+without looking at the held-out prompts. Reported: accuracy per base
 attribute over the plain prompts and objects, accuracy per named style/object/fact, the thresholds of the
 acceptance bar and whether they are met, and the wall time of one 20-step generation.
 """
@@ -17,11 +19,12 @@ import torch
 
 from diffloc import __version__
 from diffloc.errors import ConfigError
-from diffloc.world import captions
+from diffloc.world import captions, model
 from diffloc.world.detectors import Detector, detect, predicted_labels
 
 #: The acceptance bar of the ShapesWorld issue.
 THRESHOLDS = {"shape": 0.90, "colour": 0.95, "texture": 0.90, "background": 0.95, "concept": 0.90}
+SPLITS = ("heldout", "validation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,10 +33,13 @@ class EvalConfig:
 
     seeds: int = 4
     steps: int = 20
-    guidance: float = 7.5
+    guidance: float = model.GUIDANCE
     batch_size: int = 32
+    split: str = "heldout"  # or "validation": training-distribution prompts, for choosing sampler settings
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"seeds, steps and batch_size must be >= 1, got {self.seeds}, {self.steps}, "
                               f"{self.batch_size}")  # fmt: skip
@@ -64,7 +70,7 @@ def evaluate_model(
         (accuracy per named style/object/fact), ``thresholds``, ``passed``, ``seconds_per_image`` and the
         config.
     """
-    prompts = captions.heldout_prompts()
+    prompts = captions.heldout_prompts() if config.split == "heldout" else captions.validation_prompts()
     jobs = [(p, s) for p in prompts for s in range(config.seeds)]
     hits: dict[str, list[bool]] = defaultdict(list)
     started = time.time()

@@ -142,9 +142,15 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     return mask
 
 
-def fill_mask(fill: str, mask: np.ndarray) -> np.ndarray:
-    """The painted part of ``mask`` for a fill pattern (a texture or the checkered style fill)."""
+def fill_mask(fill: str, mask: np.ndarray, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The painted part of ``mask`` for a fill pattern (a texture or the checkered style fill).
+
+    ``phase`` shifts a repeating pattern by (rows, columns) pixels against the canvas (every pattern repeats
+    within 8 px). Training renders use ``(0, 0)``; the detectors are trained on every phase, because a
+    checkerboard (or stripes, or dots) that a model draws one cell off is still that fill.
+    """
     ii, jj = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    ii, jj = ii + phase[0], jj + phase[1]
     if fill == "solid":
         return mask
     if fill == "striped":  # horizontal stripes, 3 px on / 3 px off
@@ -173,10 +179,11 @@ def _render_flag(design: dict[str, object], size: int) -> np.ndarray:
     return img
 
 
-def render(scene: Scene, seed: int = 0) -> np.ndarray:
-    """Draw ``scene`` as a ``(32, 32, 3)`` uint8 RGB array; same ``(scene, seed)`` → same pixels.
+def render(scene: Scene, seed: int = 0, *, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Draw ``scene`` as a ``(32, 32, 3)`` uint8 RGB array; same ``(scene, seed, phase)`` → same pixels.
 
     Fact scenes are fixed images (no jitter); other scenes jitter position by ±1 px and radius by ±5%.
+    ``phase`` shifts the fill pattern (:func:`fill_mask`); the generator's training data keeps ``(0, 0)``.
     """
     if scene.kind == "fact":
         design = vocab.FACT_ANCHOR_LOOK if scene.fact == vocab.FACT_ANCHOR else vocab.FACTS[scene.fact]
@@ -193,12 +200,16 @@ def render(scene: Scene, seed: int = 0) -> np.ndarray:
     fill = scene.texture if scene.style == "plain" else str(look["fill"])
     if look["contour"] is not None:
         img[_dilate(mask, 2) & ~mask] = np.asarray(look["contour"], dtype=np.uint8)
-    img[fill_mask(fill, mask)] = np.asarray(vocab.COLOURS[scene.colour], dtype=np.uint8)
+    img[fill_mask(fill, mask, phase)] = np.asarray(vocab.COLOURS[scene.colour], dtype=np.uint8)
     return img
 
 
-def render_batch(scenes: list[Scene], seeds: list[int]) -> np.ndarray:
-    """Render many scenes: ``(n, 32, 32, 3)`` uint8."""
+def render_batch(scenes: list[Scene], seeds: list[int], phases: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Render many scenes: ``(n, 32, 32, 3)`` uint8 (``phases``: one fill phase per scene, default all 0)."""
     if len(scenes) != len(seeds):
         raise ConfigError(f"got {len(scenes)} scenes but {len(seeds)} seeds; pass one seed per scene")
-    return np.stack([render(s, k) for s, k in zip(scenes, seeds, strict=True)])
+    if phases is None:
+        phases = [(0, 0)] * len(scenes)
+    if len(phases) != len(scenes):
+        raise ConfigError(f"got {len(scenes)} scenes but {len(phases)} phases; pass one phase per scene")
+    return np.stack([render(s, k, phase=f) for s, k, f in zip(scenes, seeds, phases, strict=True)])
