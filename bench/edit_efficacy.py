@@ -40,10 +40,8 @@ from diffloc.editing import Edit, EditRequest, LocoEditConfig, QuickFixConfig, c
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.models.base import LoadedModel
 from diffloc.models.registry import load, shapesworld_dir
-from diffloc.world.model import GUIDANCE as SHAPESWORLD_GUIDANCE
+from diffloc.world.model import GUIDANCE
 
-#: Classifier-free guidance of every generation here: the model's own (``diffloc world eval``, the shipped suite).
-GUIDANCE = SHAPESWORLD_GUIDANCE
 #: (shape, colour) pairs used to fill the training templates of the edit prompts
 FILL_PAIRS = (("circle", "red"), ("square", "blue"), ("triangle", "green"), ("star", "yellow"))
 

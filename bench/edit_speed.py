@@ -126,12 +126,13 @@ def shapesworld_part(seeds: int, max_steps: int, style: str) -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import GUIDANCE, preserve_captions, rates, style_templates
+    from edit_efficacy import preserve_captions, rates, style_templates
     from esd_baseline import kv_snapshot, run_esd
 
     from diffloc.engine.generate import GenerationConfig
     from diffloc.world import captions, vocab
     from diffloc.world.detectors import shipped_detector
+    from diffloc.world.model import GUIDANCE
 
     try:
         shipped_detector()

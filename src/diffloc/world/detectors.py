@@ -189,6 +189,11 @@ def random_scenes(n: int, rng: np.random.Generator) -> list[Scene]:
     return scenes
 
 
+def random_phases(n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``n`` random fill phases (rows, columns), each in ``[0, 8)``: every pattern repeats within 8 px."""
+    return [(int(a), int(b)) for a, b in rng.integers(0, 8, size=(n, 2))]
+
+
 def label_tensor(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     """Class indices per attribute, ``-100`` (ignored by the loss) where an attribute does not apply."""
     out = {name: torch.full((len(scenes),), -100, dtype=torch.long) for name in HEADS}
@@ -243,8 +248,7 @@ def train_detector(
     rng = np.random.default_rng(config.seed)
     scenes = random_scenes(config.n_train, rng)
     # Every fill phase: a generated checkerboard one cell off the canvas grid is still checkered.
-    phases = [(int(a), int(b)) for a, b in rng.integers(0, 8, size=(config.n_train, 2))]
-    images = render_batch(scenes, list(range(config.n_train)), phases)
+    images = render_batch(scenes, list(range(config.n_train)), random_phases(config.n_train, rng))
     images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     labels = label_tensor(scenes)
     reconstructed = None
@@ -281,7 +285,7 @@ def measure_accuracy(
     """
     rng = np.random.default_rng(seed)
     scenes = random_scenes(n, rng)
-    phases = [(int(a), int(b)) for a, b in rng.integers(0, 8, size=(n, 2))] if any_phase else None
+    phases = random_phases(n, rng) if any_phase else None
     images = render_batch(scenes, [10_000_000 + i for i in range(n)], phases)
     images = torch.from_numpy(images).permute(0, 3, 1, 2) / 255
     labels = label_tensor(scenes)
