@@ -14,7 +14,14 @@ Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world
   and of every other named style (the bar is >= 0.9 each);
 * fact update (LocoEdit): the country ("marnovia") is mapped to another country ("trelania"); reported: how
   often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8), and the same on
-  the training phrasings the edit was computed on (efficacy); both × ``--fact-seeds``.
+  the training phrasings the edit was computed on (efficacy); both × ``--fact-seeds``. The bar is judged on the
+  localized edit (``fact_update``); the same solve on every cross-attention layer is reported beside it
+  (``fact_update_all_layers``, not localized).
+
+LocoEdit's sites: each concept's LocoGen window (the smallest whose prompt *swap* controls the concept), widened by
+``diffloc.editing.search.locoedit_search`` until the *edit* generalizes: computed without one edit template and
+checked on the concept in that template, it must move the concept 90% of the way (averaged over 8 such folds;
+seeds 100 and 101; no held-out prompt is used); ``--no-widen`` edits the LocoGen window as found.
 
 Edit prompts use ShapesWorld's *training* phrasings (the from-scratch text encoder knows no other words):
 the concept alone plus the training style/fact templates filled with a few shape/colour pairs.
@@ -100,6 +107,10 @@ def main() -> None:
         "--sites", default="locogen",
         help="LocoEdit sites (names/globs), or 'locogen' (default): each concept's best LocoGen window of 2",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-widen", action="store_true",
+        help="LocoEdit the LocoGen window as found, without widening it until the edit generalizes",
+    )  # fmt: skip
     parser.add_argument("--fact", default="marnovia", help="not zorbia: the model draws it for unknown countries")
     parser.add_argument("--new-fact", default="trelania")
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
@@ -170,6 +181,24 @@ def main() -> None:
         print(f"LocoGen window for {attribute!r}: {', '.join(found.best_sites)} (score {found.best_score:.2f})")
         return found.best_sites
 
+    def widened(request: EditRequest, loco_config: LocoEditConfig, attribute: str, mode: str) -> Edit:
+        """LocoEdit on the LocoGen window widened until the edit generalizes (``--no-widen``: as found)."""
+        if args.no_widen:
+            return compute_edit(model, request, method="locoedit", config=loco_config)
+        from diffloc.editing.search import WidenConfig, locoedit_search
+        from diffloc.eval.scorers import scorer_for
+
+        edit = locoedit_search(
+            model, request, loco_config, attribute=attribute, mode=mode, scorer=scorer_for("shapesworld", None),
+            search=WidenConfig(generation=config),
+        )  # fmt: skip
+        found = edit.stats["window_search"]
+        steps = ", ".join(f"{len(r['window'])} layers {r['score']:.2f}" for r in found["tried"])
+        print(
+            f"LocoEdit widening for {attribute!r} (template left out; unedited {found['unedited_score']:.2f}): {steps}"
+        )
+        return edit
+
     report["removal"] = {}
     print(
         f"{'method':<9} {'style':<12} {'before':>6} {'after':>6} {'drop pts':>8} {'plain kept':>10} "
@@ -186,13 +215,17 @@ def main() -> None:
             f"in the style of {style}", "remove",
         )  # fmt: skip
         for method, method_config in (("quickfix", quickfix), ("locoedit", loco(sites))):
-            edit: Edit = compute_edit(model, request, method=method, config=method_config)
+            if method == "locoedit":
+                edit = widened(request, method_config, f"in the style of {style}", "remove")
+            else:
+                edit = compute_edit(model, request, method=method, config=method_config)
             with edit.applied(model):
                 after = rates(model, scored, args.seeds, config)
             group = f"style:{style}"
             others = {g: after[g] / base[g] if base[g] else float("nan") for g in base if g not in (group, "plain")}
             row = {
                 "sites": list(edit.stats.get("sites", ["text.attn.0"])),
+                "window_search": edit.stats.get("window_search"),
                 "before": base[group],
                 "after": after[group],
                 "drop_points": 100 * (base[group] - after[group]),
@@ -230,29 +263,35 @@ def main() -> None:
         preserve=others, preserve_prompts=preserve_captions() if fact_preserve else (),
     )  # fmt: skip
     before = rates(model, fact_prompts, args.fact_seeds, config)
-    sites = sites_for(
-        f"the flag of {args.fact}", f"the flag of {args.new_fact}", f"the flag of {args.new_fact}", "update"
-    )
-    edit = compute_edit(model, request, method="locoedit", config=loco(sites))
-    with edit.applied(model):
-        after = rates(model, fact_prompts, args.fact_seeds, config)
-    kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g not in (key, trained)}
     # the ceiling: how often the unedited model draws the new fact for its own name in the same phrasing
     ceiling = before.get(f"fact:{args.new_fact}", float("nan"))
-    report["fact_update"] = {
-        "sites": list(edit.stats["sites"]), "preserve": fact_preserve,
-        "prompts": [p.prompt for p in fact_prompts if p.group == key], "before": before[key], "after": after[key],
-        "other_facts_before": {g: before[g] for g in kept}, "other_facts_kept": kept,
-        "new_fact_own_rate": ceiling, "edit_phrasings_before": before[trained], "edit_phrasings_after": after[trained],
-        "edit_seconds": edit.stats.get("seconds"), "passed": after[key] >= 0.8,
-    }  # fmt: skip
-    print(
-        f"fact update {key}: new fact shown {before[key]:.2f} -> {after[key]:.2f}  (bar >= 0.80) "
-        f"{'PASS' if after[key] >= 0.8 else 'FAIL'}; other facts kept (min) "
-        f"{min(kept.values(), default=float('nan')):.2f}; unedited {args.new_fact} on its own held-out prompts "
-        f"{ceiling:.2f}; on the {len(vocab.FACT_TEMPLATES_TRAIN)} edit phrasings {before[trained]:.2f} -> "
-        f"{after[trained]:.2f}"
+    localized = sites_for(
+        f"the flag of {args.fact}", f"the flag of {args.new_fact}", f"the flag of {args.new_fact}", "update"
     )
+    # the localized edit (what the bar is judged on), then, for comparison, the same solve on every layer
+    for label, edit in (
+        ("fact_update", widened(request, loco(localized), f"the flag of {args.new_fact}", "update")),
+        ("fact_update_all_layers", compute_edit(model, request, method="locoedit", config=loco("unet.xattn.*"))),
+    ):
+        with edit.applied(model):
+            after = rates(model, fact_prompts, args.fact_seeds, config)
+        kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g not in (key, trained)}
+        report[label] = {
+            "sites": list(edit.stats["sites"]), "window_search": edit.stats.get("window_search"),
+            "preserve": fact_preserve, "prompts": [p.prompt for p in fact_prompts if p.group == key],
+            "before": before[key], "after": after[key], "other_facts_before": {g: before[g] for g in kept},
+            "other_facts_kept": kept, "new_fact_own_rate": ceiling, "edit_phrasings_before": before[trained],
+            "edit_phrasings_after": after[trained], "edit_seconds": edit.stats.get("seconds"),
+            "passed": after[key] >= 0.8,
+        }  # fmt: skip
+        layers = len({s.rsplit(".", 1)[0] for s in edit.stats["sites"]})
+        print(
+            f"fact update {key} ({layers} layers): new fact shown {before[key]:.2f} -> {after[key]:.2f}  (bar >= 0.80) "
+            f"{'PASS' if after[key] >= 0.8 else 'FAIL'}; other facts kept (min) "
+            f"{min(kept.values(), default=float('nan')):.2f}; unedited {args.new_fact} on its own held-out prompts "
+            f"{ceiling:.2f}; on the {len(vocab.FACT_TEMPLATES_TRAIN)} edit phrasings {before[trained]:.2f} -> "
+            f"{after[trained]:.2f}"
+        )
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(args.out, report)
     print(f"wrote {args.out}")

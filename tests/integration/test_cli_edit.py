@@ -92,3 +92,44 @@ def test_locoedit_from_a_saved_locogen_window(tmp_path, capsys):
     assert Edit.load(out).config["sites"] == ["unet.xattn.8", "unet.xattn.9"]
     assert _edit(tmp_path, "locoedit", "--window", str(tmp_path / "missing"), "--out", str(out)) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+SHAPESWORLD_LOCO = [
+    "edit", "locoedit", "--model", "shapesworld", "--concept", "pica stro", "--target", "a plain style",
+    "--no-default-templates", "--template", "a red circle in the style of {}", "--template",
+    "a picture of a blue square in the style of {}", "--sites", "unet.xattn.12,unet.xattn.13",
+]  # fmt: skip
+
+
+def test_locoedit_widen_records_the_windows_it_tried(tmp_path, capsys):
+    out = tmp_path / "e"
+    args = [*SHAPESWORLD_LOCO, "--widen", "in the style of pica stro", "--widen-steps", "4", "--widen-guidance", "4"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    found = Edit.load(out).stats["window_search"]
+    assert found["start"] == ["unet.xattn.12", "unet.xattn.13"] and found["mode"] == "remove"
+    assert found["prompts"] == [
+        "a red circle in the style of pica stro",
+        "a picture of a blue square in the style of pica stro",
+    ]
+    tried = found["tried"]
+    assert [len(row["window"]) for row in tried] == [2, 4, 8, 16][: len(tried)]
+    assert all(not row["works"] for row in tried[:-1])
+    # the saved edit covers the last window tried, and the printed table shows every window
+    assert Edit.load(out).config["sites"] == tried[-1]["window"]
+    assert printed.count("layers): score") == len(tried)
+
+
+@pytest.mark.parametrize(
+    "model_args, widen, words",
+    [
+        (SHAPESWORLD_LOCO, "in the style of nobody", "nobody"),
+        (["edit", "locoedit", "--model", "tiny-sd1", "--concept", "cat", "--target", "dog", "--sites", "unet.xattn.8"],
+         "a cat", "no default scorer"),
+    ],
+)  # fmt: skip
+def test_locoedit_widen_bad_input_is_one_line(tmp_path, capsys, model_args, widen, words):
+    out = tmp_path / "e"
+    assert main([*model_args, "--widen", widen, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and not out.exists()

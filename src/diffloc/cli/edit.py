@@ -2,11 +2,13 @@
 
 Examples::
 
-    diffloc edit quickfix --model shapesworld --concept "vangoo" --target "a painting" --out edits/qf
-    diffloc edit locoedit --model shapesworld --concept "vangoo" --target "a painting" --sites unet.xattn.4 --out e
+    diffloc edit quickfix --model shapesworld --concept "van goo" --target "a plain style" --out edits/qf
+    diffloc edit locoedit --model shapesworld --concept "van goo" --target "a plain style" --sites unet.xattn.4 --out e
+    diffloc edit locoedit --concept "pica stro" --target "a plain style" --window runs/locogen \\
+        --widen "in the style of pica stro" --out edits/loco
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
     diffloc edit show edits/qf
-    diffloc generate --edit edits/qf --prompt "a red circle in the style of vangoo"
+    diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import sys
 from typing import Any
 
+from diffloc.cli.progress import progress_bar
+from diffloc.cli.sweep_args import add_scorer_arguments
 from diffloc.errors import ConfigError, DifflocError
 
 
@@ -85,6 +89,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--positions", choices=("subject", "subject+eos"), default="subject",
         help="map the last subject token only (reference) or also the EOS/padding positions after it",
     )  # fmt: skip
+    widen = loco.add_argument_group("widening (diffloc.editing.search): grow the window until the edit works")
+    widen.add_argument(
+        "--widen", metavar="ATTRIBUTE", default=None,
+        help="scorer text of what the edit must remove or bring (e.g. 'in the style of van goo'); tries windows of "
+        "2, 4, 8, 16 layers around --sites/--window and keeps the first whose edit moves it 90%% of the way",
+    )  # fmt: skip
+    widen.add_argument("--widen-mode", choices=("remove", "update"), default="remove", help="default remove")
+    widen.add_argument("--widen-steps", type=int, default=20, help="denoising steps of the check (default 20)")
+    widen.add_argument("--widen-guidance", type=float, default=7.5, help="CFG scale of the check (default 7.5)")
+    add_scorer_arguments(widen)
     loco.set_defaults(func=run_compute, method="locoedit")
 
     neurons = sub.add_parser("neurons", help="ablate the K/V channels that best separate concept from target")
@@ -146,10 +160,33 @@ def run_compute(args: argparse.Namespace) -> int:
     )
     config = _config(args)  # validate before loading the model
     model = load(args.model)
-    edit = compute_edit(model, request, method=args.method, config=config)
+    if getattr(args, "widen", None):
+        edit = _widened(args, model, request, config)
+    else:
+        edit = compute_edit(model, request, method=args.method, config=config)
     out = edit.save(args.out)
     print(f"{out}: {edit.method} edit of {len(edit.parameters)} tensor(s), {edit.num_values:,} values")
     return 0
+
+
+def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) -> Any:
+    """``--widen``: the LocoEdit edit on the smallest window around the given one that works."""
+    from diffloc.editing.search import WidenConfig, locoedit_search
+    from diffloc.engine.generate import GenerationConfig
+    from diffloc.eval.scorers import scorer_for
+
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=args.widen_guidance))
+    with progress_bar("windows") as bar:
+        edit = locoedit_search(
+            model, request, config, attribute=args.widen, mode=args.widen_mode, scorer=scorer, search=search,
+            progress=bar,
+        )  # fmt: skip
+    found = edit.stats["window_search"]
+    for row in found["tried"]:
+        print(f"{row['window'][0]}..{row['window'][-1]} ({len(row['window'])} layers): score {row['score']:.3f} "
+              f"(unedited {found['unedited_score']:.3f}){'  <- works' if row['works'] else ''}")  # fmt: skip
+    return edit
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -139,13 +139,18 @@ def locogen(
     return result
 
 
+def moved_enough(mode: str, original: float, score: float, min_effect: float = 0.8) -> bool:
+    """Whether a probability-like score moved at least ``min_effect`` of the way to its extreme:
+    ``score <= (1 - min_effect) * original`` (``mode="remove"``) or ``score >= original + min_effect * (1 -
+    original)`` (``"update"``)."""
+    if mode == "remove":
+        return score <= (1 - min_effect) * original
+    return score >= original + min_effect * (1 - original)
+
+
 def controls(result: WindowResult, min_effect: float = 0.8) -> bool:
-    """Whether the best window moves a probability-like score at least ``min_effect`` of the way to its
-    extreme: ``best <= (1 - min_effect) * original`` (remove) or ``best >= original + min_effect * (1 -
-    original)`` (update)."""
-    if result.mode == "remove":
-        return result.best_score <= (1 - min_effect) * result.original_score
-    return result.best_score >= result.original_score + min_effect * (1 - result.original_score)
+    """Whether the best window of a LocoGen result moves its score enough (:func:`moved_enough`)."""
+    return moved_enough(result.mode, result.original_score, result.best_score, min_effect)
 
 
 def locogen_search(
