@@ -28,8 +28,7 @@ from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
-from diffloc.sites import SiteKind
-from diffloc.tracing.locogen import moved_enough
+from diffloc.tracing.locogen import check_window_search, moved_enough, xattn_layers
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +58,11 @@ class WidenConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(self.sizes))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if not self.sizes or any(not isinstance(m, int) or m < 1 for m in self.sizes):
-            raise ConfigError(f"window sizes must be a non-empty list of integers >= 1, got {list(self.sizes)!r}")
-        if not 0 < self.min_effect <= 1:
-            raise ConfigError(f"min_effect must be in (0, 1], got {self.min_effect!r}")
+        check_window_search(self.sizes, self.min_effect)
         if not self.seeds:
             raise ConfigError("seeds must not be empty, e.g. seeds=(100, 101)")
         if self.max_folds < 1:
             raise ConfigError(f"max_folds must be >= 1, got {self.max_folds}")
-
-
-def xattn_layers(model: LoadedModel) -> list[str]:
-    """Names of the model's cross-attention sites in execution order (``unet.xattn.0`` …)."""
-    return [s.name for s in model.sites if s.kind is SiteKind.XATTN]
 
 
 def widen_window(window: Sequence[str], size: int, layers: Sequence[str]) -> tuple[str, ...]:

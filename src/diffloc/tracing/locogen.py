@@ -38,13 +38,30 @@ logger = logging.getLogger(__name__)
 REFERENCE_WINDOW = 3
 
 
+def xattn_layers(model: LoadedModel) -> list[str]:
+    """Names of the model's cross-attention sites in execution order (``unet.xattn.0`` …)."""
+    return [s.name for s in model.sites.select("unet.xattn.*")]
+
+
+def check_window_search(sizes: Sequence[int], min_effect: float) -> None:
+    """Validate the settings of a window search (LocoGen's, or LocoEdit's in ``diffloc.editing.search``).
+
+    Raises:
+        ConfigError: empty ``sizes``, a size that is not an integer >= 1, or ``min_effect`` outside (0, 1].
+    """
+    if not sizes or any(not isinstance(m, int) or m < 1 for m in sizes):
+        raise ConfigError(f"window sizes must be a non-empty list of integers >= 1, got {list(sizes)!r}")
+    if not 0 < min_effect <= 1:
+        raise ConfigError(f"min_effect must be in (0, 1], got {min_effect!r}")
+
+
 def windows_for(model: LoadedModel, config: LocoGenConfig) -> list[list[str]]:
     """The windows of cross-attention site names a sweep visits, in order of window start.
 
     Raises:
         ConfigError: the window is longer than the model's number of cross-attention layers.
     """
-    layers = [s.name for s in model.sites.select("unet.xattn.*")]
+    layers = xattn_layers(model)
     n = len(layers)
     if config.preset == "reference":
         return [layers[j : j + REFERENCE_WINDOW] if j + REFERENCE_WINDOW - 1 < n else [layers[j]] for j in range(n)]
@@ -179,11 +196,8 @@ def locogen_search(
         ConfigError: empty ``sizes``, a size < 1, or ``min_effect`` outside (0, 1].
     """
     config = config or LocoGenConfig()
-    if not sizes or any(not isinstance(m, int) or m < 1 for m in sizes):
-        raise ConfigError(f"window sizes must be a non-empty list of integers >= 1, got {list(sizes)!r}")
-    if not 0 < min_effect <= 1:
-        raise ConfigError(f"min_effect must be in (0, 1], got {min_effect!r}")
-    layers = len(model.sites.select("unet.xattn.*"))
+    check_window_search(sizes, min_effect)
+    layers = len(xattn_layers(model))
     tried: list[dict[str, Any]] = []
     result: WindowResult | None = None
     for size in dict.fromkeys(min(m, layers) for m in sizes):
