@@ -220,3 +220,19 @@ def test_find_subject_prefers_whole_words(tiny_sd1):
     prompt = "a catalog with a cat"
     start, end = tiny_sd1.adapter.find_subject(tiny_sd1.pipe, prompt, "cat")
     assert tok.decode(tok(prompt).input_ids[start:end]).strip() == "cat" and end == len(tok(prompt).input_ids) - 1
+
+
+def test_find_subjects_batch_equals_one_at_a_time(tiny_sd1):
+    adapter, pipe = tiny_sd1.adapter, tiny_sd1.pipe
+    prompts = [PROMPT, "a catalog with a cat", "a catalog, cat", "cat2 and a cat", PROMPT, "a dogcat with a cat"]
+    subjects = ["van gogh", "cat", "cat", "cat", "Van Gogh", "dogcat"]
+    batch = adapter.find_subjects(pipe, prompts, subjects)
+    assert batch == [adapter.find_subject(pipe, p, s) for p, s in zip(prompts, subjects, strict=True)]
+    tok = pipe.tokenizer
+    for prompt, subject, (start, end) in zip(prompts, subjects, batch, strict=True):
+        assert tok.decode(tok(prompt).input_ids[start:end]).strip() == subject.lower()
+    with pytest.raises(PromptError, match="2 prompts but 1 subjects"):
+        adapter.find_subjects(pipe, [PROMPT, PROMPT], ["van gogh"])
+    with pytest.raises(PromptError, match="subject 'monet' does not occur in prompt"):
+        adapter.find_subjects(pipe, [PROMPT, PROMPT], ["van gogh", "monet"])
+    assert adapter.find_subjects(pipe, [], []) == []

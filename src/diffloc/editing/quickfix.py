@@ -136,10 +136,16 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
     start = time.perf_counter()
     pipe, adapter = model.pipe, model.adapter
     pairs: list[PromptPair] = request.pairs(QUICKFIX_TEMPLATES)
-    key_pos = subject_positions(model, [p.key_prompt for p in pairs], [p.key_subject for p in pairs])
-    value_pos = subject_positions(model, [p.value_prompt for p in pairs], [p.value_subject for p in pairs])
+    # One batched subject lookup and one encoder pass (edit prompts, then preserved prompts) per encoder.
+    positions = subject_positions(
+        model,
+        [p.key_prompt for p in pairs] + [p.value_prompt for p in pairs],
+        [p.key_subject for p in pairs] + [p.value_subject for p in pairs],
+    )
+    key_pos, value_pos = positions[: len(pairs)], positions[len(pairs) :]
     prompts = list(dict.fromkeys([p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]))
     row = {p: i for i, p in enumerate(prompts)}
+    kept_prompts = list(request.preserve_prompts)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     stats: dict[str, Any] = {"prompt_pairs": len(pairs), "key_value_pairs": {}, "solve_seconds": 0.0}
@@ -149,28 +155,35 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
             raise ConfigError(f"{spec.component} has no layer {config.layer} (no site {site_name!r})")
         site = model.site(site_name)
         attr, linear = output_linear(model.module(site))
-        hidden = attention_inputs(model, spec, linear, prompts).double()  # (rows, tokens, inner)
+        hidden = attention_inputs(model, spec, linear, prompts + kept_prompts).double()  # (rows, tokens, inner)
         length = hidden.shape[1]
         w0 = linear.weight.detach()
         w64 = w0.double()
         bias = linear.bias.detach().double() if (config.faithful and linear.bias is not None) else None
-        edit_k: list[torch.Tensor] = []
-        edit_v: list[torch.Tensor] = []
-        keep_k: list[torch.Tensor] = []
-        keep_v: list[torch.Tensor] = []
+        # Flat (row, position) indices of every key and value, split into edit and preservation pairs.
+        index: dict[bool, tuple[list[int], list[int], list[int], list[int]]] = {
+            False: ([], [], [], []), True: ([], [], [], [])
+        }  # fmt: skip
         for pair, kp, vp in zip(pairs, key_pos, value_pos, strict=True):
             k_idx, v_idx = aligned_positions(kp, vp, length, config.use_eos)
-            keys = hidden[row[pair.key_prompt], k_idx]  # (n, inner)
-            values = hidden[row[pair.value_prompt], v_idx] @ w64.T  # (n, d)
-            if bias is not None:
-                values = values + bias
-            (keep_k if pair.preserve else edit_k).append(keys)
-            (keep_v if pair.preserve else edit_v).append(values)
-        if request.preserve_prompts:
-            kept = attention_inputs(model, spec, linear, request.preserve_prompts).double()[:, 1:]
-            kept = kept.reshape(-1, kept.shape[-1])  # every position after BOS
+            k_rows, k_cols, v_rows, v_cols = index[pair.preserve]
+            k_rows += [row[pair.key_prompt]] * len(k_idx)
+            k_cols += k_idx
+            v_rows += [row[pair.value_prompt]] * len(v_idx)
+            v_cols += v_idx
+        gathered = {}
+        for preserve, (k_rows, k_cols, v_rows, v_cols) in index.items():
+            keys = hidden[torch.tensor(k_rows, dtype=torch.long), torch.tensor(k_cols, dtype=torch.long)]
+            values = hidden[torch.tensor(v_rows, dtype=torch.long), torch.tensor(v_cols, dtype=torch.long)] @ w64.T
+            gathered[preserve] = [keys], [values + bias if bias is not None else values]
+        edit_k, edit_v = gathered[False]
+        keep_k, keep_v = gathered[True]
+        if kept_prompts:
+            kept = hidden[len(prompts) :, 1:].reshape(-1, hidden.shape[-1])  # every position after BOS
             keep_k.append(kept)
             keep_v.append(kept @ w64.T + (bias if bias is not None else 0))
+        keep_k = [k for k in keep_k if k.shape[0]]
+        keep_v = [v for v in keep_v if v.shape[0]]
         solve_start = time.perf_counter()
         new = ridge_solve(
             w0,

@@ -40,27 +40,31 @@ def subject_positions(model: LoadedModel, prompts: Sequence[str], subjects: Sequ
     """
     pipe, adapter = model.pipe, model.adapter
     specs = adapter.text_encoders(pipe)
-    out = []
-    for prompt, subject in zip(prompts, subjects, strict=True):
-        try:
-            _, end = adapter.find_subject(pipe, prompt, subject)
-        except PromptError as exc:
-            raise PromptError(f"{exc} (edit prompt built from a template; the concept must appear in it)") from None
-        first = getattr(pipe, specs[0].tokenizer)(prompt).input_ids if len(specs) > 1 else None
+    try:
+        spans = adapter.find_subjects(pipe, list(prompts), list(subjects))
+    except PromptError as exc:
+        raise PromptError(f"{exc} (edit prompt built from a template; the concept must appear in it)") from None
+    if len(specs) > 1 and prompts:
+        first = getattr(pipe, specs[0].tokenizer)(list(prompts)).input_ids
         for spec in specs[1:]:
-            other = getattr(pipe, spec.tokenizer)(prompt).input_ids
-            if other != first:
-                raise EditError(
-                    f"{specs[0].tokenizer} and {spec.tokenizer} tokenize {prompt!r} differently; "
-                    "token positions cannot be shared between the encoders"
-                )
-        out.append(end - 1)
-    return out
+            other = getattr(pipe, spec.tokenizer)(list(prompts)).input_ids
+            for prompt, a, b in zip(prompts, first, other, strict=True):
+                if a != b:
+                    raise EditError(
+                        f"{specs[0].tokenizer} and {spec.tokenizer} tokenize {prompt!r} differently; "
+                        "token positions cannot be shared between the encoders"
+                    )
+    return [end - 1 for _, end in spans]
 
 
-def _token_count(model: LoadedModel, prompt: str) -> int:
+def _token_counts(model: LoadedModel, prompts: Sequence[str]) -> list[int]:
+    """Token count of each prompt (special tokens included), the longest over the pipeline's tokenizers."""
     pipe = model.pipe
-    return max(len(getattr(pipe, spec.tokenizer)(prompt).input_ids) for spec in model.adapter.text_encoders(pipe))
+    counts = [0] * len(prompts)
+    for spec in model.adapter.text_encoders(pipe):
+        for i, ids in enumerate(getattr(pipe, spec.tokenizer)(list(prompts)).input_ids):
+            counts[i] = max(counts[i], len(ids))
+    return counts
 
 
 def all_causal(model: LoadedModel) -> bool:
@@ -77,7 +81,7 @@ def encode_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
     pipe, adapter = model.pipe, model.adapter
     with torch.no_grad():
         if all_causal(model):
-            length = max(_token_count(model, p) for p in prompts)
+            length = max(_token_counts(model, prompts))
             # A shallow copy of the (stateless) adapter whose pad length is the longest prompt: the adapter's
             # own encode logic (which layer, SD-XL's concatenation) runs unchanged on shorter sequences.
             short = copy.copy(adapter)
@@ -161,8 +165,8 @@ def context_at_subjects(model: LoadedModel, prompts: Sequence[str], subjects: Se
     distinct = list(dict.fromkeys(prompts))
     if all_causal(model):
         groups: dict[int, list[str]] = {}
-        for prompt in distinct:
-            groups.setdefault(_token_count(model, prompt), []).append(prompt)
+        for prompt, count in zip(distinct, _token_counts(model, distinct), strict=True):
+            groups.setdefault(count, []).append(prompt)
         batches = list(groups.values())
     else:
         batches = [distinct]

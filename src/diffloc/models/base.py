@@ -99,14 +99,14 @@ class ModelAdapter(ABC):
         """
         tokenizer = getattr(pipe, spec.tokenizer)
         limit = self.max_tokens(pipe, spec)
-        for prompt, ids in zip(prompts, tokenizer(list(prompts)).input_ids if prompts else [], strict=True):
-            n = len(ids)
-            if n > limit:
+        # One call: padded to the limit, not truncated, so an over-long prompt shows as a longer row.
+        rows = tokenizer(list(prompts), padding="max_length", max_length=limit).input_ids if prompts else []
+        for prompt, ids in zip(prompts, rows, strict=True):
+            if len(ids) > limit:
                 raise PromptError(
-                    f"prompt {_short(prompt)!r} is {n} tokens long; {spec.component} accepts at most {limit}"
+                    f"prompt {_short(prompt)!r} is {len(ids)} tokens long; {spec.component} accepts at most {limit}"
                 )
-        out = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-        return out.input_ids
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), limit)
 
     def find_subject(self, pipe: Any, prompt: str, subject: str) -> tuple[int, int]:
         """Token range ``(start, end)`` (half-open) of ``subject`` in the tokenized ``prompt``.
@@ -118,26 +118,59 @@ class ModelAdapter(ABC):
         Raises:
             PromptError: the subject is empty or does not occur in the prompt.
         """
-        spec = self.text_encoders(pipe)[0]
-        tokenizer = getattr(pipe, spec.tokenizer)
-        needle = subject.strip().lower()
-        if not needle:
-            raise PromptError("subject is empty; give the words of the prompt to corrupt, e.g. 'van gogh'")
-        lowered = prompt.lower()
-        # Every occurrence, whole words first ("cat" in "a catalog with a cat" is the last one).
-        starts = [m.start() for m in re.finditer(re.escape(needle), lowered)]
-        if not starts:
-            raise PromptError(f"subject {subject!r} does not occur in prompt {_short(prompt)!r}")
-        whole = [i for i in starts if _word_bounded(lowered, i, len(needle))]
+        return self.find_subjects(pipe, [prompt], [subject])[0]
+
+    def find_subjects(self, pipe: Any, prompts: Sequence[str], subjects: Sequence[str]) -> list[tuple[int, int]]:
+        """:meth:`find_subject` for many prompts, with batched tokenizer calls (editing looks up hundreds).
+
+        The first candidate occurrence of every subject (whole words first) is checked for all prompts in
+        two batched tokenizer calls over distinct strings; only prompts where it does not align with token
+        boundaries are retried, with their next occurrence.
+
+        Raises:
+            PromptError: a subject is empty or does not occur in (or align with the tokens of) its prompt.
+        """
+        if len(prompts) != len(subjects):
+            raise PromptError(f"{len(prompts)} prompts but {len(subjects)} subjects; give one subject per prompt")
+        if not prompts:
+            return []
+        tokenizer = getattr(pipe, self.text_encoders(pipe)[0].tokenizer)
         lead = _leading_special(tokenizer)
-        ids = tokenizer(prompt).input_ids
-        for start_char in whole + [i for i in starts if i not in whole]:
-            before = tokenizer(prompt[:start_char], add_special_tokens=False).input_ids
-            through = tokenizer(prompt[: start_char + len(needle)], add_special_tokens=False).input_ids
-            start, end = lead + len(before), lead + len(through)
-            if end > start and ids[start:end] == through[len(before) :]:
-                return start, end
-        raise PromptError(f"subject {subject!r} does not align with token boundaries in prompt {_short(prompt)!r}")
+        candidates = [_subject_starts(prompt, subject) for prompt, subject in zip(prompts, subjects, strict=True)]
+        lengths = [len(subject.strip()) for subject in subjects]
+        distinct = list(dict.fromkeys(prompts))
+        by_prompt = dict(zip(distinct, tokenizer(distinct).input_ids, strict=True))
+        ids = [by_prompt[p] for p in prompts]
+
+        def spans(indices: list[int], starts: list[int]) -> list[tuple[int, int] | None]:
+            befores = [prompts[i][:c] for i, c in zip(indices, starts, strict=True)]
+            throughs = [prompts[i][: c + lengths[i]] for i, c in zip(indices, starts, strict=True)]
+            # Template prefixes repeat across prompts: tokenize each distinct string once, in one call.
+            texts = list(dict.fromkeys(befores + throughs))
+            tokens = dict(zip(texts, tokenizer(texts, add_special_tokens=False).input_ids, strict=True))
+            out: list[tuple[int, int] | None] = []
+            for i, before_text, through_text in zip(indices, befores, throughs, strict=True):
+                before, through = tokens[before_text], tokens[through_text]
+                start, end = lead + len(before), lead + len(through)
+                ok = end > start and ids[i][start:end] == through[len(before) :]
+                out.append((start, end) if ok else None)
+            return out
+
+        found: list[tuple[int, int] | None] = [None] * len(prompts)
+        pending = list(range(len(prompts)))
+        depth = 0
+        while pending:
+            tries = [i for i in pending if depth < len(candidates[i])]
+            for i in pending:
+                if depth >= len(candidates[i]):
+                    raise PromptError(
+                        f"subject {subjects[i]!r} does not align with token boundaries in prompt {_short(prompts[i])!r}"
+                    )
+            for i, span in zip(tries, spans(tries, [candidates[i][depth] for i in tries]), strict=True):
+                found[i] = span
+            pending = [i for i in tries if found[i] is None]
+            depth += 1
+        return [span for span in found if span is not None]
 
     @abstractmethod
     def encode(self, pipe: Any, prompts: Sequence[str]) -> Conditioning:
@@ -242,6 +275,24 @@ def raise_not_xattn(site: Site) -> None:
     raise UnknownSiteError(
         f"site {site.name!r} is a {site.kind} site; a cross-attention site 'unet.xattn.N' is required"
     )
+
+
+def _subject_starts(prompt: str, subject: str) -> list[int]:
+    """Character offsets where ``subject`` occurs in ``prompt`` (case-insensitive), whole words first.
+
+    Raises:
+        PromptError: the subject is empty or does not occur.
+    """
+    needle = subject.strip().lower()
+    if not needle:
+        raise PromptError("subject is empty; give the words of the prompt to corrupt, e.g. 'van gogh'")
+    lowered = prompt.lower()
+    # Every occurrence, whole words first ("cat" in "a catalog with a cat" is the last one).
+    starts = [m.start() for m in re.finditer(re.escape(needle), lowered)]
+    if not starts:
+        raise PromptError(f"subject {subject!r} does not occur in prompt {_short(prompt)!r}")
+    whole = [i for i in starts if _word_bounded(lowered, i, len(needle))]
+    return whole + [i for i in starts if i not in whole]
 
 
 def _word_bounded(text: str, start: int, length: int) -> bool:
