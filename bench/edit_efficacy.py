@@ -13,10 +13,13 @@ Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world
   is >= 80), and the ratio after/before of the detection rate of plain prompts (all four attributes right)
   and of every other named style (the bar is >= 0.9 each);
 * fact update (LocoEdit): the country ("marnovia") is mapped to another country ("trelania"); reported: how
-  often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8), and the same on
-  the training phrasings the edit was computed on (efficacy); both × ``--fact-seeds``. The bar is judged on the
-  localized edit (``fact_update``); the same solve on every cross-attention layer is reported beside it
-  (``fact_update_all_layers``, not localized).
+  often the held-out prompts of the old fact now show the new fact's flag (the bar is >= 0.8; the other facts
+  must keep >= 0.9 of their rates), and the same on the training phrasings the edit was computed on (efficacy);
+  both × ``--fact-seeds``. The window *size* is chosen on a development pair (``--dev-fact quelland
+  --dev-new-fact marnovia``): around the development pair's own LocoGen window, the smallest size in (2, 4,
+  8, 16) whose edit passes on the development fact's held-out prompt. The test pair's LocoGen window is
+  widened to that size (``fact_update``, judged). Beside it, not judged: the leave-one-template-out widening
+  below (``fact_update_template_check``) and every cross-attention layer (``fact_update_all_layers``).
 
 LocoEdit's sites: each concept's LocoGen window (the smallest whose prompt *swap* controls the concept), widened by
 ``diffloc.editing.search.locoedit_search`` until the *edit* generalizes: computed without one edit template and
@@ -113,6 +116,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--fact", default="marnovia", help="not zorbia: the model draws it for unknown countries")
     parser.add_argument("--new-fact", default="trelania")
+    parser.add_argument("--dev-fact", default="quelland", help="development pair that chooses the window size")
+    parser.add_argument("--dev-new-fact", default="marnovia")
     parser.add_argument("--no-eos", action="store_true", help="Diff-QuickFix: map only the last subject token")
     parser.add_argument("--lam", type=float, default=0.01, help="ridge strength of every solve")
     parser.add_argument(
@@ -243,55 +248,93 @@ def main() -> None:
                 f"{row['plain_kept']:10.2f} {min(others.values(), default=float('nan')):17.2f}"
                 f"  {'PASS' if row['passed'] else 'FAIL'}"
             )
-    # fact update: the old fact's held-out prompts should now show the new fact; the other facts should not move
-    key = f"update:{args.fact}->{args.new_fact}"
-    fact_prompts = [
-        captions.EvalPrompt(prompt=p.prompt, group=key, labels={"fact": args.new_fact})
-        for p in heldout
-        if p.group == f"fact:{args.fact}"
-    ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{args.fact}"]
-    # efficacy: the training phrasings the edit was computed on (the bar is judged on the held-out one above)
-    trained = f"{key}:edit-phrasings"
-    fact_prompts += [
-        captions.EvalPrompt(prompt=t.format(country=args.fact), group=trained, labels={"fact": args.new_fact})
-        for t in vocab.FACT_TEMPLATES_TRAIN
-    ]
+    # Fact update. The LocoGen window where a prompt swap moves a fact is narrow, and the leave-one-template-out
+    # check cannot see past the fact's three training phrasings, so the window *size* of the fact update is
+    # chosen on a development pair (its held-out prompt; never the test fact's) and then used on the test pair.
     fact_preserve = args.preserve if args.fact_preserve == "same" else args.fact_preserve == "on"
-    others = tuple(f for f in vocab.FACTS if f != args.fact) if fact_preserve else ()
-    request = EditRequest(
-        concepts=(args.fact,), targets=(args.new_fact,), templates=fact_templates(), default_templates=False,
-        preserve=others, preserve_prompts=preserve_captions() if fact_preserve else (),
-    )  # fmt: skip
-    before = rates(model, fact_prompts, args.fact_seeds, config)
-    # the ceiling: how often the unedited model draws the new fact for its own name in the same phrasing
-    ceiling = before.get(f"fact:{args.new_fact}", float("nan"))
-    localized = sites_for(
-        f"the flag of {args.fact}", f"the flag of {args.new_fact}", f"the flag of {args.new_fact}", "update"
-    )
-    # the localized edit (what the bar is judged on), then, for comparison, the same solve on every layer
-    for label, edit in (
-        ("fact_update", widened(request, loco(localized), f"the flag of {args.new_fact}", "update")),
-        ("fact_update_all_layers", compute_edit(model, request, method="locoedit", config=loco("unet.xattn.*"))),
-    ):
+
+    def fact_case(old: str, new: str) -> tuple[str, str, list, EditRequest]:
+        """(group of the update, group of the edit phrasings, prompts to score, edit request) of old -> new."""
+        key = f"update:{old}->{new}"
+        prompts = [
+            captions.EvalPrompt(prompt=p.prompt, group=key, labels={"fact": new})
+            for p in heldout
+            if p.group == f"fact:{old}"
+        ] + [p for p in heldout if p.group.startswith("fact:") and p.group != f"fact:{old}"]
+        # efficacy: the training phrasings the edit was computed on (the bar is judged on the held-out one)
+        trained = f"{key}:edit-phrasings"
+        prompts += [
+            captions.EvalPrompt(prompt=t.format(country=old), group=trained, labels={"fact": new})
+            for t in vocab.FACT_TEMPLATES_TRAIN
+        ]
+        request = EditRequest(
+            concepts=(old,), targets=(new,), templates=fact_templates(), default_templates=False,
+            preserve=tuple(f for f in vocab.FACTS if f != old) if fact_preserve else (),
+            preserve_prompts=preserve_captions() if fact_preserve else (),
+        )  # fmt: skip
+        return key, trained, prompts, request
+
+    def fact_row(edit: Edit, old: str, new: str, before: dict[str, float]) -> dict:
+        key, trained, prompts, _ = fact_case(old, new)
         with edit.applied(model):
-            after = rates(model, fact_prompts, args.fact_seeds, config)
+            after = rates(model, prompts, args.fact_seeds, config)
         kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g not in (key, trained)}
-        report[label] = {
-            "sites": list(edit.stats["sites"]), "window_search": edit.stats.get("window_search"),
-            "preserve": fact_preserve, "prompts": [p.prompt for p in fact_prompts if p.group == key],
-            "before": before[key], "after": after[key], "other_facts_before": {g: before[g] for g in kept},
-            "other_facts_kept": kept, "new_fact_own_rate": ceiling, "edit_phrasings_before": before[trained],
-            "edit_phrasings_after": after[trained], "edit_seconds": edit.stats.get("seconds"),
-            "passed": after[key] >= 0.8,
-        }  # fmt: skip
         layers = len({s.rsplit(".", 1)[0] for s in edit.stats["sites"]})
+        row = {
+            "sites": list(edit.stats["sites"]), "layers": layers, "window_search": edit.stats.get("window_search"),
+            "preserve": fact_preserve, "prompts": [p.prompt for p in prompts if p.group == key],
+            "before": before[key], "after": after[key], "other_facts_before": {g: before[g] for g in kept},
+            "other_facts_kept": kept, "new_fact_own_rate": before.get(f"fact:{new}", float("nan")),
+            "edit_phrasings_before": before[trained], "edit_phrasings_after": after[trained],
+            "edit_seconds": edit.stats.get("seconds"),
+            "passed": after[key] >= 0.8 and min(kept.values(), default=1.0) >= 0.9,
+        }  # fmt: skip
         print(
-            f"fact update {key} ({layers} layers): new fact shown {before[key]:.2f} -> {after[key]:.2f}  (bar >= 0.80) "
-            f"{'PASS' if after[key] >= 0.8 else 'FAIL'}; other facts kept (min) "
-            f"{min(kept.values(), default=float('nan')):.2f}; unedited {args.new_fact} on its own held-out prompts "
-            f"{ceiling:.2f}; on the {len(vocab.FACT_TEMPLATES_TRAIN)} edit phrasings {before[trained]:.2f} -> "
-            f"{after[trained]:.2f}"
+            f"fact update {key} ({layers} layers): new fact shown {before[key]:.2f} -> {after[key]:.2f} (bar >= 0.80); "
+            f"other facts kept (min) {min(kept.values(), default=float('nan')):.2f}; unedited {new} on its own "
+            f"held-out prompts {row['new_fact_own_rate']:.2f}; on the {len(vocab.FACT_TEMPLATES_TRAIN)} edit "
+            f"phrasings {before[trained]:.2f} -> {after[trained]:.2f}  {'PASS' if row['passed'] else 'FAIL'}"
         )
+        return row
+
+    from diffloc.editing.search import WidenConfig, widen_window
+    from diffloc.tracing.locogen import xattn_layers
+
+    layers_all = xattn_layers(model)
+
+    def fact_window(old: str, new: str) -> tuple[str, ...]:
+        return tuple(sites_for(f"the flag of {old}", f"the flag of {new}", f"the flag of {new}", "update"))
+
+    # 1. development pair: the smallest size (around its own LocoGen window) whose edit passes on its held-out prompt
+    dev_key, _, dev_prompts, dev_request = fact_case(args.dev_fact, args.dev_new_fact)
+    dev_before = rates(model, dev_prompts, args.fact_seeds, config)
+    dev_window = fact_window(args.dev_fact, args.dev_new_fact)
+    sizes = [n for n in WidenConfig().sizes if len(dev_window) <= n <= len(layers_all)] or [len(layers_all)]
+    report["fact_dev"] = {"pair": dev_key, "locogen_window": list(dev_window), "sizes": {}}
+    chosen = sizes[-1]
+    for size in sizes:
+        sites = widen_window(dev_window, size, layers_all)
+        row = fact_row(compute_edit(model, dev_request, method="locoedit", config=loco(sites)),
+                       args.dev_fact, args.dev_new_fact, dev_before)  # fmt: skip
+        report["fact_dev"]["sizes"][str(size)] = row
+        if row["passed"]:
+            chosen = size
+            break
+    report["fact_dev"]["chosen_size"] = chosen
+    print(f"fact update window size chosen on the development pair {dev_key}: {chosen} layers")
+    # 2. test pair (the bar): its own LocoGen window widened to the chosen size
+    key, _, fact_prompts, request = fact_case(args.fact, args.new_fact)
+    before = rates(model, fact_prompts, args.fact_seeds, config)
+    window = fact_window(args.fact, args.new_fact)
+    judged = compute_edit(model, request, method="locoedit", config=loco(widen_window(window, chosen, layers_all)))
+    report["fact_update"] = {"locogen_window": list(window), **fact_row(judged, args.fact, args.new_fact, before)}
+    # for comparison (not judged): the leave-one-template-out widening, and every layer
+    report["fact_update_template_check"] = fact_row(
+        widened(request, loco(window), f"the flag of {args.new_fact}", "update"), args.fact, args.new_fact, before
+    )
+    report["fact_update_all_layers"] = fact_row(
+        compute_edit(model, request, method="locoedit", config=loco("unet.xattn.*")), args.fact, args.new_fact, before
+    )
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(args.out, report)
     print(f"wrote {args.out}")

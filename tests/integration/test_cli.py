@@ -55,7 +55,22 @@ def test_generate_writes_png_and_settings(tmp_path, capsys):
     assert [i["seed"] for i in settings["images"]] == [1, 2]
     assert all((tmp_path / i["file"]).stat().st_size > 0 for i in settings["images"])
     assert settings["steps"] == 2 and settings["family"] == "sd1"
+    assert settings["guidance"] == 7.5  # no sampler file: Stable Diffusion's default
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_generate_defaults_to_the_models_guidance(tmp_path):
+    from diffloc.world.model import GUIDANCE
+
+    out = tmp_path / "sw"
+    assert (
+        main(["generate", "--model", "shapesworld", "--prompt", "a red circle", "--steps", "2", "--out", str(out)]) == 0
+    )
+    assert json.loads((out / "generate.json").read_text())["guidance"] == GUIDANCE
+    out = tmp_path / "given"
+    args = ["generate", "--model", "shapesworld", "--prompt", "a red circle", "--steps", "2", "--guidance", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert json.loads((out / "generate.json").read_text())["guidance"] == 2.0
 
 
 @pytest.mark.parametrize(

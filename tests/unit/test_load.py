@@ -102,3 +102,22 @@ def test_public_api_resolves():
 
     missing = [name for name in diffloc.__all__ if not hasattr(diffloc, name)]
     assert missing == []
+
+
+def test_default_guidance_is_the_models_own(saved_sd1, tmp_path):
+    from diffloc.errors import ConfigError
+    from diffloc.models.registry import SAMPLER_FILE, SD_GUIDANCE, default_guidance
+    from diffloc.world.model import GUIDANCE
+
+    assert default_guidance("shapesworld") == GUIDANCE == 4.0
+    assert default_guidance("tiny-sd1") == SD_GUIDANCE == 7.5
+    assert default_guidance(saved_sd1) == SD_GUIDANCE  # no sampler file
+    assert default_guidance(tmp_path / "missing") == SD_GUIDANCE  # load() reports the bad source itself
+    own = tmp_path / "own"
+    shutil.copytree(saved_sd1, own)
+    (own / SAMPLER_FILE).write_text(json.dumps({"guidance": 3}))
+    assert default_guidance(own) == 3.0
+    for bad in ('{"guidance": -1}', '{"steps": 20}', "not json", '{"guidance": true}'):
+        (own / SAMPLER_FILE).write_text(bad)
+        with pytest.raises(ConfigError, match=r'must hold \{"guidance": <number >= 0>\}'):
+            default_guidance(own)

@@ -113,6 +113,10 @@ def test_warm_start_begins_from_an_exported_pipeline(straight_run, tmp_path):
 
     run, _ = straight_run
     exported = export_run(run, tmp_path / "pipe")
+    from diffloc.models.registry import default_guidance
+    from diffloc.world.model import GUIDANCE
+
+    assert default_guidance(exported) == GUIDANCE  # the export names the guidance CLI commands default to
     init = load_pipeline(exported)
     warm = tmp_path / "warm"
     # One step at a negligible learning rate: the checkpoint holds the initial pipeline's weights (another

@@ -97,7 +97,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     widen.add_argument("--widen-mode", choices=("remove", "update"), default="remove", help="default remove")
     widen.add_argument("--widen-steps", type=int, default=20, help="denoising steps of the check (default 20)")
-    widen.add_argument("--widen-guidance", type=float, default=7.5, help="CFG scale of the check (default 7.5)")
+    widen.add_argument(
+        "--widen-guidance",
+        type=float,
+        default=None,
+        help="CFG scale of the check (default: the model's — 4 for shapesworld — else 7.5)",
+    )
     add_scorer_arguments(widen)
     loco.set_defaults(func=run_compute, method="locoedit")
 
@@ -174,9 +179,11 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     from diffloc.editing.search import WidenConfig, locoedit_search
     from diffloc.engine.generate import GenerationConfig
     from diffloc.eval.scorers import scorer_for
+    from diffloc.models.registry import default_guidance
 
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=args.widen_guidance))
+    guidance = args.widen_guidance if args.widen_guidance is not None else default_guidance(args.model)
+    search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
     with progress_bar("windows") as bar:
         edit = locoedit_search(
             model, request, config, attribute=args.widen, mode=args.widen_mode, scorer=scorer, search=search,

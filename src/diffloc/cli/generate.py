@@ -14,7 +14,7 @@ from diffloc.editing.edit import Edit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import PromptError
 from diffloc.images import save_png
-from diffloc.models.registry import load
+from diffloc.models.registry import default_guidance, load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
     parser.add_argument("--seed", type=int, action="append", help="seed (repeat for several; default 0)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model's — 4 for shapesworld — else 7.5)",
+    )
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: model's)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: model's)")
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
@@ -44,7 +49,8 @@ def _slug(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    guidance = args.guidance if args.guidance is not None else default_guidance(args.model)
+    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
     for prompt in args.prompt:
         if not prompt.strip():
             raise PromptError("empty prompt; give the text to generate with --prompt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffloc.models.registry import default_guidance
 from diffloc.tracing.config import SweepConfig
 
 
@@ -15,7 +16,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
     add_scorer_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds per prompt (default 0 1 2 3)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default 7.5)")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="CFG scale (default: the model's — 4 for shapesworld — else 7.5)"
+    )
     parser.add_argument("--max-batch", type=int, default=16, help="most runs per UNet batch (memory bound; default 16)")
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
 
@@ -49,6 +52,7 @@ def noise_value(text: str) -> float | str:
 
 def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :class:`SweepConfig` from parsed options."""
-    fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": args.guidance, "max_batch": args.max_batch}
+    guidance = args.guidance if args.guidance is not None else default_guidance(args.model)
+    fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch}
     SweepConfig(**fields)  # validate early, before loading a model
     return fields

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffloc.errors import CheckpointError, ModelLoadError, UnsupportedModelError, one_of
+from diffloc.errors import CheckpointError, ConfigError, ModelLoadError, UnsupportedModelError, one_of
 from diffloc.models.base import LoadedModel, ModelAdapter
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
 from diffloc.models.sd import StableDiffusionAdapter
@@ -20,6 +21,10 @@ logger = logging.getLogger(__name__)
 FAMILIES = ("sd1", "sd2", "sdxl", "if")
 #: ``tiny-<family>`` names a seeded random tiny model of that family's real architecture.
 TINY_PREFIX = "tiny-"
+#: Optional file in a pipeline directory with the sampler settings its model was evaluated at.
+SAMPLER_FILE = "diffloc_sampler.json"
+#: Classifier-free guidance of Stable Diffusion's own pipelines, used when a model names none.
+SD_GUIDANCE = 7.5
 _ADAPTERS: tuple[type[ModelAdapter], ...] = (
     StableDiffusionAdapter,
     StableDiffusionXLAdapter,
@@ -64,6 +69,36 @@ def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
     raise UnsupportedModelError(
         f"pipeline class {class_name!r} is not supported; supported: {one_of(supported_pipeline_classes())}"
     )
+
+
+def default_guidance(model: str | Path) -> float:
+    """Guidance scale to sample ``model`` at when none is given.
+
+    The ``guidance`` of the pipeline directory's ``diffloc_sampler.json`` (ShapesWorld ships 4.0, chosen on its
+    validation split; ``diffloc world train`` exports write it), else Stable Diffusion's 7.5 — also for tiny
+    models and sources that do not resolve (loading them reports the error).
+
+    Raises:
+        ConfigError: the file exists but does not hold ``{"guidance": <number >= 0>}``.
+    """
+    text = str(model)
+    if text.startswith(TINY_PREFIX):
+        return SD_GUIDANCE
+    try:
+        path = resolve_source(text)
+    except ModelLoadError:
+        return SD_GUIDANCE
+    file = path / SAMPLER_FILE
+    if not file.is_file():
+        return SD_GUIDANCE
+    try:
+        value = json.loads(file.read_text())["guidance"]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f'{str(file)!r} must hold {{"guidance": <number >= 0>}}; fix or delete it')
+    return float(value)
 
 
 def resolve_source(model: str | Path) -> Path:

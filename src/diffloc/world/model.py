@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffloc.errors import CheckpointError, ModelLoadError
+from diffloc.models.registry import SAMPLER_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ def export_pipeline(
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        components = {"unet", "vae", "text_encoder", "scheduler", "tokenizer", "model_index.json"}
+        # the guidance CLI commands default to for this model (diffloc.models.registry.default_guidance)
+        (staging / SAMPLER_FILE).write_text(json.dumps({"guidance": GUIDANCE}) + "\n")
+        components = {"unet", "vae", "text_encoder", "scheduler", "tokenizer", "model_index.json", SAMPLER_FILE}
         if out_dir.exists():
             for item in out_dir.iterdir():
                 if item.name not in components:
