@@ -93,8 +93,8 @@ def location_table(summary: dict[str, Any], run: Path) -> str:
 def edits_table(summary: dict[str, Any]) -> str:
     rows = [
         "| case | method | own: before → after | held-out: before → after | neighbours kept (≥ 0.9) | pixel Δ "
-        "unrelated | edit s |",
-        "|---|---|---|---|---|---|---|",
+        "unrelated | edited layers | edit s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, case in summary["cases"].items():
         for method, ev in case["eval"].items():
@@ -108,9 +108,19 @@ def edits_table(summary: dict[str, Any]) -> str:
             rows.append(
                 f"| {name} | {method} | {_fmt(own[key[0]])} → {_fmt(own[key[1]])} | "
                 f"{_fmt(held[key[0]])} → {_fmt(held[key[1]])} | {kept_text} | {ev['fidelity']:.3f} | "
-                f"{_fmt(case['edits'][method]['seconds'])} |"
+                f"{_layers(case['edits'][method].get('sites'))} | {_fmt(case['edits'][method]['seconds'])} |"
             )
     return "\n".join(rows)
+
+
+def _layers(sites: list[str] | None) -> str:
+    """The span of cross-attention layers an edit wrote (``xattn.0–15``), else its sites (``text.attn.0``)."""
+    if not sites:
+        return "?"
+    layers = sorted({int(s.split(".")[2]) for s in sites if s.startswith("unet.xattn.")})
+    if not layers:
+        return ", ".join(sites)
+    return f"xattn.{layers[0]}" if len(layers) == 1 else f"xattn.{layers[0]}–{layers[-1]}"
 
 
 def main() -> None:

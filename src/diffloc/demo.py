@@ -4,7 +4,8 @@ Stages (each skipped on rerun when its outputs exist; sweeps also resume item by
 
 1. ``trace/<case>/unet`` and ``trace/<case>/text`` — causal tracing of the UNet and text encoder;
 2. ``locogen/<case>`` — the cross-attention window that controls the attribute;
-3. ``edits/<case>/<method>`` — Diff-QuickFix and LocoEdit (on the LocoGen window) as saved Edit artifacts;
+3. ``edits/<case>/<method>`` — Diff-QuickFix and LocoEdit (on the LocoGen window, widened until the edit
+   generalizes) as saved Edit artifacts;
 4. ``eval/<case>/<method>.json`` — efficacy, generalization, specificity, fidelity;
 5. ``report.html`` + ``summary.json``.
 """
@@ -62,6 +63,9 @@ class DemoConfig:
     locoedit_positions: str = "subject+eos"
     #: LocoEdit values: ``"template"`` (default here) or ``"bare"`` (the reference)
     locoedit_target_mode: str = "template"
+    #: grow LocoEdit's window beyond LocoGen's until the *edit* generalizes, judged leave-one-template-out on
+    #: the edit's own templates (:func:`~diffloc.editing.search.locoedit_search`; probability-like scorer)
+    locoedit_widen: bool = True
     #: weight of the suite's preserved concepts/captions in both editors' solves (UCE's scale)
     preserve_weight: float = 10.0
 
@@ -175,6 +179,8 @@ def _run_case(
     from diffloc.editing.quickfix import QuickFixConfig
     from diffloc.editing.registry import compute_edit
     from diffloc.editing.requests import EditRequest
+    from diffloc.editing.search import WidenConfig, locoedit_search
+    from diffloc.engine.generate import GenerationConfig
 
     sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch}
     entry: dict[str, Any] = {"kind": case.kind, "mode": case.mode, "concept": case.concept, "target": case.target}
@@ -241,7 +247,12 @@ def _run_case(
         start = time.perf_counter()
 
         def compute(method: str = method, method_config: Any = method_config, edit_dir: Path = edit_dir) -> Any:
-            edit = compute_edit(model, request, method=method, config=method_config)
+            if method == "locoedit" and config.locoedit_widen:
+                search = WidenConfig(generation=GenerationConfig(steps=config.steps, guidance=config.guidance))
+                edit = locoedit_search(model, request, method_config, attribute=attribute, mode=case.mode,
+                                       scorer=scorer, search=search)  # fmt: skip
+            else:
+                edit = compute_edit(model, request, method=method, config=method_config)
             edit.save(edit_dir)
             return edit
 
@@ -272,9 +283,16 @@ def _run_case(
     entry["locogen"] = {"best_sites": windows.best_sites, "best_score": windows.best_score,
                         "original_score": windows.original_score,
                         "window_search": windows.meta.get("window_search")}  # fmt: skip
-    entry["edits"] = {m: {"params": edits[m].num_values, "seconds": edits[m].stats.get("seconds")} for m in edits}
+    entry["edits"] = {m: _edit_entry(e) for m, e in edits.items()}
     entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
     return entry
+
+
+def _edit_entry(edit: Any) -> dict[str, Any]:
+    """Summary of one edit: values written, wall time, the sites it wrote and LocoEdit's window search."""
+    sites = edit.stats.get("sites") or [f"text.attn.{edit.config.get('layer', 0)}"]  # Diff-QuickFix: its layer
+    return {"params": edit.num_values, "seconds": edit.stats.get("seconds"), "sites": list(sites),
+            "window_search": edit.stats.get("window_search")}  # fmt: skip
 
 
 def _calibrate(

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps or suite.steps, guidance=suite.guidance,
                         max_batch=args.max_batch, locogen_window=2, trace_prompts=2,
                         # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token
-                        noise=None, locogen_widen=False, locoedit_positions="subject",
+                        noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
                         locoedit_target_mode="bare", preserve_weight=1.0)  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)

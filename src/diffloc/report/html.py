@@ -100,6 +100,14 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
             f"<td>{_num(ev['fidelity'], f'{mk}.fidelity', 4)}</td></tr>"
         )
     parts.append(f"<table>{head}{''.join(body)}</table>")
+    widened = (entry["edits"].get("locoedit") or {}).get("window_search")
+    if widened:
+        steps = " → ".join(f"{len(t['window'])} layers: {t['score']:.2f}" for t in widened["tried"])
+        parts.append(
+            "<p class=muted>LocoEdit window, grown from LocoGen's until the edit generalizes (leave-one-template-"
+            f"out score of {html.escape(widened['attribute'])!s}, unedited {widened['unedited_score']:.2f}): "
+            f"{html.escape(steps)}.</p>"
+        )
     parts.append("<p class=muted>Rates are detection rates over the suite's seeds. For an update, efficacy is the "
                  "rate of the <i>new</i> fact on the concept's prompts.</p>")  # fmt: skip
     for method, ev in entry["eval"].items():
