@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         for method, ev in entry["eval"].items():
             key = "target" if entry["mode"] == "update" else "concept"
             eff = ev["efficacy"]
+            sites = entry["edits"][method]["sites"]
+            layers = sorted({s.rsplit(".", 1)[0] for s in sites})  # LocoEdit: unet.xattn.N.k/.v -> layer
             print(f"{name:<16} {method:<9} efficacy {eff[key + '_before']:.2f} -> {eff[key + '_after']:.2f}  "
-                  f"window {','.join(entry['locogen']['best_sites'])}")  # fmt: skip
+                  f"edited {', '.join(layers) if len(layers) <= 4 else f'{len(layers)} layers'}; "
+                  f"LocoGen window {','.join(entry['locogen']['best_sites'])}")  # fmt: skip
     print(f"wrote {out / 'report.html'} in {time.perf_counter() - start:.0f} s")
     return 0
