@@ -47,6 +47,7 @@ import torch
 
 from diffloc.atomic import write_json_atomic
 from diffloc.editing import Edit, EditRequest, LocoEditConfig, QuickFixConfig, compute_edit
+from diffloc.editing.locoedit import edited_layers
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.models.base import LoadedModel
 from diffloc.models.registry import load, shapesworld_dir
@@ -229,7 +230,7 @@ def main() -> None:
             group = f"style:{style}"
             others = {g: after[g] / base[g] if base[g] else float("nan") for g in base if g not in (group, "plain")}
             row = {
-                "sites": list(edit.stats.get("sites", ["text.attn.0"])),
+                "sites": list(edit.stats["sites"]),
                 "window_search": edit.stats.get("window_search"),
                 "before": base[group],
                 "after": after[group],
@@ -274,12 +275,12 @@ def main() -> None:
         )  # fmt: skip
         return key, trained, prompts, request
 
-    def fact_row(edit: Edit, old: str, new: str, before: dict[str, float]) -> dict:
-        key, trained, prompts, _ = fact_case(old, new)
+    def fact_row(edit: Edit, case: tuple[str, str, list, EditRequest], new: str, before: dict[str, float]) -> dict:
+        key, trained, prompts, _ = case
         with edit.applied(model):
             after = rates(model, prompts, args.fact_seeds, config)
         kept = {g: after[g] / before[g] if before[g] else float("nan") for g in before if g not in (key, trained)}
-        layers = len({s.rsplit(".", 1)[0] for s in edit.stats["sites"]})
+        layers = len(edited_layers(edit.stats["sites"]))
         row = {
             "sites": list(edit.stats["sites"]), "layers": layers, "window_search": edit.stats.get("window_search"),
             "preserve": fact_preserve, "prompts": [p.prompt for p in prompts if p.group == key],
@@ -306,7 +307,8 @@ def main() -> None:
         return tuple(sites_for(f"the flag of {old}", f"the flag of {new}", f"the flag of {new}", "update"))
 
     # 1. development pair: the smallest size (around its own LocoGen window) whose edit passes on its held-out prompt
-    dev_key, _, dev_prompts, dev_request = fact_case(args.dev_fact, args.dev_new_fact)
+    dev_case = fact_case(args.dev_fact, args.dev_new_fact)
+    dev_key, _, dev_prompts, dev_request = dev_case
     dev_before = rates(model, dev_prompts, args.fact_seeds, config)
     dev_window = fact_window(args.dev_fact, args.dev_new_fact)
     sizes = [n for n in WidenConfig().sizes if len(dev_window) <= n <= len(layers_all)] or [len(layers_all)]
@@ -315,7 +317,7 @@ def main() -> None:
     for size in sizes:
         sites = widen_window(dev_window, size, layers_all)
         row = fact_row(compute_edit(model, dev_request, method="locoedit", config=loco(sites)),
-                       args.dev_fact, args.dev_new_fact, dev_before)  # fmt: skip
+                       dev_case, args.dev_new_fact, dev_before)  # fmt: skip
         report["fact_dev"]["sizes"][str(size)] = row
         if row["passed"]:
             chosen = size
@@ -323,17 +325,18 @@ def main() -> None:
     report["fact_dev"]["chosen_size"] = chosen
     print(f"fact update window size chosen on the development pair {dev_key}: {chosen} layers")
     # 2. test pair (the bar): its own LocoGen window widened to the chosen size
-    key, _, fact_prompts, request = fact_case(args.fact, args.new_fact)
+    case = fact_case(args.fact, args.new_fact)
+    key, _, fact_prompts, request = case
     before = rates(model, fact_prompts, args.fact_seeds, config)
     window = fact_window(args.fact, args.new_fact)
     judged = compute_edit(model, request, method="locoedit", config=loco(widen_window(window, chosen, layers_all)))
-    report["fact_update"] = {"locogen_window": list(window), **fact_row(judged, args.fact, args.new_fact, before)}
+    report["fact_update"] = {"locogen_window": list(window), **fact_row(judged, case, args.new_fact, before)}
     # for comparison (not judged): the leave-one-template-out widening, and every layer
     report["fact_update_template_check"] = fact_row(
-        widened(request, loco(window), f"the flag of {args.new_fact}", "update"), args.fact, args.new_fact, before
+        widened(request, loco(window), f"the flag of {args.new_fact}", "update"), case, args.new_fact, before
     )
     report["fact_update_all_layers"] = fact_row(
-        compute_edit(model, request, method="locoedit", config=loco("unet.xattn.*")), args.fact, args.new_fact, before
+        compute_edit(model, request, method="locoedit", config=loco("unet.xattn.*")), case, args.new_fact, before
     )
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(args.out, report)

@@ -115,12 +115,15 @@ def edits_table(summary: dict[str, Any]) -> str:
 
 def _layers(sites: list[str] | None) -> str:
     """The span of cross-attention layers an edit wrote (``xattn.0–15``), else its sites (``text.attn.0``)."""
+    from diffloc.editing.locoedit import edited_layers
+
     if not sites:
         return "?"
-    layers = sorted({int(s.split(".")[2]) for s in sites if s.startswith("unet.xattn.")})
-    if not layers:
-        return ", ".join(sites)
-    return f"xattn.{layers[0]}" if len(layers) == 1 else f"xattn.{layers[0]}–{layers[-1]}"
+    layers = edited_layers(sites)
+    xattn = [int(s.rsplit(".", 1)[1]) for s in layers if s.startswith("unet.xattn.")]
+    if len(xattn) != len(layers):
+        return ", ".join(layers)
+    return f"xattn.{xattn[0]}" if len(xattn) == 1 else f"xattn.{min(xattn)}–{max(xattn)}"
 
 
 def main() -> None:

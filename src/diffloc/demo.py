@@ -290,8 +290,7 @@ def _run_case(
 
 def _edit_entry(edit: Any) -> dict[str, Any]:
     """Summary of one edit: values written, wall time, the sites it wrote and LocoEdit's window search."""
-    sites = edit.stats.get("sites") or [f"text.attn.{edit.config.get('layer', 0)}"]  # Diff-QuickFix: its layer
-    return {"params": edit.num_values, "seconds": edit.stats.get("seconds"), "sites": list(sites),
+    return {"params": edit.num_values, "seconds": edit.stats.get("seconds"), "sites": list(edit.stats["sites"]),
             "window_search": edit.stats.get("window_search")}  # fmt: skip
 
 

@@ -57,6 +57,14 @@ def test_quickfix_edits_every_text_encoder_of_sdxl(tiny_sdxl):
     edit = compute_edit(tiny_sdxl, REQUEST, method="quickfix")
     assert {k.split(".")[0] for k in edit.parameters} == {"text_encoder", "text_encoder_2"}
     assert all(k.endswith("layers.0.self_attn.out_proj.weight") for k in edit.parameters)
+    assert edit.stats["sites"] == ["text.attn.0", "text2.attn.0"]
+
+
+def test_edited_layers_names_each_layer_once():
+    from diffloc.editing.locoedit import edited_layers
+
+    sites = ["unet.xattn.8.k", "unet.xattn.8.v", "unet.xattn.9.v", "text.attn.0"]
+    assert edited_layers(sites) == ["unet.xattn.8", "unet.xattn.9", "text.attn.0"]
 
 
 def test_quickfix_reference_pair_count_and_if_note(tiny_sd1, tiny_if):

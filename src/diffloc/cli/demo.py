@@ -8,6 +8,7 @@ import time
 from diffloc.atomic import ensure_writable_dir
 from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
 from diffloc.demo import DemoConfig, run_demo
+from diffloc.editing.locoedit import edited_layers
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import load_suite, shipped_suite_path
 from diffloc.models.registry import load
@@ -61,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         for method, ev in entry["eval"].items():
             key = "target" if entry["mode"] == "update" else "concept"
             eff = ev["efficacy"]
-            sites = entry["edits"][method]["sites"]
-            layers = sorted({s.rsplit(".", 1)[0] for s in sites})  # LocoEdit: unet.xattn.N.k/.v -> layer
+            layers = edited_layers(entry["edits"][method]["sites"])
             print(f"{name:<16} {method:<9} efficacy {eff[key + '_before']:.2f} -> {eff[key + '_after']:.2f}  "
                   f"edited {', '.join(layers) if len(layers) <= 4 else f'{len(layers)} layers'}; "
                   f"LocoGen window {','.join(entry['locogen']['best_sites'])}")  # fmt: skip

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -62,6 +63,12 @@ def site_names(sites: Any) -> tuple[str, ...]:
     if not names:
         raise ConfigError("no cross-attention sites given; e.g. sites=('unet.xattn.8', 'unet.xattn.9')")
     return names
+
+
+def edited_layers(sites: Sequence[str]) -> list[str]:
+    """The distinct layers of an edit's sites, in order: ``unet.xattn.8.k`` and ``.v`` give ``unet.xattn.8``;
+    other sites (``text.attn.0``) are kept as they are."""
+    return list(dict.fromkeys(s[:-2] if s.endswith((".k", ".v")) else s for s in sites))
 
 
 @dataclass(frozen=True, kw_only=True)

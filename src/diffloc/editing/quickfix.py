@@ -117,6 +117,17 @@ def attention_inputs(model: LoadedModel, spec: TextEncoderSpec, linear: nn.Linea
     return store[0]
 
 
+def _gather(hidden: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """``hidden[rows[i], cols[i]]`` for every i, one ``(n, inner)`` tensor."""
+    return hidden[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]
+
+
+def _unedited_outputs(inputs: torch.Tensor, w64: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What the unedited layer gives for ``inputs`` (without its bias, unless ``faithful`` put it in ``bias``)."""
+    out = inputs @ w64.T
+    return out if bias is None else out + bias
+
+
 def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> Edit:
     """Compute a Diff-QuickFix edit (the model is not modified).
 
@@ -148,7 +159,7 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
     kept_prompts = list(request.preserve_prompts)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
-    stats: dict[str, Any] = {"prompt_pairs": len(pairs), "key_value_pairs": {}, "solve_seconds": 0.0}
+    stats: dict[str, Any] = {"prompt_pairs": len(pairs), "sites": [], "key_value_pairs": {}, "solve_seconds": 0.0}
     for spec in adapter.text_encoders(pipe):
         site_name = f"{spec.prefix}.attn.{config.layer}"
         if site_name not in model.sites:
@@ -160,7 +171,7 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
         w0 = linear.weight.detach()
         w64 = w0.double()
         bias = linear.bias.detach().double() if (config.faithful and linear.bias is not None) else None
-        # Flat (row, position) indices of every key and value, split into edit and preservation pairs.
+        # Flat (row, position) indices of every key and value, edit pairs and preservation pairs apart.
         index: dict[bool, tuple[list[int], list[int], list[int], list[int]]] = {
             False: ([], [], [], []), True: ([], [], [], [])
         }  # fmt: skip
@@ -171,24 +182,23 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
             k_cols += k_idx
             v_rows += [row[pair.value_prompt]] * len(v_idx)
             v_cols += v_idx
-        gathered = {}
-        for preserve, (k_rows, k_cols, v_rows, v_cols) in index.items():
-            keys = hidden[torch.tensor(k_rows, dtype=torch.long), torch.tensor(k_cols, dtype=torch.long)]
-            values = hidden[torch.tensor(v_rows, dtype=torch.long), torch.tensor(v_cols, dtype=torch.long)] @ w64.T
-            gathered[preserve] = [keys], [values + bias if bias is not None else values]
-        edit_k, edit_v = gathered[False]
-        keep_k, keep_v = gathered[True]
+        k_rows, k_cols, v_rows, v_cols = index[False]
+        edit_k = _gather(hidden, k_rows, k_cols)
+        edit_v = _unedited_outputs(_gather(hidden, v_rows, v_cols), w64, bias)
+        keep_k, keep_v = [], []
+        k_rows, k_cols, v_rows, v_cols = index[True]
+        if k_rows:
+            keep_k.append(_gather(hidden, k_rows, k_cols))
+            keep_v.append(_unedited_outputs(_gather(hidden, v_rows, v_cols), w64, bias))
         if kept_prompts:
             kept = hidden[len(prompts) :, 1:].reshape(-1, hidden.shape[-1])  # every position after BOS
             keep_k.append(kept)
-            keep_v.append(kept @ w64.T + (bias if bias is not None else 0))
-        keep_k = [k for k in keep_k if k.shape[0]]
-        keep_v = [v for v in keep_v if v.shape[0]]
+            keep_v.append(_unedited_outputs(kept, w64, bias))
         solve_start = time.perf_counter()
         new = ridge_solve(
             w0,
-            torch.cat(edit_k),
-            torch.cat(edit_v),
+            edit_k,
+            edit_v,
             config.lam,
             K_preserve=torch.cat(keep_k) if keep_k else None,
             V_preserve=torch.cat(keep_v) if keep_v else None,
@@ -198,8 +208,9 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
         key = f"{site.full_path}.{attr}.weight"
         weights[key] = new
         originals[key] = w0.clone()
+        stats["sites"].append(site_name)
         stats["key_value_pairs"][spec.component] = {
-            "edit": int(sum(k.shape[0] for k in edit_k)),
+            "edit": int(edit_k.shape[0]),
             "preserve": int(sum(k.shape[0] for k in keep_k)),
         }
     notes = []
