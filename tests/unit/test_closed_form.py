@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffloc.editing.closed_form import SharedInputRidge, ridge_solve
+from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, ridge_solve
 from diffloc.errors import ConfigError, EditError
 
 
@@ -144,3 +144,41 @@ def test_shared_input_solve_keeps_dtype_and_checks_shapes():
         SharedInputRidge(keys, targets[:1], 0.1)
     with pytest.raises(ConfigError, match="lambda"):
         SharedInputRidge(keys, targets, 0.0)
+
+
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+@pytest.mark.parametrize("m", [2, 9])  # fewer and more preserved rows than d_in
+def test_preserved_statistics_equal_the_preservation_pairs(m, weight):
+    w0, keys, values = _layer(n=3)
+    gen = torch.Generator().manual_seed(m)
+    keep = torch.randn(m, 4, dtype=torch.float64, generator=gen)
+    bias = torch.randn(5, dtype=torch.float64, generator=gen)
+    stats = PreservedGram.of(keep, 4)
+    assert stats.rows == m
+    torch.testing.assert_close(stats.gram, keep.T @ keep)
+    for b in (None, bias):  # with a bias every preserved value is W0 p + b (Diff-QuickFix's faithful mode)
+        kept_values = keep @ w0.T + (0 if b is None else b)
+        pairs = ridge_solve(w0, keys, values, 0.1, K_preserve=keep, V_preserve=kept_values, preserve_weight=weight)
+        gram = ridge_solve(w0, keys, values, 0.1, preserved=stats, preserved_bias=b, preserve_weight=weight)
+        torch.testing.assert_close(gram, pairs, rtol=1e-9, atol=1e-9)
+    targets = torch.randn(3, 4, dtype=torch.float64, generator=gen)
+    shared = SharedInputRidge(keys, targets, 0.1, preserved=stats, preserve_weight=weight)
+    stacked = SharedInputRidge(keys, targets, 0.1, K_preserve=keep, preserve_weight=weight)
+    torch.testing.assert_close(shared.apply(w0), stacked.apply(w0), rtol=1e-9, atol=1e-9)
+
+
+def test_preserved_statistics_errors():
+    w0, keys, values = _layer(n=3)
+    keep = torch.randn(2, 4, dtype=torch.float64)
+    stats = PreservedGram.of(keep, 4)
+    with pytest.raises(EditError, match="not both"):
+        ridge_solve(w0, keys, values, 0.1, K_preserve=keep, V_preserve=keep @ w0.T, preserved=stats)
+    with pytest.raises(EditError, match="not both"):
+        SharedInputRidge(keys, keys, 0.1, K_preserve=keep, preserved=stats)
+    with pytest.raises(ConfigError, match="form='primal'"):
+        ridge_solve(w0, keys, values, 0.1, preserved=stats, form="dual")
+    wide = PreservedGram.of(torch.randn(2, 6, dtype=torch.float64), 6)
+    with pytest.raises(EditError, match="6-wide inputs, the layer reads 4-wide"):
+        ridge_solve(w0, keys, values, 0.1, preserved=wide)
+    with pytest.raises(EditError, match="NaN or Inf"):
+        PreservedGram.of(torch.full((2, 4), float("nan")), 4)

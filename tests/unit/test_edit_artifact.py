@@ -8,21 +8,10 @@ import pytest
 import torch
 
 from diffloc.editing import Edit, EditRequest, LocoEditConfig, NeuronConfig, QuickFixConfig, compute_edit
-from diffloc.editing.edit import tensor_hash
+from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.errors import EditError
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
-
-
-def model_hashes(model) -> dict[str, str]:
-    """Hash of every parameter of every component (added/removed parameters show up too)."""
-    out = {}
-    for name, component in model.pipe.components.items():
-        if isinstance(component, torch.nn.Module):
-            for pname, param in component.named_parameters():
-                out[f"{name}.{pname}"] = tensor_hash(param)
-    return out
-
 
 REQUEST = EditRequest(concepts=("cat",), targets=("dog",))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffloc.editing import EditRequest, LocoEditConfig, NeuronConfig, QuickFixConfig, compute_edit
-from diffloc.editing.edit import tensor_hash
+from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.editing.neurons import z_scores
 from diffloc.editing.quickfix import IF_NOTE
 from diffloc.editing.states import context_at_subjects, encode_context, subject_positions
@@ -16,17 +16,6 @@ from diffloc.engine.hooks import record
 from diffloc.errors import ConfigError, DifflocError, PromptError, UnknownSiteError
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
-
-
-def model_hashes(model) -> dict[str, str]:
-    """Hash of every parameter of every component."""
-    return {
-        f"{name}.{pname}": tensor_hash(param)
-        for name, component in model.pipe.components.items()
-        if isinstance(component, torch.nn.Module)
-        for pname, param in component.named_parameters()
-    }
-
 
 REQUEST = EditRequest(concepts=("cat",), targets=("dog",))
 XATTN = "unet.xattn.1"

@@ -14,8 +14,9 @@ from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit, tensor_hash
 from diffloc.editing.locoedit import LocoEditConfig
 from diffloc.editing.neurons import NeuronConfig
+from diffloc.editing.preserved import PreservedStatistics
 from diffloc.editing.quickfix import QuickFixConfig
-from diffloc.editing.registry import METHODS, compute_edit, get_method, register_method
+from diffloc.editing.registry import METHODS, compute_edit, get_method, preservation_statistics, register_method
 from diffloc.editing.requests import EditRequest
 
 __all__ = [
@@ -24,9 +25,11 @@ __all__ = [
     "EditRequest",
     "LocoEditConfig",
     "NeuronConfig",
+    "PreservedStatistics",
     "QuickFixConfig",
     "compute_edit",
     "get_method",
+    "preservation_statistics",
     "register_method",
     "ridge_solve",
     "tensor_hash",

@@ -25,11 +25,18 @@ whose values are their own weight applied to target inputs (``v_i = W0 t_i``; pr
 p_j``) share the whole solve: the normal equations become ``W* S = W0 (S + (T − K)ᵀ K)`` with ``S = λ I + KᵀK +
 ω PᵀP``, so ``W* = W0 (I + (T − K)ᵀ E)`` with ``E = K S⁻¹`` — one factorization for all of them
 (:class:`SharedInputRidge`; LocoEdit edits up to 140 projections with it).
+
+Preservation pairs that map inputs to the layer's own outputs (``q_j = W0 p_j``, plus a fixed bias ``b`` in
+Diff-QuickFix's faithful mode) enter the normal equations only through ``C = PᵀP`` (and the row sum ``s = Pᵀ1``
+for the bias): ``W* (λ I + KᵀK + ω C) = λ W0 + VᵀK + ω (W0 C + b sᵀ)``. :class:`PreservedGram` holds ``C`` and
+``s``; computed once per model and preservation set (MEMIT's precomputed key statistics, Meng et al. 2023), it
+spares every later edit the text-encoder passes over the preserved prompts, which are most of the rows.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,6 +80,34 @@ def _stack_preserved(
     return torch.cat([keys, math.sqrt(preserve_weight) * _rows("K_preserve", K_preserve, width)])
 
 
+@dataclass(frozen=True)
+class PreservedGram:
+    """Sufficient statistics of preservation inputs ``P`` (``m × d_in``) that map to the layer's own outputs.
+
+    Attributes:
+        gram: ``PᵀP``, float64 ``(d_in, d_in)``.
+        row_sum: ``Pᵀ1``, float64 ``(d_in,)`` (only the faithful-bias case of Diff-QuickFix reads it).
+        rows: ``m``, the number of preserved input vectors.
+    """
+
+    gram: torch.Tensor
+    row_sum: torch.Tensor
+    rows: int
+
+    @classmethod
+    def of(cls, P: torch.Tensor, width: int) -> PreservedGram:
+        """The statistics of the rows of ``P`` (checked: ``(m, width)``, finite)."""
+        rows = _rows("K_preserve", P, width)
+        return cls(gram=rows.T @ rows, row_sum=rows.sum(0), rows=int(rows.shape[0]))
+
+    def check(self, width: int) -> None:
+        """Raise :class:`EditError` unless the statistics are for ``width``-wide inputs."""
+        if tuple(self.gram.shape) != (width, width):
+            raise EditError(
+                f"preserved statistics are for {self.gram.shape[-1]}-wide inputs, the layer reads {width}-wide ones"
+            )
+
+
 class SharedInputRidge:
     """The ridge solve shared by every layer that maps the same keys to its own outputs at target inputs.
 
@@ -82,7 +117,8 @@ class SharedInputRidge:
 
     Args:
         K: keys ``(n, d_in)``; T: target inputs ``(n, d_in)``; lam: λ > 0;
-        K_preserve: optional preserved inputs ``(m, d_in)``; preserve_weight: ω > 0.
+        K_preserve: optional preserved inputs ``(m, d_in)``; preserve_weight: ω > 0;
+        preserved: the statistics of preserved inputs instead of the inputs themselves (not both).
 
     Raises:
         ConfigError: λ or ω is not a finite number > 0.
@@ -97,23 +133,31 @@ class SharedInputRidge:
         *,
         K_preserve: torch.Tensor | None = None,
         preserve_weight: float = 1.0,
+        preserved: PreservedGram | None = None,
     ) -> None:
         check_positive("ridge strength lambda", lam)
         if K.dim() != 2:
             raise EditError(f"K must be (n, d_in) with one key per row, got shape {tuple(K.shape)}")
         width = K.shape[1]
         keys, targets = _paired_rows(K, width, "T", T, width, "target input")
+        if preserved is not None and K_preserve is not None:
+            raise EditError("give K_preserve or preserved statistics, not both")
         every = _stack_preserved(keys, K_preserve, preserve_weight, width)  # (N, d_in)
         n, total = keys.shape[0], every.shape[0]
-        if total < width:  # dual: E = (G⁻¹ [K; √ω P])[:n] with G = λ I_N + every everyᵀ
+        if preserved is None and total < width:  # dual: E = (G⁻¹ [K; √ω P])[:n] with G = λ I_N + every everyᵀ
             gram = lam * torch.eye(total, dtype=torch.float64) + every @ every.T  # (N, N)
-            self.E = torch.linalg.solve(gram, every)[:n]  # (n, d_in)
+            E = torch.linalg.solve(gram, every)[:n]  # (n, d_in)
         else:  # primal: E = K S⁻¹, i.e. S Eᵀ = Kᵀ with S symmetric
             system = lam * torch.eye(width, dtype=torch.float64) + every.T @ every  # (d_in, d_in)
-            self.E = torch.linalg.solve(system, keys.T).T  # (n, d_in)
-        if not torch.isfinite(self.E).all():
+            if preserved is not None:
+                preserved.check(width)
+                system = system + preserve_weight * preserved.gram
+            E = torch.linalg.solve(system, keys.T).T  # (n, d_in)
+        if not torch.isfinite(E).all():
             raise EditError("the ridge solve produced non-finite weights; increase lambda")
-        self.shift = (targets - keys).T  # (d_in, n): (T − K)ᵀ
+        shift = (targets - keys).T  # (d_in, n): W* = W0 (I + (T − K)ᵀ E)
+        # Per weight, W0 (T − K)ᵀ E costs 2·d_out·d_in·n factored and d_out·d_in² with (T − K)ᵀ E formed once.
+        self.factors = (shift, E) if 2 * n < width else (shift @ E,)
         self.width = width
 
     def apply(self, W0: torch.Tensor) -> torch.Tensor:
@@ -121,7 +165,10 @@ class SharedInputRidge:
         if W0.dim() != 2 or W0.shape[1] != self.width:
             raise EditError(f"W0 must be (d_out, {self.width}), got shape {tuple(W0.shape)}")
         w0 = W0.detach().to(device="cpu", dtype=torch.float64)
-        solution = w0 + (w0 @ self.shift) @ self.E  # (d_out, d_in); cost 2·d_out·d_in·n
+        update = w0
+        for factor in self.factors:
+            update = update @ factor
+        solution = w0 + update  # (d_out, d_in)
         return solution.to(device=W0.device, dtype=W0.dtype).contiguous()
 
 
@@ -135,6 +182,8 @@ def ridge_solve(
     V_preserve: torch.Tensor | None = None,
     form: str = "auto",
     preserve_weight: float = 1.0,
+    preserved: PreservedGram | None = None,
+    preserved_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Closed-form ridge edit of a linear layer's weight.
 
@@ -147,6 +196,9 @@ def ridge_solve(
             (usually ``V_preserve = K_preserve @ W0.T``: keep these inputs' outputs).
         form: ``"auto"`` (the smaller system), ``"primal"`` or ``"dual"``; all give the same ``W*``.
         preserve_weight: ω > 0, the weight of the preservation pairs against the edit pairs.
+        preserved: statistics of preserved inputs ``p`` whose values are ``W0 p`` (``+ preserved_bias``),
+            instead of ``K_preserve``/``V_preserve`` (not both); always solved in the primal form.
+        preserved_bias: ``(d_out,)`` added to every preserved value (Diff-QuickFix's faithful mode).
 
     Returns:
         ``W*`` with ``W0``'s shape, dtype and device.
@@ -165,6 +217,8 @@ def ridge_solve(
     keys, values = _paired_rows(K, d_in, "V", V, d_out, "value")
     if (K_preserve is None) != (V_preserve is None):
         raise EditError("give both K_preserve and V_preserve, or neither")
+    if preserved is not None and K_preserve is not None:
+        raise EditError("give K_preserve/V_preserve or preserved statistics, not both")
     check_positive("preserve_weight", preserve_weight)
     if form not in ("auto", "primal", "dual"):
         raise ConfigError(f"form must be 'auto', 'primal' or 'dual', got {form!r}")
@@ -176,6 +230,11 @@ def ridge_solve(
         values = torch.cat([values, math.sqrt(preserve_weight) * vp])
     w0 = W0.detach().to(device="cpu", dtype=torch.float64)
     n = keys.shape[0]
+    if preserved is not None:
+        preserved.check(d_in)
+        if form == "dual":
+            raise ConfigError("preserved statistics are d_in x d_in; solve them with form='primal' or 'auto'")
+        form = "primal"
     if form == "dual" or (form == "auto" and n < d_in):
         gram = lam * torch.eye(n, dtype=torch.float64) + keys @ keys.T  # (n, n)
         residual = values - keys @ w0.T  # (n, d_out): what the edit must add at each key
@@ -186,6 +245,12 @@ def ridge_solve(
     else:
         system = lam * torch.eye(d_in, dtype=torch.float64) + keys.T @ keys  # (d_in, d_in)
         rhs = lam * w0 + values.T @ keys  # (d_out, d_in)
+        if preserved is not None:  # ω Σ_j (W0 p_j + b) p_jᵀ = ω (W0 C + b sᵀ)
+            system = system + preserve_weight * preserved.gram
+            rhs = rhs + preserve_weight * (w0 @ preserved.gram)
+            if preserved_bias is not None:
+                bias = preserved_bias.detach().to(device="cpu", dtype=torch.float64).reshape(d_out, 1)
+                rhs = rhs + preserve_weight * bias @ preserved.row_sum.reshape(1, d_in)
         # W* S = R with S symmetric  <=>  S W*ᵀ = Rᵀ
         solution = torch.linalg.solve(system, rhs.T).T  # (d_out, d_in)
         if not torch.isfinite(solution).all():

@@ -52,6 +52,17 @@ def tensor_hash(tensor: torch.Tensor | None) -> str:
     return digest.hexdigest()
 
 
+def parameter_hashes(model: LoadedModel) -> dict[str, str]:
+    """:func:`tensor_hash` of every parameter of every pipeline component, by ``component.parameter`` path
+    (check that nothing changed, e.g. that computing an edit left the model as it was)."""
+    return {
+        f"{name}.{pname}": tensor_hash(param)
+        for name, component in model.pipe.components.items()
+        if isinstance(component, nn.Module)
+        for pname, param in component.named_parameters()
+    }
+
+
 def resolve_parameter(model: LoadedModel, key: str) -> tuple[nn.Module, str]:
     """The module owning a pipeline-level parameter path and the parameter's attribute name.
 

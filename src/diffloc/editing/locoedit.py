@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import SharedInputRidge, check_positive
+from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, check_positive
 from diffloc.editing.edit import Edit
+from diffloc.editing.preserved import PreservedStatistics, measured
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
@@ -141,42 +142,65 @@ def projection_linear(model: LoadedModel, site: Site) -> nn.Linear:
 
 
 def _key_value_states(
-    model: LoadedModel, edit_pairs: list[PromptPair], keep_pairs: list[PromptPair], config: LocoEditConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(concept keys, target states, preserved keys), float64 rows of cross-attention context."""
+    model: LoadedModel, edit_pairs: list[PromptPair], config: LocoEditConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(concept keys, target states), float64 rows of cross-attention context."""
     bare = config.target_mode == "bare"
     value_prompts = [p.value_subject if bare else p.value_prompt for p in edit_pairs]
     value_subjects = [p.value_subject for p in edit_pairs]
+    key_prompts, key_subjects = [p.key_prompt for p in edit_pairs], [p.key_subject for p in edit_pairs]
     if config.positions == "subject":
-        pairs = edit_pairs + keep_pairs
-        prompts = [p.key_prompt for p in pairs] + value_prompts
-        subjects = [p.key_subject for p in pairs] + value_subjects
-        states = context_at_subjects(model, prompts, subjects).double()  # (rows, d_text)
-        n_edit, n_all = len(edit_pairs), len(pairs)
-        return states[:n_edit], states[n_all:], states[n_edit:n_all]
-    keys, values = context_pairs(
-        model,
-        [p.key_prompt for p in edit_pairs] + [p.key_prompt for p in keep_pairs],
-        [p.key_subject for p in edit_pairs] + [p.key_subject for p in keep_pairs],
-        value_prompts + [p.key_prompt for p in keep_pairs],
-        value_subjects + [p.key_subject for p in keep_pairs],
-    )
-    n_edit = len(edit_pairs)
-    width = keys[0].shape[1]
-    keep = torch.cat(keys[n_edit:]) if keep_pairs else torch.zeros(0, width, dtype=torch.float64)
-    return torch.cat(keys[:n_edit]), torch.cat(values[:n_edit]), keep
+        states = context_at_subjects(model, key_prompts + value_prompts, key_subjects + value_subjects).double()
+        return states[: len(edit_pairs)], states[len(edit_pairs) :]
+    keys, values = context_pairs(model, key_prompts, key_subjects, value_prompts, value_subjects)
+    return torch.cat(keys), torch.cat(values)
 
 
-def _with_preserved_prompts(model: LoadedModel, keep: torch.Tensor, prompts: tuple[str, ...]) -> torch.Tensor:
-    """Append every position of the preserved prompts to the preserved keys."""
-    if not prompts:
-        return keep
-    rows = context_rows(model, prompts)
-    return torch.cat([keep.reshape(-1, rows.shape[1]), rows]) if keep.numel() else rows
+def preserved_scope(request: EditRequest, config: LocoEditConfig) -> dict[str, Any]:
+    """What LocoEdit's preservation statistics depend on besides the weights (not the sites: every
+    cross-attention projection reads the same context)."""
+    return {
+        "preserved concepts": list(request.preserve),
+        "templates": list(request.all_templates(LOCOEDIT_TEMPLATES)) if request.preserve else [],
+        "preserved prompts": list(request.preserve_prompts),
+        "positions": config.positions,
+    }
 
 
-def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> Edit:
+def preserved_grams(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> dict[str, PreservedGram]:
+    """The statistics of the preserved context rows: the preserved concepts at their last token (and later
+    positions with ``positions="subject+eos"``) in every template, and every position after BOS of the
+    preserved prompts."""
+    keep = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if p.preserve]
+    parts = []
+    if keep:
+        prompts, subjects = [p.key_prompt for p in keep], [p.key_subject for p in keep]
+        if config.positions == "subject":
+            parts.append(context_at_subjects(model, prompts, subjects).double())
+        else:
+            parts.append(torch.cat(context_pairs(model, prompts, subjects, prompts, subjects)[0]))
+    if request.preserve_prompts:
+        parts.append(context_rows(model, request.preserve_prompts))
+    if not parts:
+        return {}
+    rows = torch.cat(parts)
+    return {"context": PreservedGram.of(rows, rows.shape[1])}
+
+
+def locoedit_statistics(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> PreservedStatistics:
+    """LocoEdit's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`); any sites."""
+    return measured("locoedit", model, request, config, preserved_scope, preserved_grams)
+
+
+def compute_locoedit(
+    model: LoadedModel, request: EditRequest, config: LocoEditConfig, preserved: PreservedStatistics | None = None
+) -> Edit:
     """Compute a LocoEdit edit (the model is not modified).
+
+    Args:
+        model, request, config: the model, what to edit, and :class:`LocoEditConfig`.
+        preserved: the request's preservation statistics from :func:`locoedit_statistics`, computed earlier on
+            this model (for any sites); by default they are computed here.
 
     Returns:
         An :class:`~diffloc.editing.edit.Edit` replacing the key/value projection weights of the sites.
@@ -184,14 +208,19 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     Raises:
         UnknownSiteError: a site is unknown or not a cross-attention site.
         PromptError: a concept/target does not occur in a filled template.
+        EditError: ``preserved`` was computed for another preservation set or other weights.
     """
     start = time.perf_counter()
     projections = projection_sites(model, config.sites)
-    pairs = request.pairs(LOCOEDIT_TEMPLATES)
-    edit_pairs = [p for p in pairs if not p.preserve]
-    keep_pairs = [p for p in pairs if p.preserve]
-    concept_states, target_states, keep_states = _key_value_states(model, edit_pairs, keep_pairs, config)
-    keep_states = _with_preserved_prompts(model, keep_states, request.preserve_prompts)
+    edit_pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
+    if preserved is None:
+        preserved = locoedit_statistics(model, request, config)
+        source = "computed"
+    else:
+        preserved.check(model, "locoedit", preserved_scope(request, config))
+        source = "precomputed"
+    concept_states, target_states = _key_value_states(model, edit_pairs, config)
+    gram = preserved.grams.get("context")
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     solve_start = time.perf_counter()
@@ -202,7 +231,7 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
             concept_states,
             target_states,
             lam,
-            K_preserve=keep_states if keep_states.numel() else None,
+            preserved=gram,
             preserve_weight=config.preserve_weight,
         )
         for lam in dict.fromkeys(lams)
@@ -222,8 +251,9 @@ def compute_locoedit(model: LoadedModel, request: EditRequest, config: LocoEditC
     stats = {
         "sites": [p.name for p in projections],
         "key_value_pairs": int(concept_states.shape[0]),
-        "preserve_pairs": int(keep_states.shape[0]),
+        "preserve_pairs": gram.rows if gram is not None else 0,
         "solve_seconds": round(solve_seconds, 6),
+        "preserved_statistics": {"source": source, "seconds": preserved.seconds},
         "seconds": round(time.perf_counter() - start, 6),
     }
     logger.info("locoedit: %s", stats)

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import check_positive, ridge_solve
+from diffloc.editing.closed_form import PreservedGram, check_positive, ridge_solve
 from diffloc.editing.edit import Edit
+from diffloc.editing.preserved import PreservedStatistics, measured
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
 from diffloc.errors import ConfigError, EditError
@@ -128,13 +129,69 @@ def _unedited_outputs(inputs: torch.Tensor, w64: torch.Tensor, bias: torch.Tenso
     return out if bias is None else out + bias
 
 
-def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> Edit:
+def _site_linear(model: LoadedModel, spec: TextEncoderSpec, config: QuickFixConfig) -> tuple[str, str, nn.Linear]:
+    """(site name, attribute name, Linear) of the edited output projection of one text encoder."""
+    site_name = f"{spec.prefix}.attn.{config.layer}"
+    if site_name not in model.sites:
+        raise ConfigError(f"{spec.component} has no layer {config.layer} (no site {site_name!r})")
+    attr, linear = output_linear(model.module(model.site(site_name)))
+    return site_name, attr, linear
+
+
+def preserved_scope(request: EditRequest, config: QuickFixConfig) -> dict[str, Any]:
+    """What Diff-QuickFix's preservation statistics depend on besides the weights."""
+    return {
+        "preserved concepts": list(request.preserve),
+        "templates": list(request.all_templates(QUICKFIX_TEMPLATES)) if request.preserve else [],
+        "preserved prompts": list(request.preserve_prompts),
+        "layer": config.layer,
+        "use_eos": config.use_eos,
+    }
+
+
+def preserved_grams(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> dict[str, PreservedGram]:
+    """Per text encoder, the statistics of the preserved keys: the preserved concepts at their last token
+    (and later positions with ``use_eos``) in every template, and every position after BOS of the preserved
+    prompts — all mapped to the layer's own outputs."""
+    keep = [p for p in request.pairs(QUICKFIX_TEMPLATES) if p.preserve]
+    if not keep and not request.preserve_prompts:
+        return {}
+    pipe, adapter = model.pipe, model.adapter
+    positions = subject_positions(model, [p.key_prompt for p in keep], [p.key_subject for p in keep]) if keep else []
+    prompts = list(dict.fromkeys(p.key_prompt for p in keep))
+    row = {p: i for i, p in enumerate(prompts)}
+    grams: dict[str, PreservedGram] = {}
+    for spec in adapter.text_encoders(pipe):
+        _, _, linear = _site_linear(model, spec, config)
+        hidden = attention_inputs(model, spec, linear, prompts + list(request.preserve_prompts)).double()
+        rows, cols = [], []
+        for pair, pos in zip(keep, positions, strict=True):
+            k_idx, _ = aligned_positions(pos, pos, hidden.shape[1], config.use_eos)
+            rows += [row[pair.key_prompt]] * len(k_idx)
+            cols += k_idx
+        parts = [_gather(hidden, rows, cols)] if rows else []
+        if request.preserve_prompts:
+            parts.append(hidden[len(prompts) :, 1:].reshape(-1, hidden.shape[-1]))  # every position after BOS
+        grams[spec.component] = PreservedGram.of(torch.cat(parts), hidden.shape[-1])
+    return grams
+
+
+def quickfix_statistics(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> PreservedStatistics:
+    """Diff-QuickFix's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`)."""
+    return measured("quickfix", model, request, config, preserved_scope, preserved_grams)
+
+
+def compute_quickfix(
+    model: LoadedModel, request: EditRequest, config: QuickFixConfig, preserved: PreservedStatistics | None = None
+) -> Edit:
     """Compute a Diff-QuickFix edit (the model is not modified).
 
     Args:
         model: the loaded model.
         request: concepts, targets, templates and preserved concepts.
         config: :class:`QuickFixConfig`.
+        preserved: the request's preservation statistics from :func:`quickfix_statistics`, computed earlier on
+            this model (the edit then encodes only its own prompts); by default they are computed here.
 
     Returns:
         An :class:`~diffloc.editing.edit.Edit` replacing the output-projection weight of layer
@@ -143,11 +200,21 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
     Raises:
         PromptError: a concept/target does not occur in a filled template, or a prompt is too long.
         ConfigError: the layer does not exist.
+        EditError: ``preserved`` was computed for another preservation set or other weights.
     """
     start = time.perf_counter()
     pipe, adapter = model.pipe, model.adapter
-    pairs: list[PromptPair] = request.pairs(QUICKFIX_TEMPLATES)
-    # One batched subject lookup and one encoder pass (edit prompts, then preserved prompts) per encoder.
+    specs = adapter.text_encoders(pipe)
+    for spec in specs:
+        _site_linear(model, spec, config)  # a missing layer fails before any encoding
+    pairs: list[PromptPair] = [p for p in request.pairs(QUICKFIX_TEMPLATES) if not p.preserve]
+    if preserved is None:
+        preserved = quickfix_statistics(model, request, config)
+        source = "computed"
+    else:
+        preserved.check(model, "quickfix", preserved_scope(request, config))
+        source = "precomputed"
+    # One batched subject lookup and one encoder pass over the edit's own prompts per encoder.
     positions = subject_positions(
         model,
         [p.key_prompt for p in pairs] + [p.value_prompt for p in pairs],
@@ -156,69 +223,51 @@ def compute_quickfix(model: LoadedModel, request: EditRequest, config: QuickFixC
     key_pos, value_pos = positions[: len(pairs)], positions[len(pairs) :]
     prompts = list(dict.fromkeys([p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]))
     row = {p: i for i, p in enumerate(prompts)}
-    kept_prompts = list(request.preserve_prompts)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
     stats: dict[str, Any] = {"prompt_pairs": len(pairs), "sites": [], "key_value_pairs": {}, "solve_seconds": 0.0}
-    for spec in adapter.text_encoders(pipe):
-        site_name = f"{spec.prefix}.attn.{config.layer}"
-        if site_name not in model.sites:
-            raise ConfigError(f"{spec.component} has no layer {config.layer} (no site {site_name!r})")
-        site = model.site(site_name)
-        attr, linear = output_linear(model.module(site))
-        hidden = attention_inputs(model, spec, linear, prompts + kept_prompts).double()  # (rows, tokens, inner)
-        length = hidden.shape[1]
+    for spec in specs:
+        site_name, attr, linear = _site_linear(model, spec, config)
+        hidden = attention_inputs(model, spec, linear, prompts).double()  # (rows, tokens, inner)
         w0 = linear.weight.detach()
         w64 = w0.double()
         bias = linear.bias.detach().double() if (config.faithful and linear.bias is not None) else None
-        # Flat (row, position) indices of every key and value, edit pairs and preservation pairs apart.
-        index: dict[bool, tuple[list[int], list[int], list[int], list[int]]] = {
-            False: ([], [], [], []), True: ([], [], [], [])
-        }  # fmt: skip
+        k_rows, k_cols, v_rows, v_cols = [], [], [], []
         for pair, kp, vp in zip(pairs, key_pos, value_pos, strict=True):
-            k_idx, v_idx = aligned_positions(kp, vp, length, config.use_eos)
-            k_rows, k_cols, v_rows, v_cols = index[pair.preserve]
+            k_idx, v_idx = aligned_positions(kp, vp, hidden.shape[1], config.use_eos)
             k_rows += [row[pair.key_prompt]] * len(k_idx)
             k_cols += k_idx
             v_rows += [row[pair.value_prompt]] * len(v_idx)
             v_cols += v_idx
-        k_rows, k_cols, v_rows, v_cols = index[False]
         edit_k = _gather(hidden, k_rows, k_cols)
         edit_v = _unedited_outputs(_gather(hidden, v_rows, v_cols), w64, bias)
-        keep_k, keep_v = [], []
-        k_rows, k_cols, v_rows, v_cols = index[True]
-        if k_rows:
-            keep_k.append(_gather(hidden, k_rows, k_cols))
-            keep_v.append(_unedited_outputs(_gather(hidden, v_rows, v_cols), w64, bias))
-        if kept_prompts:
-            kept = hidden[len(prompts) :, 1:].reshape(-1, hidden.shape[-1])  # every position after BOS
-            keep_k.append(kept)
-            keep_v.append(_unedited_outputs(kept, w64, bias))
+        gram = preserved.grams.get(spec.component)
         solve_start = time.perf_counter()
         new = ridge_solve(
             w0,
             edit_k,
             edit_v,
             config.lam,
-            K_preserve=torch.cat(keep_k) if keep_k else None,
-            V_preserve=torch.cat(keep_v) if keep_v else None,
+            preserved=gram,
+            preserved_bias=bias,
             preserve_weight=config.preserve_weight,
         )
         stats["solve_seconds"] += time.perf_counter() - solve_start
-        key = f"{site.full_path}.{attr}.weight"
+        key = f"{model.site(site_name).full_path}.{attr}.weight"
         weights[key] = new
         originals[key] = w0.clone()
         stats["sites"].append(site_name)
         stats["key_value_pairs"][spec.component] = {
             "edit": int(edit_k.shape[0]),
-            "preserve": int(sum(k.shape[0] for k in keep_k)),
+            "preserve": gram.rows if gram is not None else 0,
         }
     notes = []
-    if any(not is_causal_clip(getattr(pipe, s.component)) for s in adapter.text_encoders(pipe)):
+    if any(not is_causal_clip(getattr(pipe, s.component)) for s in specs):
         notes.append(IF_NOTE)
     if config.faithful:
         notes.append(FAITHFUL_NOTE)
     stats["solve_seconds"] = round(stats["solve_seconds"], 6)
+    stats["preserved_statistics"] = {"source": source, "seconds": preserved.seconds}
     stats["seconds"] = round(time.perf_counter() - start, 6)
     logger.info("quickfix: %s", stats)
     return Edit(

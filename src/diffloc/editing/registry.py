@@ -1,7 +1,9 @@
 """The editing entry point :func:`compute_edit` and the registry of editing methods.
 
 Each method is a small module with a frozen config dataclass and a ``compute(model, request, config) -> Edit``
-function. Methods register here by name; :func:`compute_edit` validates the name and the config type.
+function. Methods register here by name; :func:`compute_edit` validates the name and the config type. Methods
+with a preservation set also give a ``statistics(model, request, config)`` function, whose result
+(:func:`preservation_statistics`) ``compute`` accepts as a fourth argument.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffloc.editing.edit import Edit
-from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit
+from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, locoedit_statistics
 from diffloc.editing.neurons import NeuronConfig, compute_neurons
-from diffloc.editing.quickfix import QuickFixConfig, compute_quickfix
+from diffloc.editing.preserved import PreservedStatistics
+from diffloc.editing.quickfix import QuickFixConfig, compute_quickfix, quickfix_statistics
 from diffloc.editing.requests import EditRequest
 from diffloc.errors import ConfigError, close_matches, one_of
 from diffloc.models.base import LoadedModel
@@ -21,12 +24,13 @@ from diffloc.models.base import LoadedModel
 
 @dataclass(frozen=True)
 class EditMethod:
-    """A registered editing method: its config class and compute function."""
+    """A registered editing method: its config class, compute function and (optional) statistics function."""
 
     name: str
     config_class: type
-    compute: Callable[[LoadedModel, EditRequest, Any], Edit]
+    compute: Callable[..., Edit]
     summary: str
+    statistics: Callable[[LoadedModel, EditRequest, Any], PreservedStatistics] | None = None
 
 
 METHODS: dict[str, EditMethod] = {}
@@ -38,10 +42,22 @@ def register_method(method: EditMethod) -> None:
 
 
 register_method(
-    EditMethod("quickfix", QuickFixConfig, compute_quickfix, "Diff-QuickFix: text encoder layer-0 attention output")
+    EditMethod(
+        "quickfix",
+        QuickFixConfig,
+        compute_quickfix,
+        "Diff-QuickFix: text encoder layer-0 attention output",
+        quickfix_statistics,
+    )
 )
 register_method(
-    EditMethod("locoedit", LocoEditConfig, compute_locoedit, "LocoEdit: cross-attention K/V of localized layers")
+    EditMethod(
+        "locoedit",
+        LocoEditConfig,
+        compute_locoedit,
+        "LocoEdit: cross-attention K/V of localized layers",
+        locoedit_statistics,
+    )
 )
 register_method(EditMethod("neurons", NeuronConfig, compute_neurons, "neuron ablation in cross-attention K/V"))
 
@@ -59,12 +75,28 @@ def get_method(name: str) -> EditMethod:
         raise ConfigError(f"unknown edit method {name!r}{hint}") from None
 
 
+def _checked(request: EditRequest, method: str, config: Any) -> tuple[EditMethod, Any]:
+    """The method entry and the config (its defaults for ``None``), both validated."""
+    entry = get_method(method)
+    if not isinstance(request, EditRequest):
+        raise ConfigError(f"request must be an EditRequest, got {type(request).__name__}")
+    if config is None:
+        try:
+            config = entry.config_class()
+        except TypeError:
+            raise ConfigError(f"method {method!r} needs a {entry.config_class.__name__} (e.g. its sites)") from None
+    if not isinstance(config, entry.config_class):
+        raise ConfigError(f"method {method!r} takes a {entry.config_class.__name__}, got {type(config).__name__}")
+    return entry, config
+
+
 def compute_edit(
     model: LoadedModel,
     request: EditRequest,
     *,
     method: str = "quickfix",
     config: Any = None,
+    preserved: PreservedStatistics | None = None,
 ) -> Edit:
     """Compute an edit of ``model`` with a registered method; the model is never modified.
 
@@ -74,6 +106,8 @@ def compute_edit(
         method: ``quickfix``, ``locoedit`` or ``neurons``.
         config: the method's config (``QuickFixConfig``, ``LocoEditConfig``, ``NeuronConfig``); ``None``
             uses the defaults where the method has them (LocoEdit and neurons need sites).
+        preserved: the request's preservation statistics from :func:`preservation_statistics` on this model,
+            to reuse across edits (same result; the preserved prompts are not encoded again).
 
     Returns:
         The :class:`Edit`; apply it with ``edit.apply(model)`` or ``with edit.applied(model): ...``.
@@ -85,14 +119,36 @@ def compute_edit(
         >>> request = EditRequest(concepts=("van gogh",), targets=("a painting",))
         >>> edit = compute_edit(model, request, method="locoedit", config=LocoEditConfig(sites=("unet.xattn.8",)))
     """
-    entry = get_method(method)
-    if not isinstance(request, EditRequest):
-        raise ConfigError(f"request must be an EditRequest, got {type(request).__name__}")
-    if config is None:
-        try:
-            config = entry.config_class()
-        except TypeError:
-            raise ConfigError(f"method {method!r} needs a {entry.config_class.__name__} (e.g. its sites)") from None
-    if not isinstance(config, entry.config_class):
-        raise ConfigError(f"method {method!r} takes a {entry.config_class.__name__}, got {type(config).__name__}")
-    return entry.compute(model, request, config)
+    entry, config = _checked(request, method, config)
+    if preserved is None:
+        return entry.compute(model, request, config)
+    if entry.statistics is None:
+        raise ConfigError(f"method {method!r} has no preservation set; it takes no preserved statistics")
+    if not isinstance(preserved, PreservedStatistics):
+        raise ConfigError(f"preserved must be PreservedStatistics, got {type(preserved).__name__}")
+    return entry.compute(model, request, config, preserved)
+
+
+def preservation_statistics(
+    model: LoadedModel, request: EditRequest, *, method: str = "quickfix", config: Any = None
+) -> PreservedStatistics:
+    """The preservation statistics of ``request`` for ``method``, computed once to reuse across edits.
+
+    They depend on the model's text-encoder weights, the preserved concepts, the templates, the preserved
+    prompts and the settings that choose key positions — not on the concepts edited, their targets, λ, ω or
+    (LocoEdit) the sites. An edit with other preservation inputs, or on changed weights, refuses them.
+
+    Raises:
+        ConfigError: an unknown method, one without a preservation set, or a request that preserves nothing.
+
+    Example:
+        >>> stats = preservation_statistics(model, request, method="quickfix")
+        >>> for concept in ("van gogh", "monet"):
+        ...     edit = compute_edit(model, replace(request, concepts=(concept,)), preserved=stats)
+    """
+    entry, config = _checked(request, method, config)
+    if entry.statistics is None:
+        raise ConfigError(f"method {method!r} has no preservation set; valid: quickfix, locoedit")
+    if not request.preserve and not request.preserve_prompts:
+        raise ConfigError("the request preserves nothing (no preserve= concepts or preserve_prompts=); no statistics")
+    return entry.statistics(model, request, config)

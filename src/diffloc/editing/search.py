@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from diffloc.editing.edit import Edit
-from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, site_names
+from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, locoedit_statistics, site_names
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, UnknownSiteError
@@ -165,11 +165,14 @@ def locoedit_search(
     with torch.no_grad():
         before = _score(model, prompts, attribute, scorer, search)
     tried: list[dict[str, Any]] = []
+    # The preserved rows do not depend on the sites: each fold's statistics serve every window size.
+    fold_stats = [locoedit_statistics(model, fold_request, config) for fold_request, _ in checks]
     for i, size in enumerate(sizes):
         window = replace(config, sites=widen_window(start, size, layers))
         scores = []
-        for fold_request, fold_prompts in checks:  # each fold's edit never saw the phrasing it is checked on
-            fold_edit = compute_locoedit(model, fold_request, window)
+        for (fold_request, fold_prompts), stats in zip(checks, fold_stats, strict=True):
+            # each fold's edit never saw the phrasing it is checked on
+            fold_edit = compute_locoedit(model, fold_request, window, stats)
             with fold_edit.applied(model), torch.no_grad():
                 scores.append(_score(model, fold_prompts, attribute, scorer, search) * len(fold_prompts))
         after = sum(scores) / len(prompts)

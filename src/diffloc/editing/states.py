@@ -124,8 +124,8 @@ def context_pairs(
     """
     if not key_prompts:
         raise PromptError("empty prompt list; an edit needs at least one prompt")
-    key_pos = subject_positions(model, key_prompts, key_subjects)
-    value_pos = subject_positions(model, value_prompts, value_subjects)
+    positions = subject_positions(model, [*key_prompts, *value_prompts], [*key_subjects, *value_subjects])
+    key_pos, value_pos = positions[: len(key_prompts)], positions[len(key_prompts) :]
     distinct = list(dict.fromkeys([*key_prompts, *value_prompts]))
     with torch.no_grad():
         context = attention_context(model, model.adapter.encode(model.pipe, distinct).hidden).double()

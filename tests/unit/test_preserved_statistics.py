@@ -1,0 +1,115 @@
+"""Preservation statistics: computed once, reused by later edits with the same result, refused when they do
+not fit (another preservation set, another method, changed weights)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from diffloc.editing import (
+    EditRequest,
+    LocoEditConfig,
+    NeuronConfig,
+    PreservedStatistics,
+    QuickFixConfig,
+    compute_edit,
+    preservation_statistics,
+)
+from diffloc.editing.edit import parameter_hashes as model_hashes
+from diffloc.errors import ConfigError, EditError
+
+REQUEST = EditRequest(
+    concepts=("cat",), targets=("dog",), preserve=("house",), preserve_prompts=("a red car on a hill",)
+)
+CONFIGS = {
+    "quickfix": QuickFixConfig(preserve_weight=3.0),
+    "locoedit": LocoEditConfig(sites=("unet.xattn.1",), positions="subject+eos", target_mode="template"),
+}
+
+
+def _assert_same_weights(a, b):
+    assert a.parameters == b.parameters
+    for key in a.parameters:
+        torch.testing.assert_close(a.weights[key], b.weights[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["quickfix", "locoedit"])
+def test_reused_statistics_give_the_fresh_edit(tiny_model, method):
+    config = CONFIGS[method]
+    before = model_hashes(tiny_model)
+    stats = preservation_statistics(tiny_model, REQUEST, method=method, config=config)
+    assert model_hashes(tiny_model) == before, "computing statistics changed the model"
+    assert isinstance(stats, PreservedStatistics) and stats.rows > 0 and stats.seconds >= 0
+    # another concept, target and λ with the same preservation set: exactly what a fresh edit computes
+    other = replace(REQUEST, concepts=("bird",), targets=("fish",))
+    other_config = replace(config, **({"lam": 0.05} if method == "quickfix" else {"lam_k": 0.05}))
+    fresh = compute_edit(tiny_model, other, method=method, config=other_config)
+    reused = compute_edit(tiny_model, other, method=method, config=other_config, preserved=stats)
+    _assert_same_weights(fresh, reused)
+    assert fresh.stats["preserved_statistics"]["source"] == "computed"
+    assert reused.stats["preserved_statistics"]["source"] == "precomputed"
+    preserve_rows = reused.stats["preserve_pairs" if method == "locoedit" else "key_value_pairs"]
+    assert preserve_rows, preserve_rows
+
+
+def test_locoedit_statistics_serve_any_sites(tiny_sd1):
+    stats = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    config = replace(CONFIGS["locoedit"], sites=("unet.xattn.0", "unet.xattn.2"))
+    fresh = compute_edit(tiny_sd1, REQUEST, method="locoedit", config=config)
+    _assert_same_weights(fresh, compute_edit(tiny_sd1, REQUEST, method="locoedit", config=config, preserved=stats))
+
+
+def test_faithful_quickfix_reuses_statistics(tiny_sd1):
+    config = QuickFixConfig(faithful=True)
+    stats = preservation_statistics(tiny_sd1, REQUEST, method="quickfix", config=config)
+    fresh = compute_edit(tiny_sd1, REQUEST, method="quickfix", config=config)
+    _assert_same_weights(fresh, compute_edit(tiny_sd1, REQUEST, method="quickfix", config=config, preserved=stats))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"preserve": ("tree",)}, "another preserved concepts"),
+        ({"preserve_prompts": ()}, "another preserved prompts"),
+        ({"templates": ("{} on a table",)}, "another templates"),
+    ],
+)
+def test_statistics_for_another_preservation_set_are_refused(tiny_sd1, change, words):
+    stats = preservation_statistics(tiny_sd1, REQUEST, method="quickfix")
+    with pytest.raises(EditError, match=words):
+        compute_edit(tiny_sd1, replace(REQUEST, **change), method="quickfix", preserved=stats)
+
+
+def test_statistics_for_other_settings_or_methods_are_refused(tiny_sd1):
+    loco = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    with pytest.raises(EditError, match="another positions"):
+        compute_edit(tiny_sd1, REQUEST, method="locoedit", config=replace(CONFIGS["locoedit"], positions="subject"),
+                     preserved=loco)  # fmt: skip
+    with pytest.raises(EditError, match="computed for method 'locoedit', not 'quickfix'"):
+        compute_edit(tiny_sd1, REQUEST, method="quickfix", preserved=loco)
+    quick = preservation_statistics(tiny_sd1, REQUEST, method="quickfix")
+    with pytest.raises(EditError, match="another use_eos"):
+        compute_edit(tiny_sd1, REQUEST, method="quickfix", config=QuickFixConfig(use_eos=False), preserved=quick)
+    with pytest.raises(ConfigError, match="method 'neurons' has no preservation set"):
+        compute_edit(tiny_sd1, REQUEST, method="neurons", config=NeuronConfig(sites=("unet.xattn.1",), top_n=2),
+                     preserved=quick)  # fmt: skip
+    with pytest.raises(ConfigError, match="preserves nothing"):
+        preservation_statistics(tiny_sd1, EditRequest(concepts=("cat",), targets=("dog",)), method="quickfix")
+    with pytest.raises(ConfigError, match="preserved must be PreservedStatistics, got dict"):
+        compute_edit(tiny_sd1, REQUEST, method="quickfix", preserved={})
+
+
+def test_statistics_go_stale_when_the_text_encoder_changes(tiny_sd1):
+    stats = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    text_edit = compute_edit(tiny_sd1, EditRequest(concepts=("bird",), targets=("fish",)), method="quickfix")
+    before = model_hashes(tiny_sd1)
+    with text_edit.applied(tiny_sd1), pytest.raises(EditError, match=r"stale: text_encoder.*out_proj.weight changed"):
+        compute_edit(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"], preserved=stats)
+    assert model_hashes(tiny_sd1) == before
+    # a UNet edit does not touch the text states the statistics summarise
+    unet_edit = compute_edit(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    fresh = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    with unet_edit.applied(tiny_sd1):
+        compute_edit(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"], preserved=fresh)
