@@ -36,7 +36,7 @@ from torch import nn
 
 from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, check_positive
 from diffloc.editing.edit import Edit
-from diffloc.editing.preserved import PreservedStatistics, measured
+from diffloc.editing.preserved import PreservedStatistics, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
@@ -189,7 +189,7 @@ def preserved_grams(model: LoadedModel, request: EditRequest, config: LocoEditCo
 
 def locoedit_statistics(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> PreservedStatistics:
     """LocoEdit's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`); any sites."""
-    return measured("locoedit", model, request, config, preserved_scope, preserved_grams)
+    return resolved("locoedit", model, request, config, preserved_scope, preserved_grams, None)[0]
 
 
 def compute_locoedit(
@@ -213,12 +213,7 @@ def compute_locoedit(
     start = time.perf_counter()
     projections = projection_sites(model, config.sites)
     edit_pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
-    if preserved is None:
-        preserved = locoedit_statistics(model, request, config)
-        source = "computed"
-    else:
-        preserved.check(model, "locoedit", preserved_scope(request, config))
-        source = "precomputed"
+    preserved, source = resolved("locoedit", model, request, config, preserved_scope, preserved_grams, preserved)
     concept_states, target_states = _key_value_states(model, edit_pairs, config)
     gram = preserved.grams.get("context")
     weights: dict[str, torch.Tensor] = {}

@@ -100,22 +100,29 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def measured(
+def resolved(
     method: str,
     model: LoadedModel,
     request: Any,
     config: Any,
     scope: Callable[[Any, Any], Mapping[str, Any]],
     grams: Callable[[LoadedModel, Any, Any], Mapping[str, PreservedGram]],
-) -> PreservedStatistics:
-    """A method's statistics: ``grams(model, request, config)`` with its timing, scope and model fingerprint."""
+    given: PreservedStatistics | None,
+) -> tuple[PreservedStatistics, str]:
+    """The statistics an edit uses and where they came from: ``given`` (checked against this edit) →
+    ``"precomputed"``, else ``grams(model, request, config)`` computed now, with its timing, scope and the
+    model's fingerprint → ``"computed"``."""
+    if given is not None:
+        given.check(model, method, scope(request, config))
+        return given, "precomputed"
     fingerprint = state_fingerprint(model)
     start = time.perf_counter()
     computed = grams(model, request, config)
-    return PreservedStatistics(
+    stats = PreservedStatistics(
         method=method,
         scope=dict(scope(request, config)),
         grams=dict(computed),
         seconds=round(time.perf_counter() - start, 6),
         fingerprint=fingerprint,
     )
+    return stats, "computed"

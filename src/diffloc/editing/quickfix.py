@@ -29,7 +29,7 @@ from torch import nn
 
 from diffloc.editing.closed_form import PreservedGram, check_positive, ridge_solve
 from diffloc.editing.edit import Edit
-from diffloc.editing.preserved import PreservedStatistics, measured
+from diffloc.editing.preserved import PreservedStatistics, resolved
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
 from diffloc.errors import ConfigError, EditError
@@ -178,7 +178,7 @@ def preserved_grams(model: LoadedModel, request: EditRequest, config: QuickFixCo
 
 def quickfix_statistics(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> PreservedStatistics:
     """Diff-QuickFix's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`)."""
-    return measured("quickfix", model, request, config, preserved_scope, preserved_grams)
+    return resolved("quickfix", model, request, config, preserved_scope, preserved_grams, None)[0]
 
 
 def compute_quickfix(
@@ -208,12 +208,7 @@ def compute_quickfix(
     for spec in specs:
         _site_linear(model, spec, config)  # a missing layer fails before any encoding
     pairs: list[PromptPair] = [p for p in request.pairs(QUICKFIX_TEMPLATES) if not p.preserve]
-    if preserved is None:
-        preserved = quickfix_statistics(model, request, config)
-        source = "computed"
-    else:
-        preserved.check(model, "quickfix", preserved_scope(request, config))
-        source = "precomputed"
+    preserved, source = resolved("quickfix", model, request, config, preserved_scope, preserved_grams, preserved)
     # One batched subject lookup and one encoder pass over the edit's own prompts per encoder.
     positions = subject_positions(
         model,
