@@ -36,7 +36,7 @@ from torch import nn
 
 from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, check_positive
 from diffloc.editing.edit import Edit
-from diffloc.editing.preserved import PreservedStatistics, resolved
+from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
@@ -159,12 +159,7 @@ def _key_value_states(
 def preserved_scope(request: EditRequest, config: LocoEditConfig) -> dict[str, Any]:
     """What LocoEdit's preservation statistics depend on besides the weights (not the sites: every
     cross-attention projection reads the same context)."""
-    return {
-        "preserved concepts": list(request.preserve),
-        "templates": list(request.all_templates(LOCOEDIT_TEMPLATES)) if request.preserve else [],
-        "preserved prompts": list(request.preserve_prompts),
-        "positions": config.positions,
-    }
+    return preservation_scope(request, LOCOEDIT_TEMPLATES, positions=config.positions)
 
 
 def preserved_grams(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> dict[str, PreservedGram]:

@@ -95,6 +95,18 @@ class PreservedStatistics:
             )
 
 
+def preservation_scope(request: Any, default_templates: tuple[str, ...], **settings: Any) -> dict[str, Any]:
+    """What a method's statistics depend on besides the weights: the preserved concepts, the templates they are
+    filled into (none when no concept is preserved), the preserved prompts, and the method's ``settings`` that
+    choose key positions."""
+    return {
+        "preserved concepts": list(request.preserve),
+        "templates": list(request.all_templates(default_templates)) if request.preserve else [],
+        "preserved prompts": list(request.preserve_prompts),
+        **settings,
+    }
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -29,7 +29,7 @@ from torch import nn
 
 from diffloc.editing.closed_form import PreservedGram, check_positive, ridge_solve
 from diffloc.editing.edit import Edit
-from diffloc.editing.preserved import PreservedStatistics, resolved
+from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
 from diffloc.errors import ConfigError, EditError
@@ -140,13 +140,7 @@ def _site_linear(model: LoadedModel, spec: TextEncoderSpec, config: QuickFixConf
 
 def preserved_scope(request: EditRequest, config: QuickFixConfig) -> dict[str, Any]:
     """What Diff-QuickFix's preservation statistics depend on besides the weights."""
-    return {
-        "preserved concepts": list(request.preserve),
-        "templates": list(request.all_templates(QUICKFIX_TEMPLATES)) if request.preserve else [],
-        "preserved prompts": list(request.preserve_prompts),
-        "layer": config.layer,
-        "use_eos": config.use_eos,
-    }
+    return preservation_scope(request, QUICKFIX_TEMPLATES, layer=config.layer, use_eos=config.use_eos)
 
 
 def preserved_grams(model: LoadedModel, request: EditRequest, config: QuickFixConfig) -> dict[str, PreservedGram]:
