@@ -76,6 +76,25 @@ def style_templates() -> tuple[str, ...]:
     return tuple(out)
 
 
+def style_template_sets() -> dict[str, tuple[str, ...]]:
+    """Edit template sets of decreasing size, keyed by their size: the 13 of :func:`style_templates`; the artist
+    alone and each training phrasing once (4, one shape/colour fill each); the artist alone and the first
+    phrasing (2).
+
+    ``bench/edit_templates.py`` and ``bench/edit_speed.py`` compare them: a LocoEdit with
+    ``positions="subject+eos"`` runs every template through the text encoder at the padded length, so the
+    template count sets its per-edit time.
+    """
+    from diffloc.world import vocab
+
+    each = tuple(
+        t.format(colour=colour, shape=shape, artist="{}")
+        for t, (shape, colour) in zip(vocab.STYLE_TEMPLATES_TRAIN, FILL_PAIRS, strict=False)
+    )
+    sets = {"full": style_templates(), "phrasings": ("{}", *each), "minimal": ("{}", each[0])}
+    return {str(len(v)): v for v in sets.values()}
+
+
 def fact_templates() -> tuple[str, ...]:
     """Edit templates for a country: the country alone and the training fact templates."""
     from diffloc.world import vocab

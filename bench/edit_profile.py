@@ -1,6 +1,6 @@
 """Benchmark: where a ShapesWorld closed-form style removal spends its time, against ESD's per-edit budget.
 
-Run: ``python bench/edit_profile.py [--repeats 20] [--threads 1] [--esd]``
+Run: ``python bench/edit_profile.py [--repeats 20] [--threads 1] [--esd] [--templates 13|4|2]``
 
 The request and settings are ``bench/edit_speed.py``'s (remove "pica stro", the other styles and the suite's
 plain captions preserved, LocoEdit on all 16 layers with ``positions="subject+eos"``, ``target_mode="template"``),
@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--style", default="pica stro")
+    parser.add_argument(
+        "--templates", default="13", choices=("13", "4", "2"),
+        help="edit template set, by size, of edit_efficacy.style_template_sets (default 13)",
+    )  # fmt: skip
     parser.add_argument("--esd", action="store_true", help="also run the tuned ESD-x recipe for the budget")
     parser.add_argument("--seeds", type=int, default=4, help="with --esd: seeds per held-out prompt")
     args = parser.parse_args()
@@ -49,14 +53,15 @@ def main() -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import preserve_captions, style_templates
+    from edit_efficacy import preserve_captions, style_template_sets
     from engine_batching import best_of
 
     from diffloc.world import vocab
 
     model = load("shapesworld")
     request = EditRequest(
-        concepts=(args.style,), targets=(vocab.STYLE_ANCHOR,), templates=style_templates(), default_templates=False,
+        concepts=(args.style,), targets=(vocab.STYLE_ANCHOR,), default_templates=False,
+        templates=style_template_sets()[args.templates],
         preserve=tuple(s for s in vocab.STYLES if s != args.style), preserve_prompts=preserve_captions(),
     )  # fmt: skip
     loco = LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0)
@@ -106,7 +111,10 @@ def main() -> None:
     if args.esd:
         budget = esd_budget(model, request, loco, stats, args.style, args.seeds)
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats} after a warm-up")
-    print(f"removing {args.style!r}; preservation statistics reused ({stats.rows} preserved rows)")
+    print(
+        f"removing {args.style!r} ({len(request.templates)} templates); "
+        f"preservation statistics reused ({stats.rows} preserved rows)"
+    )
     header = f"{'part':<52} {'ms':>8}"
     if budget is not None:
         header += f" {'of ESD/1000':>12}"
@@ -122,7 +130,7 @@ def main() -> None:
 
 def esd_budget(model, request, loco, stats, style: str, seeds: int) -> float:
     """Tuned ESD-x training seconds / 1000, run to LocoEdit's after-edit detection rate."""
-    from edit_efficacy import rates, style_templates
+    from edit_efficacy import rates
     from edit_speed import esd_recipes
     from esd_baseline import kv_snapshot, run_esd
 
@@ -141,7 +149,7 @@ def esd_budget(model, request, loco, stats, style: str, seeds: int) -> float:
     try:
         esd = run_esd(
             model,
-            [t.format(style) for t in style_templates()],
+            [t.format(style) for t in request.templates],
             config=tuned,
             generation=generation,
             done=lambda: rates(model, prompts, seeds, generation)[group] <= after,

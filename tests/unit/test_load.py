@@ -121,3 +121,5 @@ def test_default_guidance_is_the_models_own(saved_sd1, tmp_path):
         (own / SAMPLER_FILE).write_text(bad)
         with pytest.raises(ConfigError, match=r'must hold \{"guidance": <number >= 0>\}'):
             default_guidance(own)
+    assert default_guidance(own, 2.5) == 2.5  # a given scale wins (the CLI's --guidance), the file is not read
+    assert default_guidance("shapesworld", 0.0) == 0.0

@@ -182,7 +182,7 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     from diffloc.models.registry import default_guidance
 
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    guidance = args.widen_guidance if args.widen_guidance is not None else default_guidance(args.model)
+    guidance = default_guidance(args.model, args.widen_guidance)
     search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
     with progress_bar("windows") as bar:
         edit = locoedit_search(

@@ -49,7 +49,7 @@ def _slug(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
-    guidance = args.guidance if args.guidance is not None else default_guidance(args.model)
+    guidance = default_guidance(args.model, args.guidance)
     config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
     for prompt in args.prompt:
         if not prompt.strip():

@@ -52,7 +52,7 @@ def noise_value(text: str) -> float | str:
 
 def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :class:`SweepConfig` from parsed options."""
-    guidance = args.guidance if args.guidance is not None else default_guidance(args.model)
+    guidance = default_guidance(args.model, args.guidance)
     fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch}
     SweepConfig(**fields)  # validate early, before loading a model
     return fields

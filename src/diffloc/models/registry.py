@@ -71,8 +71,9 @@ def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
     )
 
 
-def default_guidance(model: str | Path) -> float:
-    """Guidance scale to sample ``model`` at when none is given.
+def default_guidance(model: str | Path, given: float | None = None) -> float:
+    """Guidance scale to sample ``model`` at: ``given`` when it is not ``None`` (a user's ``--guidance``), else
+    the model's default.
 
     The ``guidance`` of the pipeline directory's ``diffloc_sampler.json`` (ShapesWorld ships 4.0, chosen on its
     validation split; ``diffloc world train`` exports write it), else Stable Diffusion's 7.5 — also for tiny
@@ -81,6 +82,8 @@ def default_guidance(model: str | Path) -> float:
     Raises:
         ConfigError: the file exists but does not hold ``{"guidance": <number >= 0>}``.
     """
+    if given is not None:
+        return given
     text = str(model)
     if text.startswith(TINY_PREFIX):
         return SD_GUIDANCE
