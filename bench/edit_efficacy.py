@@ -91,8 +91,30 @@ def style_template_sets() -> dict[str, tuple[str, ...]]:
         t.format(colour=colour, shape=shape, artist="{}")
         for t, (shape, colour) in zip(vocab.STYLE_TEMPLATES_TRAIN, FILL_PAIRS, strict=False)
     )
-    sets = {"full": style_templates(), "phrasings": ("{}", *each), "minimal": ("{}", each[0])}
-    return {str(len(v)): v for v in sets.values()}
+    return {str(len(v)): v for v in (style_templates(), ("{}", *each), ("{}", each[0]))}
+
+
+#: The preserved style-removal recipe the speed benches time (``edit_speed.py``, ``edit_profile.py``,
+#: ``edit_templates.py``): this bench's ``--preserve --preserve-weight 10 --positions subject+eos --target-mode
+#: template``, LocoEdit on all 16 cross-attention layers.
+REMOVAL_CONFIGS = {
+    "quickfix": QuickFixConfig(preserve_weight=10.0),
+    "locoedit": LocoEditConfig(
+        sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0
+    ),
+}
+
+
+def removal_request(style: str, templates: tuple[str, ...] | None = None) -> EditRequest:
+    """The preserved removal of ``style``: mapped to the anchor style in ``templates`` (default
+    :func:`style_templates`), the other styles and :func:`preserve_captions` kept."""
+    from diffloc.world import vocab
+
+    return EditRequest(
+        concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=templates or style_templates(),
+        default_templates=False, preserve=tuple(s for s in vocab.STYLES if s != style),
+        preserve_prompts=preserve_captions(),
+    )  # fmt: skip
 
 
 def fact_templates() -> tuple[str, ...]:

@@ -29,7 +29,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import torch
 
-from diffloc.editing import EditRequest, LocoEditConfig, QuickFixConfig, compute_edit, preservation_statistics
+from diffloc.editing import compute_edit, preservation_statistics
 from diffloc.editing.closed_form import SharedInputRidge
 from diffloc.editing.locoedit import _key_value_states, projection_linear, projection_sites
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES
@@ -53,18 +53,12 @@ def main() -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import preserve_captions, style_template_sets
+    from edit_efficacy import REMOVAL_CONFIGS, removal_request, style_template_sets
     from engine_batching import best_of
 
-    from diffloc.world import vocab
-
     model = load("shapesworld")
-    request = EditRequest(
-        concepts=(args.style,), targets=(vocab.STYLE_ANCHOR,), default_templates=False,
-        templates=style_template_sets()[args.templates],
-        preserve=tuple(s for s in vocab.STYLES if s != args.style), preserve_prompts=preserve_captions(),
-    )  # fmt: skip
-    loco = LocoEditConfig(sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0)
+    request = removal_request(args.style, style_template_sets()[args.templates])
+    loco = REMOVAL_CONFIGS["locoedit"]
     stats = preservation_statistics(model, request, method="locoedit", config=loco)
     pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
     prompts = list(dict.fromkeys([p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]))
@@ -83,7 +77,7 @@ def main() -> None:
             model.adapter.encode(model.pipe, prompts)
 
     key_prompts = [p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]
-    quick = QuickFixConfig(preserve_weight=10.0)
+    quick = REMOVAL_CONFIGS["quickfix"]
     quick_stats = preservation_statistics(model, request, method="quickfix", config=quick)
 
     def locoedit() -> None:

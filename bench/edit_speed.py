@@ -139,7 +139,7 @@ def shapesworld_part(seeds: int, max_steps: int, style: str, template_sets: tupl
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("ShapesWorld closed-form vs ESD fine-tuning: skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import preserve_captions, rates, style_template_sets
+    from edit_efficacy import REMOVAL_CONFIGS, rates, removal_request, style_template_sets
     from esd_baseline import kv_snapshot, run_esd
 
     from diffloc.engine.generate import GenerationConfig
@@ -155,6 +155,11 @@ def shapesworld_part(seeds: int, max_steps: int, style: str, template_sets: tupl
     model = load("shapesworld")
     if style not in vocab.STYLES:
         raise SystemExit(f"unknown style {style!r}; valid: {', '.join(vocab.STYLES)}")
+    sets = style_template_sets()
+    unknown = [k for k in template_sets if k not in sets]
+    if unknown:
+        raise SystemExit(f"unknown template set(s) {', '.join(unknown)}; valid: {', '.join(sets)}")
+    chosen = [(f"{k} templates", sets[k]) for k in template_sets]
     group = f"style:{style}"
     others = ["plain", *(f"style:{s}" for s in vocab.STYLES if s != style)]
     prompts = [p for p in captions.heldout_prompts() if p.group == group]
@@ -162,11 +167,6 @@ def shapesworld_part(seeds: int, max_steps: int, style: str, template_sets: tupl
     generation = GenerationConfig(steps=20, guidance=GUIDANCE)
     before = rates(model, prompts, seeds, generation)[group]
     kept_before = rates(model, kept_prompts, seeds, generation)
-    sets = style_template_sets()
-    unknown = [k for k in template_sets if k not in sets]
-    if unknown:
-        raise SystemExit(f"unknown template set(s) {', '.join(unknown)}; valid: {', '.join(sets)}")
-    chosen = [(f"{k} templates", sets[k]) for k in template_sets]
     print(f"ShapesWorld: removing {style!r}; held-out detection rate before {before:.2f} ({seeds} seeds)")
     if before < 0.5:
         print("  warning: the unedited model rarely shows the style; the drop (and the ESD ratio) is not meaningful")
@@ -176,23 +176,10 @@ def shapesworld_part(seeds: int, max_steps: int, style: str, template_sets: tupl
     )
     esd_runs: dict[tuple, object] = {}  # one ESD run serves every edit with the same prompts and rate to reach
     for set_label, templates in chosen:
-        # the recipe of bench/edit_efficacy.py --preserve --preserve-weight 10 --positions subject+eos
-        # --target-mode template (with this set's templates)
-        request = EditRequest(
-            concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=templates, default_templates=False,
-            preserve=tuple(s for s in vocab.STYLES if s != style), preserve_prompts=preserve_captions(),
-        )  # fmt: skip
+        request = removal_request(style, templates)
         esd_prompts = tuple(t.format(style) for t in templates)
-        for label, method, config in (
-            ("Diff-QuickFix", "quickfix", QuickFixConfig(preserve_weight=10.0)),
-            (
-                "LocoEdit",
-                "locoedit",
-                LocoEditConfig(
-                    sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0
-                ),
-            ),
-        ):
+        for label, method in (("Diff-QuickFix", "quickfix"), ("LocoEdit", "locoedit")):
+            config = REMOVAL_CONFIGS[method]
             fresh, _ = time_edit(model, method, config, request, repeats=5)
             stats = preservation_statistics(model, request, method=method, config=config)
             reused, _ = time_edit(model, method, config, request, repeats=5, preserved=stats)

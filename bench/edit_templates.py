@@ -27,19 +27,12 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import torch
 
-from diffloc.editing import EditRequest, LocoEditConfig, QuickFixConfig, compute_edit, preservation_statistics
+from diffloc.editing import compute_edit, preservation_statistics
 from diffloc.models.registry import load, shapesworld_dir
 
 #: A group the unedited model shows in fewer of its images is neither judged nor used as a kept group: a drop
 #: of 80 points is out of reach, and its kept share is noise (van goo: 12 images at 4 seeds, ~5 of them right).
 SHOWN = 0.8
-
-CONFIGS = {
-    "quickfix": QuickFixConfig(preserve_weight=10.0),
-    "locoedit": LocoEditConfig(
-        sites="unet.xattn.*", positions="subject+eos", target_mode="template", preserve_weight=10.0
-    ),
-}
 
 
 def main() -> None:
@@ -54,7 +47,7 @@ def main() -> None:
     if not (shapesworld_dir() / "model_index.json").is_file():
         print("skipped: ShapesWorld model not shipped")
         return
-    from edit_efficacy import preserve_captions, rates, style_template_sets
+    from edit_efficacy import REMOVAL_CONFIGS, rates, removal_request, style_template_sets
     from engine_batching import best_of
 
     from diffloc.engine.generate import GenerationConfig
@@ -64,9 +57,10 @@ def main() -> None:
     sets = style_template_sets()
     chosen = args.templates.split(",")
     methods = args.methods.split(",")
-    bad = [k for k in chosen if k not in sets] + [m for m in methods if m not in CONFIGS]
+    bad = [k for k in chosen if k not in sets] + [m for m in methods if m not in REMOVAL_CONFIGS]
     if bad:
-        raise SystemExit(f"unknown template set or method {', '.join(bad)}; valid: {', '.join([*sets, *CONFIGS])}")
+        valid = ", ".join([*sets, *REMOVAL_CONFIGS])
+        raise SystemExit(f"unknown template set or method {', '.join(bad)}; valid: {valid}")
     model = load("shapesworld")
     generation = GenerationConfig(steps=20, guidance=GUIDANCE)
     groups = ["plain", *(f"style:{s}" for s in vocab.STYLES)]
@@ -83,12 +77,9 @@ def main() -> None:
         group = f"style:{style}"
         kept_groups = [g for g in groups if g != group and before[g] >= SHOWN]
         for key in chosen:
-            request = EditRequest(
-                concepts=(style,), targets=(vocab.STYLE_ANCHOR,), templates=sets[key], default_templates=False,
-                preserve=tuple(s for s in vocab.STYLES if s != style), preserve_prompts=preserve_captions(),
-            )  # fmt: skip
+            request = removal_request(style, sets[key])
             for method in methods:
-                config = CONFIGS[method]
+                config = REMOVAL_CONFIGS[method]
                 stats = preservation_statistics(model, request, method=method, config=config)
 
                 def edit(method=method, config=config, request=request, stats=stats):
