@@ -57,6 +57,8 @@ def test_generate_with_edit_records_it_and_changes_images(tmp_path, capsys):
         (["locoedit", "--sites", "unet.xattn.77"], "unknown site"),
         (["neurons", "--sites", "unet.xattn.8", "--top-n", "100000"], "exceeds"),
         (["quickfix", "--template", "{}s in a field", "--no-default-templates"], "cats in a field"),
+        (["quickfix", "--stats", "s.safetensors"], "--stats needs a preservation set"),
+        (["neurons", "--sites", "unet.xattn.8", "--preserve", "house", "--stats", "s"], "--stats applies to"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
@@ -133,3 +135,21 @@ def test_locoedit_widen_bad_input_is_one_line(tmp_path, capsys, model_args, wide
     assert main([*model_args, "--widen", widen, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err and not out.exists()
+
+
+def test_stats_file_is_written_once_then_reused(tmp_path, capsys):
+    stats = tmp_path / "stats" / "keep-house.safetensors"
+    keep = ["--sites", "unet.xattn.8", "--preserve", "house", "--stats", str(stats)]
+    assert _edit(tmp_path, "locoedit", *keep, "--out", str(tmp_path / "a")) == 0
+    assert "computed" in capsys.readouterr().out and stats.is_file()
+    written = stats.stat().st_mtime_ns
+    assert _edit(tmp_path, "locoedit", *keep, "--out", str(tmp_path / "b")) == 0
+    assert f"reused from {stats}" in capsys.readouterr().out and stats.stat().st_mtime_ns == written
+    first, second = Edit.load(tmp_path / "a"), Edit.load(tmp_path / "b")
+    assert all(first.weights[k].equal(second.weights[k]) for k in first.parameters)
+    # another preservation set with the same file: one line, nothing written
+    other = ["--sites", "unet.xattn.8", "--preserve", "tree", "--stats", str(stats), "--out", str(tmp_path / "c")]
+    assert _edit(tmp_path, "locoedit", *other) == 1
+    err = capsys.readouterr().err.strip()
+    assert "another preserved concepts" in err and "\n" not in err
+    assert not (tmp_path / "c").exists()

@@ -113,3 +113,45 @@ def test_statistics_go_stale_when_the_text_encoder_changes(tiny_sd1):
     fresh = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
     with unet_edit.applied(tiny_sd1):
         compute_edit(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"], preserved=fresh)
+
+
+@pytest.mark.parametrize("method", ["quickfix", "locoedit"])
+def test_saved_statistics_load_and_give_the_same_edit(tiny_sd1, tmp_path, method):
+    config = CONFIGS[method]
+    stats = preservation_statistics(tiny_sd1, REQUEST, method=method, config=config)
+    path = stats.save(tmp_path / "stats.safetensors", tiny_sd1)
+    loaded = PreservedStatistics.load(path, tiny_sd1)
+    assert loaded.method == method and loaded.rows == stats.rows and dict(loaded.scope) == dict(stats.scope)
+    for space, gram in stats.grams.items():
+        assert torch.equal(loaded.grams[space].gram, gram.gram)
+        assert torch.equal(loaded.grams[space].row_sum, gram.row_sum)
+    other = replace(REQUEST, concepts=("bird",), targets=("fish",))
+    in_memory = compute_edit(tiny_sd1, other, method=method, config=config, preserved=stats)
+    from_disk = compute_edit(tiny_sd1, other, method=method, config=config, preserved=loaded)
+    for key in in_memory.parameters:
+        assert torch.equal(in_memory.weights[key], from_disk.weights[key]), key
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no leftovers
+
+
+def test_saved_statistics_refuse_other_weights_and_bad_files(tiny_sd1, tmp_path):
+    stats = preservation_statistics(tiny_sd1, REQUEST, method="locoedit", config=CONFIGS["locoedit"])
+    path = stats.save(tmp_path / "stats.safetensors", tiny_sd1)
+    text_edit = compute_edit(tiny_sd1, EditRequest(concepts=("bird",), targets=("fish",)), method="quickfix")
+    with text_edit.applied(tiny_sd1):
+        with pytest.raises(EditError, match="other text-encoder weights") as info:
+            PreservedStatistics.load(path, tiny_sd1)
+        assert "\n" not in str(info.value)
+        with pytest.raises(EditError, match="stale"):  # stale statistics are not written either
+            stats.save(tmp_path / "stale.safetensors", tiny_sd1)
+    assert not (tmp_path / "stale.safetensors").exists()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(EditError, match="cannot read preserved statistics"):
+        PreservedStatistics.load(truncated, tiny_sd1)
+    with pytest.raises(EditError, match="does not exist"):
+        PreservedStatistics.load(tmp_path / "nope.safetensors", tiny_sd1)
+    # a file for another preservation set loads, and the edit refuses it
+    loaded = PreservedStatistics.load(path, tiny_sd1)
+    with pytest.raises(EditError, match="another preserved concepts"):
+        compute_edit(tiny_sd1, replace(REQUEST, preserve=("tree",)), method="locoedit", config=CONFIGS["locoedit"],
+                     preserved=loaded)  # fmt: skip

@@ -6,6 +6,8 @@ Examples::
     diffloc edit locoedit --model shapesworld --concept "van goo" --target "a plain style" --sites unet.xattn.4 --out e
     diffloc edit locoedit --concept "pica stro" --target "a plain style" --window runs/locogen \\
         --widen "in the style of pica stro" --out edits/loco
+    diffloc edit locoedit --concept "pica stro" --target "a plain style" --sites "unet.xattn.*" \\
+        --preserve "mo nettle" --stats stats/keep-mo-nettle.safetensors --out edits/pica  # reused next time
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
     diffloc edit show edits/qf
     diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
@@ -48,6 +50,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preserve-weight", type=float, default=1.0,
         help="weight of the preserved pairs against the edited ones in the solve (UCE's scale; default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stats", default=None, metavar="FILE",
+        help="preservation statistics file: reused if it exists (checked against the model and the preservation "
+        "set), else computed and written there for the next edit (quickfix, locoedit; needs --preserve*)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
 
@@ -164,14 +171,40 @@ def run_compute(args: argparse.Namespace) -> int:
         preserve_prompts=tuple(args.preserve_prompt),
     )
     config = _config(args)  # validate before loading the model
+    if args.stats is not None:
+        if args.method == "neurons":
+            raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
+        if not request.preserve and not request.preserve_prompts:
+            raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
+        if getattr(args, "widen", None):
+            raise ConfigError("--stats does not combine with --widen (the window search computes its own statistics)")
     model = load(args.model)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
+    elif args.stats is not None:
+        edit = compute_edit(model, request, method=args.method, config=config,
+                            preserved=_statistics(args.stats, model, request, args.method, config))  # fmt: skip
     else:
         edit = compute_edit(model, request, method=args.method, config=config)
     out = edit.save(args.out)
     print(f"{out}: {edit.method} edit of {len(edit.parameters)} tensor(s), {edit.num_values:,} values")
     return 0
+
+
+def _statistics(path: str, model: Any, request: Any, method: str, config: Any) -> Any:
+    """``--stats``: the preservation statistics in ``path`` (checked by the edit), or computed and saved there."""
+    from pathlib import Path
+
+    from diffloc.editing import PreservedStatistics, preservation_statistics
+
+    if Path(path).exists():
+        stats = PreservedStatistics.load(path, model)
+        print(f"preservation statistics: reused from {path} ({stats.rows:,} preserved rows)")
+        return stats
+    stats = preservation_statistics(model, request, method=method, config=config)
+    stats.save(path, model)
+    print(f"preservation statistics: computed in {stats.seconds:.2f} s ({stats.rows:,} rows), saved to {path}")
+    return stats
 
 
 def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) -> Any:

@@ -15,18 +15,32 @@ the preserved states are read through is fingerprinted by storage and torch's in
 every in-place write through torch (``Edit.apply``, ``load_state_dict``, an optimizer step) advances. Writes that
 bypass autograd's version tracking (assigning through ``param.data``) are not seen; recompute the statistics
 after such a change.
+
+Statistics can be saved and loaded across processes (``stats.save(path, model)``, ``PreservedStatistics.load(path,
+model)``: one safetensors file, no pickle). On disk the in-process fingerprint means nothing, so a saved file
+records a sha256 of every parameter the states are read through, and loading checks it against the model (so
+saving and loading each read the whole text encoder's bytes once).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from diffloc.atomic import write_atomic
 from diffloc.editing.closed_form import PreservedGram
 from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
+
+#: Format tag of a saved statistics file (safetensors metadata ``format``).
+STATISTICS_FORMAT = "diffloc-preserved-statistics/1"
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -37,16 +51,26 @@ def state_fingerprint(model: LoadedModel) -> Fingerprint:
     That is every text encoder of the pipeline and, for IF, the UNet's ``encoder_hid_proj``. Costs
     microseconds (no tensor data is read).
     """
+    return tuple((name, param.data_ptr(), int(param._version)) for name, param in _read_through(model))
+
+
+def _read_through(model: LoadedModel) -> list[tuple[str, torch.Tensor]]:
     pipe = model.pipe
     modules = [(spec.component, getattr(pipe, spec.component)) for spec in model.adapter.text_encoders(pipe)]
     projection = getattr(pipe.unet, "encoder_hid_proj", None)
     if projection is not None:
         modules.append(("unet.encoder_hid_proj", projection))
-    return tuple(
-        (f"{prefix}.{name}", param.data_ptr(), int(param._version))
-        for prefix, module in modules
-        for name, param in module.named_parameters()
-    )
+    return [(f"{prefix}.{name}", p) for prefix, module in modules for name, p in module.named_parameters()]
+
+
+def content_hash(model: LoadedModel) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the parameters of :func:`state_fingerprint`."""
+    from diffloc.editing.edit import tensor_hash
+
+    digest = hashlib.sha256()
+    for name, param in _read_through(model):
+        digest.update(f"{name}={tensor_hash(param)};".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -73,16 +97,69 @@ class PreservedStatistics:
         """Preserved key vectors summarised (summed over input spaces)."""
         return sum(g.rows for g in self.grams.values())
 
-    def check(self, model: LoadedModel, method: str, scope: Mapping[str, Any]) -> None:
-        """Raise a one-line :class:`EditError` unless these statistics fit this edit of this model."""
-        if method != self.method:
-            raise EditError(f"preserved statistics were computed for method {self.method!r}, not {method!r}")
-        for name in sorted(set(scope) | set(self.scope)):
-            if scope.get(name) != self.scope.get(name):
-                raise EditError(
-                    f"preserved statistics were computed for another {name} ({_short(self.scope.get(name))} vs this "
-                    f"request's {_short(scope.get(name))}); compute them for this request with preservation_statistics"
-                )
+    def save(self, path: str | Path, model: LoadedModel) -> Path:
+        """Write the statistics of ``model`` to one safetensors file, atomically.
+
+        ``model`` must be the one they were computed on (checked by fingerprint); its content hash is stored.
+
+        Raises:
+            EditError: the statistics are stale for ``model``.
+        """
+        from safetensors.torch import save_file
+
+        from diffloc import __version__
+
+        self._check_fresh(model)
+        tensors: dict[str, torch.Tensor] = {}
+        for space, gram in self.grams.items():
+            tensors[f"{space}/gram"] = gram.gram.detach().cpu().contiguous()
+            tensors[f"{space}/row_sum"] = gram.row_sum.detach().cpu().contiguous()
+        header = {
+            "method": self.method,
+            "scope": dict(self.scope),
+            "rows": {space: g.rows for space, g in self.grams.items()},
+            "seconds": self.seconds,
+            "weights_sha256": content_hash(model),
+            "family": model.family,
+            "diffloc_version": __version__,
+        }
+        metadata = {"format": STATISTICS_FORMAT, "header": json.dumps(header)}
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | Path, model: LoadedModel) -> PreservedStatistics:
+        """Load statistics saved by :meth:`save` for use on ``model`` (whose weights must hash the same).
+
+        Raises:
+            EditError: not a statistics file, unreadable, or computed on other text-encoder weights.
+        """
+        from safetensors import safe_open
+
+        source = Path(path)
+        if not source.is_file():
+            raise EditError(f"preserved statistics file {str(source)!r} does not exist")
+        try:
+            with safe_open(str(source), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            if metadata.get("format") != STATISTICS_FORMAT:
+                raise ValueError(f"format {metadata.get('format')!r}, expected {STATISTICS_FORMAT!r}")
+            header = json.loads(metadata["header"])
+            grams = {
+                space: PreservedGram(gram=tensors[f"{space}/gram"], row_sum=tensors[f"{space}/row_sum"], rows=int(n))
+                for space, n in header["rows"].items()
+            }
+        except Exception as exc:  # truncated, foreign or hand-edited file
+            raise EditError(f"cannot read preserved statistics {str(source)!r}: {exc}") from None
+        if header["weights_sha256"] != content_hash(model):
+            raise EditError(
+                f"preserved statistics {str(source)!r} were computed on other text-encoder weights "
+                f"(sha256 {header['weights_sha256'][:12]}…); recompute them for this model"
+            )
+        return cls(method=header["method"], scope=header["scope"], grams=grams, seconds=float(header["seconds"]),
+                   fingerprint=state_fingerprint(model))  # fmt: skip
+
+    def _check_fresh(self, model: LoadedModel) -> None:
         now = state_fingerprint(model)
         if now != self.fingerprint:
             changed = next(
@@ -93,6 +170,18 @@ class PreservedStatistics:
                 f"preserved statistics are stale: {changed} changed since they were computed (an edit applied?); "
                 "recompute them with preservation_statistics on the current model"
             )
+
+    def check(self, model: LoadedModel, method: str, scope: Mapping[str, Any]) -> None:
+        """Raise a one-line :class:`EditError` unless these statistics fit this edit of this model."""
+        if method != self.method:
+            raise EditError(f"preserved statistics were computed for method {self.method!r}, not {method!r}")
+        for name in sorted(set(scope) | set(self.scope)):
+            if scope.get(name) != self.scope.get(name):
+                raise EditError(
+                    f"preserved statistics were computed for another {name} ({_short(self.scope.get(name))} vs this "
+                    f"request's {_short(scope.get(name))}); compute them for this request with preservation_statistics"
+                )
+        self._check_fresh(model)
 
 
 def preservation_scope(request: Any, default_templates: tuple[str, ...], **settings: Any) -> dict[str, Any]:
