@@ -150,3 +150,24 @@ def test_warm_start_checks_the_architecture_and_the_path(straight_run, tmp_path)
         assert not list((tmp_path / "a").iterdir())  # refused before anything was written
     with pytest.raises(ConfigError, match="not a directory"):
         train(TrainConfig(**{**TINY, "init_from": str(tmp_path / "nope")}), tmp_path / "b")
+
+
+def test_freeze_unet_trains_the_text_encoder_only(straight_run, tmp_path):
+    from diffloc.world.model import load_pipeline
+    from diffloc.world.train import export_run
+
+    run, _ = straight_run
+    exported = export_run(run, tmp_path / "pipe")
+    init = load_pipeline(exported)
+    config = TrainConfig(**{**TINY, "seed": 1, "lr": 1e-2, "init_from": str(exported), "freeze_unet": True})
+    train(config, tmp_path / "frozen")
+    ckpt = load_file(str(tmp_path / "frozen" / "checkpoint.safetensors"))
+    unet = init.unet.state_dict()
+    assert all(torch.equal(ckpt["unet." + k], v) for k, v in unet.items())  # bit-identical UNet
+    moved = [k for k, v in init.text_encoder.state_dict().items() if not torch.equal(ckpt["text_encoder." + k], v)]
+    assert moved  # the text encoder was trained
+    for i, p in enumerate(init.unet.parameters()):  # nor does the UNet's EMA
+        assert torch.equal(ckpt[f"ema.{i}"], p.detach()), i
+    # The optimizer holds the text encoder's parameters only (its state is indexed over them).
+    n_text = len(list(init.text_encoder.parameters()))
+    assert {int(k.split(".")[1]) for k in ckpt if k.startswith("optim.")} == set(range(n_text))

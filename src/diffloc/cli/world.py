@@ -60,6 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="shares of plain,style,object,fact captions, e.g. 0.45,0.35,0.1,0.1 (default: the shipped recipe)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    p.add_argument(
+        "--freeze-unet", action="store_true",
+        help="train the text encoder only (with --init-from: the warm start's UNet stays as it is)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
     p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
@@ -148,6 +152,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--mix {args.mix!r} is not 4 comma-separated numbers, e.g. 0.45,0.35,0.1,0.1") from None
     if args.threads is not None:
         fields["threads"] = args.threads
+    if args.freeze_unet:
+        fields["freeze_unet"] = True
     for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
                         ("init_from", args.init_from)):  # fmt: skip
         if value is not None:

@@ -64,6 +64,9 @@ class TrainConfig:
     init_from: str | None = None
     #: Share of (plain, style, object, fact) captions in the training data.
     mix: tuple[float, float, float, float] = captions.DEFAULT_MIX
+    #: Train the text encoder only (the UNet, e.g. a warm start's, stays fixed): for teaching new phrasings
+    #: of known captions without moving what the UNet draws.
+    freeze_unet: bool = False
 
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
@@ -307,7 +310,10 @@ def train(
                                             heads=config.text_heads)  # fmt: skip
     unet = model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    if config.freeze_unet:
+        unet.requires_grad_(False)
+    trained = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 2)
     step = 0
     if resuming:
@@ -340,7 +346,7 @@ def train(
         loss = F.mse_loss(unet(noisy, t, context).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
