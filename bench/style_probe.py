@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from collections import Counter
 
 import torch
-from edit_efficacy import rates
+from edit_efficacy import rates, readings
 
 from diffloc.engine.generate import GenerationConfig
 from diffloc.models.registry import load, shapesworld_dir
@@ -72,33 +72,26 @@ def main() -> None:
 
 def by_colour(style: str, seeds: int) -> None:
     """Rates per (template, colour) over every shape, and the detectors' reading of the misses."""
-    from diffloc.engine.generate import generate
-    from diffloc.world.detectors import detect, predicted_labels
-
     templates = {"held-out": vocab.STYLE_TEMPLATES_HELDOUT[0], "training": vocab.STYLE_TEMPLATES_TRAIN[0]}
-    jobs = [
-        (label, colour, fill(template, artist=style, shape=shape, colour=colour), seed)
+    prompts = [
+        EvalPrompt(prompt=fill(template, artist=style, shape=shape, colour=colour), group=f"{label}|{colour}",
+                   labels={"style": vocab.STYLES[style]})
         for label, template in templates.items()
         for colour in vocab.COLOURS
         for shape in vocab.SHAPES
-        for seed in range(seeds)
-    ]
-    model = load("shapesworld")
+    ]  # fmt: skip
     config = GenerationConfig(steps=20, guidance=GUIDANCE)
-    hits: dict[tuple[str, str], list[bool]] = {}
+    hits: dict[str, list[bool]] = {}
     misses: dict[str, Counter] = {label: Counter() for label in templates}
-    for start in range(0, len(jobs), 32):
-        chunk = jobs[start : start + 32]
-        images = generate(model, [j[2] for j in chunk], seeds=[j[3] for j in chunk], config=config)
-        for (label, colour, _, _), predicted in zip(chunk, predicted_labels(detect(images)), strict=True):
-            hit = predicted["style"] == vocab.STYLES[style]
-            hits.setdefault((label, colour), []).append(hit)
-            if not hit:
-                misses[label][(predicted["style"], predicted["texture"])] += 1
+    for prompt, predicted in readings(load("shapesworld"), prompts, seeds, config):
+        hit = predicted["style"] == vocab.STYLES[style]
+        hits.setdefault(prompt.group, []).append(hit)
+        if not hit:
+            misses[prompt.group.split("|")[0]][(predicted["style"], predicted["texture"])] += 1
     print(f"{style!r}: {len(vocab.SHAPES)} shapes x {seeds} seeds per colour; templates {templates}")
     print(f"{'colour':<8} " + " ".join(f"{label:>9}" for label in templates))
     for colour in vocab.COLOURS:
-        row = " ".join(f"{sum(hits[(label, colour)]) / len(hits[(label, colour)]):9.2f}" for label in templates)
+        row = " ".join(f"{sum(hits[f'{label}|{colour}']) / len(hits[f'{label}|{colour}']):9.2f}" for label in templates)
         print(f"{colour:<8} {row}")
     for label, counted in misses.items():
         shown = ", ".join(f"{s} style + {t} fill: {n}" for (s, t), n in counted.most_common())

@@ -324,6 +324,8 @@ def train(
             _warm_start(config, init, unet, text_encoder)
             logger.info("warm start from %s", config.init_from)
         ema = [p.detach().clone() for p in params]
+    # EMA of the trained parameters only (a frozen UNet's EMA stays at its weights without per-step work).
+    ema_trained = [e for e, p in zip(ema, params, strict=True) if p.requires_grad]
     scheduler = model.build_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     uncond = tokenize([""])[0]
@@ -350,7 +352,7 @@ def train(
         opt.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            torch._foreach_lerp_(ema_trained, [p.detach() for p in trained], 1 - decay)
         step += 1
         losses.append(loss.item())
         if progress:
