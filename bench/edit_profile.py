@@ -7,10 +7,12 @@ plain captions preserved, LocoEdit on all 16 layers with ``positions="subject+eo
 with the preservation statistics computed once and reused, i.e. the per-edit cost of every further edit.
 Printed, best of ``--repeats`` after a warm-up, each timed alone:
 
-* the whole ``compute_edit`` (what ``edit_speed.py`` reports as "reused");
-* the text-encoder pass over the edit's distinct prompts (concept and target in every template) at the
-  pipeline's padded length — which ``positions="subject+eos"`` needs, because cross-attention reads the EOS
-  and padding slots and a causal encoder fills each from the whole prefix;
+* the whole ``compute_edit`` with the statistics as ``preservation_statistics`` returns them (the preserved Gram
+  and the target prompts encoded: every further removal to the same anchor), and with the Gram only (the target
+  encoded by the edit, what ``edit_speed.py`` reported as "reused" until session 13);
+* the text-encoder pass over the concept prompts, and over the target prompts, at the pipeline's padded length
+  — which ``positions="subject+eos"`` needs, because cross-attention reads the EOS and padding slots and a
+  causal encoder fills each from the whole prefix;
 * the tokenizer work of the subject lookup, and the shared ridge factorization plus applying it to every
   projection.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -60,9 +63,10 @@ def main() -> None:
     request = removal_request(args.style, style_template_sets()[args.templates])
     loco = REMOVAL_CONFIGS["locoedit"]
     stats = preservation_statistics(model, request, method="locoedit", config=loco)
+    gram_only = replace(stats, targets={})
     pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
-    prompts = list(dict.fromkeys([p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]))
-    subjects = [p.key_subject for p in pairs] + [p.value_subject for p in pairs]
+    concept_prompts = list(dict.fromkeys(p.key_prompt for p in pairs))
+    target_prompts = list(dict.fromkeys(p.value_prompt for p in pairs))
     keys, targets = _key_value_states(model, pairs, loco)
     projections = projection_sites(model, loco.sites)
     weights = [projection_linear(model, p).weight.detach() for p in projections]
@@ -72,29 +76,36 @@ def main() -> None:
         for w0 in weights:
             ridge.apply(w0)
 
-    def encode() -> None:
-        with torch.no_grad():
-            model.adapter.encode(model.pipe, prompts)
+    def encoder(prompts: list[str]):
+        def encode() -> None:
+            with torch.no_grad():
+                model.adapter.encode(model.pipe, prompts)
 
-    key_prompts = [p.key_prompt for p in pairs] + [p.value_prompt for p in pairs]
+        return encode
+
     quick = REMOVAL_CONFIGS["quickfix"]
     quick_stats = preservation_statistics(model, request, method="quickfix", config=quick)
 
     def locoedit() -> None:
         compute_edit(model, request, method="locoedit", config=loco, preserved=stats)
 
+    def locoedit_gram_only() -> None:
+        compute_edit(model, request, method="locoedit", config=loco, preserved=gram_only)
+
     def quickfix() -> None:
         compute_edit(model, request, method="quickfix", config=quick, preserved=quick_stats)
 
-    def lookup() -> None:
-        subject_positions(model, key_prompts, subjects)
+    def lookup() -> None:  # what the edit looks up once the target is kept: the concept's positions
+        subject_positions(model, [p.key_prompt for p in pairs], [p.key_subject for p in pairs])
 
     width = model.pipe.tokenizer.model_max_length
     parts = [
         ("LocoEdit, whole compute_edit", locoedit),
-        (f"  text encoder: {len(prompts)} prompts x {width} positions", encode),
+        (f"  text encoder: {len(concept_prompts)} concept prompts x {width} positions", encoder(concept_prompts)),
         ("  subject lookup (tokenizers)", lookup),
         (f"  ridge factorization + {len(weights)} projections", solve),
+        ("LocoEdit, target encoded by the edit (Gram reused)", locoedit_gram_only),
+        (f"  text encoder: {len(target_prompts)} target prompts x {width} positions", encoder(target_prompts)),
         ("Diff-QuickFix, whole compute_edit", quickfix),
     ]
     seconds = {}
@@ -107,7 +118,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.repeats} after a warm-up")
     print(
         f"removing {args.style!r} ({len(request.templates)} templates); "
-        f"preservation statistics reused ({stats.rows} preserved rows)"
+        f"preservation statistics reused ({stats.rows} preserved rows, {len(stats.targets)} target prompts)"
     )
     header = f"{'part':<52} {'ms':>8}"
     if budget is not None:

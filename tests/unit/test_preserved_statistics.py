@@ -18,6 +18,7 @@ from diffloc.editing import (
     preservation_statistics,
 )
 from diffloc.editing.edit import parameter_hashes as model_hashes
+from diffloc.editing.states import EncodedPrompt
 from diffloc.errors import ConfigError, EditError
 
 REQUEST = EditRequest(
@@ -59,6 +60,32 @@ def test_locoedit_statistics_serve_any_sites(tiny_sd1):
     config = replace(CONFIGS["locoedit"], sites=("unet.xattn.0", "unet.xattn.2"))
     fresh = compute_edit(tiny_sd1, REQUEST, method="locoedit", config=config)
     _assert_same_weights(fresh, compute_edit(tiny_sd1, REQUEST, method="locoedit", config=config, preserved=stats))
+
+
+def test_locoedit_statistics_keep_the_target_prompts_for_edits_to_that_target(tiny_model):
+    config = CONFIGS["locoedit"]
+    stats = preservation_statistics(tiny_model, REQUEST, method="locoedit", config=config)
+    assert stats.targets and {target for _, target in stats.targets} == {"dog"}
+    same_target = replace(REQUEST, concepts=("bird",))  # another concept mapped to the same target
+    fresh = compute_edit(tiny_model, same_target, method="locoedit", config=config)
+    reused = compute_edit(tiny_model, same_target, method="locoedit", config=config, preserved=stats)
+    _assert_same_weights(fresh, reused)
+    assert fresh.stats["preserved_statistics"]["target_prompts_reused"] == 0
+    assert reused.stats["preserved_statistics"]["target_prompts_reused"] == len(stats.targets)
+    # the kept target rows are what the edit reads: other rows give other weights
+    zeroed = {
+        k: EncodedPrompt(context=torch.zeros_like(e.context), position=e.position) for k, e in stats.targets.items()
+    }
+    tampered = compute_edit(tiny_model, same_target, method="locoedit", config=config,
+                            preserved=replace(stats, targets=zeroed))  # fmt: skip
+    assert any(not torch.allclose(tampered.weights[k], fresh.weights[k]) for k in fresh.parameters)
+    # an edit to another target encodes its own
+    other = compute_edit(tiny_model, replace(REQUEST, targets=("fish",)), method="locoedit", config=config,
+                         preserved=stats)  # fmt: skip
+    assert other.stats["preserved_statistics"]["target_prompts_reused"] == 0
+    # the last-token recipe keeps no target prompts (its states are read at the prompts' own length)
+    subject = replace(config, positions="subject")
+    assert not preservation_statistics(tiny_model, REQUEST, method="locoedit", config=subject).targets
 
 
 def test_faithful_quickfix_reuses_statistics(tiny_sd1):
@@ -125,6 +152,14 @@ def test_saved_statistics_load_and_give_the_same_edit(tiny_sd1, tmp_path, method
     for space, gram in stats.grams.items():
         assert torch.equal(loaded.grams[space].gram, gram.gram)
         assert torch.equal(loaded.grams[space].row_sum, gram.row_sum)
+    assert list(loaded.targets) == list(stats.targets)
+    for pair, encoded in stats.targets.items():
+        assert torch.equal(loaded.targets[pair].context, encoded.context)
+        assert loaded.targets[pair].position == encoded.position
+    same_target = compute_edit(tiny_sd1, replace(REQUEST, concepts=("bird",)), method=method, config=config,
+                               preserved=loaded)  # fmt: skip
+    if method == "locoedit":
+        assert same_target.stats["preserved_statistics"]["target_prompts_reused"] == len(stats.targets)
     other = replace(REQUEST, concepts=("bird",), targets=("fish",))
     in_memory = compute_edit(tiny_sd1, other, method=method, config=config, preserved=stats)
     from_disk = compute_edit(tiny_sd1, other, method=method, config=config, preserved=loaded)

@@ -36,6 +36,7 @@ spares every later edit the text-encoder passes over the preserved prompts, whic
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,14 +163,28 @@ class SharedInputRidge:
 
     def apply(self, W0: torch.Tensor) -> torch.Tensor:
         """``W*`` for one weight ``W0`` ``(d_out, d_in)``, with ``W0``'s dtype and device."""
-        if W0.dim() != 2 or W0.shape[1] != self.width:
-            raise EditError(f"W0 must be (d_out, {self.width}), got shape {tuple(W0.shape)}")
-        w0 = W0.detach().to(device="cpu", dtype=torch.float64)
+        return self.apply_all([W0])[0]
+
+    def apply_all(self, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``W*`` for each weight ``(d_out_i, d_in)``, in order, each with its own dtype and device.
+
+        The weights' rows are stacked so the factors are applied in one product (LocoEdit edits up to 140
+        projections; one product instead of one per weight).
+        """
+        for W0 in weights:
+            if W0.dim() != 2 or W0.shape[1] != self.width:
+                raise EditError(f"W0 must be (d_out, {self.width}), got shape {tuple(W0.shape)}")
+        if not weights:
+            return []
+        kinds = {(W0.device, W0.dtype) for W0 in weights}
+        if len(kinds) > 1:  # mixed devices or dtypes: each weight alone
+            return [self.apply_all([W0])[0] for W0 in weights]
+        w0 = torch.cat([W0.detach() for W0 in weights]).to(device="cpu", dtype=torch.float64)
         update = w0
         for factor in self.factors:
             update = update @ factor
-        solution = w0 + update  # (d_out, d_in)
-        return solution.to(device=W0.device, dtype=W0.dtype).contiguous()
+        (device, dtype), sizes = kinds.pop(), [W0.shape[0] for W0 in weights]
+        return [new.contiguous() for new in (w0 + update).to(device=device, dtype=dtype).split(sizes)]
 
 
 def ridge_solve(

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, check_p
 from diffloc.editing.edit import Edit
 from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
-from diffloc.editing.states import context_at_subjects, context_pairs, context_rows
+from diffloc.editing.states import EncodedPrompt, context_at_subjects, context_pairs, context_rows, encode_pairs
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
@@ -141,18 +141,26 @@ def projection_linear(model: LoadedModel, site: Site) -> nn.Linear:
     return module
 
 
-def _key_value_states(
-    model: LoadedModel, edit_pairs: list[PromptPair], config: LocoEditConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(concept keys, target states), float64 rows of cross-attention context."""
+def _target_side(edit_pairs: list[PromptPair], config: LocoEditConfig) -> tuple[list[str], list[str]]:
+    """The target prompts of the edit pairs (the target alone with ``target_mode="bare"``) and their targets."""
     bare = config.target_mode == "bare"
-    value_prompts = [p.value_subject if bare else p.value_prompt for p in edit_pairs]
-    value_subjects = [p.value_subject for p in edit_pairs]
+    return [p.value_subject if bare else p.value_prompt for p in edit_pairs], [p.value_subject for p in edit_pairs]
+
+
+def _key_value_states(
+    model: LoadedModel,
+    edit_pairs: list[PromptPair],
+    config: LocoEditConfig,
+    known: Mapping[tuple[str, str], EncodedPrompt] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(concept keys, target states), float64 rows of cross-attention context (``known``: target prompts
+    already encoded, used with ``positions="subject+eos"``)."""
+    value_prompts, value_subjects = _target_side(edit_pairs, config)
     key_prompts, key_subjects = [p.key_prompt for p in edit_pairs], [p.key_subject for p in edit_pairs]
     if config.positions == "subject":
         states = context_at_subjects(model, key_prompts + value_prompts, key_subjects + value_subjects).double()
         return states[: len(edit_pairs)], states[len(edit_pairs) :]
-    keys, values = context_pairs(model, key_prompts, key_subjects, value_prompts, value_subjects)
+    keys, values = context_pairs(model, key_prompts, key_subjects, value_prompts, value_subjects, known)
     return torch.cat(keys), torch.cat(values)
 
 
@@ -183,8 +191,18 @@ def preserved_grams(model: LoadedModel, request: EditRequest, config: LocoEditCo
 
 
 def locoedit_statistics(model: LoadedModel, request: EditRequest, config: LocoEditConfig) -> PreservedStatistics:
-    """LocoEdit's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`); any sites."""
-    return resolved("locoedit", model, request, config, preserved_scope, preserved_grams, None)[0]
+    """LocoEdit's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`); any sites.
+
+    With ``positions="subject+eos"`` they also hold the request's target prompts encoded, which later edits
+    with the same target and templates reuse.
+    """
+    stats = resolved("locoedit", model, request, config, preserved_scope, preserved_grams, None)[0]
+    if config.positions != "subject+eos":
+        return stats
+    start = time.perf_counter()
+    edit_pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
+    targets = encode_pairs(model, *_target_side(edit_pairs, config))
+    return replace(stats, targets=targets, seconds=round(stats.seconds + time.perf_counter() - start, 6))
 
 
 def compute_locoedit(
@@ -209,7 +227,9 @@ def compute_locoedit(
     projections = projection_sites(model, config.sites)
     edit_pairs = [p for p in request.pairs(LOCOEDIT_TEMPLATES) if not p.preserve]
     preserved, source = resolved("locoedit", model, request, config, preserved_scope, preserved_grams, preserved)
-    concept_states, target_states = _key_value_states(model, edit_pairs, config)
+    known = preserved.targets if config.positions == "subject+eos" else {}
+    concept_states, target_states = _key_value_states(model, edit_pairs, config, known)
+    value_pairs = set(zip(*_target_side(edit_pairs, config), strict=True))
     gram = preserved.grams.get("context")
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
@@ -226,12 +246,13 @@ def compute_locoedit(
         )
         for lam in dict.fromkeys(lams)
     }
-    for proj, lam in zip(projections, lams, strict=True):
-        w0 = projection_linear(model, proj).weight.detach()
-        new = solvers[lam].apply(w0)
-        key = f"{proj.full_path}.weight"
-        weights[key] = new
-        originals[key] = w0.clone()
+    current = [projection_linear(model, proj).weight.detach() for proj in projections]
+    for lam, solver in solvers.items():
+        chosen = [i for i, each in enumerate(lams) if each == lam]
+        for i, new in zip(chosen, solver.apply_all([current[i] for i in chosen]), strict=True):
+            key = f"{projections[i].full_path}.weight"
+            weights[key] = new
+            originals[key] = current[i].clone()
     solve_seconds = time.perf_counter() - solve_start
     notes = []
     if model.family == "if":
@@ -243,7 +264,11 @@ def compute_locoedit(
         "key_value_pairs": int(concept_states.shape[0]),
         "preserve_pairs": gram.rows if gram is not None else 0,
         "solve_seconds": round(solve_seconds, 6),
-        "preserved_statistics": {"source": source, "seconds": preserved.seconds},
+        "preserved_statistics": {
+            "source": source,
+            "seconds": preserved.seconds,
+            "target_prompts_reused": sum(pair in known for pair in value_pairs),
+        },
         "seconds": round(time.perf_counter() - start, 6),
     }
     logger.info("locoedit: %s", stats)

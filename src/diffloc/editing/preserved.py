@@ -16,6 +16,11 @@ every in-place write through torch (``Edit.apply``, ``load_state_dict``, an opti
 bypass autograd's version tracking (assigning through ``param.data``) are not seen; recompute the statistics
 after such a change.
 
+LocoEdit's statistics (``positions="subject+eos"``) also keep the request's *target* prompts encoded (the anchor in
+every template, :attr:`PreservedStatistics.targets`): a later edit that maps another concept to the same target in
+the same templates reads them instead of encoding them again (the same rows, up to float rounding), which halves
+its text-encoder work. An edit with another target simply encodes its own.
+
 Statistics can be saved and loaded across processes (``stats.save(path, model)``, ``PreservedStatistics.load(path,
 model)``: one safetensors file, no pickle). On disk the in-process fingerprint means nothing, so a saved file
 records a sha256 of every parameter the states are read through, and loading checks it against the model (so
@@ -36,6 +41,7 @@ import torch
 
 from diffloc.atomic import write_atomic
 from diffloc.editing.closed_form import PreservedGram
+from diffloc.editing.states import EncodedPrompt
 from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
 
@@ -84,6 +90,8 @@ class PreservedStatistics:
         grams: per input space (a text encoder component for Diff-QuickFix, ``"context"`` for LocoEdit).
         seconds: wall time it took to compute them.
         fingerprint: :func:`state_fingerprint` of the model they were computed on.
+        targets: the request's target prompts encoded (LocoEdit, ``positions="subject+eos"``), keyed by
+            ``(prompt, target)``; edits that map to the same target in the same templates reuse them.
     """
 
     method: str
@@ -91,6 +99,7 @@ class PreservedStatistics:
     grams: Mapping[str, PreservedGram]
     seconds: float
     fingerprint: Fingerprint = field(repr=False, default=())
+    targets: Mapping[tuple[str, str], EncodedPrompt] = field(repr=False, default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -114,10 +123,13 @@ class PreservedStatistics:
         for space, gram in self.grams.items():
             tensors[f"{space}/gram"] = gram.gram.detach().cpu().contiguous()
             tensors[f"{space}/row_sum"] = gram.row_sum.detach().cpu().contiguous()
+        for i, encoded in enumerate(self.targets.values()):
+            tensors[f"targets/{i}"] = encoded.context.detach().cpu().contiguous()
         header = {
             "method": self.method,
             "scope": dict(self.scope),
             "rows": {space: g.rows for space, g in self.grams.items()},
+            "targets": [[prompt, subject, e.position] for (prompt, subject), e in self.targets.items()],
             "seconds": self.seconds,
             "weights_sha256": content_hash(model),
             "family": model.family,
@@ -149,6 +161,10 @@ class PreservedStatistics:
                 space: PreservedGram(gram=tensors[f"{space}/gram"], row_sum=tensors[f"{space}/row_sum"], rows=int(n))
                 for space, n in header["rows"].items()
             }
+            targets = {
+                (str(prompt), str(subject)): EncodedPrompt(context=tensors[f"targets/{i}"], position=int(position))
+                for i, (prompt, subject, position) in enumerate(header.get("targets", []))
+            }
         except Exception as exc:  # truncated, foreign or hand-edited file
             raise EditError(f"cannot read preserved statistics {str(source)!r}: {exc}") from None
         if header["weights_sha256"] != content_hash(model):
@@ -157,7 +173,7 @@ class PreservedStatistics:
                 f"(sha256 {header['weights_sha256'][:12]}…); recompute them for this model"
             )
         return cls(method=header["method"], scope=header["scope"], grams=grams, seconds=float(header["seconds"]),
-                   fingerprint=state_fingerprint(model))  # fmt: skip
+                   fingerprint=state_fingerprint(model), targets=targets)  # fmt: skip
 
     def _check_fresh(self, model: LoadedModel) -> None:
         now = state_fingerprint(model)

@@ -107,7 +107,8 @@ def compute_edit(
         config: the method's config (``QuickFixConfig``, ``LocoEditConfig``, ``NeuronConfig``); ``None``
             uses the defaults where the method has them (LocoEdit and neurons need sites).
         preserved: the request's preservation statistics from :func:`preservation_statistics` on this model,
-            to reuse across edits (same result; the preserved prompts are not encoded again).
+            to reuse across edits (the same weights up to float rounding; the preserved prompts are not encoded
+            again, nor, for LocoEdit with ``positions="subject+eos"``, the target prompts they hold).
 
     Returns:
         The :class:`Edit`; apply it with ``edit.apply(model)`` or ``with edit.applied(model): ...``.

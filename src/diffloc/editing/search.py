@@ -184,8 +184,8 @@ def locoedit_search(
             break
         logger.info("locoedit on %d layers: %r at %.3f (unedited %.3f); widening", size, attribute, after, before)
     edit = compute_locoedit(model, request, window)
-    edit.stats["window_search"] = {
+    found = {
         "start": list(start), "attribute": attribute, "mode": mode, "min_effect": search.min_effect,
         "seeds": list(search.seeds), "prompts": prompts, "unedited_score": before, "tried": tried,
     }  # fmt: skip
-    return edit
+    return replace(edit, stats={**edit.stats, "window_search": found})

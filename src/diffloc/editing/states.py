@@ -16,7 +16,8 @@ bidirectional and is always encoded at its full padded length, exactly as the pi
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,35 +107,71 @@ def aligned_positions(key_pos: int, value_pos: int, length: int, use_eos: bool) 
     return keys, values
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One prompt's cross-attention context at the pipeline's full padded length and its subject's position.
+
+    Attributes:
+        context: ``(tokens, dim)`` float64, as the UNet reads it (IF: after ``encoder_hid_proj``).
+        position: the subject's last token in the prompt (special tokens counted).
+    """
+
+    context: torch.Tensor
+    position: int
+
+
+def encode_pairs(
+    model: LoadedModel, prompts: Sequence[str], subjects: Sequence[str]
+) -> dict[tuple[str, str], EncodedPrompt]:
+    """Each distinct ``(prompt, subject)`` encoded at the full padded length, keyed by that pair.
+
+    Raises:
+        PromptError: a subject does not occur in its prompt.
+    """
+    positions = subject_positions(model, prompts, subjects)
+    distinct = list(dict.fromkeys(prompts))
+    if not distinct:
+        return {}
+    with torch.no_grad():
+        context = attention_context(model, model.adapter.encode(model.pipe, distinct).hidden).double()
+    row = {p: i for i, p in enumerate(distinct)}
+    return {
+        (prompt, subject): EncodedPrompt(context=context[row[prompt]], position=position)
+        for prompt, subject, position in zip(prompts, subjects, positions, strict=True)
+    }
+
+
 def context_pairs(
     model: LoadedModel,
     key_prompts: Sequence[str],
     key_subjects: Sequence[str],
     value_prompts: Sequence[str],
     value_subjects: Sequence[str],
+    known: Mapping[tuple[str, str], EncodedPrompt] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Cross-attention context of aligned key/value positions, EOS and padding included, per prompt pair.
 
     Prompts are encoded at the pipeline's full padded length (the padding slots are what the UNet reads
-    after the prompt). Returns, per pair, the key rows and the value rows ``(n_i, dim)`` from
-    :func:`aligned_positions` with ``use_eos=True``.
+    after the prompt). Value prompts found in ``known`` (:func:`encode_pairs` of the same model state, e.g. a
+    target encoded once for many edits) are not encoded again. Returns, per pair, the key rows and the value
+    rows ``(n_i, dim)`` from :func:`aligned_positions` with ``use_eos=True``.
 
     Raises:
         PromptError: a subject does not occur in its prompt, or no prompts.
     """
     if not key_prompts:
         raise PromptError("empty prompt list; an edit needs at least one prompt")
-    positions = subject_positions(model, [*key_prompts, *value_prompts], [*key_subjects, *value_subjects])
-    key_pos, value_pos = positions[: len(key_prompts)], positions[len(key_prompts) :]
-    distinct = list(dict.fromkeys([*key_prompts, *value_prompts]))
-    with torch.no_grad():
-        context = attention_context(model, model.adapter.encode(model.pipe, distinct).hidden).double()
-    row = {p: i for i, p in enumerate(distinct)}
+    known = known or {}
+    missing = [pair for pair in zip(value_prompts, value_subjects, strict=True) if pair not in known]
+    encoded = encode_pairs(model, [*key_prompts, *(p for p, _ in missing)], [*key_subjects, *(s for _, s in missing)])
     keys, values = [], []
-    for kp_text, vp_text, kp, vp in zip(key_prompts, value_prompts, key_pos, value_pos, strict=True):
-        k_idx, v_idx = aligned_positions(kp, vp, context.shape[1], True)
-        keys.append(context[row[kp_text], k_idx])
-        values.append(context[row[vp_text], v_idx])
+    for key_pair, value_pair in zip(
+        zip(key_prompts, key_subjects, strict=True), zip(value_prompts, value_subjects, strict=True), strict=True
+    ):
+        key, value = encoded[key_pair], known.get(value_pair) or encoded[value_pair]
+        k_idx, v_idx = aligned_positions(key.position, value.position, key.context.shape[0], True)
+        keys.append(key.context[k_idx])
+        values.append(value.context[v_idx])
     return keys, values
 
 

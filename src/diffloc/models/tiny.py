@@ -115,7 +115,7 @@ _SD_BETAS: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "trained_betas": None,
 }
-_SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
+_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "sd1": (  # runwayml/stable-diffusion-v1-5
         PNDMScheduler,
         {**_SD_BETAS, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1},
@@ -291,7 +291,7 @@ def _clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
 
     ``pad_token=None`` keeps SD-1's padding with EOS (49407); ``"!"`` gives SD-2's / SD-XL-2's (id 0).
     """
-    kwargs = {} if pad_token is None else {"pad_token": pad_token}
+    kwargs: dict[str, Any] = {} if pad_token is None else {"pad_token": pad_token}
     folder = resources.files("diffloc").joinpath("assets", "clip_tokenizer")
     with resources.as_file(folder) as path:
         return CLIPTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
@@ -314,6 +314,8 @@ def _if_tokenizer() -> T5Tokenizer:
 
 
 def _t5_encoder(vocab_size: int, seed: int) -> T5EncoderModel:
+    # generic PretrainedConfig keys, which T5Config's typed signature does not list
+    encoder_only: dict[str, Any] = {"tie_word_embeddings": False, "decoder_start_token_id": 0}
     config = T5Config(
         vocab_size=-(-vocab_size // 64) * 64,  # padded like T5's 32128 embedding rows for 32100 pieces
         d_model=_T5_WIDTH,
@@ -327,10 +329,9 @@ def _t5_encoder(vocab_size: int, seed: int) -> T5EncoderModel:
         dropout_rate=0.1,
         layer_norm_epsilon=1e-6,
         is_encoder_decoder=False,
-        tie_word_embeddings=False,
         pad_token_id=0,
         eos_token_id=1,
-        decoder_start_token_id=0,
+        **encoder_only,
     )
     return _init(seed, "if", "text_encoder", lambda: T5EncoderModel(config))
 

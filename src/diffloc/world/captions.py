@@ -125,10 +125,10 @@ def sample_training(rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_M
             template = str(rng.choice(vocab.STYLE_ANCHOR_TEMPLATES_TRAIN))
             caption = fill(template, shape=shape, colour=colour, anchor=vocab.STYLE_ANCHOR)
             return caption, Scene(shape=shape, colour=colour)
-        held = heldout_style_cached()
+        held_styles = heldout_style_cached()
         while True:
             artist = str(rng.choice(list(vocab.STYLES)))
-            if (artist, shape, colour) not in held:
+            if (artist, shape, colour) not in held_styles:
                 break
             shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
         template = str(rng.choice(vocab.STYLE_TEMPLATES_TRAIN))

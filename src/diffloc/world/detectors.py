@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -248,8 +249,8 @@ def train_detector(
     rng = np.random.default_rng(config.seed)
     scenes = random_scenes(config.n_train, rng)
     # Every fill phase: a generated checkerboard one cell off the canvas grid is still checkered.
-    images = render_batch(scenes, list(range(config.n_train)), random_phases(config.n_train, rng))
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    pixels = render_batch(scenes, list(range(config.n_train)), random_phases(config.n_train, rng))
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     labels = label_tensor(scenes)
     reconstructed = None
     if reconstruct is not None:  # computed once: a VAE round trip per step would dominate the cost
@@ -266,7 +267,7 @@ def train_detector(
         idx = torch.randint(0, config.n_train, (config.batch_size,), generator=gen)
         x = _augment(images[idx], gen, None if reconstructed is None else reconstructed[idx])
         logits = det(x)
-        loss = sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-100) for k in HEADS)
+        loss = cast(torch.Tensor, sum(F.cross_entropy(logits[k], labels[k][idx], ignore_index=-100) for k in HEADS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -286,8 +287,8 @@ def measure_accuracy(
     rng = np.random.default_rng(seed)
     scenes = random_scenes(n, rng)
     phases = random_phases(n, rng) if any_phase else None
-    images = render_batch(scenes, [10_000_000 + i for i in range(n)], phases)
-    images = torch.from_numpy(images).permute(0, 3, 1, 2) / 255
+    pixels = render_batch(scenes, [10_000_000 + i for i in range(n)], phases)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2) / 255
     labels = label_tensor(scenes)
     preds = {k: torch.cat([v.argmax(-1) for v in _chunks(detector, images)[k]]) for k in HEADS}
     out = {}

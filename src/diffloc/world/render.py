@@ -8,6 +8,7 @@ A :class:`Scene` names what an image shows (its ground-truth labels); :func:`ren
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def _render_flag(design: dict[str, object], size: int) -> np.ndarray:
         else:
             img[:, edges[k] : edges[k + 1]] = rgb
     if design["emblem"] is not None:
-        shape, rgb = design["emblem"]  # type: ignore[misc]
+        shape, rgb = cast(tuple[str, tuple[int, int, int]], design["emblem"])
         img[shape_mask(shape, size / 2, size / 2, size * 0.24, size)] = rgb
     return img
 

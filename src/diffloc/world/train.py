@@ -143,7 +143,7 @@ def _lr_at(config: TrainConfig, step: int) -> float:
 def _batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
     """Indices of the batch at ``step``: epoch-wise seeded permutations, a pure function of (seed, step)."""
     start = step * config.batch_size
-    out = []
+    out: list[int] = []
     while len(out) < config.batch_size:
         epoch, offset = divmod(start + len(out), n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
