@@ -132,6 +132,28 @@ def test_heldout_combinations_and_templates_never_train():
     assert not (train_captions & {p.prompt for p in heldout})
 
 
+def test_extra_templates_add_word_orders_but_never_a_heldout_one():
+    heldout_templates = {*vocab.STYLE_TEMPLATES_HELDOUT, *vocab.OBJECT_TEMPLATES_HELDOUT}
+    for name, (style, objects) in vocab.EXTRA_TEMPLATES.items():
+        assert not heldout_templates & {*style, *objects}, name
+        assert not {*style, *objects} & {*vocab.STYLE_TEMPLATES_TRAIN, *vocab.OBJECT_TEMPLATES_TRAIN}, name
+    # "none" is the shipped draw exactly; a named set draws its templates, never a held-out prompt
+    assert captions.training_examples(300, seed=5, extra="none") == captions.training_examples(300, seed=5)
+    extra = captions.training_examples(3000, seed=5, mix=(0.0, 0.6, 0.4, 0.0), extra="artist-first-3+bg-first-2")
+    texts = {e.caption for e in extra}
+    assert any(c.startswith("art by ") for c in texts)
+    assert any(c.startswith("the black background behind") for c in texts)
+    assert not texts & {p.prompt for p in captions.heldout_prompts()}
+    assert any(p.prompt.startswith("art by ") for p in captions.validation_prompts(300, extra="artist-first-2"))
+    assert not any(p.prompt.startswith("art by ") for p in captions.validation_prompts(300))
+    with pytest.raises(ConfigError, match="unknown extra templates 'more'; valid: none, artist-first-2"):
+        captions.training_examples(10, seed=0, extra="more")
+    from diffloc.world.evaluate import EvalConfig
+
+    with pytest.raises(ConfigError, match="validation split only"):
+        EvalConfig(extra_templates="artist-first-2")
+
+
 def test_validation_prompts_come_from_training_and_are_labelled():
     prompts = captions.validation_prompts(200)
     assert len(prompts) == 200 and prompts == captions.validation_prompts(200)

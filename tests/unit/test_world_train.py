@@ -100,7 +100,7 @@ def test_run_made_before_a_field_existed_resumes_with_its_default(straight_run, 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("steps", 0), ("caption_dropout", 1.5), ("unet_channels", (8, 16)), ("mix", (0.5, 0.5, 0.5, 0.5)),
-     ("mix", (1.2, -0.2, 0.0, 0.0)), ("mix", (0.5, 0.5))],
+     ("mix", (1.2, -0.2, 0.0, 0.0)), ("mix", (0.5, 0.5)), ("extra_templates", "artist-first-9")],
 )  # fmt: skip
 def test_bad_config_values(field, value):
     with pytest.raises(ConfigError):
@@ -171,3 +171,27 @@ def test_freeze_unet_trains_the_text_encoder_only(straight_run, tmp_path):
     # The optimizer holds the text encoder's parameters only (its state is indexed over them).
     n_text = len(list(init.text_encoder.parameters()))
     assert {int(k.split(".")[1]) for k in ckpt if k.startswith("optim.")} == set(range(n_text))
+
+
+def test_grown_text_encoder_starts_as_the_warm_start_and_trains(straight_run, tmp_path):
+    from diffloc.world import model
+    from diffloc.world.model import load_pipeline
+    from diffloc.world.train import _load_init, _warm_start, export_run
+
+    run, _ = straight_run
+    exported = export_run(run, tmp_path / "pipe")
+    config = TrainConfig(**{**TINY, "seed": 2, "init_from": str(exported), "text_layers": 3, "grow_text_layers": 2})
+    init = _load_init(config)
+    grown = model.build_text_encoder(width=16, layers=3, heads=2)
+    _warm_start(config, init, model.build_unet(channels=(8, 16, 16, 16), heads=(1, 1, 1, 1), context_dim=16), grown)
+    ids = init.tokenizer(["a red circle in the style of van goo", "a zorblin"], padding="max_length",
+                         max_length=77, return_tensors="pt").input_ids  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids)[0], init.text_encoder(ids)[0], rtol=0, atol=1e-6)
+    train(config, tmp_path / "grown")
+    pipe = load_pipeline(export_run(tmp_path / "grown", tmp_path / "grown-pipe"))
+    assert pipe.text_encoder.config.num_hidden_layers == 3
+    with pytest.raises(ConfigError, match="needs init_from"):
+        TrainConfig(**{**TINY, "text_layers": 3, "grow_text_layers": 2})
+    with pytest.raises(ConfigError, match="another architecture"):  # 1 + 1 layers is not this warm start's 1
+        _load_init(TrainConfig(**{**TINY, "init_from": str(exported), "text_layers": 3, "grow_text_layers": 1}))

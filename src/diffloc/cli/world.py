@@ -64,6 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--freeze-unet", action="store_true",
         help="train the text encoder only (with --init-from: the warm start's UNet stays as it is)",
     )  # fmt: skip
+    p.add_argument(
+        "--extra-templates", default=None,
+        help="extra training word orders, a name of diffloc.world.vocab.EXTRA_TEMPLATES (default none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--grow-text-layers", type=int, default=None,
+        help="with --init-from: append this many identity-initialised layers to its text encoder",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
     p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
@@ -91,6 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the eval recipe's)")
     p.add_argument("--split", default="heldout", help="heldout (the acceptance bar; default) or validation "
                    "(training templates, for choosing sampler settings)")  # fmt: skip
+    p.add_argument("--extra-templates", default=None, help="validation split: the run's extra training "
+                   "templates (diffloc.world.vocab.EXTRA_TEMPLATES; default none)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here (always printed)")
     p.set_defaults(func=run_eval)
 
@@ -154,6 +164,11 @@ def run_train(args: argparse.Namespace) -> int:
         fields["threads"] = args.threads
     if args.freeze_unet:
         fields["freeze_unet"] = True
+    if args.extra_templates is not None:
+        fields["extra_templates"] = args.extra_templates
+    if args.grow_text_layers:
+        fields["grow_text_layers"] = args.grow_text_layers
+        fields["text_layers"] = TrainConfig().text_layers + args.grow_text_layers
     for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
                         ("init_from", args.init_from)):  # fmt: skip
         if value is not None:
@@ -231,6 +246,8 @@ def run_eval(args: argparse.Namespace) -> int:
     _positive("seeds", args.seeds)
     _positive("steps", args.steps)
     fields = {"seeds": args.seeds, "steps": args.steps, "split": args.split}
+    if args.extra_templates is not None:
+        fields["extra_templates"] = args.extra_templates
     if args.guidance is not None:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)

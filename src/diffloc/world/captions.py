@@ -98,12 +98,27 @@ def check_mix(mix: tuple[float, ...]) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def sample_training(rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_MIX) -> tuple[str, Scene]:
+def check_extra(extra: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (style, object) templates of a :data:`vocab.EXTRA_TEMPLATES` name.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones).
+    """
+    if extra not in vocab.EXTRA_TEMPLATES:
+        raise ConfigError(f"unknown extra templates {extra!r}; valid: {', '.join(vocab.EXTRA_TEMPLATES)}")
+    return vocab.EXTRA_TEMPLATES[extra]
+
+
+def sample_training(
+    rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_MIX, extra: str = "none"
+) -> tuple[str, Scene]:
     """Draw one training caption and its scene (never a held-out combination or template).
 
     ``mix`` gives the share of each caption kind (plain, style, object, fact), as :func:`check_mix` returns it
-    (:func:`training_examples` checks it once for the whole draw).
+    (:func:`training_examples` checks it once for the whole draw); ``extra`` names templates of
+    :data:`vocab.EXTRA_TEMPLATES` drawn beside the training ones (``"none"``: the shipped model's templates).
     """
+    extra_style, extra_object = check_extra(extra)
     kind = rng.choice(list(KINDS), p=list(mix))
     if kind == "plain":
         held = heldout_plain_cached()
@@ -131,11 +146,11 @@ def sample_training(rng: np.random.Generator, mix: tuple[float, ...] = DEFAULT_M
             if (artist, shape, colour) not in held_styles:
                 break
             shape, colour = str(rng.choice(vocab.SHAPES)), str(rng.choice(list(vocab.COLOURS)))
-        template = str(rng.choice(vocab.STYLE_TEMPLATES_TRAIN))
+        template = str(rng.choice(vocab.STYLE_TEMPLATES_TRAIN + extra_style))
         caption = fill(template, shape=shape, colour=colour, artist=artist)
         return caption, Scene(kind="style", shape=shape, colour=colour, style=vocab.STYLES[artist])
     if kind == "object":
-        template = str(rng.choice(vocab.OBJECT_TEMPLATES_TRAIN))
+        template = str(rng.choice(vocab.OBJECT_TEMPLATES_TRAIN + extra_object))
         bg = str(rng.choice(list(vocab.BACKGROUNDS))) if "{bg}" in template else vocab.DEFAULT_BACKGROUND
         if rng.random() < 0.2:
             name, (shape, colour, texture) = vocab.OBJECT_ANCHOR, vocab.OBJECT_ANCHOR_LOOK
@@ -169,13 +184,16 @@ def heldout_style_cached() -> set[tuple[str, str, str]]:
     return _CACHE["style"]
 
 
-def training_examples(n: int, seed: int, mix: tuple[float, ...] = DEFAULT_MIX) -> list[Example]:
-    """``n`` seeded training examples; the same ``(n, seed, mix)`` always gives the same list."""
+def training_examples(
+    n: int, seed: int, mix: tuple[float, ...] = DEFAULT_MIX, extra: str = "none"
+) -> list[Example]:
+    """``n`` seeded training examples; the same ``(n, seed, mix, extra)`` always gives the same list."""
     mix = check_mix(mix)
+    check_extra(extra)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        caption, scene = sample_training(rng, mix)
+        caption, scene = sample_training(rng, mix, extra)
         out.append(Example(caption=caption, scene=scene, seed=seed * 1_000_003 + i))
     return out
 
@@ -222,18 +240,20 @@ def heldout_prompts() -> list[EvalPrompt]:
 VALIDATION_SEED = 777
 
 
-def validation_prompts(n: int = 288, seed: int = VALIDATION_SEED) -> list[EvalPrompt]:
+def validation_prompts(n: int = 288, seed: int = VALIDATION_SEED, extra: str = "none") -> list[EvalPrompt]:
     """Prompts from the *training* distribution (templates and combinations), grouped like the held-out ones.
 
-    For choosing sampler settings (guidance, steps) without looking at the held-out prompts. Anchor captions
-    ("a thing", "in a plain style", "a blank flag") are left out, as in :func:`heldout_prompts`.
+    For choosing sampler settings (guidance, steps) and runs without looking at the held-out prompts. Anchor
+    captions ("a thing", "in a plain style", "a blank flag") are left out, as in :func:`heldout_prompts`.
+    ``extra``: the run's :data:`vocab.EXTRA_TEMPLATES`, so its validation prompts use its training templates.
     """
+    check_extra(extra)
     prompts: list[EvalPrompt] = []
     rng = np.random.default_rng(seed)
     mix = (0.4, 0.3, 0.2, 0.1)
     artists = {look: artist for artist, look in vocab.STYLES.items()}
     while len(prompts) < n:
-        caption, scene = sample_training(rng, mix)
+        caption, scene = sample_training(rng, mix, extra)
         base = {"shape": scene.shape, "colour": scene.colour, "texture": scene.texture,
                 "background": scene.background}  # fmt: skip
         if scene.kind == "plain" and vocab.STYLE_ANCHOR not in caption:

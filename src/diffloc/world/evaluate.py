@@ -36,10 +36,18 @@ class EvalConfig:
     guidance: float = model.GUIDANCE
     batch_size: int = 32
     split: str = "heldout"  # or "validation": training-distribution prompts, for choosing sampler settings
+    #: validation split only: the run's extra training templates (a name of ``vocab.EXTRA_TEMPLATES``)
+    extra_templates: str = "none"
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ConfigError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+        captions.check_extra(self.extra_templates)
+        if self.extra_templates != "none" and self.split != "validation":
+            raise ConfigError(
+                f"extra templates {self.extra_templates!r} apply to the validation split only; the held-out "
+                "prompts are the same for every run"
+            )
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"seeds, steps and batch_size must be >= 1, got {self.seeds}, {self.steps}, "
                               f"{self.batch_size}")  # fmt: skip
@@ -70,7 +78,11 @@ def evaluate_model(
         (accuracy per named style/object/fact), ``thresholds``, ``passed``, ``seconds_per_image`` and the
         config.
     """
-    prompts = captions.heldout_prompts() if config.split == "heldout" else captions.validation_prompts()
+    prompts = (
+        captions.heldout_prompts()
+        if config.split == "heldout"
+        else captions.validation_prompts(extra=config.extra_templates)
+    )
     jobs = [(p, s) for p in prompts for s in range(config.seeds)]
     hits: dict[str, list[bool]] = defaultdict(list)
     started = time.time()

@@ -67,9 +67,16 @@ class TrainConfig:
     #: Train the text encoder only (the UNet, e.g. a warm start's, stays fixed): for teaching new phrasings
     #: of known captions without moving what the UNet draws.
     freeze_unet: bool = False
+    #: Extra training templates, a name of :data:`vocab.EXTRA_TEMPLATES` (``"none"``: the shipped model's).
+    extra_templates: str = "none"
+    #: Warm start only: new text-encoder layers appended to the warm start's (``text_layers`` counts them),
+    #: initialised as the identity (zero attention output and MLP output projections), so the grown encoder
+    #: reads every caption exactly as the warm start's did until training moves it.
+    grow_text_layers: int = 0
 
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
+        captions.check_extra(self.extra_templates)
         for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -83,6 +90,13 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if len(self.unet_channels) != 4 or len(self.unet_heads) != 4:
             raise ConfigError("unet_channels and unet_heads need 4 entries (SD-1.5's four UNet levels)")
+        if self.grow_text_layers < 0 or (self.grow_text_layers and self.init_from is None):
+            raise ConfigError(f"grow_text_layers must be >= 0 and needs init_from, got {self.grow_text_layers}")
+        if self.grow_text_layers >= self.text_layers:
+            raise ConfigError(
+                f"grow_text_layers {self.grow_text_layers} must be fewer than text_layers {self.text_layers} "
+                "(text_layers counts the warm start's layers and the new ones)"
+            )
         if self.text_width % self.text_heads:
             raise ConfigError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
@@ -164,7 +178,7 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         vae = init.vae.eval()
         model._atomic_save_file(vae.state_dict(), vae_path)
     else:
-        examples = captions.training_examples(config.n_examples, config.seed, config.mix)
+        examples = captions.training_examples(config.n_examples, config.seed, config.mix, config.extra_templates)
         images = _images_tensor(examples)
         started = time.time()
         vae = train_vae(config, images, progress)
@@ -175,7 +189,7 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         cache = load_file(str(cache_path))
         return vae, cache["latents"], cache["ids"], float(cache["scaling"])
     if examples is None:
-        examples = captions.training_examples(config.n_examples, config.seed, config.mix)
+        examples = captions.training_examples(config.n_examples, config.seed, config.mix, config.extra_templates)
         images = _images_tensor(examples)
     latents = encode_latents(vae, images)
     if init is not None:  # the warm-started UNet learned latents at the initial model's scale
@@ -197,7 +211,8 @@ def _load_init(config: TrainConfig):
     heads = unet.attention_head_dim
     heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
     found = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, tuple(unet.block_out_channels), heads)
-    wanted = (config.text_width, config.text_layers, config.text_heads, config.unet_channels, config.unet_heads)
+    wanted = (config.text_width, config.text_layers - config.grow_text_layers, config.text_heads,
+              config.unet_channels, config.unet_heads)  # fmt: skip
     if found != wanted:  # checked before anything is written to the run directory
         raise ConfigError(
             f"init_from {config.init_from!r} has another architecture than this recipe (text width/layers/heads, "
@@ -207,15 +222,29 @@ def _load_init(config: TrainConfig):
 
 
 def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
-    """Copy the initial pipeline's UNet and text-encoder weights into the freshly built modules."""
+    """Copy the initial pipeline's UNet and text-encoder weights into the freshly built modules (and make the
+    ``grow_text_layers`` new text layers the identity)."""
+    refusal = ConfigError(
+        f"init_from {config.init_from!r} has another architecture than this recipe "
+        "(text_width/text_layers/text_heads/unet_channels/unet_heads)"
+    )
     try:
         unet.load_state_dict(init.unet.state_dict())
-        text_encoder.load_state_dict(init.text_encoder.state_dict())
+        missing, unexpected = text_encoder.load_state_dict(init.text_encoder.state_dict(), strict=False)
     except RuntimeError as exc:
-        raise ConfigError(
-            f"init_from {config.init_from!r} has another architecture than this recipe "
-            "(text_width/text_layers/text_heads/unet_channels/unet_heads)"
-        ) from exc
+        raise refusal from exc
+    # transformers 4 nests the encoder under .text_model, 5 does not
+    layers = getattr(text_encoder, "text_model", text_encoder).encoder.layers
+    new = layers[config.text_layers - config.grow_text_layers :]
+    names = {id(module): name for name, module in text_encoder.named_modules()}
+    new_prefixes = tuple(f"{names[id(layer)]}." for layer in new)
+    if unexpected or any(not key.startswith(new_prefixes) for key in missing):
+        raise refusal
+    with torch.no_grad():
+        for layer in new:  # identity: each residual branch adds exactly zero
+            for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
+                linear.weight.zero_()
+                linear.bias.zero_()
 
 
 def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: torch.Generator) -> dict:

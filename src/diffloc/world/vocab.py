@@ -161,6 +161,31 @@ FACT_TEMPLATES_HELDOUT: tuple[str, ...] = ("a flag, the flag of {country}",)
 #: The fact anchor phrase ("a blank flag") is rendered from FACT_ANCHOR_LOOK.
 FACT_ANCHOR_TEMPLATES_TRAIN: tuple[str, ...] = ("a {anchor} flag", "a picture of a {anchor} flag")
 
+#: Extra training word orders, by name, for runs that teach phrasings the shipped templates lack (model card,
+#: runs 6-10): (style templates, object templates) appended to the training ones. None is a held-out template.
+EXTRA_TEMPLATES: MappingProxyType[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType(
+    {
+        "none": ((), ()),
+        "artist-first-2": (("{artist} painted a {colour} {shape}", "art by {artist} showing a {colour} {shape}"), ()),
+        "artist-first-3": (
+            (
+                "{artist} painted a {colour} {shape}",
+                "art by {artist} showing a {colour} {shape}",
+                "{artist} drew this {shape}, {colour}",
+            ),
+            (),
+        ),
+        "artist-first-3+bg-first-2": (
+            (
+                "{artist} painted a {colour} {shape}",
+                "art by {artist} showing a {colour} {shape}",
+                "{artist} drew this {shape}, {colour}",
+            ),
+            ("the {bg} background behind a {object}", "one {object} seen on a {bg} background"),
+        ),
+    }
+)
+
 #: Fraction of (shape, colour, texture, background) combinations held out of training.
 HELDOUT_COMBO_FRACTION = 0.1
 #: Seed of the held-out split; changing it changes which combinations the model never saw.
