@@ -247,12 +247,14 @@ def compute_locoedit(
         for lam in dict.fromkeys(lams)
     }
     current = [projection_linear(model, proj).weight.detach() for proj in projections]
-    for lam, solver in solvers.items():
+    solved: dict[int, torch.Tensor] = {}
+    for lam, solver in solvers.items():  # all projections with one λ in one product
         chosen = [i for i, each in enumerate(lams) if each == lam]
-        for i, new in zip(chosen, solver.apply_all([current[i] for i in chosen]), strict=True):
-            key = f"{projections[i].full_path}.weight"
-            weights[key] = new
-            originals[key] = current[i].clone()
+        solved.update(zip(chosen, solver.apply_all([current[i] for i in chosen]), strict=True))
+    for i, proj in enumerate(projections):  # in site order
+        key = f"{proj.full_path}.weight"
+        weights[key] = solved[i]
+        originals[key] = current[i].clone()
     solve_seconds = time.perf_counter() - solve_start
     notes = []
     if model.family == "if":
