@@ -184,9 +184,7 @@ def heldout_style_cached() -> set[tuple[str, str, str]]:
     return _CACHE["style"]
 
 
-def training_examples(
-    n: int, seed: int, mix: tuple[float, ...] = DEFAULT_MIX, extra: str = "none"
-) -> list[Example]:
+def training_examples(n: int, seed: int, mix: tuple[float, ...] = DEFAULT_MIX, extra: str = "none") -> list[Example]:
     """``n`` seeded training examples; the same ``(n, seed, mix, extra)`` always gives the same list."""
     mix = check_mix(mix)
     check_extra(extra)
