@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--by-colour", action="store_true", help="every colour and shape; what the misses show")
+    parser.add_argument("--model", default="shapesworld", help="a ShapesWorld pipeline directory (default: shipped)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.style not in vocab.STYLES:
@@ -45,7 +46,7 @@ def main() -> None:
         print("skipped: ShapesWorld model not shipped")
         return
     if args.by_colour:
-        by_colour(args.style, args.seeds)
+        by_colour(args.style, args.seeds, args.model)
         return
     held = sorted((s, c) for a, s, c in captions.heldout_style() if a == args.style)
     colours = sorted({c for _, c in held})
@@ -63,14 +64,14 @@ def main() -> None:
                            labels={"style": vocab.STYLES[args.style]})
                 for s, c in combos
             ]  # fmt: skip
-    model = load("shapesworld")
+    model = load(args.model)
     found = rates(model, prompts, args.seeds, GenerationConfig(steps=20, guidance=GUIDANCE))
     print(f"{args.style!r}: held-out combos {held}; training combos {trained}; {args.seeds} seeds")
     for group, rate in found.items():
         print(f"  {group:<40} {rate:.2f}")
 
 
-def by_colour(style: str, seeds: int) -> None:
+def by_colour(style: str, seeds: int, model: str = "shapesworld") -> None:
     """Rates per (template, colour) over every shape, and the detectors' reading of the misses."""
     templates = {"held-out": vocab.STYLE_TEMPLATES_HELDOUT[0], "training": vocab.STYLE_TEMPLATES_TRAIN[0]}
     prompts = [
@@ -83,7 +84,7 @@ def by_colour(style: str, seeds: int) -> None:
     config = GenerationConfig(steps=20, guidance=GUIDANCE)
     hits: dict[str, list[bool]] = {}
     misses: dict[str, Counter] = {label: Counter() for label in templates}
-    for prompt, predicted in readings(load("shapesworld"), prompts, seeds, config):
+    for prompt, predicted in readings(load(model), prompts, seeds, config):
         hit = predicted["style"] == vocab.STYLES[style]
         hits.setdefault(prompt.group, []).append(hit)
         if not hit:
