@@ -191,6 +191,11 @@ def test_grown_text_encoder_starts_as_the_warm_start_and_trains(straight_run, tm
     train(config, tmp_path / "grown")
     pipe = load_pipeline(export_run(tmp_path / "grown", tmp_path / "grown-pipe"))
     assert pipe.text_encoder.config.num_hidden_layers == 3
+    # the CLI grows from the warm start's own depth (a grown export grows further), not the recipe default
+    from diffloc.cli.world import _text_layers_of
+
+    assert _text_layers_of(str(tmp_path / "grown-pipe")) == 3 and _text_layers_of(str(exported)) == 1
+    assert _text_layers_of(None) == TrainConfig().text_layers == _text_layers_of(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="needs init_from"):
         TrainConfig(**{**TINY, "text_layers": 3, "grow_text_layers": 2})
     with pytest.raises(ConfigError, match="another architecture"):  # 1 + 1 layers is not this warm start's 1

@@ -149,6 +149,21 @@ class _Bars:
             bar.close()
 
 
+def _text_layers_of(init_from: str | None) -> int:
+    """The warm start's text-encoder depth (the recipe's default when it cannot be read: the warm start is then
+    refused in one line by ``train`` itself)."""
+    from diffloc.world import model
+    from diffloc.world.train import TrainConfig
+
+    if init_from is not None:
+        directory = model.shipped_model_dir() if init_from == "shapesworld" else Path(init_from)
+        try:
+            return int(json.loads((directory / "text_encoder" / "config.json").read_text())["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return TrainConfig().text_layers
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``diffloc world train``."""
     from diffloc.world.train import TrainConfig, export_run, train
@@ -168,7 +183,7 @@ def run_train(args: argparse.Namespace) -> int:
         fields["extra_templates"] = args.extra_templates
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
-        fields["text_layers"] = TrainConfig().text_layers + args.grow_text_layers
+        fields["text_layers"] = _text_layers_of(args.init_from) + args.grow_text_layers
     for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
                         ("init_from", args.init_from)):  # fmt: skip
         if value is not None:

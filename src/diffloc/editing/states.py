@@ -107,6 +107,12 @@ def aligned_positions(key_pos: int, value_pos: int, length: int, use_eos: bool) 
     return keys, values
 
 
+def padded_context(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Cross-attention context ``(len(prompts), tokens, dim)`` float64 at the pipeline's full padded length."""
+    with torch.no_grad():
+        return attention_context(model, model.adapter.encode(model.pipe, list(prompts)).hidden).double()
+
+
 @dataclass(frozen=True)
 class EncodedPrompt:
     """One prompt's cross-attention context at the pipeline's full padded length and its subject's position.
@@ -132,8 +138,7 @@ def encode_pairs(
     distinct = list(dict.fromkeys(prompts))
     if not distinct:
         return {}
-    with torch.no_grad():
-        context = attention_context(model, model.adapter.encode(model.pipe, distinct).hidden).double()
+    context = padded_context(model, distinct)
     row = {p: i for i, p in enumerate(distinct)}
     return {
         (prompt, subject): EncodedPrompt(context=context[row[prompt]], position=position)
@@ -182,8 +187,7 @@ def context_rows(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
     """
     if not prompts:
         return torch.zeros(0, 0, dtype=torch.float64)
-    with torch.no_grad():
-        context = attention_context(model, model.adapter.encode(model.pipe, list(prompts)).hidden).double()
+    context = padded_context(model, prompts)
     return context[:, 1:].reshape(-1, context.shape[-1])
 
 

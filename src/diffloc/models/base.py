@@ -258,14 +258,14 @@ class LoadedModel:
     def module(self, site: str | Site) -> nn.Module:
         """The torch module behind a site."""
         s = self.site(site)
-        module = getattr(self.pipe, s.component)
-        try:  # the registered children directly: get_submodule's getattr chain costs ~30 µs per site
-            for name in s.module_path.split(".") if s.module_path else ():
-                module = module._modules[name]
-        except KeyError:
-            return getattr(self.pipe, s.component).get_submodule(s.module_path)
-        if module is None:
-            return getattr(self.pipe, s.component).get_submodule(s.module_path)
+        component = getattr(self.pipe, s.component)
+        module = component
+        # the registered children directly (get_submodule's getattr chain costs ~30 µs per site); anything
+        # else (an unregistered attribute, a missing name) goes through get_submodule and its errors
+        for name in s.module_path.split(".") if s.module_path else ():
+            module = module._modules.get(name)
+            if module is None:
+                return component.get_submodule(s.module_path)
         return module
 
     def kv_sites(self, site: str | Site) -> tuple[Site, Site]:
