@@ -122,6 +122,19 @@ def test_locoedit_widen_records_the_windows_it_tried(tmp_path, capsys):
     assert printed.count("layers): score") == len(tried)
 
 
+def test_locoedit_widen_with_a_stats_file(tmp_path, capsys):
+    stats = tmp_path / "keep.safetensors"
+    args = [*SHAPESWORLD_LOCO, "--widen", "in the style of pica stro", "--widen-steps", "4", "--widen-guidance", "4",
+            "--preserve", "mo nettle", "--stats", str(stats)]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "computed" in capsys.readouterr().out and stats.is_file()
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert f"reused from {stats}" in capsys.readouterr().out
+    first, second = Edit.load(tmp_path / "a"), Edit.load(tmp_path / "b")
+    assert first.stats["window_search"]["tried"] == second.stats["window_search"]["tried"]
+    assert all(first.weights[k].equal(second.weights[k]) for k in first.parameters)
+
+
 @pytest.mark.parametrize(
     "model_args, widen, words",
     [

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffloc.editing import EditRequest, LocoEditConfig
+from diffloc.editing import EditRequest, LocoEditConfig, preservation_statistics
 from diffloc.editing.locoedit import projection_linear, projection_sites
 from diffloc.editing.search import WidenConfig, folds, locoedit_search, widen_window, xattn_layers
 from diffloc.engine.generate import GenerationConfig
-from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.errors import ConfigError, EditError, UnknownSiteError
 
 LAYERS = [f"unet.xattn.{i}" for i in range(16)]
 
@@ -90,6 +90,30 @@ def test_search_returns_the_widest_when_none_works(tiny_sd1):
     )  # fmt: skip
     assert [row["works"] for row in edit.stats["window_search"]["tried"]] == [False, False]
     assert len(edit.parameters) == 32  # 16 layers x (to_k, to_v)
+
+
+def test_search_final_edit_takes_the_whole_requests_statistics(tiny_sd1):
+    request = EditRequest(concepts=("cat",), targets=("dog",), preserve=("house",))
+    config = LocoEditConfig(sites=("unet.xattn.8",))
+    search = WidenConfig(sizes=(2,), seeds=(0,), max_folds=1, generation=GenerationConfig(steps=2))
+
+    def widen(preserved):
+        scorer = EditedLayersScorer(tiny_sd1, needed=1)  # every window works: the first is returned
+        return locoedit_search(tiny_sd1, request, config, attribute="a cat", mode="remove", scorer=scorer,
+                               search=search, preserved=preserved)  # fmt: skip
+
+    plain = widen(None)
+    stats = preservation_statistics(tiny_sd1, request, method="locoedit", config=config)
+    reused = widen(stats)
+    assert reused.config["sites"] == plain.config["sites"] and set(reused.parameters) == set(plain.parameters)
+    for name in plain.parameters:
+        torch.testing.assert_close(reused.weights[name], plain.weights[name], rtol=1e-5, atol=1e-6)
+    other = preservation_statistics(
+        tiny_sd1, EditRequest(concepts=("cat",), targets=("dog",), preserve=("tree",)), method="locoedit",
+        config=config,
+    )  # fmt: skip
+    with pytest.raises(EditError, match="preserved concepts"):
+        widen(other)
 
 
 @pytest.mark.parametrize(

@@ -176,8 +176,6 @@ def run_compute(args: argparse.Namespace) -> int:
             raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
         if not request.preserve and not request.preserve_prompts:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
-        if getattr(args, "widen", None):
-            raise ConfigError("--stats does not combine with --widen (the window search computes its own statistics)")
     model = load(args.model)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
@@ -208,7 +206,10 @@ def _statistics(path: str, model: Any, request: Any, method: str, config: Any) -
 
 
 def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) -> Any:
-    """``--widen``: the LocoEdit edit on the smallest window around the given one that works."""
+    """``--widen``: the LocoEdit edit on the smallest window around the given one that works.
+
+    With ``--stats`` the file's statistics serve the final edit (the leave-one-template-out folds need their own).
+    """
     from diffloc.editing.search import WidenConfig, locoedit_search
     from diffloc.engine.generate import GenerationConfig
     from diffloc.eval.scorers import scorer_for
@@ -217,10 +218,11 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
     guidance = default_guidance(args.model, args.widen_guidance)
     search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
+    preserved = None if args.stats is None else _statistics(args.stats, model, request, args.method, config)
     with progress_bar("windows") as bar:
         edit = locoedit_search(
             model, request, config, attribute=args.widen, mode=args.widen_mode, scorer=scorer, search=search,
-            progress=bar,
+            progress=bar, preserved=preserved,
         )  # fmt: skip
     found = edit.stats["window_search"]
     for row in found["tried"]:

@@ -23,6 +23,7 @@ import torch
 
 from diffloc.editing.edit import Edit
 from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, locoedit_statistics, site_names
+from diffloc.editing.preserved import PreservedStatistics
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, UnknownSiteError
@@ -128,6 +129,7 @@ def locoedit_search(
     scorer: Scorer,
     search: WidenConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preserved: PreservedStatistics | None = None,
 ) -> Edit:
     """The LocoEdit edit on the smallest window (from ``search.sizes``) around ``config.sites`` that works.
 
@@ -142,6 +144,8 @@ def locoedit_search(
         scorer: probability-like scorer (in [0, 1]; e.g. the ShapesWorld detectors).
         search: sizes, threshold, seeds (default :class:`WidenConfig`).
         progress: called with (windows tried, windows at most).
+        preserved: the whole request's preservation statistics (e.g. loaded from a file), used for the returned
+            edit; each fold leaves a template out, so its preserved rows differ and it computes its own.
 
     Returns:
         The first edit that moves the attribute enough, else the widest tried. ``edit.stats["window_search"]``
@@ -150,6 +154,7 @@ def locoedit_search(
     Raises:
         ConfigError: a bad mode, search setting or non-consecutive window; the scorer's own error for an
             attribute it cannot score. UnknownSiteError: a site that is not a cross-attention layer.
+        EditError: ``preserved`` was computed for another request or other weights.
     """
     search = search or WidenConfig()
     if mode not in MODES:
@@ -183,7 +188,7 @@ def locoedit_search(
         if ok:
             break
         logger.info("locoedit on %d layers: %r at %.3f (unedited %.3f); widening", size, attribute, after, before)
-    edit = compute_locoedit(model, request, window)
+    edit = compute_locoedit(model, request, window, preserved)
     found = {
         "start": list(start), "attribute": attribute, "mode": mode, "min_effect": search.min_effect,
         "seeds": list(search.seeds), "prompts": prompts, "unedited_score": before, "tried": tried,
