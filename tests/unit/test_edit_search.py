@@ -97,8 +97,9 @@ def test_search_final_edit_takes_the_whole_requests_statistics(tiny_sd1):
     config = LocoEditConfig(sites=("unet.xattn.8",))
     search = WidenConfig(sizes=(2,), seeds=(0,), max_folds=1, generation=GenerationConfig(steps=2))
 
+    scorer = EditedLayersScorer(tiny_sd1, needed=1)  # every window works: the first is returned
+
     def widen(preserved):
-        scorer = EditedLayersScorer(tiny_sd1, needed=1)  # every window works: the first is returned
         return locoedit_search(tiny_sd1, request, config, attribute="a cat", mode="remove", scorer=scorer,
                                search=search, preserved=preserved)  # fmt: skip
 
@@ -112,8 +113,10 @@ def test_search_final_edit_takes_the_whole_requests_statistics(tiny_sd1):
         tiny_sd1, EditRequest(concepts=("cat",), targets=("dog",), preserve=("tree",)), method="locoedit",
         config=config,
     )  # fmt: skip
+    calls = scorer.calls
     with pytest.raises(EditError, match="preserved concepts"):
         widen(other)
+    assert scorer.calls == calls  # refused before generating anything
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from diffloc.editing.edit import Edit
-from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, locoedit_statistics, site_names
+from diffloc.editing.locoedit import (
+    LocoEditConfig,
+    compute_locoedit,
+    locoedit_statistics,
+    preserved_scope,
+    site_names,
+)
 from diffloc.editing.preserved import PreservedStatistics
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.engine.generate import GenerationConfig, generate
@@ -160,6 +166,8 @@ def locoedit_search(
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     scorer.check(attribute)
+    if preserved is not None:  # refused before any generation, not after the whole search
+        preserved.check(model, "locoedit", preserved_scope(request, config))
     layers = xattn_layers(model)
     start = widen_window(site_names(config.sites), 1, layers)
     sizes = list(dict.fromkeys(min(m, len(layers)) for m in search.sizes if m >= len(start)))
