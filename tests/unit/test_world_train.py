@@ -200,3 +200,34 @@ def test_grown_text_encoder_starts_as_the_warm_start_and_trains(straight_run, tm
         TrainConfig(**{**TINY, "text_layers": 3, "grow_text_layers": 2})
     with pytest.raises(ConfigError, match="another architecture"):  # 1 + 1 layers is not this warm start's 1
         _load_init(TrainConfig(**{**TINY, "init_from": str(exported), "text_layers": 3, "grow_text_layers": 1}))
+
+
+def test_vae_from_takes_the_autoencoder_only(straight_run, tmp_path):
+    from diffloc.world.model import load_pipeline
+    from diffloc.world.train import export_run
+
+    run, _ = straight_run
+    exported = export_run(run, tmp_path / "pipe")
+    given = load_pipeline(exported)
+    config = TrainConfig(**{**TINY, "seed": 3, "lr": 1e-12, "vae_from": str(exported)})
+    assert train(config, tmp_path / "fresh", max_minutes=0.0)["step"] == 1
+    vae = load_file(str(tmp_path / "fresh" / "vae.safetensors"))
+    assert vae.keys() == given.vae.state_dict().keys()
+    assert all(torch.equal(v, given.vae.state_dict()[k]) for k, v in vae.items())  # no VAE stage
+    cache = load_file(str(tmp_path / "fresh" / "cache.safetensors"))
+    assert float(cache["scaling"]) == pytest.approx(given.vae.config.scaling_factor, rel=1e-6)
+    ckpt = load_file(str(tmp_path / "fresh" / "checkpoint.safetensors"))
+    for prefix, module in (("unet.", given.unet), ("text_encoder.", given.text_encoder)):
+        weights = [(k, v) for k, v in module.state_dict().items() if k.endswith("weight") and v.dim() > 1]
+        assert weights and not any(torch.allclose(ckpt[prefix + k], v) for k, v in weights)  # random, not copied
+    # resuming needs neither the directory nor a second read of it: the run keeps its own copy
+    shutil.rmtree(tmp_path / "pipe")
+    assert train(config, tmp_path / "fresh", resume=True)["step"] == TINY["steps"]
+
+
+def test_vae_from_refuses_a_warm_start_and_a_missing_directory(tmp_path):
+    with pytest.raises(ConfigError, match="exclusive"):
+        TrainConfig(**{**TINY, "vae_from": "shapesworld", "init_from": "shapesworld"})
+    with pytest.raises(ConfigError, match=r"vae_from .* is not a directory") as info:
+        train(TrainConfig(**{**TINY, "vae_from": str(tmp_path / "nope")}), tmp_path / "run")
+    assert "\n" not in str(info.value)

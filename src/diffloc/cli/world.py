@@ -46,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, caches, log)")
     p.add_argument("--steps", type=int, default=None, help="total UNet steps (default: the shipped recipe)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--examples", type=int, default=None,
+        help="captioned renders in the training set (default: the shipped recipe's 50,000)",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped recipe)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the shipped recipe)")
     p.add_argument(
@@ -71,6 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grow-text-layers", type=int, default=None,
         help="with --init-from: append this many identity-initialised layers to its text encoder",
+    )  # fmt: skip
+    p.add_argument(
+        "--vae-from", default=None, metavar="DIR",
+        help="from scratch with this ShapesWorld pipeline's VAE (and latent scaling) instead of training one; "
+        "UNet and text encoder start random ('shapesworld': the shipped one; not with --init-from)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
@@ -184,8 +193,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
         fields["text_layers"] = _text_layers_of(args.init_from) + args.grow_text_layers
-    for name, value in (("steps", args.steps), ("lr", args.lr), ("warmup_steps", args.warmup),
-                        ("init_from", args.init_from)):  # fmt: skip
+    for name, value in (("steps", args.steps), ("n_examples", args.examples), ("lr", args.lr), ("warmup_steps", args.warmup),
+                        ("init_from", args.init_from), ("vae_from", args.vae_from)):  # fmt: skip
         if value is not None:
             fields[name] = value
     bars = _Bars()

@@ -73,6 +73,10 @@ class TrainConfig:
     #: initialised as the identity (zero attention output and MLP output projections), so the grown encoder
     #: reads every caption exactly as the warm start's did until training moves it.
     grow_text_layers: int = 0
+    #: From scratch with a known autoencoder: this ShapesWorld pipeline directory's VAE (with its latent
+    #: scaling) replaces stage 1; UNet and text encoder start from random weights. A warm start
+    #: (``init_from``) takes its VAE already, so the two are exclusive.
+    vae_from: str | None = None
 
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
@@ -97,6 +101,8 @@ class TrainConfig:
                 f"grow_text_layers {self.grow_text_layers} must be fewer than text_layers {self.text_layers} "
                 "(text_layers counts the warm start's layers and the new ones)"
             )
+        if self.vae_from is not None and self.init_from is not None:
+            raise ConfigError("vae_from and init_from are exclusive: a warm start already takes init_from's VAE")
         if self.text_width % self.text_heads:
             raise ConfigError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
 
@@ -165,8 +171,9 @@ def _batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | None, init=None):
-    """Stage 1: VAE and latent cache (reused when present; a warm start takes ``init``'s VAE)."""
+def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | None, given_vae=None):
+    """Stage 1: VAE and latent cache (reused when present; ``given_vae`` is the autoencoder of a warm start or of
+    ``vae_from``, taken with its latent scaling instead of training one)."""
     vae_path, cache_path = run_dir / "vae.safetensors", run_dir / "cache.safetensors"
     vae = model.build_vae()
     examples = None
@@ -174,8 +181,8 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         model.check_safetensors(vae_path)
         vae.load_state_dict(load_file(str(vae_path)))
         vae.eval()
-    elif init is not None:
-        vae = init.vae.eval()
+    elif given_vae is not None:
+        vae = given_vae.eval()
         model._atomic_save_file(vae.state_dict(), vae_path)
     else:
         examples = captions.training_examples(config.n_examples, config.seed, config.mix, config.extra_templates)
@@ -192,8 +199,8 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
         examples = captions.training_examples(config.n_examples, config.seed, config.mix, config.extra_templates)
         images = _images_tensor(examples)
     latents = encode_latents(vae, images)
-    if init is not None:  # the warm-started UNet learned latents at the initial model's scale
-        scaling = float(init.vae.config.scaling_factor)
+    if given_vae is not None:  # latents at the given autoencoder's scale (a warm-started UNet learned them so)
+        scaling = float(given_vae.config.scaling_factor)
     else:
         scaling = float(torch.tensor(1.0 / float(latents.std()), dtype=torch.float32))  # as stored in the cache
     ids = tokenize([e.caption for e in examples])
@@ -201,12 +208,28 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
     return vae, latents, ids, scaling
 
 
+def _pipeline_dir(field: str, value: str) -> Path:
+    """The ShapesWorld pipeline directory named by ``init_from``/``vae_from`` ("shapesworld": the shipped one)."""
+    path = model.shipped_model_dir() if value == "shapesworld" else Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{field} {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
+    return path
+
+
+def _load_vae(config: TrainConfig):
+    """The autoencoder a ``vae_from`` run encodes with (with its ``scaling_factor``)."""
+    vae = model.load_pipeline(_pipeline_dir("vae_from", str(config.vae_from))).vae
+    try:  # the export rebuilds it with this recipe's architecture
+        model.build_vae().load_state_dict(vae.state_dict())
+    except RuntimeError:
+        found = f"vae_from {config.vae_from!r}"
+        raise ConfigError(f"{found} has another autoencoder architecture than this recipe's") from None
+    return vae.eval()
+
+
 def _load_init(config: TrainConfig):
     """The pipeline a warm-started run begins from (checked file by file); raises a one-line error if unusable."""
-    path = model.shipped_model_dir() if config.init_from == "shapesworld" else Path(str(config.init_from))
-    if not path.is_dir():
-        raise ConfigError(f"init_from {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
-    init = model.load_pipeline(path)
+    init = model.load_pipeline(_pipeline_dir("init_from", str(config.init_from)))
     text, unet = init.text_encoder.config, init.unet.config
     heads = unet.attention_head_dim
     heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
@@ -327,12 +350,15 @@ def train(
         if changed:
             raise ConfigError(f"run {str(run_dir)!r} was made with a different recipe ({', '.join(changed)})")
     resuming = resume and ckpt.exists()
-    needs_init = config.init_from and not (resuming and (run_dir / "cache.safetensors").exists())
-    init = _load_init(config) if needs_init else None
+    cached = resuming and (run_dir / "cache.safetensors").exists()
+    init = _load_init(config) if config.init_from and not cached else None
+    given_vae = init.vae if init is not None else None
+    if config.vae_from and not cached:
+        given_vae = _load_vae(config)
     model._atomic_write_text(config.to_json() + "\n", config_path)
 
     started = time.time()
-    _vae, latents, ids, scaling = _prepare(config, run_dir, progress, init)
+    _vae, latents, ids, scaling = _prepare(config, run_dir, progress, given_vae)
     latents = latents * scaling
     torch.manual_seed(config.seed)
     text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
