@@ -143,6 +143,20 @@ def test_cli_rejects_a_bad_training_mix_before_writing(capsys, tmp_path, mix, na
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [(["--examples", "0"], "n_examples must be >= 1, got 0"),
+     (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive")],
+)  # fmt: skip
+def test_cli_training_set_size_and_vae_source_reach_the_recipe(capsys, tmp_path, extra, named):
+    from diffloc.cli.main import main
+
+    assert main(["world", "train", "--out", str(tmp_path / "run"), *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and named in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_diffloc_load_gives_sd15_site_table():
     import diffloc
 

@@ -193,8 +193,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
         fields["text_layers"] = _text_layers_of(args.init_from) + args.grow_text_layers
-    for name, value in (("steps", args.steps), ("n_examples", args.examples), ("lr", args.lr), ("warmup_steps", args.warmup),
-                        ("init_from", args.init_from), ("vae_from", args.vae_from)):  # fmt: skip
+    for name, value in (("steps", args.steps), ("n_examples", args.examples), ("lr", args.lr),
+                        ("warmup_steps", args.warmup), ("init_from", args.init_from),
+                        ("vae_from", args.vae_from)):  # fmt: skip
         if value is not None:
             fields[name] = value
     bars = _Bars()
