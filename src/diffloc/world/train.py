@@ -222,8 +222,9 @@ def _load_vae(config: TrainConfig):
     try:  # the export rebuilds it with this recipe's architecture
         model.build_vae().load_state_dict(vae.state_dict())
     except RuntimeError:
-        found = f"vae_from {config.vae_from!r}"
-        raise ConfigError(f"{found} has another autoencoder architecture than this recipe's") from None
+        raise ConfigError(
+            f"vae_from {config.vae_from!r} has another autoencoder architecture than this recipe's"
+        ) from None
     return vae.eval()
 
 
