@@ -164,3 +164,15 @@ def test_diffloc_load_gives_sd15_site_table():
     assert type(loaded.pipe).__name__ == "StableDiffusionPipeline"
     xattn = [s.name for s in loaded.sites.select("unet.xattn.*") if s.name.count(".") == 2]
     assert xattn == [f"unet.xattn.{i}" for i in range(16)]
+
+
+def test_detectors_vae_source_takes_the_shorthand_and_refuses_a_missing_directory(capsys, tmp_path):
+    from diffloc.cli.main import main
+
+    assert model.pipeline_dir("shapesworld", "--vae-from") == model.shipped_model_dir()
+    weights = tmp_path / "det.safetensors"
+    missing = tmp_path / "nowhere"
+    assert main(["world", "detectors", "--train", "--weights", str(weights), "--vae-from", str(missing)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and f"--vae-from {str(missing)!r} is not a directory" in err
+    assert "\n" not in err and not weights.exists()

@@ -94,7 +94,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detectors", help="measure detector accuracy on clean renders (optionally train them)")
     p.add_argument("--weights", default=None, help="detector weights (default: shipped)")
     p.add_argument("--train", action="store_true", help="train detectors and write them to --weights")
-    p.add_argument("--vae-from", default=None, help="pipeline dir whose VAE round trip augments training")
+    p.add_argument(
+        "--vae-from",
+        default=None,
+        metavar="DIR",
+        help="pipeline dir whose VAE round trip augments training ('shapesworld': the shipped one)",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
     p.add_argument("--n", type=int, default=3000, help="clean renders to measure on (default 3000)")
     p.add_argument("--out", default=None, help="write the accuracy JSON here")
@@ -231,7 +236,7 @@ def run_detectors(args: argparse.Namespace) -> int:
         fields = {} if args.steps is None else {"steps": args.steps}
         reconstruct = None
         if args.vae_from:
-            vae = model.load_pipeline(args.vae_from).vae
+            vae = model.load_pipeline(model.pipeline_dir(args.vae_from, "--vae-from")).vae
 
             def reconstruct(x: torch.Tensor) -> torch.Tensor:
                 z = vae.encode(x * 2 - 1).latent_dist.mean

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffloc.errors import CheckpointError, ModelLoadError
+from diffloc.errors import CheckpointError, ConfigError, ModelLoadError
 from diffloc.models.registry import SAMPLER_FILE
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,18 @@ def assets_dir() -> Path:
 def shipped_model_dir() -> Path:
     """Directory of the shipped ShapesWorld pipeline (``diffloc/assets/shapesworld``)."""
     return assets_dir() / "shapesworld"
+
+
+def pipeline_dir(value: str, field: str) -> Path:
+    """The ShapesWorld pipeline directory a user named ("shapesworld": the shipped one).
+
+    Raises:
+        ConfigError: ``value`` is not a directory (the message names ``field``).
+    """
+    path = shipped_model_dir() if value == "shapesworld" else Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{field} {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
+    return path
 
 
 def tokenizer_dir() -> Path:

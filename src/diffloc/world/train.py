@@ -208,17 +208,9 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
     return vae, latents, ids, scaling
 
 
-def _pipeline_dir(field: str, value: str) -> Path:
-    """The ShapesWorld pipeline directory named by ``init_from``/``vae_from`` ("shapesworld": the shipped one)."""
-    path = model.shipped_model_dir() if value == "shapesworld" else Path(value)
-    if not path.is_dir():
-        raise ConfigError(f"{field} {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
-    return path
-
-
 def _load_vae(config: TrainConfig):
     """The autoencoder a ``vae_from`` run encodes with (with its ``scaling_factor``)."""
-    vae = model.load_pipeline(_pipeline_dir("vae_from", str(config.vae_from))).vae
+    vae = model.load_pipeline(model.pipeline_dir(str(config.vae_from), "vae_from")).vae
     try:  # the export rebuilds it with this recipe's architecture
         model.build_vae().load_state_dict(vae.state_dict())
     except RuntimeError:
@@ -230,7 +222,7 @@ def _load_vae(config: TrainConfig):
 
 def _load_init(config: TrainConfig):
     """The pipeline a warm-started run begins from (checked file by file); raises a one-line error if unusable."""
-    init = model.load_pipeline(_pipeline_dir("init_from", str(config.init_from)))
+    init = model.load_pipeline(model.pipeline_dir(str(config.init_from), "init_from"))
     text, unet = init.text_encoder.config, init.unet.config
     heads = unet.attention_head_dim
     heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
