@@ -17,14 +17,26 @@ START = "## Status"
 END = "## The world"
 
 
+def _misses(count: dict | None) -> str:
+    """``"style=plain ×10 of 24"`` for one concept's ``concept_counts`` entry ("—" when there is none)."""
+    if not count:
+        return "—"
+    if not count["misses"]:
+        return f"none of {count['images']}"
+    wrong = ", ".join(f"{reading} ×{n}" for reading, n in count["misses"].items())
+    return f"{wrong} of {count['images']}"
+
+
 def status_section(ev: dict) -> str:
     """The card's status section for one ``eval.json``."""
     cfg = ev["config"]
     attributes = "\n".join(
         f"| {name} | {rate:.1%} | ≥ {ev['thresholds'][name]:.0%} |" for name, rate in ev["attributes"].items()
     )
+    counts = ev.get("concept_counts", {})  # absent from eval.json files written before session 16
     concepts = "\n".join(
-        f"| {name} | {rate:.1%} | ≥ {ev['thresholds']['concept']:.0%} |" for name, rate in ev["concepts"].items()
+        f"| {name} | {rate:.1%} | ≥ {ev['thresholds']['concept']:.0%} | {_misses(counts.get(name))} |"
+        for name, rate in ev["concepts"].items()
     )
     verdict = "meets" if ev["passed"] else "DOES NOT YET MEET"
     return f"""{START}: {verdict} the acceptance bar
@@ -36,8 +48,8 @@ Measured by `{ev["command"]}` ({ev["n_prompts"]} held-out prompts × {cfg["seeds
 |---|---|---|
 {attributes}
 
-| named concept (held-out template) | accuracy | bar |
-|---|---|---|
+| named concept (held-out template) | accuracy | bar | misses read as |
+|---|---|---|---|
 {concepts}
 
 One 20-step generation (batch 1, with CFG): **{ev["seconds_per_image_20_steps"]:.2f} s** on this 2-core CPU

@@ -1,0 +1,86 @@
+"""The scoring of ``diffloc world eval``: rates, counts and what misses read as, without a model.
+
+Generation and the detectors are replaced by a scripted reader that gets every label right except the
+ones a test chooses to get wrong, so every number the evaluation reports can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffloc.world import captions, evaluate
+
+
+def _scripted(monkeypatch, wrong):
+    """Replace generation and detection: image i reads back its prompt's labels, changed by ``wrong``."""
+    asked: list[tuple[str, int]] = []
+    labels = {p.prompt: p.labels for p in [*captions.heldout_prompts(), *captions.validation_prompts()]}
+
+    def generate(pipe, prompts, seeds, *, steps, guidance):
+        start = len(asked)
+        asked.extend(zip(prompts, seeds, strict=True))
+        return torch.arange(start, len(asked))
+
+    def read(indices):
+        out = []
+        for i in indices.tolist():
+            prompt, seed = asked[i]
+            out.append({**labels[prompt], **wrong(prompt, seed)})
+        return out
+
+    monkeypatch.setattr(evaluate, "generate", generate)
+    monkeypatch.setattr(evaluate, "detect", lambda images, detector=None: images)
+    monkeypatch.setattr(evaluate, "predicted_labels", read)
+    monkeypatch.setattr(evaluate, "time_one_image", lambda pipe, guidance: 0.5)
+    return asked
+
+
+def test_counts_and_misses_name_what_the_wrong_images_were_read_as(monkeypatch):
+    def wrong(prompt, seed):  # van goo drawn plain with seed 0; snargle's colour wrong with seed 1
+        if "van goo" in prompt and seed == 0:
+            return {"style": "plain"}
+        if "snargle" in prompt and seed == 1:
+            return {"colour": "orange"}
+        return {}
+
+    asked = _scripted(monkeypatch, wrong)
+    result = evaluate.evaluate_model(None, evaluate.EvalConfig(seeds=2, batch_size=7))
+    prompts = captions.heldout_prompts()
+    assert len(asked) == result["n_images"] == 2 * len(prompts)
+    van_goo, snargle = result["concept_counts"]["style:van goo"], result["concept_counts"]["object:snargle"]
+    n_van_goo = 2 * sum(p.group == "style:van goo" for p in prompts)
+    assert van_goo == {"right": n_van_goo // 2, "images": n_van_goo, "misses": {"style=plain": n_van_goo // 2}}
+    assert snargle["misses"] == {"colour=orange": snargle["images"] // 2}
+    assert math.isclose(result["concepts"]["style:van goo"], 0.5) and not result["passed"]
+    assert result["concept_counts"]["style:pica stro"]["misses"] == {}
+    assert result["attributes"]["colour"] < 1.0 == result["attributes"]["shape"]  # snargle's are object prompts
+    assert result["seconds_per_image_20_steps"] == 0.5
+
+
+def test_a_model_that_gets_everything_right_passes(monkeypatch):
+    _scripted(monkeypatch, lambda prompt, seed: {})
+    result = evaluate.evaluate_model(None, evaluate.EvalConfig(seeds=1, split="validation"))
+    assert result["passed"] and set(result["concepts"].values()) == {1.0}
+    assert all(c["right"] == c["images"] and not c["misses"] for c in result["concept_counts"].values())
+
+
+def test_model_card_status_names_the_misses_and_reads_older_eval_files():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from diffloc.world import model
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "update_model_card.py"
+    spec = importlib.util.spec_from_file_location("update_model_card", script)
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    ev = json.loads((model.shipped_model_dir() / "eval.json").read_text(encoding="utf-8"))
+    ev["concepts"]["style:van goo"], ev["concept_counts"]["style:van goo"] = 0.5, {
+        "right": 12, "images": 24, "misses": {"style=plain": 10, "texture=dotted": 2}}  # fmt: skip
+    section = card.status_section(ev)
+    assert "| style:van goo | 50.0% | ≥ 90% | style=plain ×10, texture=dotted ×2 of 24 |" in section
+    del ev["concept_counts"]  # eval.json files written before the counts existed
+    assert "| style:van goo | 50.0% | ≥ 90% | — |" in card.status_section(ev)
