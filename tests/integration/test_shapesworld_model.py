@@ -131,6 +131,9 @@ def test_cli_rejects_bad_eval_arguments(capsys):
     assert main(["world", "eval", "--split", "test"]) == 1
     err = capsys.readouterr().err.strip()
     assert "unknown split 'test'; valid: heldout, validation" in err and "\n" not in err
+    assert main(["world", "eval", "--threads", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--threads must be >= 1, got 0" in err and "\n" not in err
 
 
 @pytest.mark.parametrize(("mix", "named"), [("1,2", "mix (1.0, 2.0)"), ("a,b,c,d", "--mix 'a,b,c,d'")])
@@ -176,3 +179,23 @@ def test_detectors_vae_source_takes_the_shorthand_and_refuses_a_missing_director
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffloc: error:") and f"--vae-from {str(missing)!r} is not a directory" in err
     assert "\n" not in err and not weights.exists()
+
+
+def test_eval_runs_at_the_thread_count_asked_and_records_it(monkeypatch, tmp_path, capsys):
+    from diffloc.cli.main import main
+    from diffloc.world import evaluate
+
+    seen = []
+
+    def fake_evaluate(pipe, config, *, detector=None, progress=None):
+        seen.append(torch.get_num_threads())
+        return {"passed": True, "config": {}}
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(evaluate, "evaluate_model", fake_evaluate)
+    try:
+        assert main(["world", "eval", "--threads", "1", "--out", str(tmp_path / "eval.json")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert seen == [1] and json.loads((tmp_path / "eval.json").read_text())["threads"] == 1

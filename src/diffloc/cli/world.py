@@ -115,6 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(training templates, for choosing sampler settings)")  # fmt: skip
     p.add_argument("--extra-templates", default=None, help="validation split: the run's extra training "
                    "templates (diffloc.world.vocab.EXTRA_TEMPLATES; default none)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; the 20-step time in the "
+                   "JSON is measured at this count and recorded beside it)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here (always printed)")
     p.set_defaults(func=run_eval)
 
@@ -275,13 +277,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     _positive("seeds", args.seeds)
     _positive("steps", args.steps)
+    _positive("threads", args.threads)
     fields = {"seeds": args.seeds, "steps": args.steps, "split": args.split}
     if args.extra_templates is not None:
         fields["extra_templates"] = args.extra_templates
     if args.guidance is not None:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     pipe = model.load_pipeline(args.model)
     det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
     with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
@@ -291,6 +294,7 @@ def run_eval(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         result = evaluate_model(pipe, config, detector=det, progress=progress)
+    result["threads"] = args.threads
     result["model"] = "shapesworld (shipped)" if args.model is None else str(args.model)
     result["command"] = "diffloc " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("diffloc") else None
     print(json.dumps(result, indent=2))
