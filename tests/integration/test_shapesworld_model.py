@@ -149,7 +149,9 @@ def test_cli_rejects_a_bad_training_mix_before_writing(capsys, tmp_path, mix, na
 @pytest.mark.parametrize(
     ("extra", "named"),
     [(["--examples", "0"], "n_examples must be >= 1, got 0"),
-     (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive")],
+     (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive"),
+     (["--text-layers", "0"], "text_layers must be >= 1, got 0"),
+     (["--text-layers", "6", "--init-from", "shapesworld"], "--text-layers 6 is for a run from scratch")],
 )  # fmt: skip
 def test_cli_training_set_size_and_vae_source_reach_the_recipe(capsys, tmp_path, extra, named):
     from diffloc.cli.main import main
@@ -199,3 +201,15 @@ def test_eval_runs_at_the_thread_count_asked_and_records_it(monkeypatch, tmp_pat
         torch.set_num_threads(before)
     capsys.readouterr()
     assert seen == [1] and json.loads((tmp_path / "eval.json").read_text())["threads"] == 1
+
+
+def test_cli_text_layers_reach_a_from_scratch_recipe(monkeypatch, tmp_path, capsys):
+    from diffloc.cli.main import main
+    from diffloc.world import train
+
+    seen = []
+    monkeypatch.setattr(train, "train", lambda config, out, **kw: seen.append(config) or {"step": 0})
+    out = str(tmp_path / "run")
+    assert main(["world", "train", "--out", out, "--vae-from", "shapesworld", "--text-layers", "6"]) == 0
+    capsys.readouterr()
+    assert [(c.text_layers, c.vae_from) for c in seen] == [(6, "shapesworld")]

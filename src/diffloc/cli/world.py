@@ -77,6 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --init-from: append this many identity-initialised layers to its text encoder",
     )  # fmt: skip
     p.add_argument(
+        "--text-layers", type=int, default=None,
+        help="from scratch: text-encoder depth (default: the shipped recipe's 4; a warm start keeps its own)",
+    )  # fmt: skip
+    p.add_argument(
         "--vae-from", default=None, metavar="DIR",
         help="from scratch with this ShapesWorld pipeline's VAE (and latent scaling) instead of training one; "
         "UNet and text encoder start random ('shapesworld': the shipped one; not with --init-from)",
@@ -197,6 +201,13 @@ def run_train(args: argparse.Namespace) -> int:
         fields["freeze_unet"] = True
     if args.extra_templates is not None:
         fields["extra_templates"] = args.extra_templates
+    if args.text_layers is not None:
+        if args.init_from is not None:
+            raise ConfigError(
+                f"--text-layers {args.text_layers} is for a run from scratch; a warm start keeps its text "
+                "encoder's depth (--grow-text-layers adds layers to it)"
+            )
+        fields["text_layers"] = args.text_layers
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
         fields["text_layers"] = _text_layers_of(args.init_from) + args.grow_text_layers

@@ -81,7 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
         captions.check_extra(self.extra_templates)
-        for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads"):
+        for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads",
+                     "text_layers", "text_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not self.vae_lr > 0:
