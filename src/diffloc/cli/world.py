@@ -176,10 +176,10 @@ def _text_layers_of(init_from: str | None) -> int:
     from diffloc.world.train import TrainConfig
 
     if init_from is not None:
-        directory = model.shipped_model_dir() if init_from == "shapesworld" else Path(init_from)
         try:
+            directory = model.pipeline_dir(init_from, "--init-from")
             return int(json.loads((directory / "text_encoder" / "config.json").read_text())["num_hidden_layers"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ConfigError, OSError, ValueError, KeyError, TypeError):
             pass
     return TrainConfig().text_layers
 
