@@ -151,7 +151,9 @@ def test_cli_rejects_a_bad_training_mix_before_writing(capsys, tmp_path, mix, na
     [(["--examples", "0"], "n_examples must be >= 1, got 0"),
      (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive"),
      (["--text-layers", "0"], "text_layers must be >= 1, got 0"),
-     (["--text-layers", "6", "--init-from", "shapesworld"], "--text-layers 6 is for a run from scratch")],
+     (["--text-layers", "6", "--init-from", "shapesworld"], "--text-layers 6 is for a run from scratch"),
+     (["--max-minutes", "-1"], "--max-minutes must be >= 0, got -1.0"),
+     (["--max-minutes", "nan"], "--max-minutes must be >= 0, got nan")],
 )  # fmt: skip
 def test_cli_training_set_size_and_vae_source_reach_the_recipe(capsys, tmp_path, extra, named):
     from diffloc.cli.main import main

@@ -107,6 +107,12 @@ def test_bad_config_values(field, value):
         TrainConfig(**{**TINY, field: value})
 
 
+def test_negative_time_budget_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="max_minutes must be >= 0, got -1"):
+        train(TrainConfig(**TINY), tmp_path / "run", max_minutes=-1.0)
+    assert not (tmp_path / "run").exists()
+
+
 def test_warm_start_begins_from_an_exported_pipeline(straight_run, tmp_path):
     from diffloc.world.model import load_pipeline
     from diffloc.world.train import export_run

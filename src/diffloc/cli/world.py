@@ -86,7 +86,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "UNet and text encoder start random ('shapesworld': the shipped one; not with --init-from)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time (resumable)")
+    p.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="stop, with a checkpoint, at the first step ending past this much wall time (resumable; 0: after "
+        "one step; data preparation is never interrupted)",
+    )  # fmt: skip
     p.add_argument("--export", default=None, help="export the result as a pipeline into this directory")
     p.set_defaults(func=run_train)
 
@@ -189,6 +193,8 @@ def run_train(args: argparse.Namespace) -> int:
     from diffloc.world.train import TrainConfig, export_run, train
 
     _positive("steps", args.steps)
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        raise ConfigError(f"--max-minutes must be >= 0, got {args.max_minutes}")
     fields: dict[str, Any] = {"seed": args.seed}
     if args.mix is not None:
         try:

@@ -322,13 +322,17 @@ def train(
         run_dir: where the VAE, latent cache, checkpoint and ``train_log.jsonl`` live.
         resume: continue from ``run_dir/checkpoint.safetensors``; without it, an existing checkpoint is an
             error (nothing is overwritten).
-        max_minutes: stop (after writing a checkpoint) once this much wall time has passed.
+        max_minutes: stop (after writing a checkpoint) at the first step that ends past this much wall time
+            (0: after one step); preparing the data (autoencoder, latent cache) is never interrupted.
         progress: ``progress(stage, step, total, loss)`` called after every step.
 
     Raises:
-        ConfigError: a checkpoint exists and ``resume`` is false, or it was made with another recipe.
+        ConfigError: a checkpoint exists and ``resume`` is false, it was made with another recipe, or
+            ``max_minutes`` is negative.
         CheckpointError: the checkpoint is corrupted.
     """
+    if max_minutes is not None and not max_minutes >= 0:
+        raise ConfigError(f"max_minutes must be >= 0, got {max_minutes}")
     torch.set_num_threads(config.threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
