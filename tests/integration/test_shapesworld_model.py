@@ -134,6 +134,24 @@ def test_cli_rejects_bad_eval_arguments(capsys):
     assert main(["world", "eval", "--threads", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--threads must be >= 1, got 0" in err and "\n" not in err
+    assert main(["world", "eval", "--guidance", "nan"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "guidance must be a finite number >= 0, got nan" in err and "\n" not in err
+
+
+def test_cli_samples_and_detector_training_check_their_numbers_before_working(capsys, tmp_path):
+    from diffloc.cli.main import main
+
+    out = tmp_path / "grid.png"
+    assert main(["world", "samples", "--out", str(out), "--guidance", "nan"]) == 1  # drew NaN-guided grids
+    err = capsys.readouterr().err.strip()
+    assert "guidance must be a finite number >= 0, got nan" in err and "\n" not in err
+    assert not out.exists()
+    weights = tmp_path / "det.safetensors"
+    assert main(["world", "detectors", "--train", "--steps", "0", "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and "steps must be >= 1, got 0" in err and "\n" not in err
+    assert not weights.exists()
 
 
 @pytest.mark.parametrize(("mix", "named"), [("1,2", "mix (1.0, 2.0)"), ("a,b,c,d", "--mix 'a,b,c,d'")])

@@ -252,7 +252,7 @@ def run_detectors(args: argparse.Namespace) -> int:
     _positive("n", args.n)
     weights = Path(args.weights) if args.weights else model.shipped_model_dir() / detectors.DETECTOR_FILE
     if args.train:
-        fields = {} if args.steps is None else {"steps": args.steps}
+        config = detectors.DetectorTrainConfig(**({} if args.steps is None else {"steps": args.steps}))
         reconstruct = None
         if args.vae_from:
             vae = model.load_pipeline(model.pipeline_dir(args.vae_from, "--vae-from")).vae
@@ -268,8 +268,7 @@ def run_detectors(args: argparse.Namespace) -> int:
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-            det = detectors.train_detector(detectors.DetectorTrainConfig(**fields), reconstruct=reconstruct,
-                                           progress=progress)  # fmt: skip
+            det = detectors.train_detector(config, reconstruct=reconstruct, progress=progress)
         weights.parent.mkdir(parents=True, exist_ok=True)
         tmp = weights.with_name(weights.name + ".tmp")
         save_file({k: v.contiguous() for k, v in det.state_dict().items()}, str(tmp))
@@ -325,7 +324,7 @@ def run_samples(args: argparse.Namespace) -> int:
     from diffloc.world import model, vocab
     from diffloc.world.evaluate import EvalConfig, generate
 
-    guidance = args.guidance if args.guidance is not None else EvalConfig().guidance
+    guidance = EvalConfig(**({} if args.guidance is None else {"guidance": args.guidance})).guidance  # checked
     pipe = model.load_pipeline(args.model)
     prompts = [f"a {t} {c} {s} on a {b} background" for s, c, t, b in [
         ("circle", "red", "solid", "white"), ("square", "blue", "striped", "black"),

@@ -12,6 +12,7 @@ without generating again.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -53,8 +54,8 @@ class EvalConfig:
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"seeds, steps and batch_size must be >= 1, got {self.seeds}, {self.steps}, "
                               f"{self.batch_size}")  # fmt: skip
-        if self.guidance < 0:
-            raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
 
 
 @torch.no_grad()
