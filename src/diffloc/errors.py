@@ -7,6 +7,7 @@ as is (``diffloc: error: ...``) without a traceback.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -53,3 +54,10 @@ def one_of(choices: Iterable[str], limit: int = 12) -> str:
     items = list(choices)
     shown = ", ".join(items[:limit])
     return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")
+
+
+def check_guidance(value: float) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is a usable classifier-free guidance scale
+    (finite, >= 0); the one definition shared by generation and ShapesWorld's evaluation."""
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"guidance must be a finite number >= 0, got {value!r}")

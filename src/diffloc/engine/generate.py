@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from diffloc.engine.batch import BatchLayout
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Run, compile_runs, unet_hooks
-from diffloc.errors import ConfigError, PromptError
+from diffloc.errors import ConfigError, PromptError, check_guidance
 from diffloc.models.base import Conditioning, LoadedModel
 
 #: ``progress(done, total)`` called after each denoising step
@@ -38,8 +37,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        check_guidance(self.guidance)
         for label, value in (("height", self.height), ("width", self.width)):
             if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
                 raise ConfigError(f"{label} must be a positive multiple of 8, got {value!r}")

@@ -12,7 +12,6 @@ without generating again.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from diffloc import __version__
-from diffloc.errors import ConfigError
+from diffloc.errors import ConfigError, check_guidance
 from diffloc.world import captions, model
 from diffloc.world.detectors import Detector, detect, predicted_labels
 
@@ -54,8 +53,7 @@ class EvalConfig:
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"seeds, steps and batch_size must be >= 1, got {self.seeds}, {self.steps}, "
                               f"{self.batch_size}")  # fmt: skip
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        check_guidance(self.guidance)
 
 
 @torch.no_grad()
