@@ -233,3 +233,20 @@ def test_cli_text_layers_reach_a_from_scratch_recipe(monkeypatch, tmp_path, caps
     assert main(["world", "train", "--out", out, "--vae-from", "shapesworld", "--text-layers", "6"]) == 0
     capsys.readouterr()
     assert [(c.text_layers, c.vae_from) for c in seen] == [(6, "shapesworld")]
+
+
+def test_cli_warm_start_takes_its_init_text_depth(monkeypatch, tmp_path, capsys):
+    """A warm start from a 6-layer export builds a 6-layer recipe (it used to assume the default 4 and be refused)."""
+    from diffloc.cli.main import main
+    from diffloc.world import train
+
+    init = tmp_path / "deep"
+    (init / "text_encoder").mkdir(parents=True)
+    (init / "text_encoder" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    seen = []
+    monkeypatch.setattr(train, "train", lambda config, out, **kw: seen.append(config) or {"step": 0})
+    for n, grow in enumerate((None, "2")):
+        extra = ["--grow-text-layers", grow] if grow else []
+        assert main(["world", "train", "--out", str(tmp_path / f"run{n}"), "--init-from", str(init), *extra]) == 0
+    capsys.readouterr()
+    assert [(c.text_layers, c.grow_text_layers) for c in seen] == [(6, 0), (8, 2)]

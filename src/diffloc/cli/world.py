@@ -216,7 +216,8 @@ def run_train(args: argparse.Namespace) -> int:
         fields["text_layers"] = args.text_layers
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
-        fields["text_layers"] = _text_layers_of(args.init_from) + args.grow_text_layers
+    if args.init_from is not None:  # the warm start's own depth, plus any grown layers
+        fields["text_layers"] = _text_layers_of(args.init_from) + (args.grow_text_layers or 0)
     for name, value in (("steps", args.steps), ("n_examples", args.examples), ("lr", args.lr),
                         ("warmup_steps", args.warmup), ("init_from", args.init_from),
                         ("vae_from", args.vae_from)):  # fmt: skip
