@@ -18,13 +18,16 @@ END = "## The world"
 
 
 def _misses(count: dict | None) -> str:
-    """``"style=plain ×10 of 24"`` for one concept's ``concept_counts`` entry ("—" when there is none)."""
+    """``"style=plain ×10 of 24 (seeds 2 ×3, 7 ×3)"`` for one concept's ``concept_counts`` entry ("—" when there
+    is none; the seeds only where the eval recorded them)."""
     if not count:
         return "—"
     if not count["misses"]:
         return f"none of {count['images']}"
     wrong = ", ".join(f"{reading} ×{n}" for reading, n in count["misses"].items())
-    return f"{wrong} of {count['images']}"
+    seeds = count.get("missed_seeds")  # absent from eval.json files written before session 18
+    by_seed = f" (seeds {', '.join(f'{s} ×{n}' for s, n in seeds.items())})" if seeds else ""
+    return f"{wrong} of {count['images']}{by_seed}"
 
 
 def status_section(ev: dict) -> str:

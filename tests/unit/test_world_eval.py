@@ -51,8 +51,10 @@ def test_counts_and_misses_name_what_the_wrong_images_were_read_as(monkeypatch):
     assert len(asked) == result["n_images"] == 2 * len(prompts)
     van_goo, snargle = result["concept_counts"]["style:van goo"], result["concept_counts"]["object:snargle"]
     n_van_goo = 2 * sum(p.group == "style:van goo" for p in prompts)
-    assert van_goo == {"right": n_van_goo // 2, "images": n_van_goo, "misses": {"style=plain": n_van_goo // 2}}
+    assert van_goo == {"right": n_van_goo // 2, "images": n_van_goo, "misses": {"style=plain": n_van_goo // 2},
+                       "missed_seeds": {"0": n_van_goo // 2}}  # fmt: skip
     assert snargle["misses"] == {"colour=orange": snargle["images"] // 2}
+    assert snargle["missed_seeds"] == {"1": snargle["images"] // 2}
     assert math.isclose(result["concepts"]["style:van goo"], 0.5) and not result["passed"]
     assert result["concept_counts"]["style:pica stro"]["misses"] == {}
     assert result["attributes"]["colour"] < 1.0 == result["attributes"]["shape"]  # snargle's are object prompts
@@ -82,5 +84,7 @@ def test_model_card_status_names_the_misses_and_reads_older_eval_files():
         "right": 12, "images": 24, "misses": {"style=plain": 10, "texture=dotted": 2}}  # fmt: skip
     section = card.status_section(ev)
     assert "| style:van goo | 50.0% | ≥ 90% | style=plain ×10, texture=dotted ×2 of 24 |" in section
+    ev["concept_counts"]["style:van goo"]["missed_seeds"] = {"2": 6, "7": 6}
+    assert "| style=plain ×10, texture=dotted ×2 of 24 (seeds 2 ×6, 7 ×6) |" in card.status_section(ev)
     del ev["concept_counts"]  # eval.json files written before the counts existed
     assert "| style:van goo | 50.0% | ≥ 90% | — |" in card.status_section(ev)

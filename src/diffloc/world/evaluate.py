@@ -7,7 +7,8 @@ without looking at the held-out prompts. Reported: accuracy per base
 attribute over the plain prompts and objects, accuracy per named style/object/fact, the thresholds of the
 acceptance bar and whether they are met, and the wall time of one 20-step generation. Each named concept's
 ``misses`` say what its wrong images were read as (``"style=plain"``), so a miss can be told from a near miss
-without generating again.
+without generating again, and its ``missed_seeds`` which seeds missed (misses on the same few seeds for every
+prompt follow the initial noise; a 2-seed run cannot see them).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def evaluate_model(
     Returns:
         A JSON-ready dict: ``attributes`` (accuracy of shape/colour/texture/background), ``concepts``
         (accuracy per named style/object/fact), ``concept_counts`` (per concept: images right, images, and
-        ``misses``: how often each wrong ``attribute=read-back value`` occurred), ``thresholds``, ``passed``,
+        ``misses``: how often each wrong ``attribute=read-back value`` occurred; ``missed_seeds``: seed -> how many
+        of its prompts missed with that seed, which tells misses that follow the noise, the same seeds for every
+        prompt, from misses that follow the prompt), ``thresholds``, ``passed``,
         ``seconds_per_image`` and the config.
     """
     prompts = (
@@ -88,12 +91,13 @@ def evaluate_model(
     jobs = [(p, s) for p in prompts for s in range(config.seeds)]
     hits: dict[str, list[bool]] = defaultdict(list)
     misses: dict[str, Counter[str]] = defaultdict(Counter)
+    missed_seeds: dict[str, Counter[int]] = defaultdict(Counter)
     started = time.time()
     for start in range(0, len(jobs), config.batch_size):
         chunk = jobs[start : start + config.batch_size]
         images = generate(pipe, [p.prompt for p, _ in chunk], [s for _, s in chunk], steps=config.steps,
                           guidance=config.guidance)  # fmt: skip
-        for (prompt, _), predicted in zip(chunk, predicted_labels(detect(images, detector)), strict=True):
+        for (prompt, seed), predicted in zip(chunk, predicted_labels(detect(images, detector)), strict=True):
             correct = {k: predicted[k] == v for k, v in prompt.labels.items()}
             if prompt.group == "plain" or prompt.group.startswith("object:"):
                 for attribute, ok in correct.items():
@@ -101,6 +105,8 @@ def evaluate_model(
             if prompt.group != "plain":
                 hits[prompt.group].append(all(correct.values()))
                 misses[prompt.group].update(f"{k}={predicted[k]}" for k, ok in correct.items() if not ok)
+                if not all(correct.values()):
+                    missed_seeds[prompt.group][seed] += 1
         if progress:
             progress(min(start + config.batch_size, len(jobs)), len(jobs))
     elapsed = time.time() - started
@@ -117,7 +123,12 @@ def evaluate_model(
         "attributes": attributes,
         "concepts": concepts,
         "concept_counts": {
-            group: {"right": sum(hits[group]), "images": len(hits[group]), "misses": dict(misses[group].most_common())}
+            group: {
+                "right": sum(hits[group]),
+                "images": len(hits[group]),
+                "misses": dict(misses[group].most_common()),
+                "missed_seeds": {str(s): n for s, n in sorted(missed_seeds[group].items())},
+            }
             for group in concepts
         },
         "thresholds": THRESHOLDS,
