@@ -125,21 +125,21 @@ def fact_templates() -> tuple[str, ...]:
 
 
 def readings(model: LoadedModel, prompts, seeds: int, config: GenerationConfig, batch: int = 32):
-    """Every (prompt, seed) image generated in batches and read back: yields ``(prompt, predicted labels)``."""
+    """Every (prompt, seed) image generated in batches and read back: yields ``(prompt, seed, predicted labels)``."""
     from diffloc.world.detectors import detect, predicted_labels
 
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         images = generate(model, [p.prompt for p, _ in chunk], seeds=[s for _, s in chunk], config=config)
-        for (prompt, _), predicted in zip(chunk, predicted_labels(detect(images)), strict=True):
-            yield prompt, predicted
+        for (prompt, seed), predicted in zip(chunk, predicted_labels(detect(images)), strict=True):
+            yield prompt, seed, predicted
 
 
 def rates(model: LoadedModel, prompts, seeds: int, config: GenerationConfig, batch: int = 32) -> dict[str, float]:
     """Detection rate per prompt group: the share of images whose predicted labels all match."""
     hits: dict[str, list[bool]] = defaultdict(list)
-    for prompt, predicted in readings(model, prompts, seeds, config, batch):
+    for prompt, _, predicted in readings(model, prompts, seeds, config, batch):
         hits[prompt.group].append(all(predicted[k] == v for k, v in prompt.labels.items()))
     return {group: sum(v) / len(v) for group, v in sorted(hits.items())}
 
