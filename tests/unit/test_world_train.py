@@ -237,3 +237,37 @@ def test_vae_from_refuses_a_warm_start_and_a_missing_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"vae_from .* is not a directory") as info:
         train(TrainConfig(**{**TINY, "vae_from": str(tmp_path / "nope")}), tmp_path / "run")
     assert "\n" not in str(info.value)
+
+
+def test_zero_snr_run_learns_v_and_exports_its_scheduler(straight_run, tmp_path):
+    """A zero-terminal-SNR run: its target is diffusers' v (the scheduler recovers x0 from it exactly), its
+    last timestep is pure noise, and its export samples with that scheduler."""
+    from diffloc.world import model
+    from diffloc.world.model import load_pipeline
+    from diffloc.world.train import _schedule, export_run, training_target
+
+    config = TrainConfig(**{**TINY, "zero_snr": True})
+    scheduler = model.build_scheduler(**_schedule(config))
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0
+    scheduler.set_timesteps(20)
+    default = model.build_scheduler()
+    default.set_timesteps(20)
+    assert int(scheduler.timesteps[0]) == 999 and int(default.timesteps[0]) == 951  # where sampling starts
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 4, 16, 16, generator=gen)
+    for t in (10, 500, 900):
+        a = scheduler.alphas_cumprod[t].float()
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        step = scheduler.step(training_target(config, x0, noise, a), t, noisy)
+        torch.testing.assert_close(step.pred_original_sample, x0, rtol=0, atol=1e-4)
+    assert torch.equal(training_target(TrainConfig(**TINY), x0, noise, a), noise)  # ε runs: unchanged
+
+    run, _ = straight_run
+    warm = TrainConfig(**{**TINY, "zero_snr": True, "init_from": str(export_run(run, tmp_path / "eps"))})
+    assert train(warm, tmp_path / "v")["step"] == TINY["steps"]
+    pipe = load_pipeline(export_run(tmp_path / "v", tmp_path / "v-pipe"))
+    cfg = pipe.scheduler.config
+    assert (cfg.prediction_type, cfg.timestep_spacing, cfg.rescale_betas_zero_snr) == ("v_prediction", "trailing", True)
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, output_type="pt").images
+    assert torch.isfinite(image).all()
+    assert load_pipeline(tmp_path / "eps").scheduler.config.prediction_type == "epsilon"

@@ -69,6 +69,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train the text encoder only (with --init-from: the warm start's UNet stays as it is)",
     )  # fmt: skip
     p.add_argument(
+        "--zero-snr", action="store_true",
+        help="v-prediction on a zero-terminal-SNR schedule sampled with trailing steps (exported with the model): "
+        "pure noise then carries no image signal for the first steps to read",
+    )  # fmt: skip
+    p.add_argument(
         "--extra-templates", default=None,
         help="extra training word orders, a name of diffloc.world.vocab.EXTRA_TEMPLATES (default none)",
     )  # fmt: skip
@@ -205,6 +210,8 @@ def run_train(args: argparse.Namespace) -> int:
         fields["threads"] = args.threads
     if args.freeze_unet:
         fields["freeze_unet"] = True
+    if args.zero_snr:
+        fields["zero_snr"] = True
     if args.extra_templates is not None:
         fields["extra_templates"] = args.extra_templates
     if args.text_layers is not None:

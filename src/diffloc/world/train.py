@@ -77,6 +77,10 @@ class TrainConfig:
     #: scaling) replaces stage 1; UNet and text encoder start from random weights. A warm start
     #: (``init_from``) takes its VAE already, so the two are exclusive.
     vae_from: str | None = None
+    #: Train v-prediction on a zero-terminal-SNR schedule sampled with trailing timesteps
+    #: (:data:`model.ZERO_SNR_SCHEDULE`), so the pure noise sampling starts from carries no image signal for the
+    #: first steps to read; exported with that scheduler. A warm start from an ε model re-learns its target.
+    zero_snr: bool = False
 
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
@@ -379,7 +383,7 @@ def train(
         ema = [p.detach().clone() for p in params]
     # EMA of the trained parameters only (a frozen UNet's EMA stays at its weights without per-step work).
     ema_trained = [e for e, p in zip(ema, params, strict=True) if p.requires_grad]
-    scheduler = model.build_scheduler()
+    scheduler = model.build_scheduler(**_schedule(config))
     alphas = scheduler.alphas_cumprod.float()
     uncond = tokenize([""])[0]
     unet.train()
@@ -398,7 +402,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = _lr_at(config, step)
         context = text_encoder(tok).last_hidden_state  # (batch, 77, width)
-        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
+        loss = F.mse_loss(unet(noisy, t, context).sample, training_target(config, x0, noise, a))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -444,4 +448,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True
     vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
     vae.register_to_config(scaling_factor=float(metadata["scaling"]))
     logger.info("exporting step %d of %s", step, run_dir)
-    return model.export_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, out_dir=Path(out_dir))
+    return model.export_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, out_dir=Path(out_dir),
+                                 scheduler=model.build_scheduler(**_schedule(config)))  # fmt: skip
+
+
+def training_target(config: TrainConfig, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from ``sqrt(a) x0 + sqrt(1 - a) noise``: the noise (ε), or for a
+    ``zero_snr`` run the velocity ``v = sqrt(a) noise - sqrt(1 - a) x0``, diffusers' ``v_prediction``."""
+    return a.sqrt() * noise - (1 - a).sqrt() * x0 if config.zero_snr else noise
+
+
+def _schedule(config: TrainConfig) -> dict[str, object]:
+    """The scheduler fields a run changes from :func:`model.build_scheduler`'s."""
+    return dict(model.ZERO_SNR_SCHEDULE) if config.zero_snr else {}
