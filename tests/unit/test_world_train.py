@@ -244,10 +244,10 @@ def test_zero_snr_run_learns_v_and_exports_its_scheduler(straight_run, tmp_path)
     last timestep is pure noise, and its export samples with that scheduler."""
     from diffloc.world import model
     from diffloc.world.model import load_pipeline
-    from diffloc.world.train import _schedule, export_run, training_target
+    from diffloc.world.train import _scheduler, export_run, training_target
 
     config = TrainConfig(**{**TINY, "zero_snr": True})
-    scheduler = model.build_scheduler(**_schedule(config))
+    scheduler = _scheduler(config)
     assert float(scheduler.alphas_cumprod[-1]) == 0.0
     scheduler.set_timesteps(20)
     default = model.build_scheduler()

@@ -103,9 +103,10 @@ def evaluate_model(
                 for attribute, ok in correct.items():
                     hits[f"attribute:{attribute}"].append(ok)
             if prompt.group != "plain":
-                hits[prompt.group].append(all(correct.values()))
+                hit = all(correct.values())
+                hits[prompt.group].append(hit)
                 misses[prompt.group].update(f"{k}={predicted[k]}" for k, ok in correct.items() if not ok)
-                if not all(correct.values()):
+                if not hit:
                     missed_seeds[prompt.group][seed] += 1
         if progress:
             progress(min(start + config.batch_size, len(jobs)), len(jobs))

@@ -383,8 +383,7 @@ def train(
         ema = [p.detach().clone() for p in params]
     # EMA of the trained parameters only (a frozen UNet's EMA stays at its weights without per-step work).
     ema_trained = [e for e, p in zip(ema, params, strict=True) if p.requires_grad]
-    scheduler = model.build_scheduler(**_schedule(config))
-    alphas = scheduler.alphas_cumprod.float()
+    alphas = _scheduler(config).alphas_cumprod.float()
     uncond = tokenize([""])[0]
     unet.train()
     text_encoder.train()
@@ -449,7 +448,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True
     vae.register_to_config(scaling_factor=float(metadata["scaling"]))
     logger.info("exporting step %d of %s", step, run_dir)
     return model.export_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, out_dir=Path(out_dir),
-                                 scheduler=model.build_scheduler(**_schedule(config)))  # fmt: skip
+                                 scheduler=_scheduler(config))  # fmt: skip
 
 
 def training_target(config: TrainConfig, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -458,6 +457,6 @@ def training_target(config: TrainConfig, x0: torch.Tensor, noise: torch.Tensor, 
     return a.sqrt() * noise - (1 - a).sqrt() * x0 if config.zero_snr else noise
 
 
-def _schedule(config: TrainConfig) -> dict[str, object]:
-    """The scheduler fields a run changes from :func:`model.build_scheduler`'s."""
-    return dict(model.ZERO_SNR_SCHEDULE) if config.zero_snr else {}
+def _scheduler(config: TrainConfig):
+    """The run's noise schedule, trained on and exported: :func:`model.build_scheduler`'s, or the zero-SNR one."""
+    return model.build_scheduler(**(model.ZERO_SNR_SCHEDULE if config.zero_snr else {}))
