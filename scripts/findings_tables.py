@@ -34,13 +34,14 @@ def _short(site: str) -> str:
 def calibration_table(summary: dict[str, Any]) -> str:
     rows = ["| case | score at each noise multiplier | chosen |", "|---|---|---|"]
     for name, case in summary["cases"].items():
-        noise = case.get("noise")
-        if not noise:
-            continue
-        tried = " / ".join(f"{float(m):g}×: {_fmt(v)}" for m, v in noise["corrupted"].items())
-        reached = "" if noise.get("reached", True) else " (never halved)"
-        rows.append(f"| {name} (clean {_fmt(noise['clean'])}) | {tried} | {noise['multiplier']:g}× "
-                    f"({noise['noise']:.3f}){reached} |")  # fmt: skip
+        for trace, field in (("UNet", "noise"), ("text", "text_noise")):
+            noise = case.get(field)
+            if not noise:
+                continue
+            tried = " / ".join(f"{float(m):g}×: {_fmt(v)}" for m, v in noise["corrupted"].items())
+            reached = "" if noise.get("reached", True) else " (never halved)"
+            rows.append(f"| {name}, {trace} trace (clean {_fmt(noise['clean'])}) | {tried} | "
+                        f"{noise['multiplier']:g}× ({noise['noise']:.3f}){reached} |")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -64,7 +65,11 @@ def _text_state(run: Path, name: str) -> str:
                     best = (value, kind, layer, pos)
     value, kind, layer, pos = best
     token = data["tokens"][pos] if pos < len(data["tokens"]) else str(pos)
-    return f"{value:.2f} at `{kind}` layer {layer}, token {pos} ({token!r})"
+    clean, corrupted = data["clean_score"], data["corrupt_score"]
+    gap = f"{_fmt(clean)} → {_fmt(corrupted)}"
+    if abs(clean - corrupted) < 0.05 * max(abs(clean), abs(corrupted), 1e-12):
+        return f"— (corruption left the attribute: {gap})"
+    return f"{value:.2f} at `{kind}` layer {layer}, token {pos} ({token!r}; {gap})"
 
 
 def _locogen(case: dict[str, Any]) -> str:
@@ -78,7 +83,8 @@ def _locogen(case: dict[str, Any]) -> str:
 
 def location_table(summary: dict[str, Any], run: Path) -> str:
     rows = [
-        "| case | UNet clean → corrupted | sites recovering ≥ 80% of the gap | best single text state (effect) "
+        "| case | UNet clean → corrupted | sites recovering ≥ 80% of the gap "
+        "| best single text state (effect; clean → corrupted) "
         "| LocoGen: best score per window size → chosen |",
         "|---|---|---|---|---|",
     ]

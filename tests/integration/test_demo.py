@@ -93,6 +93,38 @@ def test_rerun_skips_finished_stages(demo_run):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
+def test_text_trace_uses_its_own_calibrated_noise(demo_run):
+    """The text trace reads one prompt: its noise is calibrated on that prompt, kept beside the UNet trace's."""
+    _, _, _, _, out, summary = demo_run
+    case = summary["cases"]["style-vg"]
+    stored = json.loads((out / "trace" / "style-vg" / "text-noise.json").read_text())
+    assert stored == case["text_noise"]
+    text = json.loads((out / "trace" / "style-vg" / "text" / "result.json").read_text())
+    assert text["noise"] == pytest.approx(case["text_noise"]["noise"])
+    assert "text-encoder trace corruption calibrated" in (out / "report.html").read_text()
+
+
+def test_report_flags_a_trace_whose_corruption_did_nothing(demo_run):
+    from diffloc.report.html import _case_section
+
+    _, _, _, _, out, summary = demo_run
+    entry = dict(summary["cases"]["style-vg"])
+    entry["unet_corrupted"] = entry["unet_clean"] - 0.5
+    entry["text_corrupted"] = entry["text_clean"]
+    page = _case_section(out, "style-vg", entry)
+    assert "barely changed the text-encoder trace" in page and "barely changed the UNet trace" not in page
+
+
+def test_edit_templates_are_the_concept_alone_then_the_case_prompts(demo_run):
+    from diffloc.demo import edit_templates
+
+    _, suite, _, _, out, _ = demo_run
+    (case,) = suite.cases
+    assert edit_templates(case) == ("{}", "a house in the style of {}", "a tree in the style of {}")
+    edit = json.loads((out / "edits" / "style-vg" / "quickfix" / "edit.json").read_text())
+    assert edit["request"]["templates"] == ["{}", "a house in the style of {}", "a tree in the style of {}"]
+
+
 def test_suite_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SUITE.replace("steps: 2", "stepz: 2"))

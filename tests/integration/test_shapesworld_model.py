@@ -62,6 +62,14 @@ def test_unet_has_sd15_block_structure(pipe):
     assert pipe.text_encoder.config.hidden_act == "quick_gelu"
 
 
+def test_shipped_scheduler_is_the_one_the_weights_were_trained_on(pipe):
+    """The shipped weights predict v on a zero-terminal-SNR schedule (run 16); an epsilon scheduler would
+    sample them into noise, so the exported scheduler must carry every field of that schedule."""
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    for field, value in model.ZERO_SNR_SCHEDULE.items():
+        assert pipe.scheduler.config[field] == value, field
+
+
 def test_text_encoder_carries_the_trained_weights(pipe):
     """Keys are in SD's layout (``text_model.*``) and every loaded tensor equals the file's, not a re-init."""
     config = json.loads((SHIPPED / "text_encoder" / "config.json").read_text())

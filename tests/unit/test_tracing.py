@@ -175,6 +175,21 @@ def test_resumed_items_are_keyed_by_the_current_weights(tiny_sd1, tmp_path):
     assert (again.meta["items_computed"], again.meta["items_reused"]) == (0, 1)
 
 
+def test_noise_is_calibrated_on_every_item_not_the_mean():
+    """Two items, clean 1.0 each: 6x halves the mean (1.0 and 0.0) but leaves one item untouched."""
+    from diffloc.tracing.calibrate import choose_multiplier, items_dropped
+
+    clean = [1.0, 1.0]
+    per_mult = [[1.0, 1.0], [1.0, 0.0], [0.1, 0.0], [0.0, 0.0]]  # 3x, 6x, 12x, 24x
+    dropped = [items_dropped(clean, scores, 0.5) for scores in per_mult]
+    means = [sum(s) / 2 for s in per_mult]
+    assert dropped == [0, 1, 2, 2]
+    assert choose_multiplier(means, dropped, 2) == (2, True)
+    # none drops every item: the most items, then the lowest mean
+    assert choose_multiplier([0.9, 0.5, 0.4], [0, 1, 1], 2) == (2, False)
+    assert choose_multiplier([0.9, 0.8], [0, 0], 2) == (1, False)
+
+
 def test_noise_calibration_picks_the_first_multiplier_that_halves_the_score(tiny_sd1):
     from diffloc.tracing.calibrate import calibrate_noise
 

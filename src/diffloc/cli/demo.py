@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
-        "that halves the attribute's score",
+        "that halves the attribute's score in every traced image",
     )  # fmt: skip
     parser.set_defaults(func=run)
 

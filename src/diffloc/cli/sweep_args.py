@@ -38,7 +38,8 @@ def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def noise_value(text: str) -> float | str:
-    """``--noise``: a std >= 0, or ``auto`` (calibrated so the corruption halves the attribute's score)."""
+    """``--noise``: a std >= 0, or ``auto`` (calibrated so the corruption halves the attribute's score in every
+    image)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--noise", type=noise_value, default=None,
             help="noise std, or 'auto': the smallest multiple (3, 6, 12, 24, 48) of the token-embedding std "
-            "that halves the attribute's score (default: 3 × token-embedding std)",
+            "that halves the attribute's score in every traced image (default: 3 × token-embedding std)",
         )  # fmt: skip
         if target == "unet":
             sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")

@@ -35,6 +35,23 @@ def _img(out: Path, rel: str, alt: str) -> str:
     return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
 
 
+def _noise_paragraph(trace: str, noise: dict[str, Any], key: str) -> str:
+    """How the corruption of one trace was calibrated (``--noise auto``) and what each multiplier scored."""
+    tried = ", ".join(f"{m}×: {v:.2f}" for m, v in noise["corrupted"].items())
+    missed = (
+        ""
+        if noise["reached"]
+        else " (no multiplier halved the score in every image; the one that did in the most was used)"
+    )
+    return (
+        f"<p>{trace} trace corruption calibrated (--noise auto): std {_num(noise['noise'], key + '.noise', 4)} = "
+        f"{_num(noise['multiplier'], key + '.multiplier', 0)} × the token-embedding std "
+        f"{_num(noise['embedding_std'], key + '.embedding_std', 4)}"
+        f"{missed}. "
+        f"Score with each multiplier: {html.escape(tried)}.</p>"
+    )
+
+
 def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
     key = f"cases.{name}"
     parts = [f"<h2 id='{html.escape(name)}'>{html.escape(name)}: {html.escape(entry['mode'])} "
@@ -47,22 +64,16 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         f"<tr><td class=l>text encoder</td><td>{_num(entry['text_clean'], key + '.text_clean')}</td>"
         f"<td>{_num(entry['text_corrupted'], key + '.text_corrupted')}</td></tr></table>"
     )
-    noise = entry.get("noise")
-    if noise:
-        tried = ", ".join(f"{m}×: {v:.2f}" for m, v in noise["corrupted"].items())
-        parts.append(
-            f"<p>Corruption calibrated (--noise auto): std {_num(noise['noise'], key + '.noise.noise', 4)} = "
-            f"{_num(noise['multiplier'], key + '.noise.multiplier', 0)} × the token-embedding std "
-            f"{_num(noise['embedding_std'], key + '.noise.embedding_std', 4)}"
-            f"{'' if noise['reached'] else ' (no multiplier halved the score; the strongest effect was used)'}. "
-            f"Score with each multiplier: {html.escape(tried)}.</p>"
-        )
-    gap = entry["unet_clean"] - entry["unet_corrupted"]
-    if abs(gap) < 0.05 * max(abs(entry["unet_clean"]), abs(entry["unet_corrupted"]), 1e-12):
-        parts.append(
-            "<p class=bad>Corruption barely changed the score (clean ≈ corrupted), so the indirect effects "
-            "below divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"
-        )
+    for trace, field in (("UNet", "noise"), ("text-encoder", "text_noise")):
+        if entry.get(field):
+            parts.append(_noise_paragraph(trace, entry[field], f"{key}.{field}"))
+    for trace, prefix in (("UNet", "unet"), ("text-encoder", "text")):
+        clean, corrupted = entry[f"{prefix}_clean"], entry[f"{prefix}_corrupted"]
+        if abs(clean - corrupted) < 0.05 * max(abs(clean), abs(corrupted), 1e-12):
+            parts.append(
+                f"<p class=bad>Corruption barely changed the {trace} trace's score (clean ≈ corrupted), so its "
+                "indirect effects divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"
+            )
     rows = "".join(
         f"<tr><td class=l>{html.escape(site)}</td><td>{_num(effect, f'{key}.unet_top.{i}.1')}</td></tr>"
         for i, (site, effect) in enumerate(entry["unet_top"])

@@ -4,9 +4,11 @@ ROME's default (3 × the std of the token-embedding matrix) is a convention, not
 trained token rows are larger than the untouched rest of a 49k vocabulary (ShapesWorld), or whose encoder
 is robust to a noisy subject, the corrupted image still shows the attribute and every indirect effect then
 divides by ~0. :func:`calibrate_noise` generates, for each prompt and seed, the clean run and one corrupted
-run per candidate multiplier (all in shared batches), and picks the smallest multiplier whose mean corrupted
-score falls by at least ``min_drop`` × the clean score. The whole table is returned so the choice is on
-record.
+run per candidate multiplier (all in shared batches), and picks the smallest multiplier under which *every*
+(prompt, seed)'s corrupted score falls by at least ``min_drop`` × its clean score. (A mean over items is not
+enough: on ShapesWorld 6× halved the mean of two style prompts by removing the style from one and leaving the
+other untouched, and every restored run of the untouched one then measured only how restoring a clean
+activation into a noisy run disturbs it.) The whole table is returned so the choice is on record.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ class NoiseCalibration:
         embedding_std: std of the token-embedding matrix.
         clean: mean clean score.
         corrupted: mean corrupted score per multiplier tried (JSON keys are strings).
-        reached: whether the chosen multiplier met ``min_drop`` (if not: the one with the lowest score).
-        min_drop: the required drop as a fraction of the clean score.
+        reached: whether the chosen multiplier met ``min_drop`` for every item (if none did: the one that met
+            it for the most items, then the lowest mean score).
+        min_drop: the required drop as a fraction of each item's clean score.
+        items_dropped: per multiplier, how many (prompt, seed) items met ``min_drop``.
+        n_items: the number of (prompt, seed) items.
     """
 
     noise: float
@@ -51,6 +56,8 @@ class NoiseCalibration:
     corrupted: dict[str, float] = field(default_factory=dict)
     reached: bool = True
     min_drop: float = 0.5
+    items_dropped: dict[str, int] = field(default_factory=dict)
+    n_items: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -104,16 +111,31 @@ def calibrate_noise(
                 per_mult[i].append(score)
     clean = sum(clean_scores) / len(clean_scores)
     means = [sum(s) / len(s) for s in per_mult]
-    table = {f"{m:g}": round(v, 6) for m, v in zip(mults, means, strict=True)}
-    chosen = next((i for i, v in enumerate(means) if v <= clean * (1 - min_drop)), None)
-    reached = chosen is not None
-    if chosen is None:
-        chosen = min(range(len(mults)), key=lambda i: (means[i], mults[i]))
+    dropped = [items_dropped(clean_scores, scores, min_drop) for scores in per_mult]
+    chosen, reached = choose_multiplier(means, dropped, len(clean_scores))
+    if not reached:
         logger.warning(
-            "no noise multiplier in %s lowered %r by %.0f%% of its clean score %.3f; using %g× (score %.3f)",
-            mults, attribute, 100 * min_drop, clean, mults[chosen], means[chosen],
+            "no noise multiplier in %s lowered %r by %.0f%% of its clean score in every one of %d images; "
+            "using %g× (%d of them; mean score %.3f, clean %.3f)",
+            mults, attribute, 100 * min_drop, len(clean_scores), mults[chosen], dropped[chosen], means[chosen], clean,
         )  # fmt: skip
     return NoiseCalibration(
         noise=mults[chosen] * base, multiplier=mults[chosen], embedding_std=base, clean=clean,
-        corrupted=table, reached=reached, min_drop=min_drop,
+        corrupted={f"{m:g}": round(v, 6) for m, v in zip(mults, means, strict=True)}, reached=reached,
+        min_drop=min_drop, items_dropped={f"{m:g}": n for m, n in zip(mults, dropped, strict=True)},
+        n_items=len(clean_scores),
     )  # fmt: skip
+
+
+def items_dropped(clean: Sequence[float], corrupted: Sequence[float], min_drop: float) -> int:
+    """How many items' corrupted score is at most ``(1 - min_drop)`` × their own clean score."""
+    return sum(1 for c, x in zip(clean, corrupted, strict=True) if x <= c * (1 - min_drop))
+
+
+def choose_multiplier(means: Sequence[float], dropped: Sequence[int], n_items: int) -> tuple[int, bool]:
+    """Index of the first multiplier under which all ``n_items`` dropped, and ``True``; if there is none, the
+    one under which the most dropped (ties: lowest mean score, then the earlier one), and ``False``."""
+    chosen = next((i for i, n in enumerate(dropped) if n == n_items), None)
+    if chosen is not None:
+        return chosen, True
+    return min(range(len(means)), key=lambda i: (-dropped[i], means[i], i)), False
