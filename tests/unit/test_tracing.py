@@ -105,6 +105,13 @@ def test_text_trace_grid_and_full_restore(tiny_model):
     n_tokens = len(result.tokens)
     assert result.scores.shape[1:] == (4, n_tokens) and result.scores.shape[0] == len(result.labels)
     assert result.labels[:3] == ["text.layer", "text.attn", "text.mlp"]
+    # the prompt's tokens (BOS, subject, EOS), then the padding slots restored together as one row
+    prompt_tokens = len(tiny_model.pipe.tokenizer("van gogh").input_ids)
+    limit = tiny_model.adapter.max_tokens(tiny_model.pipe, tiny_model.adapter.text_encoders(tiny_model.pipe)[0])
+    assert n_tokens == prompt_tokens + 1 and result.tokens[-1] == f"<pad ×{limit - prompt_tokens}>"
+    # the UNet reads the padding slots, which have attended to the corrupted subject: restoring them matters
+    # (at some layer: SD-XL reads the penultimate one, so its last layer's restore changes nothing)
+    assert np.nanmax(np.abs(result.scores[0, :, -1] - result.corrupt_score)) > 1e-6
     # Restoring the residual stream at every token of the last layer would be clean; one token of the
     # subject at layer 0 alone changes the score away from corrupted for at least one state.
     assert np.isfinite(result.scores).any()

@@ -213,11 +213,14 @@ def trace_text(
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 
     Each restored run corrupts the subject's embeddings, restores one state of the text encoder at one
-    token from the clean encoding, and generates with the unmodified UNet.
+    token from the clean encoding, and generates with the unmodified UNet. The padding slots after EOS, which
+    the UNet reads as well, are restored together as one more row (``tokens[-1]`` = ``"<pad ×K>"``): on the
+    shipped ShapesWorld model they alone carry the concept back, where no single real token does.
 
     Returns:
-        :class:`TraceResult` (``kind="text"``) with scores ``(n_kinds, n_layers, n_tokens)``; ``labels``
-        name the kinds (``text.layer``, ``text.attn``, ``text.mlp``, and ``text2.*`` for SD-XL).
+        :class:`TraceResult` (``kind="text"``) with scores ``(n_kinds, n_layers, n_tokens)`` (the prompt's
+        tokens, then the padding row when the prompt is shorter than the encoder's limit); ``labels`` name
+        the kinds (``text.layer``, ``text.attn``, ``text.mlp``, and ``text2.*`` for SD-XL).
     """
     config = config or TraceConfig()
     _prompts(prompt)
@@ -227,13 +230,18 @@ def trace_text(
     tokenizer = getattr(model.pipe, spec0.tokenizer)
     ids = tokenizer(prompt).input_ids
     tokens = [tokenizer.decode([i]).strip() or str(i) for i in ids]
+    spans = [(pos, pos + 1) for pos in range(len(ids))]
+    limit = model.adapter.max_tokens(model.pipe, spec0)
+    if len(ids) < limit:
+        spans.append((len(ids), limit))
+        tokens.append(f"<pad ×{limit - len(ids)}>")
     states = text_state_kinds(model, kinds)
     n_layers = 1 + max(s.index for s in model.sites if s.kind is SiteKind.TEXT_LAYER)
     grid = [
         (ki, layer, pos, f"{prefix}.{layer}")
         for ki, (_, prefix) in enumerate(states)
         for layer in range(n_layers)
-        for pos in range(len(ids))
+        for pos in range(len(spans))
         if f"{prefix}.{layer}" in model.sites
     ]
     noise = embedding_noise(model, config)
@@ -242,13 +250,13 @@ def trace_text(
         Job(
             spec=_item_spec(
                 model, weights, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
-                states=[label for label, _ in states], noise=noise, config=config.to_dict(),
+                states=[label for label, _ in states], spans=spans, noise=noise, config=config.to_dict(),
             ),
             runs=len(grid) + 2,
             compute=partial(
                 _restore_item, model, prompt, seed,
                 CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed),
-                [Restore(sites=(site,), source=0, positions=(pos, pos + 1)) for _, _, pos, site in grid],
+                [Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
                 attribute, scorer, config,
             ),
         )
@@ -256,7 +264,7 @@ def trace_text(
     ]  # fmt: skip
     items, store = run_jobs(jobs, out, progress)
     mean = np.mean([it["scores"] for it in items], axis=0)
-    cube = np.full((len(states), n_layers, len(ids)), np.nan)
+    cube = np.full((len(states), n_layers, len(spans)), np.nan)
     for value, (ki, layer, pos, _) in zip(mean, grid, strict=True):
         cube[ki, layer, pos] = value
     result = TraceResult(
