@@ -258,3 +258,21 @@ def test_cli_warm_start_takes_its_init_text_depth(monkeypatch, tmp_path, capsys)
         assert main(["world", "train", "--out", str(tmp_path / f"run{n}"), "--init-from", str(init), *extra]) == 0
     capsys.readouterr()
     assert [(c.text_layers, c.grow_text_layers) for c in seen] == [(6, 0), (8, 2)]
+
+
+def test_cli_warm_start_keeps_its_init_schedule(monkeypatch, tmp_path, capsys):
+    """The shipped model predicts v on the zero-SNR schedule: a warm start from it trains v without --zero-snr
+    (it used to train it towards epsilon); an epsilon init stays epsilon unless --zero-snr switches it."""
+    from diffloc.cli.main import main
+    from diffloc.world import train
+
+    eps = tmp_path / "eps"
+    shutil.copytree(SHIPPED / "text_encoder", eps / "text_encoder")
+    (eps / "scheduler").mkdir()
+    (eps / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
+    seen = []
+    monkeypatch.setattr(train, "train", lambda config, out, **kw: seen.append(config) or {"step": 0})
+    for n, (init, extra) in enumerate((("shapesworld", []), (str(eps), []), (str(eps), ["--zero-snr"]))):
+        assert main(["world", "train", "--out", str(tmp_path / f"run{n}"), "--init-from", init, *extra]) == 0
+    capsys.readouterr()
+    assert [c.zero_snr for c in seen] == [True, False, True]

@@ -198,10 +198,10 @@ def test_grown_text_encoder_starts_as_the_warm_start_and_trains(straight_run, tm
     pipe = load_pipeline(export_run(tmp_path / "grown", tmp_path / "grown-pipe"))
     assert pipe.text_encoder.config.num_hidden_layers == 3
     # the CLI grows from the warm start's own depth (a grown export grows further), not the recipe default
-    from diffloc.cli.world import _text_layers_of
+    from diffloc.cli.world import _init_recipe
 
-    assert _text_layers_of(str(tmp_path / "grown-pipe")) == 3 and _text_layers_of(str(exported)) == 1
-    assert _text_layers_of(None) == TrainConfig().text_layers == _text_layers_of(str(tmp_path / "nowhere"))
+    assert _init_recipe(str(tmp_path / "grown-pipe")) == (3, False) and _init_recipe(str(exported)) == (1, False)
+    assert _init_recipe(str(tmp_path / "nowhere")) == (TrainConfig().text_layers, False)
     with pytest.raises(ConfigError, match="needs init_from"):
         TrainConfig(**{**TINY, "text_layers": 3, "grow_text_layers": 2})
     with pytest.raises(ConfigError, match="another architecture"):  # 1 + 1 layers is not this warm start's 1
@@ -271,3 +271,7 @@ def test_zero_snr_run_learns_v_and_exports_its_scheduler(straight_run, tmp_path)
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, output_type="pt").images
     assert torch.isfinite(image).all()
     assert load_pipeline(tmp_path / "eps").scheduler.config.prediction_type == "epsilon"
+    # a v-prediction init is refused to an epsilon run (its weights would be trained towards the wrong target)
+    with pytest.raises(ConfigError, match=r"predicts v on the zero-terminal-SNR schedule; .* needs zero_snr=True"):
+        train(TrainConfig(**{**TINY, "init_from": str(tmp_path / "v-pipe")}), tmp_path / "wrong")
+    assert not (tmp_path / "wrong" / "checkpoint.safetensors").exists()

@@ -71,7 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zero-snr", action="store_true",
         help="v-prediction on a zero-terminal-SNR schedule sampled with trailing steps (exported with the model): "
-        "pure noise then carries no image signal for the first steps to read",
+        "pure noise then carries no image signal for the first steps to read; a warm start from such a model "
+        "(the shipped one) keeps it without the flag",
     )  # fmt: skip
     p.add_argument(
         "--extra-templates", default=None,
@@ -178,19 +179,23 @@ class _Bars:
             bar.close()
 
 
-def _text_layers_of(init_from: str | None) -> int:
-    """The warm start's text-encoder depth (the recipe's default when it cannot be read: the warm start is then
-    refused in one line by ``train`` itself)."""
+def _init_recipe(init_from: str) -> tuple[int, bool]:
+    """The warm start's text-encoder depth and whether it predicts v on the zero-terminal-SNR schedule (the
+    recipe's defaults where they cannot be read: the warm start is then refused in one line by ``train``)."""
     from diffloc.world import model
     from diffloc.world.train import TrainConfig
 
-    if init_from is not None:
+    def read(part: str, key: str) -> Any:
         try:
             directory = model.pipeline_dir(init_from, "--init-from")
-            return int(json.loads((directory / "text_encoder" / "config.json").read_text())["num_hidden_layers"])
+            path = directory / part
+            return json.loads(path.read_text())[key] if path.is_file() else None
         except (ConfigError, OSError, ValueError, KeyError, TypeError):
-            pass
-    return TrainConfig().text_layers
+            return None
+
+    layers = read("text_encoder/config.json", "num_hidden_layers")
+    prediction = read("scheduler/scheduler_config.json", "prediction_type")
+    return (int(layers) if isinstance(layers, int) else TrainConfig().text_layers), prediction == "v_prediction"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -223,8 +228,11 @@ def run_train(args: argparse.Namespace) -> int:
         fields["text_layers"] = args.text_layers
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
-    if args.init_from is not None:  # the warm start's own depth, plus any grown layers
-        fields["text_layers"] = _text_layers_of(args.init_from) + (args.grow_text_layers or 0)
+    if args.init_from is not None:  # the warm start's own depth, plus any grown layers, and its own schedule
+        layers, zero_snr = _init_recipe(args.init_from)
+        fields["text_layers"] = layers + (args.grow_text_layers or 0)
+        if zero_snr:
+            fields["zero_snr"] = True
     for name, value in (("steps", args.steps), ("n_examples", args.examples), ("lr", args.lr),
                         ("warmup_steps", args.warmup), ("init_from", args.init_from),
                         ("vae_from", args.vae_from)):  # fmt: skip

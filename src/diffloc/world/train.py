@@ -239,6 +239,11 @@ def _load_init(config: TrainConfig):
             f"init_from {config.init_from!r} has another architecture than this recipe (text width/layers/heads, "
             f"UNet channels/heads: {found} vs {wanted})"
         )
+    if init.scheduler.config.get("prediction_type") == "v_prediction" and not config.zero_snr:
+        raise ConfigError(
+            f"init_from {config.init_from!r} predicts v on the zero-terminal-SNR schedule; a warm start from it "
+            "needs zero_snr=True (--zero-snr), or its weights would be trained towards epsilon"
+        )
     return init
 
 
