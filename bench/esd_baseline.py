@@ -10,6 +10,10 @@ Simplification (documented, in ESD's favour): ``x_t`` is drawn by noising latent
 generated once for the concept prompts (ESD proper re-samples a partial trajectory of the model being trained
 at every step). That generation is timed and counted in the baseline's cost.
 
+With a v-prediction model (the shipped ShapesWorld) the same combination of the model's v outputs is the same
+guidance: at a fixed ``x_t`` and ``t``, v is an affine function of ε, so the negatively guided v is the v of the
+negatively guided ε.
+
 Not part of the library: it lives in ``bench/`` and is imported by ``bench/edit_speed.py``.
 """
 
