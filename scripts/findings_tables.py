@@ -56,6 +56,8 @@ def _unet_sites(run: Path, name: str) -> str:
 
 
 def _text_state(run: Path, name: str) -> str:
+    from diffloc.tracing.results import negligible_gap
+
     data = json.loads((run / "trace" / name / "text" / "result.json").read_text())
     best = (-math.inf, "", 0, 0)
     for kind, layers in zip(data["labels"], data["indirect_effect"], strict=True):
@@ -67,7 +69,7 @@ def _text_state(run: Path, name: str) -> str:
     token = data["tokens"][pos] if pos < len(data["tokens"]) else str(pos)
     clean, corrupted = data["clean_score"], data["corrupt_score"]
     gap = f"{_fmt(clean)} → {_fmt(corrupted)}"
-    if abs(clean - corrupted) < 0.05 * max(abs(clean), abs(corrupted), 1e-12):
+    if negligible_gap(clean, corrupted):
         return f"— (corruption left the attribute: {gap})"
     return f"{value:.2f} at `{kind}` layer {layer}, token {pos} ({token!r}; {gap})"
 

@@ -313,9 +313,9 @@ def _calibrate(
 
     def compute() -> dict[str, Any]:
         config = TraceConfig(seeds=seeds, **sweep)
-        result = calibrate_noise(model, prompts, case.concept, case.attribute, scorer=scorer, config=config)
-        write_json_atomic(path, result.to_dict())
-        return result.to_dict()
+        result = calibrate_noise(model, prompts, case.concept, case.attribute, scorer=scorer, config=config).to_dict()
+        write_json_atomic(path, result)
+        return result
 
     calibration, _ = _cached(reuse, path, "", lambda p: json.loads(p.read_text()), compute)
     return dict(calibration)

@@ -185,12 +185,17 @@ def _init_recipe(init_from: str) -> tuple[int, bool]:
     from diffloc.world import model
     from diffloc.world.train import TrainConfig
 
+    try:
+        directory: Path | None = model.pipeline_dir(init_from, "--init-from")
+    except ConfigError:
+        directory = None
+
     def read(part: str, key: str) -> Any:
+        if directory is None or not (directory / part).is_file():
+            return None
         try:
-            directory = model.pipeline_dir(init_from, "--init-from")
-            path = directory / part
-            return json.loads(path.read_text())[key] if path.is_file() else None
-        except (ConfigError, OSError, ValueError, KeyError, TypeError):
+            return json.loads((directory / part).read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     layers = read("text_encoder/config.json", "num_hidden_layers")

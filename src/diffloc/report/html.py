@@ -13,6 +13,7 @@ from typing import Any
 
 from diffloc.atomic import write_atomic
 from diffloc.eval.suite import EvalSuite
+from diffloc.tracing.results import negligible_gap
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -68,8 +69,7 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         if entry.get(field):
             parts.append(_noise_paragraph(trace, entry[field], f"{key}.{field}"))
     for trace, prefix in (("UNet", "unet"), ("text-encoder", "text")):
-        clean, corrupted = entry[f"{prefix}_clean"], entry[f"{prefix}_corrupted"]
-        if abs(clean - corrupted) < 0.05 * max(abs(clean), abs(corrupted), 1e-12):
+        if negligible_gap(entry[f"{prefix}_clean"], entry[f"{prefix}_corrupted"]):
             parts.append(
                 f"<p class=bad>Corruption barely changed the {trace} trace's score (clean ≈ corrupted), so its "
                 "indirect effects divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"

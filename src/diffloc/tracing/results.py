@@ -14,6 +14,15 @@ from diffloc import __version__
 from diffloc.atomic import write_bytes_atomic, write_json_atomic
 from diffloc.errors import DifflocError
 
+#: a trace whose corrupted score is within this fraction of its clean one measured nothing: its indirect effects
+#: divide by a near-zero gap
+NEGLIGIBLE_GAP = 0.05
+
+
+def negligible_gap(clean: float, corrupted: float) -> bool:
+    """Whether the corruption left the attribute (clean ≈ corrupted, within :data:`NEGLIGIBLE_GAP`)."""
+    return abs(clean - corrupted) < NEGLIGIBLE_GAP * max(abs(clean), abs(corrupted), 1e-12)
+
 
 def _save(directory: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     out = Path(directory)
