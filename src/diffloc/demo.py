@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,23 @@ StageFn = Callable[[str, int, int], None]
 class DemoConfig:
     """Effort settings of the demo (the suite sets sampling for evaluation)."""
 
-    trace_seeds: tuple[int, ...] = (0,)
+    trace_seeds: tuple[int, ...] = (0, 1)
     #: corruption std; ``None``: 3 x the token-embedding std (TraceConfig default); ``"auto"``: per case, the
     #: smallest multiple of that std that halves the attribute's score in every traced image
     #: (``diffloc.tracing.calibrate``)
     noise: float | str | None = "auto"
     trace_prompts: int = 2
-    text_seeds: tuple[int, ...] = (0,)
+    text_seeds: tuple[int, ...] = (0, 1, 2)
+    #: held-out prompts per case whose items (× ``trace_seeds``) choose the causal-site threshold
+    validation_prompts: int = 2
+    #: where UNet restores read their clean value (``same-latent`` or ``trajectory``)
+    restore_from: str = "same-latent"
+    #: bootstrap resamples of every interval over items (0: none)
+    bootstrap: int = 2000
+    #: edit templates: ``"case"`` (the concept alone, then the case's own prompts; :func:`edit_templates`) or
+    #: ``"reference"`` (each method's reference templates: the Diff-QuickFix notebook's four, ``loco_edit.py``'s
+    #: four)
+    edit_templates: str = "case"
     locogen_window: int = 2
     #: widen the window (m, 2m, 4m, 8m) until it controls the attribute
     #: (:func:`~diffloc.tracing.locogen.locogen_search`); needs a probability-like scorer (ShapesWorld's detectors)
@@ -72,9 +82,14 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
+        from diffloc.engine.interventions import RESTORE_SOURCES
 
         if isinstance(self.noise, str) and self.noise != "auto":
             raise ConfigError(f"noise must be a number >= 0, 'auto' or None, got {self.noise!r}")
+        if self.restore_from not in RESTORE_SOURCES:
+            raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
+        if self.edit_templates not in ("case", "reference"):
+            raise ConfigError(f"edit_templates must be 'case' or 'reference', got {self.edit_templates!r}")
         if self.locoedit_positions not in POSITIONS:
             raise ConfigError(
                 f"locoedit_positions must be one of {', '.join(POSITIONS)}, got {self.locoedit_positions!r}"
@@ -83,6 +98,25 @@ class DemoConfig:
             raise ConfigError(
                 f"locoedit_target_mode must be one of {', '.join(TARGET_MODES)}, got {self.locoedit_target_mode!r}"
             )
+
+    def check_items(self, suite: EvalSuite) -> None:
+        """Refuse, before any stage runs, traces with too few items for their intervals.
+
+        Raises:
+            ConfigError: a case's UNet trace or text trace has fewer items than an interval needs.
+        """
+        _check_demo_items(self, suite)
+
+
+def _check_demo_items(config: DemoConfig, suite: EvalSuite) -> None:
+    """Refuse intervals from too few items before any stage runs (every case's traces and LocoGen)."""
+    from diffloc.tracing.statistics import check_items
+
+    intervals = TraceConfig(bootstrap=config.bootstrap).intervals
+    for case in suite.cases:
+        prompts = min(config.trace_prompts, len(case.prompts))
+        check_items(prompts * len(config.trace_seeds), intervals, f"UNet-trace items of case {case.name!r}")
+        check_items(len(config.text_seeds), intervals, f"text-trace items of case {case.name!r}")
 
 
 def _cached(
@@ -109,6 +143,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage for every case; returns the summary written to ``summary.json``."""
     config = config or DemoConfig()
+    config.check_items(suite)
     reuse = _same_run(out, run_key(model, suite, scorer, config))
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"diffloc_version": __version__, "model": model.source, "scorer": scorer.name,
@@ -183,9 +218,11 @@ def _run_case(
     from diffloc.editing.search import WidenConfig, locoedit_search
     from diffloc.engine.generate import GenerationConfig
 
-    sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch}
+    sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch,
+                             "bootstrap": config.bootstrap}  # fmt: skip
     entry: dict[str, Any] = {"kind": case.kind, "mode": case.mode, "concept": case.concept, "target": case.target}
     prompts = list(case.prompts[: config.trace_prompts])
+    validation = [p for p in case.heldout if case.concept in p][: config.validation_prompts]
     base = out / "trace" / case.name
     start = time.perf_counter()
     noise = None if isinstance(config.noise, str) else config.noise
@@ -197,7 +234,8 @@ def _run_case(
         timings[f"{case.name}/noise"] = time.perf_counter() - start
     unet, reused = _cached(shared["reuse"], base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
         model, prompts, case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.trace_seeds, noise=noise, **sweep), out=base / "unet",
+        config=TraceConfig(seeds=config.trace_seeds, noise=noise, restore_from=config.restore_from, **sweep),
+        validation_prompts=validation, out=base / "unet",
         progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
     save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
@@ -230,9 +268,10 @@ def _run_case(
     save_figure(plot_windows(windows), window_dir / "windows.png")
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
     tick("locogen")
-    request = EditRequest(concepts=(case.concept,), targets=(case.target,), templates=edit_templates(case),
-                          default_templates=False, preserve=case.preserve,
-                          preserve_prompts=case.preserve_prompts)  # fmt: skip
+    reference = config.edit_templates == "reference"
+    base_request = EditRequest(concepts=(case.concept,), targets=(case.target,),
+                          templates=() if reference else edit_templates(case), default_templates=reference,
+                          preserve=case.preserve, preserve_prompts=case.preserve_prompts)  # fmt: skip
     edits = {}
     for method in METHODS:
         edit_dir = out / "edits" / case.name / method
@@ -249,6 +288,9 @@ def _run_case(
         start = time.perf_counter()
 
         def compute(method: str = method, method_config: Any = method_config, edit_dir: Path = edit_dir) -> Any:
+            request = base_request
+            if method == "locoedit" and case.locoedit_target:
+                request = replace(base_request, targets=(case.locoedit_target,))
             if method == "locoedit" and config.locoedit_widen:
                 search = WidenConfig(generation=GenerationConfig(steps=config.steps, guidance=config.guidance))
                 edit = locoedit_search(model, request, method_config, attribute=attribute, mode=case.mode,
@@ -279,15 +321,40 @@ def _run_case(
             _before_after_grid(model, edit, suite, case, grid_path)
         timings[f"{case.name}/eval-{method}"] = 0.0 if reused else time.perf_counter() - start
         tick(f"eval {method}")
-    entry["unet_top"] = unet.top(5)
-    entry["unet_clean"], entry["unet_corrupted"] = unet.clean_score, unet.corrupt_score
-    entry["text_clean"], entry["text_corrupted"] = text.clean_score, text.corrupt_score
+    entry.update(trace_entry(unet, text))
+    best = windows.best_index
     entry["locogen"] = {"best_sites": windows.best_sites, "best_score": windows.best_score,
-                        "original_score": windows.original_score,
+                        "original_score": windows.original_score, "n_items": windows.n_items,
+                        "best_interval": None if windows.interval is None else
+                        [float(windows.interval[0, best]), float(windows.interval[1, best])],
                         "window_search": windows.meta.get("window_search")}  # fmt: skip
     entry["edits"] = {m: _edit_entry(e) for m, e in edits.items()}
     entry["eval"] = {m: reports[m].cases[case.name] | {"fidelity": reports[m].fidelity} for m in reports}
     return entry
+
+
+def trace_entry(unet: TraceResult, text: TraceResult) -> dict[str, Any]:
+    """What the report shows of a case's two traces: scores, top sites with intervals, controls, selection."""
+    effect = unet.indirect_effect
+
+    def interval(i: int) -> list[float] | None:
+        return None if unet.interval is None else [float(unet.interval[0, i]), float(unet.interval[1, i])]
+
+    top = [(name, value, interval(unet.labels.index(name))) for name, value in unet.top(5, include_controls=False)]
+    return {
+        "unet_top": [[name, value] for name, value, _ in top],
+        "unet_top_interval": [ci for _, _, ci in top],
+        "unet_clean": unet.clean_score, "unet_corrupted": unet.corrupt_score, "unet_items": unet.n_items,
+        "restore_from": unet.restore_from,
+        "controls": [{"site": c, "effect": float(effect[unet.labels.index(c)]), "interval": interval(
+            unet.labels.index(c))} for c in unet.controls],
+        "controls_flagged": unet.controls_flagged,
+        "selection": None if unet.selection is None else {
+            k: unet.selection[k] for k in ("tau", "causal", "validation_accuracy", "rule")} | {
+            "validation_items": len(unet.selection["validation_items"]),
+            "test_items": len(unet.selection["test_items"])},
+        "text_clean": text.clean_score, "text_corrupted": text.corrupt_score, "text_items": text.n_items,
+    }  # fmt: skip
 
 
 def _edit_entry(edit: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from diffloc.eval.scorers import ClipScorer
 from diffloc.tracing.results import TraceResult, WindowResult
 
 PROMPT = "a house in the style of van gogh"
-FAST = ["--seeds", "0", "--steps", "2", "--guidance", "5", "--max-batch", "12"]
+FAST = ["--seeds", "0", "--steps", "2", "--guidance", "5", "--max-batch", "12", "--bootstrap", "0"]
 
 
 def test_clip_scorer_mechanics_on_a_tiny_random_clip(tiny_clip_dir):
@@ -35,9 +35,49 @@ def test_trace_unet_cli_writes_results_and_plots(tmp_path, tiny_clip_dir, capsys
                  "--out", str(tmp_path), *FAST])  # fmt: skip
     assert code == 0
     result = TraceResult.load(tmp_path)
-    assert result.kind == "unet" and len(result.labels) == 16
+    assert result.kind == "unet" and len(result.labels) == 18 and result.controls == ["unet.res.0", "unet.sattn.0"]
+    assert result.restore_from == "same-latent"
     assert (tmp_path / "trace.png").stat().st_size > 0 and (tmp_path / "strip.png").stat().st_size > 0
-    assert "top sites" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top sites" in out and "restore source: same-latent" in out and "controls (text-blind sites)" in out
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["restore_from"] == "same-latent" and set(saved["control_effects"]) == set(result.controls)
+
+
+def test_trace_cli_intervals_validation_and_restore_source(tmp_path, tiny_clip_dir, capsys):
+    args = ["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "van gogh",
+            "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.8",
+            "--steps", "2", "--guidance", "5", "--seeds", "0", "1", "2", "--noise", "3",
+            "--restore-from", "trajectory", "--validation-prompt", "a van gogh tree", "--validation-seeds", "5", "6",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    result = TraceResult.load(tmp_path)
+    assert result.restore_from == "trajectory" and result.n_items == 3 and result.interval.shape == (2, 3)
+    assert result.selection["validation_items"][0]["prompt"] == "a van gogh tree"
+    assert [v["seed"] for v in result.selection["validation_items"]] == [5, 6]
+    assert "causal (mean restored score >= tau" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--restore-from", "clean"], "invalid choice: 'clean'"),
+        (["--seeds", "0", "1"], "2 items are too few for a bootstrap interval"),
+        (["--seeds", "0", "1", "2", "--validation-prompt", PROMPT, "--validation-seeds", "2"],
+         "validation and test items overlap"),
+    ],
+)  # fmt: skip
+def test_trace_cli_refuses_bad_statistics_settings(tmp_path, extra, message, capsys):
+    args = ["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "van gogh",
+            "--attribute", "van gogh style", "--steps", "2", "--out", str(tmp_path / "o"), *extra]  # fmt: skip
+    if "invalid choice" in message:  # argparse's own refusal (exit 2)
+        with pytest.raises(SystemExit):
+            main(args)
+    else:
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_trace_text_and_locogen_cli(tmp_path, tiny_clip_dir):

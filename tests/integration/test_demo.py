@@ -51,7 +51,7 @@ def demo_run(tmp_path_factory, tiny_clip_dir):
     suite = load_suite(out / "suite.yaml")
     model = load("tiny-sd1")
     scorer = ClipScorer.from_dir(tiny_clip_dir)
-    config = DemoConfig(trace_seeds=(0,), steps=2, guidance=5.0, max_batch=24, trace_prompts=1)
+    config = DemoConfig(trace_seeds=(0, 1, 2), steps=2, guidance=5.0, max_batch=24, trace_prompts=1)
     summary = run_demo(model, suite, scorer, out / "run", config=config)
     return model, suite, scorer, config, out / "run", summary
 
@@ -60,8 +60,15 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     _, _, _, _, out, summary = demo_run
     page = (out / "report.html").read_text()
     for needle in ("UNet causal trace", "text-encoder causal trace", "LocoGen window", "quickfix", "locoedit",
-                   "specificity", "Timings"):  # fmt: skip
+                   "specificity", "Timings", "95% interval", "control: unet.res.0", "control: unet.sattn.0",
+                   "same-latent", "Causal sites"):  # fmt: skip
         assert needle in page
+    case = summary["cases"]["style-vg"]
+    assert case["unet_items"] == 3 and case["restore_from"] == "same-latent"
+    assert [c["site"] for c in case["controls"]] == ["unet.res.0", "unet.sattn.0"]
+    assert all(abs(c["effect"]) < 1e-4 for c in case["controls"]) and not case["controls_flagged"]
+    assert all(len(ci) == 2 and ci[0] <= ci[1] for ci in case["unet_top_interval"])
+    assert case["selection"]["validation_items"] == 3  # the held-out prompt × the trace seeds
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     spans = re.findall(r'<span data-key="([^"]+)">([^<]+)</span>', page)

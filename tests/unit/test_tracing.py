@@ -13,7 +13,7 @@ from diffloc.tracing.locogen import locogen, windows_for
 from diffloc.tracing.results import TraceResult, WindowResult
 
 PROMPT = "a house in the style of van gogh"
-FAST = {"seeds": (0,), "steps": 2, "guidance": 5.0, "max_batch": 6}
+FAST = {"seeds": (0,), "steps": 2, "guidance": 5.0, "max_batch": 6, "bootstrap": 0}
 
 
 class PixelScorer:
@@ -43,9 +43,9 @@ def test_restore_all_gives_clean_and_none_gives_corrupted(tiny_model):
         sites=[unet, ["unet.res.0"]], config=TraceConfig(noise=2.0, **FAST),
     )  # fmt: skip
     assert abs(result.clean_score - result.corrupt_score) > 1e-4
-    assert result.scores[0] == pytest.approx(result.clean_score, abs=1e-5)
-    assert result.indirect_effect[0] == pytest.approx(1.0, abs=1e-2)
-    assert result.labels[0] == "+".join(unet)
+    everything = result.labels.index("+".join(unet))
+    assert result.scores[everything] == pytest.approx(result.clean_score, abs=1e-5)
+    assert result.indirect_effect[everything] == pytest.approx(1.0, abs=1e-2)
 
 
 def test_zero_noise_makes_corrupted_equal_clean(tiny_sd1):
@@ -74,7 +74,9 @@ def test_trace_is_reproducible_and_round_trips(tiny_sd1, tmp_path):
     a = causal_trace(tiny_sd1, [PROMPT, "van gogh painting of a tree"], "van gogh", "x", **kwargs)
     b = causal_trace(tiny_sd1, [PROMPT, "van gogh painting of a tree"], "van gogh", "x", **kwargs)
     np.testing.assert_array_equal(a.scores, b.scores)
-    assert len(a.scores) == 16 and len(a.items) == 2
+    # the 16 selected layers, and the two text-blind controls (res.0, sattn.0) in front
+    assert len(a.scores) == 18 and len(a.items) == 2 and a.controls == ["unet.res.0", "unet.sattn.0"]
+    assert a.labels[2:] == [f"unet.xattn.{i}" for i in range(16)]
     a.save(tmp_path / "r")
     loaded = TraceResult.load(tmp_path / "r")
     np.testing.assert_array_equal(loaded.scores, a.scores)
@@ -85,7 +87,7 @@ def test_resumed_sweep_skips_finished_items(tiny_sd1, tmp_path):
     kwargs = dict(
         scorer=PixelScorer(),
         sites="unet.xattn.*",
-        config=TraceConfig(noise=1.0, seeds=(0, 1), steps=2, guidance=5.0, max_batch=9),
+        config=TraceConfig(noise=1.0, seeds=(0, 1), steps=2, guidance=5.0, max_batch=9, bootstrap=0),
     )
     first = causal_trace(tiny_sd1, PROMPT, "van gogh", "x", out=tmp_path, **kwargs)
     assert first.meta["items_computed"] == 2

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from diffloc.atomic import ensure_writable_dir
 from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
 from diffloc.demo import DemoConfig, run_demo
 from diffloc.editing.locoedit import edited_layers
+from diffloc.engine.interventions import RESTORE_SOURCES
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import load_suite, shipped_suite_path
 from diffloc.models.registry import load
@@ -26,7 +28,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
-    parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0], help="seeds for tracing/LocoGen (default 0)")
+    parser.add_argument(
+        "--trace-seeds", type=int, nargs="+", default=None, help="seeds for tracing/LocoGen (default 0 1)"
+    )
+    parser.add_argument(
+        "--text-seeds", type=int, nargs="+", default=None, help="seeds for the text-encoder trace (default 0 1 2)"
+    )
+    parser.add_argument(
+        "--restore-from", choices=RESTORE_SOURCES, default="same-latent",
+        help="where UNet restores read the clean value (default same-latent; trajectory: the clean run's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bootstrap", type=int, default=2000,
+        help="bootstrap resamples of the 95%% intervals over items (each trace needs at least 3 items); 0: none",
+    )  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
@@ -41,8 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
-    config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps, max_batch=args.max_batch,
-                        guidance=suite.guidance, noise=args.noise)  # fmt: skip
+    seeds: dict[str, Any] = {}
+    if args.trace_seeds is not None:
+        seeds["trace_seeds"] = tuple(args.trace_seeds)
+    if args.text_seeds is not None:
+        seeds["text_seeds"] = tuple(args.text_seeds)
+    config = DemoConfig(steps=args.steps, max_batch=args.max_batch, guidance=suite.guidance, noise=args.noise,
+                        restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
+    config.check_items(suite)
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors)

@@ -20,6 +20,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
         "--guidance", type=float, default=None, help="CFG scale (default: the model's — 4 for shapesworld — else 7.5)"
     )
     parser.add_argument("--max-batch", type=int, default=16, help="most runs per UNet batch (memory bound; default 16)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=2000,
+        help="bootstrap resamples of the 95%% interval over items (prompt × seed; at least 3 items); 0: no interval",
+    )  # fmt: skip
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
 
 
@@ -54,6 +58,9 @@ def noise_value(text: str) -> float | str:
 def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :class:`SweepConfig` from parsed options."""
     guidance = default_guidance(args.model, args.guidance)
-    fields = {"seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch}
+    fields = {
+        "seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch,
+        "bootstrap": args.bootstrap,
+    }  # fmt: skip
     SweepConfig(**fields)  # validate early, before loading a model
     return fields

@@ -9,12 +9,16 @@ from dataclasses import replace
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
+from diffloc.engine.interventions import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.eval.scorers import scorer_for
 from diffloc.models.registry import load
 from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
 from diffloc.tracing.causal import TEXT_KINDS, causal_trace, first_item_images, trace_text
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.results import TraceResult
+from diffloc.tracing.selection import check_disjoint
+from diffloc.tracing.statistics import check_items
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +43,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="noise std, or 'auto': the smallest multiple (3, 6, 12, 24, 48) of the token-embedding std "
             "that halves the attribute's score in every traced image (default: 3 × token-embedding std)",
         )  # fmt: skip
+        sub.add_argument(
+            "--validation-prompt", action="append", default=[], metavar="PROMPT",
+            help="prompt of the validation items (repeatable) that choose the causal-site threshold; they must not "
+            "repeat a traced (prompt, seed)",
+        )  # fmt: skip
+        sub.add_argument(
+            "--validation-seeds",
+            type=int,
+            nargs="+",
+            default=None,
+            help="seeds of the validation items (default: --seeds)",
+        )
         if target == "unet":
             sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")
+            sub.add_argument(
+                "--restore-from", choices=RESTORE_SOURCES, default="same-latent",
+                help="where a restore reads the clean value: same-latent (default; the clean text on the restored "
+                "run's own latent) or trajectory (the clean run's activation on the clean latent)",
+            )  # fmt: skip
         else:
             sub.add_argument("--kinds", nargs="+", default=list(TEXT_KINDS), choices=TEXT_KINDS, help="state kinds")
         sub.set_defaults(func=run)
@@ -49,11 +70,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Trace and write results and plots."""
     auto = args.noise == "auto"
-    config = TraceConfig(noise=None if auto else args.noise, **sweep_kwargs(args))  # type: ignore[arg-type]
+    extra: dict[str, object] = {}
+    if args.target == "unet":
+        extra["restore_from"] = args.restore_from
+    if args.validation_seeds is not None:
+        extra["validation_seeds"] = tuple(args.validation_seeds)
+    config = TraceConfig(noise=None if auto else args.noise, **sweep_kwargs(args), **extra)  # type: ignore[arg-type]
     if args.target == "text" and len(args.prompt) != 1:
         raise PromptError(
             f"text tracing takes one prompt (token positions differ between prompts); got {len(args.prompt)}"
         )
+    items = len(args.prompt) * len(config.seeds)
+    check_items(items, config.intervals)
+    validation = [(p, s) for p in args.validation_prompt for s in (config.validation_seeds or config.seeds)]
+    check_disjoint([(p, s) for p in args.prompt for s in config.seeds], validation)
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
@@ -73,22 +103,50 @@ def run(args: argparse.Namespace) -> int:
         if args.target == "unet":
             result = causal_trace(
                 model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
-                config=config, out=out, progress=progress,
+                config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
             )  # fmt: skip
         else:
             result = trace_text(
                 model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
-                config=config, out=out, progress=progress,
+                config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
             )  # fmt: skip
     if result.kind == "unet":
         save_figure(plot_unet_trace(result), out / "trace.png")
         images = first_item_images(model, result)
-        labels = ["clean", "corrupted", *(name for name, _ in result.top(images.shape[0] - 2))]
+        labels = ["clean", "corrupted", *(name for name, _ in result.top(images.shape[0] - 2, include_controls=False))]
         save_figure(image_strip(images, labels), out / "strip.png")
-        best = ", ".join(f"{name} {effect:.2f}" for name, effect in result.top(5))
-        print(f"clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  top sites: {best}")
     else:
         save_figure(plot_text_trace(result), out / "trace.png")
-        print(f"clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}")
+    for line in summary_lines(result):
+        print(line)
     print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
     return 0
+
+
+def summary_lines(result: TraceResult) -> list[str]:
+    """What a trace found, in a few lines: scores, top sites with intervals, controls, selection."""
+    lines = [
+        f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
+        f"restore source: {result.restore_from}"
+    ]
+    if result.kind == "unet":
+        effect = result.indirect_effect
+        top = []
+        for name, value in result.top(5, include_controls=False):
+            i = result.labels.index(name)
+            ci = "" if result.interval is None else f" [{result.interval[0, i]:.2f}, {result.interval[1, i]:.2f}]"
+            top.append(f"{name} {value:.2f}{ci}")
+        lines.append("top sites (indirect effect, 95% interval): " + ", ".join(top))
+        if result.controls:
+            controls = ", ".join(f"{c} {effect[result.labels.index(c)]:.3f}" for c in result.controls)
+            flag = "  FLAGGED: a control moved more than 0.1" if result.controls_flagged else ""
+            lines.append(f"controls (text-blind sites): {controls}{flag}")
+        else:
+            lines.append("controls: none (text reaches the time embedding, so every site can read it)")
+    if result.selection is not None:
+        sel = result.selection
+        lines.append(
+            f"causal (mean restored score >= tau {sel['tau']:.3f}, chosen on {len(sel['validation_items'])} "
+            f"validation items): {', '.join(sel['causal'][:10]) or 'none'}"
+        )
+    return lines

@@ -94,6 +94,8 @@ def sample(
     config: GenerationConfig,
     uncond: Conditioning | None = None,
     progress: ProgressFn | None = None,
+    shadow_follows: Sequence[int] = (),
+    shadow_cond: Conditioning | None = None,
 ) -> torch.Tensor:
     """Denoise one batch of rows and decode it.
 
@@ -104,6 +106,10 @@ def sample(
         config: sampling settings.
         uncond: unconditional conditioning (default: the empty prompt).
         progress: called after each step.
+        shadow_follows: for each shadow row (see :class:`~diffloc.engine.batch.BatchLayout`), the run whose
+            latent it takes at every step; shadows are appended after the guided rows and their predictions
+            discarded.
+        shadow_cond: conditioning of the shadow rows, one row per shadow.
 
     Returns:
         Images ``(runs, 3, H, W)`` in ``[0, 1]``, float32, on the CPU.
@@ -111,7 +117,9 @@ def sample(
     pipe, adapter = model.pipe, model.adapter
     if len(seeds) != len(cond):
         raise ConfigError(f"{len(seeds)} seeds for {len(cond)} runs; give one seed per run")
-    layout = BatchLayout(runs=len(cond), cfg=config.cfg)
+    if len(shadow_follows) != (0 if shadow_cond is None else len(shadow_cond)):
+        raise ConfigError(f"{len(shadow_follows)} shadow rows need as many rows of shadow conditioning")
+    layout = BatchLayout(runs=len(cond), cfg=config.cfg, shadows=len(shadow_follows))
     default_h, default_w = adapter.default_size(pipe)
     height, width = config.height or default_h, config.width or default_w
     unet = pipe.unet
@@ -124,14 +132,20 @@ def sample(
         batch_cond = Conditioning.cat([uncond, cond])
     else:
         batch_cond = cond
+    if shadow_cond is not None and layout.shadows:
+        batch_cond = Conditioning.cat([batch_cond, shadow_cond])
+    batch_cond = adapter.for_size(batch_cond, height, width)
+    follows = torch.as_tensor(list(shadow_follows), dtype=torch.long, device=latents.device)
     kwargs = adapter.unet_kwargs(batch_cond)
     step_kwargs = _scheduler_step_kwargs(scheduler, seeds)
     in_channels = int(unet.config.in_channels)
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
         x = torch.cat([latents, latents]) if layout.cfg else latents
+        if layout.shadows:
+            x = torch.cat([x, latents[follows]])
         x = scheduler.scale_model_input(x, t)
-        noise = unet(x, t, **kwargs).sample
+        noise = unet(x, t, **kwargs).sample[: layout.guided_rows]
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         if progress is not None:
@@ -180,10 +194,14 @@ def generate_runs(
     if plan.swap_prompts:
         swapped = attention_context(model, adapter.encode(pipe, plan.swap_prompts).hidden)
         swap_context = {p: swapped[i] for i, p in enumerate(plan.swap_prompts)}
-    layout = BatchLayout(runs=len(runs), cfg=config.cfg)
+    layout = BatchLayout(runs=len(runs), cfg=config.cfg, shadows=len(plan.shadows))
+    shadow_cond = encoded.take([plan.text_rows[s.text_of] for s in plan.shadows]) if plan.shadows else None
     outputs, inputs = unet_hooks(model, plan, layout, swap_context)
     with patch(model, outputs=outputs, inputs=inputs):
-        return sample(model, cond, seeds=[r.seed for r in runs], config=config, progress=progress)
+        return sample(
+            model, cond, seeds=[r.seed for r in runs], config=config, progress=progress,
+            shadow_follows=[s.follows for s in plan.shadows], shadow_cond=shadow_cond,
+        )  # fmt: skip
 
 
 def attention_context(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,11 @@ so N interventions cost one batched pass per denoising step.
 Interventions:
     * :class:`CorruptTokens` — add Gaussian noise to the input token embeddings at a token range
       (every text encoder of the pipeline).
-    * :class:`Restore` — copy a site's output from another run of the same batch (the clean run), for
-      UNet sites in the conditional branch at every step, for text sites during encoding (optionally only
-      at some token positions).
+    * :class:`Restore` — give a site the output it has in another run of the same batch (the clean run): for
+      text sites during encoding (optionally only at some token positions); for UNet sites in the conditional
+      branch at every step, either computed on the restored run's own latent with the source run's text
+      (``same-latent``, the default: a *shadow* row) or copied from the source run's own trajectory
+      (``trajectory``).
     * :class:`SwapContext` — cross-attention sites read another prompt's text states as their key/value
       input (LocoGen).
     * :class:`SetChannels` — set chosen channels of a site's output to given values (neuron ablation).
@@ -39,32 +41,63 @@ class CorruptTokens:
     """Add N(0, std²) noise to the input token embeddings at ``positions`` (half-open range).
 
     The noise is drawn from ``noise_seed`` so a corrupted run is reproducible; every text encoder
-    of the pipeline (SD-XL has two) gets its own draw from that seed.
+    of the pipeline (SD-XL has two) gets its own draw from that seed. ``site_stds`` overrides ``std`` for
+    given embedding sites (``(("text2.embed", 0.4),)``): encoders whose token embeddings have different
+    scales each get noise in their own scale.
     """
 
     positions: tuple[int, int]
     std: float
     noise_seed: int = 0
+    site_stds: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         start, end = self.positions
         if not 0 <= start < end:
             raise ConfigError(f"token range {self.positions} is empty or negative; need 0 <= start < end")
-        if not self.std >= 0:
-            raise ConfigError(f"noise std {self.std} must be >= 0")
+        for value in (self.std, *(v for _, v in self.site_stds)):
+            if not value >= 0:
+                raise ConfigError(f"noise std {value} must be >= 0")
+
+    def std_at(self, site: str) -> float:
+        """The noise std used at embedding site ``site``."""
+        return dict(self.site_stds).get(site, self.std)
+
+
+#: where a UNet-site restore reads its clean value (see :class:`Restore`)
+RESTORE_SOURCES = ("same-latent", "trajectory")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Restore:
-    """Copy the output of ``sites`` from run ``source`` of the same batch.
+    """Give ``sites`` the output they have in run ``source`` of the same batch.
 
-    ``positions`` (half-open token range) restricts a text-site restore to some tokens; ``None`` restores
-    the whole output.
+    ``positions`` (half-open token range) restricts a text-site or ``.k``/``.v`` restore to some tokens;
+    ``None`` restores the whole output.
+
+    ``restore_from`` decides, for UNet sites, *which* clean value is written (a sampler is not one forward
+    pass: the restored run has its own latent ``x_t`` at every step):
+
+    * ``"same-latent"`` (default) — the value the site has when the UNet runs on *this run's own* ``x_t`` with
+      the source run's text (an extra conditional row, a *shadow*, follows this run's latent). The only
+      difference a restore makes is then the text's path through the site: mediation in the strict sense, and
+      a site that cannot read the text restores nothing.
+    * ``"trajectory"`` — the source run's own activation at that step, computed on the source run's latent.
+      It also injects the source trajectory's latent, so even a text-blind site can "restore" a concept
+      (the papers' wording, "restored from the clean model at each time-step", kept for comparison).
+
+    Text sites are restored during encoding, before any latent exists, so both sources are the same there.
+    A restore from the run itself changes nothing and adds no row.
     """
 
     sites: tuple[str, ...]
     source: int = 0
     positions: tuple[int, int] | None = None
+    restore_from: str = "same-latent"
+
+    def __post_init__(self) -> None:
+        if self.restore_from not in RESTORE_SOURCES:
+            raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +134,14 @@ class Run:
     label: str = ""
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """A conditional-only row that follows run ``follows``'s latent with run ``text_of``'s text."""
+
+    follows: int
+    text_of: int
+
+
 @dataclass
 class CompiledBatch:
     """Hooks and text-encoding plan for a batch of runs (built by :func:`compile_runs`)."""
@@ -111,6 +152,19 @@ class CompiledBatch:
     swap_prompts: list[str]  # distinct prompts that must be encoded for SwapContext
     unet_ops: dict[str, list[tuple[str, int, Any]]]  # site -> [(op, run, payload)]
     unet_swaps: dict[str, list[tuple[int, str]]]  # site -> [(run, prompt)]
+    shadows: list[Shadow] = field(default_factory=list)  # same-latent restore sources, in row order
+
+
+def extra_rows(model: LoadedModel, run: Run) -> int:
+    """Shadow rows ``run`` adds to a batch: one when it restores a UNet site ``same-latent``, else 0."""
+    return int(
+        any(
+            isinstance(iv, Restore)
+            and iv.restore_from == "same-latent"
+            and any(model.site(name).kind not in _TEXT_KINDS for name in iv.sites)
+            for iv in run.interventions
+        )
+    )
 
 
 def _slice_rows(rows: torch.Tensor, positions: tuple[int, int] | None) -> tuple[Any, ...]:
@@ -164,6 +218,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
     unet_ops: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
     unet_swaps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     swap_prompts: list[str] = []
+    shadows: dict[Shadow, int] = {}
     embed_sites = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
 
     for r, run in enumerate(runs):
@@ -174,16 +229,22 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
             elif isinstance(iv, Restore):
                 if not 0 <= iv.source < len(runs):
                     raise ConfigError(f"restore source run {iv.source} is outside the batch (0..{len(runs) - 1})")
+                if iv.source == r:
+                    continue  # a run restored from itself is unchanged
                 for name in iv.sites:
                     site = model.site(name)
                     if site.kind in _TEXT_KINDS:
                         text_ops[site.name].append(
                             (torch.tensor([text_rows[r]]), torch.tensor([text_rows[iv.source]]), iv.positions)
                         )
-                    else:
-                        if iv.positions is not None and site.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V):
-                            raise ConfigError(f"token positions apply to text and .k/.v sites, not {site.name!r}")
-                        unet_ops[site.name].append(("restore", r, (iv.source, iv.positions)))
+                        continue
+                    if iv.positions is not None and site.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V):
+                        raise ConfigError(f"token positions apply to text and .k/.v sites, not {site.name!r}")
+                    source: tuple[str, int] = ("run", iv.source)
+                    if iv.restore_from == "same-latent":
+                        shadow = Shadow(follows=r, text_of=iv.source)
+                        source = ("shadow", shadows.setdefault(shadow, len(shadows)))
+                    unet_ops[site.name].append(("restore", r, (source, iv.positions)))
             elif isinstance(iv, SwapContext):
                 for name in iv.sites:
                     site = model.site(name)
@@ -211,7 +272,9 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
     text_outputs: dict[str, OutputHook] = {}
     for name in set(text_ops) | set(noise_ops):
         text_outputs[name] = _text_hook(text_ops.get(name, []), noise_ops.get(name, []), name)
-    return CompiledBatch(text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps))
+    return CompiledBatch(
+        text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps), list(shadows)
+    )
 
 
 def _text_hook(
@@ -233,7 +296,7 @@ def _text_hook(
                     raise ConfigError(f"token range {iv.positions} exceeds the {out.shape[1]} encoded tokens")
                 gen = torch.Generator(device="cpu").manual_seed(iv.noise_seed * 1000003 + salt)
                 noise = torch.randn((end - start, out.shape[-1]), generator=gen, dtype=torch.float32)
-                out[row, start:end] += (iv.std * noise).to(out.dtype).to(out.device)
+                out[row, start:end] += (iv.std_at(site_name) * noise).to(out.dtype).to(out.device)
             output = with_primary(output, out)
         return output
 
@@ -259,10 +322,16 @@ def unet_hooks(
     return outputs, inputs
 
 
+def _source_row(layout: BatchLayout, source: tuple[str, int]) -> torch.Tensor:
+    """Batch row a restore reads: a run's conditional row, or a shadow row."""
+    kind, index = source
+    return torch.tensor([layout.shadow(index) if kind == "shadow" else layout.cond(index)], dtype=torch.long)
+
+
 def _unet_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: BatchLayout) -> OutputHook:
     restores = [
-        (layout.cond_rows([r]), layout.cond_rows([src]), positions)
-        for op, r, (src, positions) in ((o, r, p) for o, r, p in ops if o == "restore")
+        (layout.cond_rows([r]), _source_row(layout, source), positions)
+        for op, r, (source, positions) in ((o, r, p) for o, r, p in ops if o == "restore")
     ]
     restore = _restore_hook(restores) if restores else None
     sets = [(layout.cond(r), iv) for op, r, iv in ops if op == "set"]

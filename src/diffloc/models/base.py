@@ -180,7 +180,33 @@ class ModelAdapter(ABC):
         """Conditioning of the empty prompt for classifier-free guidance, ``rows`` copies."""
         return self.encode(pipe, [""]).take([0] * rows)
 
+    def for_size(self, cond: Conditioning, height: int, width: int) -> Conditioning:
+        """``cond`` adjusted to the image size being sampled (SD-XL's size time ids); most families: unchanged."""
+        return cond
+
     # -- UNet ------------------------------------------------------------------------------------
+    def text_in_time_embedding(self, pipe: Any) -> bool:
+        """Whether text reaches the UNet's time embedding (SD-XL's pooled ``text_time``, IF's ``text``), and so
+        every ResNet, not only the cross-attention layers."""
+        config = pipe.unet.config
+        return any("text" in str(config.get(key) or "") for key in ("addition_embed_type", "class_embed_type"))
+
+    def text_blind_sites(self, pipe: Any, sites: SiteRegistry) -> list[str]:
+        """UNet sites that cannot read the text at a denoising step: those that run before the first
+        cross-attention (in execution order), when no text reaches the time embedding. Restoring one on the
+        restored run's own latent changes nothing, so they are the controls of a causal trace.
+        """
+        if self.text_in_time_embedding(pipe):
+            return []
+        blind: list[str] = []
+        for site in sites:
+            if site.component != "unet":
+                continue
+            if site.kind in (SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V):
+                break
+            blind.append(site.name)
+        return blind
+
     def unet_kwargs(self, cond: Conditioning) -> dict[str, Any]:
         """Keyword arguments of a UNet call for this conditioning."""
         kwargs: dict[str, Any] = {"encoder_hidden_states": cond.hidden}

@@ -53,8 +53,17 @@ class StableDiffusionXLAdapter(ModelAdapter):
             )
         return super().encode_unconditional(pipe, rows)
 
+    def for_size(self, cond: Conditioning, height: int, width: int) -> Conditioning:
+        """Time ids for the image size actually sampled (encoding assumes the default size)."""
+        ids = _size_ids(height, width, len(cond), cond.added["time_ids"])
+        return Conditioning(cond.hidden, {**cond.added, "time_ids": ids})
+
     def _time_ids(self, pipe: Any, rows: int, like: torch.Tensor) -> torch.Tensor:
         height, width = self.default_size(pipe)
-        # (original size, crop top-left, target size), as SD-XL was conditioned during training.
-        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=like.dtype, device=like.device)
-        return ids.expand(rows, -1).clone()
+        return _size_ids(height, width, rows, like)
+
+
+def _size_ids(height: int, width: int, rows: int, like: torch.Tensor) -> torch.Tensor:
+    # (original size, crop top-left, target size), as SD-XL was conditioned during training.
+    ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=like.dtype, device=like.device)
+    return ids.expand(rows, -1).clone()

@@ -53,6 +53,58 @@ def _noise_paragraph(trace: str, noise: dict[str, Any], key: str) -> str:
     )
 
 
+def _interval_text(interval: list[float] | None, key: str) -> str:
+    if interval is None:
+        return "—"
+    return f"[{_num(interval[0], key + '.0', 2)}, {_num(interval[1], key + '.1', 2)}]"
+
+
+def _localization_details(entry: dict[str, Any], key: str) -> str:
+    """Top UNet sites with intervals, the controls and the causal-site selection of a case."""
+    restore = entry.get("restore_from", "trajectory")
+    parts = [
+        f"<p>UNet restores read the clean value from <b data-key='{key}.restore_from'>{html.escape(restore)}</b> "
+        + ("(the clean text on the restored run's own latent: only the text's path through the site differs)"
+           if restore == "same-latent" else "(the clean run's activation on the clean trajectory's latent)")
+        + f"; {_num(entry.get('unet_items'), key + '.unet_items')} items (prompt × seed); intervals are 95% "
+        "bootstrap intervals over items.</p>"
+    ]  # fmt: skip
+    intervals = entry.get("unet_top_interval") or [None] * len(entry["unet_top"])
+    rows = "".join(
+        f"<tr><td class=l>{html.escape(site)}</td><td>{_num(effect, f'{key}.unet_top.{i}.1')}</td>"
+        f"<td>{_interval_text(ci, f'{key}.unet_top_interval.{i}')}</td></tr>"
+        for i, ((site, effect), ci) in enumerate(zip(entry["unet_top"], intervals, strict=True))
+    )
+    controls = entry.get("controls") or []
+    rows += "".join(
+        f"<tr><td class=l>control: {html.escape(c['site'])}</td><td>{_num(c['effect'], f'{key}.controls.{i}.effect')}"
+        f"</td><td>{_interval_text(c['interval'], f'{key}.controls.{i}.interval')}</td></tr>"
+        for i, c in enumerate(controls)
+    )
+    parts.append(f"<table><tr><th class=l>top UNet site</th><th>indirect effect</th><th>95% interval</th></tr>"
+                 f"{rows}</table>")  # fmt: skip
+    if entry.get("controls_flagged"):
+        parts.append(
+            "<p class=bad>A control site (one that cannot read the text) moved the score by more than 0.1: these "
+            "restores carry more than the text's path (with the trajectory source, the clean latent).</p>"
+        )
+    elif controls:
+        parts.append("<p class=muted>Controls: sites before the first cross-attention, which cannot read the text; "
+                     "their effect should be ~0.</p>")  # fmt: skip
+    selection = entry.get("selection")
+    if selection:
+        causal = ", ".join(selection["causal"][:12]) or "none"
+        more = f" (+{len(selection['causal']) - 12} more)" if len(selection["causal"]) > 12 else ""
+        sk = key + ".selection"
+        parts.append(
+            f"<p>Causal sites (mean restored score ≥ τ = {_num(selection['tau'], sk + '.tau')}, chosen "
+            f"on {_num(selection['validation_items'], sk + '.validation_items')} held-out validation "
+            f"items, balanced accuracy {_num(selection['validation_accuracy'], sk + '.validation_accuracy', 2)}"
+            f"): {html.escape(causal)}{more}.</p>"
+        )
+    return "".join(parts)
+
+
 def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
     key = f"cases.{name}"
     parts = [f"<h2 id='{html.escape(name)}'>{html.escape(name)}: {html.escape(entry['mode'])} "
@@ -74,18 +126,16 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
                 f"<p class=bad>Corruption barely changed the {trace} trace's score (clean ≈ corrupted), so its "
                 "indirect effects divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"
             )
-    rows = "".join(
-        f"<tr><td class=l>{html.escape(site)}</td><td>{_num(effect, f'{key}.unet_top.{i}.1')}</td></tr>"
-        for i, (site, effect) in enumerate(entry["unet_top"])
-    )
-    parts.append(f"<table><tr><th class=l>top UNet site</th><th>indirect effect</th></tr>{rows}</table>")
+    parts.append(_localization_details(entry, key))
     parts.append(_img(out, f"trace/{name}/unet/trace.png", "UNet causal trace"))
     parts.append(_img(out, f"trace/{name}/text/trace.png", "text-encoder causal trace"))
     loco = entry["locogen"]
     parts.append(
         f"<p>LocoGen window: <b>{html.escape(', '.join(loco['best_sites']))}</b> — score "
-        f"{_num(loco['best_score'], key + '.locogen.best_score')} vs original "
-        f"{_num(loco['original_score'], key + '.locogen.original_score')}</p>"
+        f"{_num(loco['best_score'], key + '.locogen.best_score')} "
+        f"{_interval_text(loco.get('best_interval'), key + '.locogen.best_interval')} vs original "
+        f"{_num(loco['original_score'], key + '.locogen.original_score')} "
+        f"({_num(loco.get('n_items'), key + '.locogen.n_items')} items)</p>"
     )
     search = loco.get("window_search")
     if search and len(search["tried"]) > 1:

@@ -31,11 +31,24 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]
     figure = Figure(figsize=(max(6.0, 0.12 * len(effect) + 2), 3.4))
     ax = figure.add_subplot()
-    ax.bar(range(len(effect)), effect, color=[_KIND_COLOURS.get(k, "#8172b3") for k in kinds], width=0.85)
+    errors = None
+    if result.interval is not None:  # asymmetric error bars from the bootstrap interval
+        errors = np.abs(np.stack([effect - result.interval[0], result.interval[1] - effect]))
+        errors = np.nan_to_num(errors)
+    bars = ax.bar(
+        range(len(effect)), effect, color=[_KIND_COLOURS.get(k, "#8172b3") for k in kinds], width=0.85,
+        yerr=errors, error_kw={"elinewidth": 0.6, "capsize": 0, "ecolor": "#333333"},
+    )  # fmt: skip
+    for label, bar in zip(result.labels, bars, strict=True):
+        if label in result.controls:
+            bar.set_hatch("////")
+            bar.set_edgecolor("black")
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="clean")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="corrupted")
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color=colour, label=kind) for kind, colour in _KIND_COLOURS.items()]
+    if result.controls:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="control (text-blind)"))
     step = max(1, len(effect) // 24)
     ax.set_xticks(range(0, len(effect), step))
     ax.set_xticklabels(
@@ -43,9 +56,12 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     )
     ax.set_ylabel("indirect effect\n(restored − corr) / (clean − corr)")
     meta = result.meta
+    interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
+    flag = "  CONTROLS MOVED" if result.controls_flagged else ""
     ax.set_title(
         f"UNet causal trace: '{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
-        f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {len(result.items)} items)",
+        f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
+        f"restore from {result.restore_from}{interval}){flag}",
         fontsize=9,
     )
     ax.legend(handles=handles, fontsize=7, ncol=6, loc="upper right")
@@ -66,6 +82,12 @@ def plot_text_trace(result: TraceResult) -> Figure:
         )
         ax.set_title(result.labels[k], fontsize=9)
         ax.set_xlabel("layer")
+        if result.interval is not None and np.isfinite(data).any():
+            # the strongest cell of each panel, with its interval over items
+            token, layer = np.unravel_index(np.nanargmax(data), data.shape)
+            low, high = result.interval[0, k, layer, token], result.interval[1, k, layer, token]
+            ax.annotate(f"{data[token, layer]:.2f}\n[{low:.2f}, {high:.2f}]", (layer, token), ha="center",
+                        va="center", fontsize=6, color="#c44e52")  # fmt: skip
         ax.set_yticks(range(len(result.tokens)))
         ax.set_yticklabels(
             [f"{t}*" if start <= i < end else t for i, t in enumerate(result.tokens)] if k == 0 else [], fontsize=7
@@ -73,7 +95,9 @@ def plot_text_trace(result: TraceResult) -> Figure:
         figure.colorbar(image, ax=ax, fraction=0.046)
     figure.suptitle(
         f"Text-encoder causal trace ('*' = subject tokens; clean {result.clean_score:.3f}, "
-        f"corrupted {result.corrupt_score:.3f})",
+        f"corrupted {result.corrupt_score:.3f}; {result.n_items} items"
+        + ("; red: strongest cell, 95% interval" if result.interval is not None else "")
+        + ")",
         fontsize=9,
     )
     return figure
@@ -85,6 +109,9 @@ def plot_windows(result: WindowResult) -> Figure:
     ax = figure.add_subplot()
     starts = [int(w[0].split(".")[2]) for w in result.windows]
     ax.plot(starts, result.scores, marker="o", color="#4c72b0", label="window reads target prompt")
+    if result.interval is not None:
+        ax.fill_between(starts, result.interval[0], result.interval[1], color="#4c72b0", alpha=0.2,
+                        label=f"95% interval ({result.n_items} items)")  # fmt: skip
     ax.axhline(result.original_score, color="black", ls="--", lw=0.8, label="original (no swap)")
     best = result.best_index
     ax.scatter([starts[best]], [result.scores[best]], s=140, facecolors="none", edgecolors="#c44e52", lw=2,

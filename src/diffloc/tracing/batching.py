@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from diffloc.engine.generate import GenerationConfig, generate_runs
-from diffloc.engine.interventions import Run
+from diffloc.engine.interventions import Run, extra_rows
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.tracing.config import SweepConfig
@@ -37,12 +37,11 @@ def score_runs(
     Returns:
         (scores of ``shared``, scores of ``runs``, images of ``shared`` + ``runs`` if ``keep_images``).
     """
-    per_batch = max(1, config.max_batch - len(shared))
     gen_config = generation_config(config)
     shared_scores: list[float] = []
     run_scores: list[float] = []
     images: list[torch.Tensor] = []
-    chunks = [list(runs[i : i + per_batch]) for i in range(0, len(runs), per_batch)] or [[]]
+    chunks = _chunks(model, runs, shared, config.max_batch, gen_config.cfg)
     for index, chunk in enumerate(chunks):
         batch = [*shared, *chunk]
         out = generate_runs(model, batch, config=gen_config)
@@ -57,3 +56,26 @@ def score_runs(
         if on_batch is not None:
             on_batch(len(chunk) + (len(shared) if index == 0 else 0))
     return shared_scores, run_scores, images
+
+
+def _chunks(
+    model: LoadedModel, runs: Sequence[Run], shared: Sequence[Run], max_batch: int, cfg: bool
+) -> list[list[Run]]:
+    """Split ``runs`` so each batch (``shared`` included) has at most the rows of ``max_batch`` plain runs; a
+    ``same-latent`` restore's shadow row counts (at least one run per batch)."""
+    per_run = 2 if cfg else 1
+    budget = max_batch * per_run
+    base = sum(per_run + extra_rows(model, r) for r in shared)
+    chunks: list[list[Run]] = []
+    current: list[Run] = []
+    used = base
+    for run in runs:
+        rows = per_run + extra_rows(model, run)
+        if current and used + rows > budget:
+            chunks.append(current)
+            current, used = [], base
+        current.append(run)
+        used += rows
+    if current or not chunks:
+        chunks.append(current)
+    return chunks

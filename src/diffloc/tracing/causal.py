@@ -2,9 +2,17 @@
 
 Corrupt the subject's token embeddings with Gaussian noise, then restore one component's clean output and
 measure how much of the attribute comes back (Basu et al., ICLR 2024, sec. 4; ROME's method). Every
-restored run shares its batch with the clean run of the same seed, so the clean activation at step ``t``
-is read from the clean trajectory at step ``t`` in the same UNet call; interventions act on the
-conditional half of the CFG batch only (the unconditional branch carries no subject).
+restored run shares its batch with the clean run of the same seed; interventions act on the conditional half
+of the CFG batch only (the unconditional branch carries no subject).
+
+Where a UNet restore reads its clean value is explicit (``TraceConfig.restore_from``): by default the value the
+site has on the restored run's *own* latent with the clean text (``same-latent``), so a restore changes only
+the text's path through that site; ``trajectory`` copies the clean run's activation, computed on the clean
+latent. Sites that cannot read the text (before the first cross-attention) are always traced as *controls*:
+their effect is 0 under ``same-latent``, and a trace whose controls move more than
+:data:`~diffloc.tracing.results.CONTROL_LIMIT` is flagged. Effects come with a bootstrap interval over
+items (prompt × seed), and, given validation prompts, causal sites are selected by a threshold chosen on
+them (:mod:`diffloc.tracing.selection`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from diffloc.sites import SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import TraceResult
+from diffloc.tracing.selection import check_disjoint, select_sites
+from diffloc.tracing.statistics import check_items, effect_interval
 from diffloc.tracing.store import Job, run_jobs
 
 logger = logging.getLogger(__name__)
@@ -35,12 +45,39 @@ ProgressFn = Callable[[int, int], None]
 TEXT_KINDS = ("layer", "attn", "mlp")
 
 
+def _embedding_std(model: LoadedModel, site: str) -> float:
+    weight = cast(torch.Tensor, model.module(site).weight)
+    return float(weight.detach().to(torch.float32).std())
+
+
 def embedding_noise(model: LoadedModel, config: TraceConfig) -> float:
-    """Corruption std: ``config.noise`` or ``noise_multiplier`` × std of the token-embedding matrix."""
+    """Corruption std of the first text encoder: ``config.noise`` or ``noise_multiplier`` × the std of its
+    token-embedding matrix."""
     if config.noise is not None:
         return float(config.noise)
-    weight = cast(torch.Tensor, model.module("text.embed").weight)
-    return float(config.noise_multiplier * weight.detach().to(torch.float32).std())
+    return float(config.noise_multiplier * _embedding_std(model, "text.embed"))
+
+
+def encoder_noise(model: LoadedModel, config: TraceConfig) -> dict[str, float]:
+    """Corruption std per text encoder (embedding site -> std): the same multiple of each encoder's own
+    token-embedding std (SD-XL's two encoders have embeddings of different scales). An absolute
+    ``config.noise`` sets the first encoder's std; the others keep the same multiple of their own std."""
+    embeds = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
+    first = embedding_noise(model, config)
+    if len(embeds) == 1:
+        return {embeds[0]: first}
+    base = _embedding_std(model, embeds[0])
+    multiple = first / base if base > 0 else 0.0
+    return {name: first if name == embeds[0] else multiple * _embedding_std(model, name) for name in embeds}
+
+
+def corruption(model: LoadedModel, positions: tuple[int, int], config: TraceConfig, seed: int) -> CorruptTokens:
+    """The subject corruption of one item: noise at ``positions``, each encoder in its own scale."""
+    stds = encoder_noise(model, config)
+    first = next(iter(stds.values()))
+    return CorruptTokens(
+        positions=positions, std=first, noise_seed=config.noise_seed + seed, site_stds=tuple(stds.items())
+    )
 
 
 def _prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -81,6 +118,22 @@ def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]])
     return groups
 
 
+def _with_controls(model: LoadedModel, groups: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The groups with every control site (text-blind, see :meth:`ModelAdapter.text_blind_sites`) restored
+    alone, added in front when not selected; and the control labels."""
+    controls = model.adapter.text_blind_sites(model.pipe, model.sites)
+    missing = [(name,) for name in controls if (name,) not in groups]
+    return missing + groups, controls
+
+
+def _check_validation(prompts: list[str], validation: list[str], config: TraceConfig) -> list[tuple[str, int]]:
+    """Validation items (prompt, seed), checked disjoint from the test items."""
+    seeds = config.validation_seeds if config.validation_seeds is not None else config.seeds
+    items = [(p, s) for p in validation for s in seeds]
+    check_disjoint([(p, s) for p in prompts for s in config.seeds], items)
+    return items
+
+
 def _trace_runs(prompt: str, seed: int, corrupt: CorruptTokens, restores: Sequence[Restore]) -> list[Run]:
     """Clean run (index 0, the restore source), corrupted run, then corrupted + each restore."""
     runs = [Run(prompt=prompt, seed=seed, label="clean"), Run(prompt=prompt, seed=seed, interventions=(corrupt,))]
@@ -106,6 +159,35 @@ def _restore_item(
     return {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
 
 
+def _validation_jobs(
+    model: LoadedModel, weights: str, kind: str, items: list[tuple[str, int]], subject: str, attribute: str,
+    scorer: Scorer, config: TraceConfig,
+) -> list[Job]:  # fmt: skip
+    """Clean + corrupted runs of each validation item (no restores: they only choose the threshold)."""
+    ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p, _ in items}
+    return [
+        Job(
+            spec=_item_spec(
+                model, weights, f"{kind}-validation", prompt, seed, subject=subject, attribute=attribute,
+                scorer=scorer.name, noise=encoder_noise(model, config), config=config.item_dict(),
+            ),
+            runs=2,
+            compute=partial(
+                _restore_item, model, prompt, seed, corruption(model, ranges[prompt], config, seed), [], attribute,
+                scorer, config,
+            ),
+        )
+        for prompt, seed in items
+    ]  # fmt: skip
+
+
+def _selection(labels: list[str], items: list[dict[str, Any]], validated: list[dict[str, Any]]) -> dict | None:
+    if not validated:
+        return None
+    restored = np.asarray([it["scores"] for it in items], float)
+    return select_sites(labels, restored, validated, items).to_dict()
+
+
 def causal_trace(
     model: LoadedModel,
     prompts: str | Sequence[str],
@@ -115,77 +197,106 @@ def causal_trace(
     scorer: Scorer,
     sites: str | Sequence[str | Sequence[str]] = "unet.*",
     config: TraceConfig | None = None,
+    validation_prompts: Sequence[str] = (),
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceResult:
     """Trace which UNet sites carry the attribute.
 
-    For each prompt and seed: one clean run, one corrupted run (noise on the subject tokens), and one
-    restored run per site (corrupted, with that site's output copied from the clean run at every step).
+    For each prompt and seed (an *item*): one clean run, one corrupted run (noise on the subject tokens), and
+    one restored run per site (corrupted, with that site's clean output restored at every step, from the
+    source ``config.restore_from`` names). The control sites (text-blind) are always traced too.
 
     Args:
         model: the loaded model.
-        prompts: prompt(s) containing ``subject``.
+        prompts: prompt(s) containing ``subject`` (the test items, with ``config.seeds``).
         subject: the words to corrupt, e.g. ``"van gogh"``.
         attribute: the text the scorer measures, e.g. ``"in the style of van gogh"``.
         scorer: image scorer (ShapesWorld detectors, CLIP …).
         sites: UNet site names/globs (default every res/sattn/xattn/ff layer), each restored alone; an entry
             that is itself a list of names/globs is restored as one group (label ``a+b+…``).
-        config: sweep settings.
+        config: sweep settings (seeds, noise, ``restore_from``, intervals, validation seeds).
+        validation_prompts: prompts whose items (with ``config.validation_seeds``) choose the causal-site
+            threshold τ (clean and corrupted runs only); ``()``: no selection.
         out: directory for resumable per-item results and the final result (``None``: keep nothing on disk).
         progress: called with (runs done, runs total).
 
     Returns:
-        :class:`TraceResult` (``kind="unet"``).
+        :class:`TraceResult` (``kind="unet"``) with intervals, controls and (given validation prompts) the
+        causal-site selection.
 
     Raises:
         PromptError: subject missing from a prompt, empty prompts.
         UnknownSiteError: empty or non-UNet site selection.
-        ConfigError, DifflocError: bad settings or an attribute the scorer cannot score.
+        ConfigError: too few items for an interval, validation items that overlap the test items, bad settings.
+        DifflocError: an attribute the scorer cannot score.
     """
     config = config or TraceConfig()
     prompt_list = _prompts(prompts)
+    validation = _check_validation(prompt_list, _prompts(validation_prompts) if validation_prompts else [], config)
+    check_items(len(prompt_list) * len(config.seeds), config.intervals)
     scorer.check(attribute)
-    groups = _site_groups(model, sites)
+    groups, controls = _with_controls(model, _site_groups(model, sites))
     ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p in prompt_list}
-    noise = embedding_noise(model, config)
+    noise = encoder_noise(model, config)
     weights = model.fingerprint()
     jobs = [
         Job(
             spec=_item_spec(
                 model, weights, "unet", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
-                sites=[list(g) for g in groups], noise=noise, config=config.to_dict(),
+                sites=[list(g) for g in groups], noise=noise, config=config.item_dict(),
             ),
             runs=len(groups) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed,
-                CorruptTokens(positions=ranges[prompt], std=noise, noise_seed=config.noise_seed + seed),
-                [Restore(sites=group, source=0) for group in groups], attribute, scorer, config,
+                _restore_item, model, prompt, seed, corruption(model, ranges[prompt], config, seed),
+                [Restore(sites=group, source=0, restore_from=config.restore_from) for group in groups], attribute,
+                scorer, config,
             ),
         )
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
-    items, store = run_jobs(jobs, out, progress)
+    jobs += _validation_jobs(model, weights, "unet", validation, subject, attribute, scorer, config)
+    all_items, store = run_jobs(jobs, out, progress)
+    items, validated = all_items[: len(all_items) - len(validation)], all_items[len(all_items) - len(validation) :]
+    labels = ["+".join(g) for g in groups]
     result = TraceResult(
         kind="unet",
         scores=np.mean([it["scores"] for it in items], axis=0),
-        labels=["+".join(g) for g in groups],
+        labels=labels,
         clean_score=float(np.mean([it["clean"] for it in items])),
         corrupt_score=float(np.mean([it["corrupted"] for it in items])),
         subject_range=ranges[prompt_list[0]],
-        noise=noise,
+        noise=next(iter(noise.values())),
         items=items,
+        interval=_interval(items, config),
+        controls=controls,
+        selection=_selection(labels, items, validated),
         meta={
             "model": model.source, "family": model.family, "prompts": prompt_list, "subject": subject,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),
-            "restore": "clean run of the same batch, conditional branch, every step",
+            "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
+            "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "items_computed": store.computed, "items_reused": store.reused,
         },
     )  # fmt: skip
     if out is not None:
         result.save(out)
     return result
+
+
+#: what each restore source means, recorded in results
+RESTORE_DESCRIPTIONS = {
+    "same-latent": "clean-text value of the site on the restored run's own latent, conditional branch, every step",
+    "trajectory": "clean run's activation on the clean trajectory's latent, conditional branch, every step",
+}
+
+
+def _interval(items: list[dict[str, Any]], config: TraceConfig) -> np.ndarray | None:
+    return effect_interval(
+        np.asarray([it["clean"] for it in items]), np.asarray([it["corrupted"] for it in items]),
+        np.asarray([it["scores"] for it in items]), config.intervals,
+    )  # fmt: skip
 
 
 def text_state_kinds(model: LoadedModel, kinds: Sequence[str] = TEXT_KINDS) -> list[tuple[str, str]]:
@@ -207,6 +318,7 @@ def trace_text(
     scorer: Scorer,
     kinds: Sequence[str] = TEXT_KINDS,
     config: TraceConfig | None = None,
+    validation_prompts: Sequence[str] = (),
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> TraceResult:
@@ -215,7 +327,10 @@ def trace_text(
     Each restored run corrupts the subject's embeddings, restores one state of the text encoder at one
     token from the clean encoding, and generates with the unmodified UNet. The padding slots after EOS, which
     the UNet reads as well, are restored together as one more row (``tokens[-1]`` = ``"<pad ×K>"``): on the
-    shipped ShapesWorld model they alone carry the concept back, where no single real token does.
+    shipped ShapesWorld model they alone carry the concept back, where no single real token does. Text states
+    are restored during encoding, before any latent exists, so ``config.restore_from`` does not apply (the
+    result records ``encoding``). Items are the prompt × ``config.seeds``; ``validation_prompts`` choose the
+    causal-state threshold as in :func:`causal_trace`.
 
     Returns:
         :class:`TraceResult` (``kind="text"``) with scores ``(n_kinds, n_layers, n_tokens)`` (the prompt's
@@ -224,6 +339,8 @@ def trace_text(
     """
     config = config or TraceConfig()
     _prompts(prompt)
+    validation = _check_validation([prompt], _prompts(validation_prompts) if validation_prompts else [], config)
+    check_items(len(config.seeds), config.intervals)
     scorer.check(attribute)
     subject_range = model.adapter.find_subject(model.pipe, prompt, subject)
     spec0 = model.adapter.text_encoders(model.pipe)[0]
@@ -244,42 +361,52 @@ def trace_text(
         for pos in range(len(spans))
         if f"{prefix}.{layer}" in model.sites
     ]
-    noise = embedding_noise(model, config)
+    noise = encoder_noise(model, config)
     weights = model.fingerprint()
     jobs = [
         Job(
             spec=_item_spec(
                 model, weights, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
-                states=[label for label, _ in states], spans=spans, noise=noise, config=config.to_dict(),
+                states=[label for label, _ in states], spans=spans, noise=noise,
+                config={k: v for k, v in config.item_dict().items() if k != "restore_from"},
             ),
             runs=len(grid) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed,
-                CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed),
+                _restore_item, model, prompt, seed, corruption(model, subject_range, config, seed),
                 [Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
                 attribute, scorer, config,
             ),
         )
         for seed in config.seeds
     ]  # fmt: skip
-    items, store = run_jobs(jobs, out, progress)
-    mean = np.mean([it["scores"] for it in items], axis=0)
-    cube = np.full((len(states), n_layers, len(spans)), np.nan)
-    for value, (ki, layer, pos, _) in zip(mean, grid, strict=True):
-        cube[ki, layer, pos] = value
+    jobs += _validation_jobs(model, weights, "text", validation, subject, attribute, scorer, config)
+    all_items, store = run_jobs(jobs, out, progress)
+    items, validated = all_items[: len(config.seeds)], all_items[len(config.seeds) :]
+
+    def as_cube(values: np.ndarray) -> np.ndarray:
+        cube = np.full((*values.shape[:-1], len(states), n_layers, len(spans)), np.nan)
+        for index, (ki, layer, pos, _) in enumerate(grid):
+            cube[..., ki, layer, pos] = values[..., index]
+        return cube
+
+    interval = _interval(items, config)
+    cell_labels = [f"{site}@{tokens[pos]}#{pos}" for _, _, pos, site in grid]
     result = TraceResult(
         kind="text",
-        scores=cube,
+        scores=as_cube(np.mean([it["scores"] for it in items], axis=0)),
         labels=[label for label, _ in states],
         tokens=tokens,
         clean_score=float(np.mean([it["clean"] for it in items])),
         corrupt_score=float(np.mean([it["corrupted"] for it in items])),
         subject_range=subject_range,
-        noise=noise,
+        noise=next(iter(noise.values())),
         items=items,
+        interval=None if interval is None else as_cube(interval),
+        selection=_selection(cell_labels, items, validated),
         meta={
             "model": model.source, "family": model.family, "prompts": [prompt], "subject": subject,
-            "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),
+            "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(), "restore_from": "encoding",
+            "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "items_computed": store.computed, "items_reused": store.reused,
         },
     )  # fmt: skip
@@ -289,15 +416,26 @@ def trace_text(
 
 
 def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -> torch.Tensor:
-    """Regenerate the clean, corrupted and the ``limit`` best restored runs of the first item (for strips)."""
+    """Regenerate the clean, corrupted and the ``limit`` best restored runs of the first item (for strips),
+    with the result's restore source."""
+    from diffloc.engine.generate import generate_runs
     from diffloc.tracing.batching import generation_config
 
     item = result.items[0]
     prompt, seed = item["prompt"], item["seed"]
-    config = TraceConfig(**{**result.meta["config"], "seeds": tuple(result.meta["config"]["seeds"])})
-    corrupt = CorruptTokens(positions=result.subject_range, std=result.noise, noise_seed=config.noise_seed + seed)
-    restores = [Restore(sites=tuple(name.split("+")), source=0) for name, _ in result.top(limit)]
+    known = set(TraceConfig.__dataclass_fields__)
+    saved: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in result.meta["config"].items() if k in known
+    }
+    config = TraceConfig(**{**saved, "noise": result.noise, "bootstrap": 0})
+    stds = result.meta.get("noise_per_encoder") or {"text.embed": result.noise}
+    corrupt = CorruptTokens(
+        positions=result.subject_range, std=result.noise, noise_seed=config.noise_seed + seed,
+        site_stds=tuple((str(k), float(v)) for k, v in stds.items()),
+    )  # fmt: skip
+    restores = [
+        Restore(sites=tuple(name.split("+")), source=0, restore_from=result.restore_from)
+        for name, _ in result.top(limit, include_controls=False)
+    ]
     runs = _trace_runs(prompt, seed, corrupt, restores)
-    from diffloc.engine.generate import generate_runs
-
     return generate_runs(model, runs, config=generation_config(config))

@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from diffloc.engine.generate import GenerationConfig
+from diffloc.engine.interventions import RESTORE_SOURCES
 from diffloc.errors import ConfigError
+from diffloc.tracing.statistics import IntervalConfig
+
+#: settings that do not change what a (test) item computes, left out of the keys of resumable items: how results
+#: are summarized, and which validation items choose the threshold
+NON_ITEM_FIELDS = ("bootstrap", "confidence", "validation_seeds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,8 +24,11 @@ class SweepConfig:
         seeds: seeds per prompt (each seed is one item of the sweep).
         steps: denoising steps per generation.
         guidance: classifier-free guidance scale.
-        max_batch: most runs packed into one UNet batch (memory bound; CFG doubles the rows).
+        max_batch: most runs packed into one UNet batch (memory bound; CFG doubles the rows, and a
+            ``same-latent`` restore adds one conditional row, so such a run counts 1.5).
         height, width: image size (``None``: the model's default).
+        bootstrap: resamples of the bootstrap interval over items (0: no interval).
+        confidence: coverage of the interval.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2, 3)
@@ -28,22 +37,39 @@ class SweepConfig:
     max_batch: int = 16
     height: int | None = None
     width: int | None = None
+    bootstrap: int = 2000
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds is empty; give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds repeat ({list(self.seeds)}); a repeated seed is the same item twice")
         # Sampling settings are validated where they are defined, with the same messages.
         GenerationConfig(steps=self.steps, guidance=self.guidance, height=self.height, width=self.width)
         if not isinstance(self.max_batch, int) or self.max_batch < 2:
             raise ConfigError(
                 f"max_batch must be an integer >= 2 (a clean run plus one intervention), got {self.max_batch!r}"
             )
+        IntervalConfig(resamples=self.bootstrap, confidence=self.confidence)  # validates both
+
+    @property
+    def intervals(self) -> IntervalConfig:
+        """How intervals over items are computed."""
+        return IntervalConfig(resamples=self.bootstrap, confidence=self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         out = asdict(self)
-        out["seeds"] = list(self.seeds)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
         return out
+
+    def item_dict(self) -> dict[str, Any]:
+        """The settings that decide an item's scores (keys of resumable items): :meth:`to_dict` without
+        :data:`NON_ITEM_FIELDS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_ITEM_FIELDS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +81,19 @@ class TraceConfig(SweepConfig):
             ``noise_multiplier`` × the std of the token-embedding matrix (ROME's 3×), recorded in results.
         noise_multiplier: the multiplier used when ``noise`` is ``None``.
         noise_seed: seed of the corruption noise.
+        restore_from: where a UNet restore reads its clean value: ``"same-latent"`` (default: the clean-text
+            value on the restored run's own latent, mediation in the strict sense) or ``"trajectory"`` (the clean
+            run's activation on the clean trajectory; see :class:`~diffloc.engine.interventions.Restore`).
+            Text-encoder traces restore during encoding, where both are the same.
+        validation_seeds: seeds of the validation items that choose the causal-site threshold (``None``: the
+            sweep's ``seeds``).
     """
 
     noise: float | None = None
     noise_multiplier: float = 3.0
     noise_seed: int = 0
+    restore_from: str = "same-latent"
+    validation_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +101,10 @@ class TraceConfig(SweepConfig):
             raise ConfigError(f"noise must be a finite number >= 0, got {self.noise!r}")
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
             raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if self.restore_from not in RESTORE_SOURCES:
+            raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
+        if self.validation_seeds is not None and not self.validation_seeds:
+            raise ConfigError("validation_seeds is empty; give at least one seed, or None for the sweep's seeds")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
 from diffloc.tracing.results import WindowResult
+from diffloc.tracing.statistics import check_items, mean_interval
 from diffloc.tracing.store import Job, run_jobs
 
 logger = logging.getLogger(__name__)
@@ -115,10 +116,15 @@ def locogen(
         progress: called with (runs done, runs total).
 
     Returns:
-        :class:`WindowResult`; ``best_sites`` feeds LocoEdit.
+        :class:`WindowResult` with each window's mean score and its bootstrap interval over items (prompt ×
+        seed); ``best_sites`` feeds LocoEdit.
+
+    Raises:
+        ConfigError: too few items for an interval, a window longer than the model's cross-attention layers.
     """
     config = config or LocoGenConfig()
     prompt_list = _prompts(prompts)
+    check_items(len(prompt_list) * len(config.seeds), config.intervals)
     if not target_prompt.strip():
         raise PromptError("target prompt is empty; give the text the window should read, e.g. 'a painting'")
     scorer.check(attribute)
@@ -129,7 +135,7 @@ def locogen(
         Job(
             spec=_item_spec(
                 model, weights, "locogen", prompt, seed, target=target_prompt, attribute=attribute, scorer=scorer.name,
-                windows=windows, config=config.to_dict(),
+                windows=windows, config=config.item_dict(),
             ),
             runs=len(windows) + 1,
             compute=partial(_window_item, model, prompt, seed, target_prompt, windows, attribute, scorer, config),
@@ -144,6 +150,7 @@ def locogen(
         original_score=float(np.mean([it["original"] for it in items])),
         mode=config.mode,
         items=items,
+        interval=mean_interval(np.asarray([it["scores"] for it in items]), config.intervals),
         meta={
             "model": model.source, "family": model.family, "prompts": prompt_list, "target_prompt": target_prompt,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),

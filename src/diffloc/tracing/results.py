@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -17,11 +18,38 @@ from diffloc.errors import DifflocError
 #: a trace whose corrupted score is within this fraction of its clean one measured nothing: its indirect effects
 #: divide by a near-zero gap
 NEGLIGIBLE_GAP = 0.05
+#: a control site (one that cannot read the text) whose |indirect effect| exceeds this flags the trace: its
+#: restores carry something besides the text's path through the site (e.g. the clean trajectory's latent)
+CONTROL_LIMIT = 0.1
 
 
 def negligible_gap(clean: float, corrupted: float) -> bool:
     """Whether the corruption left the attribute (clean ≈ corrupted, within :data:`NEGLIGIBLE_GAP`)."""
     return abs(clean - corrupted) < NEGLIGIBLE_GAP * max(abs(clean), abs(corrupted), 1e-12)
+
+
+def json_values(array: np.ndarray | None) -> Any:
+    """An array as nested lists for JSON, with NaN/inf as ``null`` (JSON has no NaN)."""
+    if array is None:
+        return None
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return float(value) if math.isfinite(value) else None
+
+    return clean(np.asarray(array, dtype=float).tolist())
+
+
+def array_from_json(values: Any) -> np.ndarray:
+    """Nested lists with ``null`` (see :func:`json_values`) back to a float array, ``null`` as NaN."""
+
+    def restore(value: Any) -> Any:
+        if isinstance(value, list):
+            return [restore(v) for v in value]
+        return math.nan if value is None else value
+
+    return np.asarray(restore(values), dtype=float)
 
 
 def _save(directory: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
@@ -42,26 +70,36 @@ def _load(directory: str | Path, kind: tuple[str, ...]) -> tuple[dict[str, Any],
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, KeyError) as exc:
         raise DifflocError(f"no readable result in {str(path)!r} ({type(exc).__name__})") from None
-    if meta.get("kind") not in kind:
-        raise DifflocError(f"{str(path)!r} holds a {meta.get('kind')!r} result, expected {' or '.join(kind)}")
+    if not isinstance(meta, dict) or meta.get("kind") not in kind:
+        found = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+        raise DifflocError(f"{str(path)!r} holds a {found!r} result, expected {' or '.join(kind)}")
     return meta, arrays
 
 
 @dataclass(frozen=True, kw_only=True)
 class TraceResult:
-    """Causal-tracing result, aggregated (mean) over prompts and seeds.
+    """Causal-tracing result over prompts × seeds (each (prompt, seed) is one *item*).
 
     Attributes:
-        kind: ``"unet"`` (one score per site) or ``"text"`` (scores per state kind × layer × token).
-        scores: ``(n_sites,)`` for ``unet``; ``(n_kinds, n_layers, n_tokens)`` for ``text``.
-        labels: site names (``unet``) or state kinds (``text``: ``layer``, ``attn``, ``mlp``; SD-XL adds
-            ``text2.*`` kinds).
-        tokens: the prompt's tokens (``text``; one prompt) or ``[]``.
+        kind: ``"unet"`` (one score per restored site or group) or ``"text"`` (scores per state kind × layer ×
+            token).
+        scores: mean restored score over items: ``(n_sites,)`` for ``unet``; ``(n_kinds, n_layers, n_tokens)``
+            for ``text``.
+        labels: site names (``unet``; a group is ``a+b+…``) or state kinds (``text``: ``text.layer``,
+            ``text.attn``, ``text.mlp``; SD-XL adds ``text2.*``).
         clean_score, corrupt_score: mean scores of the clean and corrupted runs.
         subject_range: token range of the subject in the (first) prompt.
-        noise: the corruption std actually used.
-        items: per (prompt, seed) scores.
-        meta: model, prompts, subject, attribute, scorer, config, version.
+        noise: the corruption std actually used (the first text encoder's; ``meta["noise_per_encoder"]`` has all).
+        tokens: the prompt's tokens (``text``; one prompt) or ``[]``.
+        items: per-item scores (prompt, seed, clean, corrupted, scores).
+        meta: model, prompts, subject, attribute, scorer, config, ``restore_from``, version.
+        interval: ``(2, …)`` bootstrap interval of :attr:`indirect_effect` over items (lower, upper), or ``None``
+            (intervals off, or a result saved without them).
+        controls: labels of the control sites: sites that cannot read the text at a step (before the first
+            cross-attention in execution order, when no text reaches the time embedding). Under the
+            ``same-latent`` restore source their effect is 0 by construction; a larger one flags the trace.
+        selection: causal-site selection (rule, threshold τ chosen on validation items, both item sets, the
+            sites above τ on the test items), or ``None`` when no validation items were given.
     """
 
     kind: str
@@ -74,6 +112,19 @@ class TraceResult:
     tokens: list[str] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    interval: np.ndarray | None = None
+    controls: list[str] = field(default_factory=list)
+    selection: dict[str, Any] | None = None
+
+    @property
+    def n_items(self) -> int:
+        """Number of (prompt, seed) items the means are taken over."""
+        return len(self.items)
+
+    @property
+    def restore_from(self) -> str:
+        """Where restores read their clean value (``same-latent``, ``trajectory``; ``encoding`` for text)."""
+        return str(self.meta.get("restore_from", "trajectory" if self.kind == "unet" else "encoding"))
 
     @property
     def indirect_effect(self) -> np.ndarray:
@@ -83,12 +134,28 @@ class TraceResult:
             return np.zeros_like(self.scores)
         return (self.scores - self.corrupt_score) / gap
 
-    def top(self, k: int = 5) -> list[tuple[str, float]]:
+    @property
+    def control_effects(self) -> dict[str, float]:
+        """Indirect effect of each control site."""
+        if self.kind != "unet":
+            return {}
+        effect = self.indirect_effect
+        return {label: float(effect[self.labels.index(label)]) for label in self.controls if label in self.labels}
+
+    @property
+    def controls_flagged(self) -> bool:
+        """Whether some control's |indirect effect| exceeds :data:`CONTROL_LIMIT`."""
+        return any(abs(v) > CONTROL_LIMIT for v in self.control_effects.values())
+
+    def top(self, k: int = 5, *, include_controls: bool = True) -> list[tuple[str, float]]:
         """The ``k`` sites (``unet``) with the highest indirect effect."""
         if self.kind != "unet":
             raise DifflocError("top() ranks UNet sites; for text traces read indirect_effect[kind, layer, token]")
-        order = np.argsort(-self.indirect_effect)[:k]
-        return [(self.labels[i], float(self.indirect_effect[i])) for i in order]
+        effect = self.indirect_effect
+        order = [int(i) for i in np.argsort(-effect, kind="stable")]
+        if not include_controls:
+            order = [i for i in order if self.labels[i] not in self.controls]
+        return [(self.labels[i], float(effect[i])) for i in order[:k]]
 
     def save(self, directory: str | Path) -> Path:
         """Write ``result.json`` + ``result.npz`` atomically."""
@@ -100,17 +167,32 @@ class TraceResult:
             "corrupt_score": self.corrupt_score,
             "subject_range": list(self.subject_range),
             "noise": self.noise,
+            "n_items": self.n_items,
+            "restore_from": self.restore_from,
+            "controls": self.controls,
+            "control_effects": self.control_effects,
+            "controls_flagged": self.controls_flagged,
+            "control_limit": CONTROL_LIMIT,
+            "selection": self.selection,
             "items": self.items,
             "meta": {"diffloc_version": __version__, **self.meta},
-            "scores": np.asarray(self.scores).tolist(),
-            "indirect_effect": np.asarray(self.indirect_effect).tolist(),
+            "scores": json_values(self.scores),
+            "indirect_effect": json_values(self.indirect_effect),
+            "interval": json_values(self.interval),
         }
-        return _save(directory, meta, {"scores": np.asarray(self.scores), "indirect_effect": self.indirect_effect})
+        arrays = {"scores": np.asarray(self.scores), "indirect_effect": self.indirect_effect}
+        if self.interval is not None:
+            arrays["interval"] = np.asarray(self.interval)
+        return _save(directory, meta, arrays)
 
     @classmethod
     def load(cls, directory: str | Path) -> TraceResult:
-        """Load a result written by :meth:`save`."""
+        """Load a result written by :meth:`save` (also by versions that wrote no intervals or controls)."""
         meta, arrays = _load(directory, ("unet", "text"))
+        extra = dict(meta["meta"])
+        extra.setdefault(
+            "restore_from", meta.get("restore_from", "trajectory" if meta["kind"] == "unet" else "encoding")
+        )
         return cls(
             kind=meta["kind"],
             scores=arrays["scores"],
@@ -121,7 +203,10 @@ class TraceResult:
             noise=float(meta["noise"]),
             tokens=list(meta["tokens"]),
             items=list(meta["items"]),
-            meta=dict(meta["meta"]),
+            meta=extra,
+            interval=arrays.get("interval"),
+            controls=list(meta.get("controls", [])),
+            selection=meta.get("selection"),
         )
 
 
@@ -136,6 +221,7 @@ class WindowResult:
         mode: ``remove`` (best = lowest score) or ``update`` (best = highest).
         items: per (prompt, seed) scores.
         meta: model, prompts, target prompt, attribute, scorer, config, version.
+        interval: ``(2, n_windows)`` bootstrap interval of each window's mean score over items, or ``None``.
     """
 
     windows: list[list[str]]
@@ -144,6 +230,12 @@ class WindowResult:
     mode: str
     items: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    interval: np.ndarray | None = None
+
+    @property
+    def n_items(self) -> int:
+        """Number of (prompt, seed) items the means are taken over."""
+        return len(self.items)
 
     @property
     def best_index(self) -> int:
@@ -165,19 +257,24 @@ class WindowResult:
         meta = {
             "kind": "locogen",
             "windows": self.windows,
-            "scores": np.asarray(self.scores).tolist(),
+            "scores": json_values(self.scores),
             "original_score": self.original_score,
             "mode": self.mode,
             "best_index": self.best_index,
             "best_sites": self.best_sites,
+            "n_items": self.n_items,
+            "interval": json_values(self.interval),
             "items": self.items,
             "meta": {"diffloc_version": __version__, **self.meta},
         }
-        return _save(directory, meta, {"scores": np.asarray(self.scores)})
+        arrays = {"scores": np.asarray(self.scores)}
+        if self.interval is not None:
+            arrays["interval"] = np.asarray(self.interval)
+        return _save(directory, meta, arrays)
 
     @classmethod
     def load(cls, directory: str | Path) -> WindowResult:
-        """Load a result written by :meth:`save`."""
+        """Load a result written by :meth:`save` (also by versions that wrote no intervals)."""
         meta, arrays = _load(directory, ("locogen",))
         return cls(
             windows=[list(w) for w in meta["windows"]],
@@ -186,4 +283,5 @@ class WindowResult:
             mode=meta["mode"],
             items=list(meta["items"]),
             meta=dict(meta["meta"]),
+            interval=arrays.get("interval"),
         )
