@@ -22,6 +22,7 @@ cases:
     kind: style
     concept: van gogh
     target: painting
+    locoedit_target: a painting
     mode: remove
     attribute: a painting in the style of van gogh
     prompts: [a house in the style of van gogh]
@@ -64,10 +65,16 @@ def test_reproduce_on_a_tiny_model(tmp_path, tiny_clip_dir):
     (tmp_path / "suite.yaml").write_text(SUITE)
     suite = str(tmp_path / "suite.yaml")
     code = main(["reproduce", "--model", "tiny-sd1", "--clip", str(tiny_clip_dir), "--suite", suite,
-                 "--steps", "2", "--trace-seeds", "0", "--max-batch", "24", "--out", str(tmp_path / "r")])  # fmt: skip
+                 "--steps", "2", "--trace-seeds", "0", "--max-batch", "24", "--bootstrap", "0",
+                 "--out", str(tmp_path / "r")])  # fmt: skip
     assert code == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert len(summary["cases"]["style-vg"]["locogen"]["best_sites"]) == 2
     config = summary["demo_config"]  # the papers' protocol, not the demo's ShapesWorld choices
     assert config["noise"] is None and not config["locogen_widen"] and config["locoedit_positions"] == "subject"
+    assert config["edit_templates"] == "reference"  # the Diff-QuickFix notebook's four templates, loco_edit.py's
+    requests = {m: json.loads((tmp_path / "r" / "edits" / "style-vg" / m / "edit.json").read_text())["request"]
+                for m in ("quickfix", "locoedit")}  # fmt: skip
+    assert requests["quickfix"]["targets"] == ["painting"] and requests["locoedit"]["targets"] == ["a painting"]
+    assert all(r["default_templates"] and r["templates"] == [] for r in requests.values())
     assert (tmp_path / "r" / "report.html").is_file()

@@ -33,17 +33,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the suite's, 50)")
     parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds for tracing")
     parser.add_argument("--max-batch", type=int, default=8, help="most runs per UNet batch (default 8)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=2000,
+        help="bootstrap resamples of the 95%% intervals over items (at least 3 items); 0: no interval",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
     suite = load_suite(args.suite or shipped_suite_path("van-gogh"))
-    config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps or suite.steps, guidance=suite.guidance,
-                        max_batch=args.max_batch, locogen_window=2, trace_prompts=2,
-                        # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token
+    config = DemoConfig(trace_seeds=tuple(args.trace_seeds), text_seeds=tuple(args.trace_seeds),
+                        steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=args.max_batch,
+                        locogen_window=2, trace_prompts=2, bootstrap=args.bootstrap,
+                        # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token, each
+                        # editor with its reference templates (the Diff-QuickFix notebook's four, loco_edit.py's)
                         noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
-                        locoedit_target_mode="bare", preserve_weight=1.0)  # fmt: skip
+                        locoedit_target_mode="bare", preserve_weight=1.0, edit_templates="reference")  # fmt: skip
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config)

@@ -58,6 +58,8 @@ class ConceptCase:
         preserve: concepts the edit keeps in the same solve (UCE-style preservation set), e.g. other artists.
         preserve_prompts: whole captions the edit keeps at every token position. They must not be neighbour
             or held-out prompts, which would make the specificity/generalization measurement circular.
+        locoedit_target: LocoEdit's target when it differs from ``target`` (the reference ``loco_edit.py`` maps
+            to "a painting" where the Diff-QuickFix notebook maps to "painting"); ``""``: ``target``.
     """
 
     name: str
@@ -73,6 +75,7 @@ class ConceptCase:
     target_prompt: str = ""
     preserve: tuple[str, ...] = ()
     preserve_prompts: tuple[str, ...] = ()
+    locoedit_target: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("style", "object", "fact"):
@@ -91,6 +94,8 @@ class ConceptCase:
                 )
         if not self.target_prompt:
             object.__setattr__(self, "target_prompt", self.prompts[0].replace(self.concept, self.target))
+        if not isinstance(self.locoedit_target, str):
+            raise ConfigError(f"case {self.name!r}: locoedit_target must be a string, got {self.locoedit_target!r}")
         measured = {" ".join(p.lower().split()) for p in (*self.heldout, *(n.prompt for n in self.neighbours))}
         for prompt in self.preserve_prompts:
             if " ".join(prompt.lower().split()) in measured:
