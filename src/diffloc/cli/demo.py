@@ -6,12 +6,8 @@ import argparse
 import time
 
 from diffloc.atomic import ensure_writable_dir
-from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
-from diffloc.demo import DemoConfig, run_demo
-from diffloc.editing.locoedit import edited_layers
-from diffloc.eval.scorers import scorer_for
-from diffloc.eval.suite import load_suite, shipped_suite_path
-from diffloc.models.registry import load
+from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
+from diffloc.cli.sweep_args import add_scorer_arguments, add_seeds_argument, noise_value, seeds_of
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +22,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
-    parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0], help="seeds for tracing/LocoGen (default 0)")
+    add_seeds_argument(parser, default=(0,), help="seeds for tracing and LocoGen (evaluation uses the suite's)",
+                       aliases=("--trace-seeds",))  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
         "that halves the attribute's score in every traced image",
     )  # fmt: skip
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -40,24 +38,31 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from tqdm import tqdm
 
+    from diffloc.demo import DemoConfig, run_demo
+    from diffloc.editing.locoedit import edited_layers
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.eval.suite import load_suite, shipped_suite_path
+    from diffloc.models.registry import load
+
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
-    config = DemoConfig(trace_seeds=tuple(args.trace_seeds), steps=args.steps, max_batch=args.max_batch,
+    config = DemoConfig(trace_seeds=seeds_of(args), steps=args.steps, max_batch=args.max_batch,
                         guidance=suite.guidance, noise=args.noise)  # fmt: skip
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    start = time.perf_counter()
-    bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        start = time.perf_counter()
+        bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 
-    def progress(stage: str, done: int, total: int) -> None:
-        bar.set_postfix_str(stage)
-        bar.n = done
-        bar.refresh()
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_postfix_str(stage)
+            bar.n = done
+            bar.refresh()
 
-    try:
-        summary = run_demo(model, suite, scorer, out, config=config, progress=progress)
-    finally:
-        bar.close()
+        try:
+            summary = run_demo(model, suite, scorer, out, config=config, progress=progress, executor=executor)
+        finally:
+            bar.close()
     for name, entry in summary["cases"].items():
         for method, ev in entry["eval"].items():
             key = "target" if entry["mode"] == "update" else "concept"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from diffloc import __version__
-from diffloc.errors import DifflocError
+from diffloc.errors import DifflocError, SweepIncomplete
 
 COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "demo", "reproduce", "world")
 
@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _no_library_progress_bars()
     try:
         return int(args.func(args) or 0)
+    except SweepIncomplete as exc:  # one shard did its share: not an error, and no result to show yet
+        print(f"diffloc: {exc}")
+        return 0
     except DifflocError as exc:
         print(f"diffloc: error: {exc}", file=sys.stderr)
         return 1

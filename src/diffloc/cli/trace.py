@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
+from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
 from diffloc.errors import PromptError
-from diffloc.eval.scorers import scorer_for
-from diffloc.models.registry import load
-from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
-from diffloc.tracing.causal import TEXT_KINDS, causal_trace, first_item_images, trace_text
-from diffloc.tracing.config import TraceConfig
+from diffloc.sites import TEXT_STATE_KINDS
+
+if TYPE_CHECKING:
+    from diffloc.models.base import LoadedModel
+    from diffloc.tracing.results import TraceResult
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +45,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         if target == "unet":
             sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")
         else:
-            sub.add_argument("--kinds", nargs="+", default=list(TEXT_KINDS), choices=TEXT_KINDS, help="state kinds")
+            sub.add_argument(
+                "--kinds", nargs="+", default=list(TEXT_STATE_KINDS), choices=TEXT_STATE_KINDS, help="state kinds"
+            )
         sub.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Trace and write results and plots."""
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.models.registry import load
+    from diffloc.tracing.causal import causal_trace, trace_text
+    from diffloc.tracing.config import TraceConfig
+
     auto = args.noise == "auto"
     config = TraceConfig(noise=None if auto else args.noise, **sweep_kwargs(args))  # type: ignore[arg-type]
     if args.target == "text" and len(args.prompt) != 1:
@@ -55,31 +65,44 @@ def run(args: argparse.Namespace) -> int:
             f"text tracing takes one prompt (token positions differ between prompts); got {len(args.prompt)}"
         )
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    if auto:
-        from diffloc.tracing.calibrate import calibrate_noise
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        if auto:
+            from diffloc.tracing.calibrate import calibrate_noise
 
-        calibration = calibrate_noise(model, args.prompt, args.subject, args.attribute, scorer=scorer, config=config)
-        write_json_atomic(out / "noise.json", calibration.to_dict())
-        config = replace(config, noise=calibration.noise)
-        print(
-            f"noise {calibration.noise:.4g} ({calibration.multiplier:g} × embedding std "
-            f"{calibration.embedding_std:.4g}); "
-            f"clean {calibration.clean:.3f}, corrupted by multiplier: "
-            + ", ".join(f"{k}× {v:.3f}" for k, v in calibration.corrupted.items())
-        )
-    with progress_bar(f"trace {args.target}", unit="run") as progress:
-        if args.target == "unet":
-            result = causal_trace(
-                model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
-                config=config, out=out, progress=progress,
-            )  # fmt: skip
-        else:
-            result = trace_text(
-                model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
-                config=config, out=out, progress=progress,
-            )  # fmt: skip
+            calibration = calibrate_noise(
+                model, args.prompt, args.subject, args.attribute, scorer=scorer, config=config
+            )
+            write_json_atomic(out / "noise.json", calibration.to_dict())
+            config = replace(config, noise=calibration.noise)
+            print(
+                f"noise {calibration.noise:.4g} ({calibration.multiplier:g} × embedding std "
+                f"{calibration.embedding_std:.4g}); "
+                f"clean {calibration.clean:.3f}, corrupted by multiplier: "
+                + ", ".join(f"{k}× {v:.3f}" for k, v in calibration.corrupted.items())
+            )
+        with progress_bar(f"trace {args.target}", unit="run") as progress:
+            if args.target == "unet":
+                result = causal_trace(
+                    model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
+                    config=config, out=out, progress=progress, executor=executor,
+                )  # fmt: skip
+            else:
+                result = trace_text(
+                    model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
+                    config=config, out=out, progress=progress, executor=executor,
+                )  # fmt: skip
+    _write_plots(model, result, out)
+    print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
+    return 0
+
+
+def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
+    """``trace.png`` (and for the UNet ``strip.png``: the first item's clean, corrupted and best restored runs)."""
+    from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
+    from diffloc.tracing.causal import first_item_images
+
     if result.kind == "unet":
         save_figure(plot_unet_trace(result), out / "trace.png")
         images = first_item_images(model, result)
@@ -90,5 +113,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         save_figure(plot_text_trace(result), out / "trace.png")
         print(f"clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}")
-    print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
-    return 0

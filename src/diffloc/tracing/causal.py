@@ -22,9 +22,10 @@ from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError, PromptError, UnknownSiteError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
-from diffloc.sites import SiteKind
+from diffloc.sites import TEXT_STATE_KINDS, SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.executors import Executor
 from diffloc.tracing.results import TraceResult
 from diffloc.tracing.store import Job, run_jobs
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: ``progress(done, total)`` over the runs of a sweep
 ProgressFn = Callable[[int, int], None]
-TEXT_KINDS = ("layer", "attn", "mlp")
+TEXT_KINDS = TEXT_STATE_KINDS
 
 
 def embedding_noise(model: LoadedModel, config: TraceConfig) -> float:
@@ -117,6 +118,7 @@ def causal_trace(
     config: TraceConfig | None = None,
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> TraceResult:
     """Trace which UNet sites carry the attribute.
 
@@ -134,6 +136,7 @@ def causal_trace(
         config: sweep settings.
         out: directory for resumable per-item results and the final result (``None``: keep nothing on disk).
         progress: called with (runs done, runs total).
+        executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
 
     Returns:
         :class:`TraceResult` (``kind="unet"``).
@@ -142,6 +145,7 @@ def causal_trace(
         PromptError: subject missing from a prompt, empty prompts.
         UnknownSiteError: empty or non-UNet site selection.
         ConfigError, DifflocError: bad settings or an attribute the scorer cannot score.
+        SweepIncomplete: ``executor`` is one shard and other shards' items are still missing.
     """
     config = config or TraceConfig()
     prompt_list = _prompts(prompts)
@@ -158,15 +162,15 @@ def causal_trace(
             ),
             runs=len(groups) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed,
-                CorruptTokens(positions=ranges[prompt], std=noise, noise_seed=config.noise_seed + seed),
-                [Restore(sites=group, source=0) for group in groups], attribute, scorer, config,
+                _restore_item, prompt=prompt, seed=seed,
+                corrupt=CorruptTokens(positions=ranges[prompt], std=noise, noise_seed=config.noise_seed + seed),
+                restores=[Restore(sites=group, source=0) for group in groups], attribute=attribute, config=config,
             ),
         )
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
-    items, store = run_jobs(jobs, out, progress)
+    items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     result = TraceResult(
         kind="unet",
         scores=np.mean([it["scores"] for it in items], axis=0),
@@ -209,6 +213,7 @@ def trace_text(
     config: TraceConfig | None = None,
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 
@@ -254,15 +259,15 @@ def trace_text(
             ),
             runs=len(grid) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed,
-                CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed),
-                [Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
-                attribute, scorer, config,
+                _restore_item, prompt=prompt, seed=seed,
+                corrupt=CorruptTokens(positions=subject_range, std=noise, noise_seed=config.noise_seed + seed),
+                restores=[Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
+                attribute=attribute, config=config,
             ),
         )
         for seed in config.seeds
     ]  # fmt: skip
-    items, store = run_jobs(jobs, out, progress)
+    items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     mean = np.mean([it["scores"] for it in items], axis=0)
     cube = np.full((len(states), n_layers, len(spans)), np.nan)
     for value, (ki, layer, pos, _) in zip(mean, grid, strict=True):
