@@ -48,6 +48,16 @@ def _ignore(_: int) -> None:
     return None
 
 
+def _quiet_worker() -> None:
+    """No library progress bars or notices from workers: Ray forwards their output to the caller's terminal."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 class SweepWorker:
     """A Ray actor: loads the model and scorer of a :class:`WorkerSetup` on first use and computes items."""
 
@@ -60,6 +70,7 @@ class SweepWorker:
         if self.model is None or self.scorer is None:
             import ray
 
+            _quiet_worker()
             model = self.setup.model.load("cuda" if ray.get_gpu_ids() else "cpu")
             check_same_weights(model, self.setup.weights)
             self.model, self.scorer = model, self.setup.scorer()
