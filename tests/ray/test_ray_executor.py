@@ -170,6 +170,7 @@ def test_cli_driver_killed_mid_sweep_then_rerun_loses_and_recomputes_nothing(loc
     assert all((out / "items" / name).stat().st_mtime_ns == stamp for name, stamp in finished.items())
     resumed = TraceResult.load(out)
     assert resumed.meta["items_reused"] == len(finished) and resumed.meta["items_computed"] == 6 - len(finished)
+    config = TraceConfig(seeds=(0, 1, 2), steps=3, guidance=5.0, max_batch=9)
     fresh = causal_trace(model, PROMPTS, "van gogh", "van gogh style", scorer=ClipScorer.from_dir(tiny_clip_dir),
-                         sites="unet.xattn.*", config=TraceConfig(seeds=(0, 1, 2), steps=3, guidance=5.0, max_batch=9))  # fmt: skip
+                         sites="unet.xattn.*", config=config)  # fmt: skip
     np.testing.assert_array_equal(resumed.scores, fresh.scores)

@@ -113,7 +113,7 @@ def test_what_workers_cannot_rebuild_is_refused(tiny_sd1, tiny_clip_dir):
     rebuilt = WorkerSetup.of(_named(tiny_sd1), from_dir).scorer()
     assert isinstance(rebuilt, ClipScorer) and rebuilt.directory == from_dir.directory
     in_memory = ClipScorer(CLIPModel.from_pretrained(tiny_clip_dir), AutoTokenizer.from_pretrained(tiny_clip_dir))
-    with pytest.raises(ConfigError, match="ClipScorer.from_dir"):
+    with pytest.raises(ConfigError, match=r"ClipScorer\.from_dir"):
         WorkerSetup.of(_named(tiny_sd1), in_memory)
     assert DetectorScorer().reference() is DetectorScorer
 
@@ -172,4 +172,6 @@ def test_ray_missing_is_a_one_line_error_naming_the_extra(tmp_path, capsys, monk
                  "--attribute", "x", "--out", str(tmp_path), "--ray"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
-    assert err[0] == 'diffloc: error: --ray needs Ray, which is not installed here; install it with pip install "diffloc[ray]"'
+    assert err[0] == (
+        'diffloc: error: --ray needs Ray, which is not installed here; install it with pip install "diffloc[ray]"'
+    )
