@@ -3,6 +3,9 @@
 Each command lives in its own module exposing ``add_parser(subparsers)``; that function registers the
 sub-command and sets ``func`` on its parser to a callable ``run(args) -> int``. Errors of the
 :class:`~diffloc.errors.DifflocError` family are printed as one line, never as a traceback.
+
+Command modules import torch, diffusers and matplotlib inside ``run``, never at module level, so that
+``diffloc --help`` and every command's ``--help`` answer at once (a test checks no such module is loaded).
 """
 
 from __future__ import annotations
