@@ -175,3 +175,12 @@ def test_ray_missing_is_a_one_line_error_naming_the_extra(tmp_path, capsys, monk
     assert err[0] == (
         'diffloc: error: --ray needs Ray, which is not installed here; install it with pip install "diffloc[ray]"'
     )
+
+
+def test_a_model_directory_reaches_workers_by_its_absolute_path(tiny_sd1, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    (tmp_path / "my-sd").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert ModelRef.of(replace(tiny_sd1, source="my-sd")).source == str(tmp_path / "my-sd")
+    assert ModelRef.of(replace(tiny_sd1, source="shapesworld")).source == "shapesworld"

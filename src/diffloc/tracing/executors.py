@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from diffloc.errors import ConfigError, DifflocError
@@ -160,7 +161,11 @@ class ModelRef:
                 "(diffloc.load('shapesworld'), a directory, a cached id), not from a pipeline object"
             )
         options = tuple(sorted((k, v) for k, v in model.load_options.items() if k != "device"))
-        return ModelRef(model.source, options)
+        source = model.source
+        named = source == "shapesworld" or source.startswith("tiny-")  # names diffloc.load resolves itself
+        if not named and Path(source).expanduser().is_dir():
+            source = str(Path(source).expanduser().resolve())  # workers do not start in the caller's directory
+        return ModelRef(source, options)
 
     def load(self, device: str) -> LoadedModel:
         """Load the model on ``device``."""
