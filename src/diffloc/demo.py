@@ -25,13 +25,14 @@ import torch
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.engine.generate import GenerationConfig, generate
-from diffloc.errors import ConfigError
+from diffloc.errors import ConfigError, SweepIncomplete
 from diffloc.eval.scorers import Scorer
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
 from diffloc.models.base import LoadedModel
 from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, plot_windows, save_figure
 from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.executors import Executor, ShardExecutor
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
 
@@ -82,7 +83,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
-        from diffloc.engine.interventions import RESTORE_SOURCES
+        from diffloc.engine.sources import RESTORE_SOURCES
 
         if isinstance(self.noise, str) and self.noise != "auto":
             raise ConfigError(f"noise must be a number >= 0, 'auto' or None, got {self.noise!r}")
@@ -140,8 +141,15 @@ def run_demo(
     *,
     config: DemoConfig | None = None,
     progress: StageFn | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Run every stage for every case; returns the summary written to ``summary.json``."""
+    """Run every stage for every case; returns the summary written to ``summary.json``.
+
+    ``executor`` computes the items of the sweeps (traces, LocoGen, evaluation): this process by default, or Ray
+    workers (:mod:`diffloc.tracing.executors`). A :class:`~diffloc.tracing.executors.ShardExecutor` computes
+    its share of every trace and LocoGen sweep it can reach and then raises :class:`SweepIncomplete`: the edits
+    and the evaluation, which need the finished localization, are left to a run without a shard.
+    """
     config = config or DemoConfig()
     config.check_items(suite)
     reuse = _same_run(out, run_key(model, suite, scorer, config))
@@ -159,15 +167,46 @@ def run_demo(
         if progress is not None:
             progress(stage if runs is None else f"{stage} {runs[0]}/{runs[1]} runs", done, total)
 
-    shared: dict[str, Any] = {"reuse": reuse}  # + the unedited measurement, reused by every evaluation
+    # + the unedited measurement, reused by every evaluation; the sweeps a shard left incomplete
+    shared: dict[str, Any] = {"reuse": reuse, "executor": executor, "incomplete": []}
     for case in suite.cases:
-        summary["cases"][case.name] = _run_case(model, suite, scorer, out, case, config, timings, tick, shared)
+        entry = _run_case(model, suite, scorer, out, case, config, timings, tick, shared)
+        if entry is not None:
+            summary["cases"][case.name] = entry
+    if isinstance(executor, ShardExecutor):
+        raise _shard_done(executor, shared["incomplete"])
     summary["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     write_json_atomic(out / "summary.json", summary)
     from diffloc.report.html import write_report
 
     write_report(out, summary, suite)
     return summary
+
+
+def _shard_done(shard: ShardExecutor, incomplete: list[SweepIncomplete]) -> SweepIncomplete:
+    """What a shard of the demo did, and what is left to do."""
+    if not incomplete:
+        return SweepIncomplete(
+            f"{shard.describe()}: every trace and LocoGen sweep is complete; run without --shard to compute the "
+            "edits, the evaluation and the report",
+            computed=0, reused=0, missing=0,
+        )  # fmt: skip
+    computed, reused, missing = (sum(getattr(e, k) for e in incomplete) for k in ("computed", "reused", "missing"))
+    return SweepIncomplete(
+        f"{shard.describe()}: computed {computed} items of {len(incomplete)} incomplete sweeps ({reused} were done "
+        f"before, {missing} belong to other shards); run every shard, then once without --shard to finish (later "
+        "LocoGen window sizes, edits, evaluation, report)",
+        computed=computed, reused=reused, missing=missing,
+    )  # fmt: skip
+
+
+def _sweep(shared: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``, or ``None`` when it is a shard's incomplete share of a sweep (recorded in ``shared``)."""
+    try:
+        return compute()
+    except SweepIncomplete as exc:
+        shared["incomplete"].append(exc)
+        return None
 
 
 def run_key(model: LoadedModel, suite: EvalSuite, scorer: Scorer, config: DemoConfig) -> dict[str, Any]:
@@ -208,8 +247,8 @@ def _run_case(
     timings: dict[str, float],
     tick: Callable[..., None],
     shared: dict[str, Any],
-) -> dict[str, Any]:
-    """All stages of one case; returns its summary entry."""
+) -> dict[str, Any] | None:
+    """All stages of one case; returns its summary entry (``None``: a shard stops before the edits)."""
     from diffloc.editing.edit import Edit
     from diffloc.editing.locoedit import LocoEditConfig
     from diffloc.editing.quickfix import QuickFixConfig
@@ -232,12 +271,15 @@ def _run_case(
         entry["noise"] = calibration
         noise = float(calibration["noise"])
         timings[f"{case.name}/noise"] = time.perf_counter() - start
-    unet, reused = _cached(shared["reuse"], base / "unet", "result.json", TraceResult.load, lambda: causal_trace(
-        model, prompts, case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.trace_seeds, noise=noise, restore_from=config.restore_from, **sweep),
-        validation_prompts=validation, out=base / "unet",
-        progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t))))  # fmt: skip
-    save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
+    executor = shared["executor"]
+    unet, reused = _cached(shared["reuse"], base / "unet", "result.json", TraceResult.load, lambda: _sweep(
+        shared, lambda: causal_trace(
+            model, prompts, case.concept, case.attribute, scorer=scorer,
+            config=TraceConfig(seeds=config.trace_seeds, noise=noise, restore_from=config.restore_from, **sweep),
+            validation_prompts=validation, out=base / "unet",
+            progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t)), executor=executor)))  # fmt: skip
+    if unet is not None:
+        save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
     start = time.perf_counter()
@@ -249,22 +291,27 @@ def _run_case(
                                       base / "text-noise.json", reuse=shared["reuse"])  # fmt: skip
         entry["text_noise"] = text_calibration
         text_noise = float(text_calibration["noise"])
-    text, reused = _cached(shared["reuse"], base / "text", "result.json", TraceResult.load, lambda: trace_text(
-        model, prompts[0], case.concept, case.attribute, scorer=scorer,
-        config=TraceConfig(seeds=config.text_seeds, noise=text_noise, **sweep), out=base / "text",
-        progress=lambda d, t: tick(f"{case.name}: trace text", (d, t))))  # fmt: skip
-    save_figure(plot_text_trace(text), base / "text" / "trace.png")
+    text, reused = _cached(shared["reuse"], base / "text", "result.json", TraceResult.load, lambda: _sweep(
+        shared, lambda: trace_text(
+            model, prompts[0], case.concept, case.attribute, scorer=scorer,
+            config=TraceConfig(seeds=config.text_seeds, noise=text_noise, **sweep), out=base / "text",
+            progress=lambda d, t: tick(f"{case.name}: trace text", (d, t)), executor=executor)))  # fmt: skip
+    if text is not None:
+        save_figure(plot_text_trace(text), base / "text" / "trace.png")
     timings[f"{case.name}/trace-text"] = 0.0 if reused else time.perf_counter() - start
     tick("trace text")
     start = time.perf_counter()
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     window_dir = out / "locogen" / case.name
     sizes = tuple(k * config.locogen_window for k in (1, 2, 4, 8))
-    windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: locogen_search(
-        model, prompts, case.target_prompt, attribute, scorer=scorer,
-        config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
-        sizes=sizes if config.locogen_widen else sizes[:1],
-        out=window_dir, progress=lambda d, t: tick(f"{case.name}: locogen", (d, t))))  # fmt: skip
+    windows, reused = _cached(shared["reuse"], window_dir, "result.json", WindowResult.load, lambda: _sweep(
+        shared, lambda: locogen_search(
+            model, prompts, case.target_prompt, attribute, scorer=scorer,
+            config=LocoGenConfig(seeds=config.trace_seeds, window=config.locogen_window, mode=case.mode, **sweep),
+            sizes=sizes if config.locogen_widen else sizes[:1], out=window_dir,
+            progress=lambda d, t: tick(f"{case.name}: locogen", (d, t)), executor=executor)))  # fmt: skip
+    if isinstance(executor, ShardExecutor) or unet is None or text is None or windows is None:
+        return None
     save_figure(plot_windows(windows), window_dir / "windows.png")
     timings[f"{case.name}/locogen"] = 0.0 if reused else time.perf_counter() - start
     tick("locogen")
@@ -310,8 +357,9 @@ def _run_case(
 
         def compute_report(edit: Any = edit, case: ConceptCase = case, report_path: Path = report_path) -> Any:
             if "before" not in shared:
-                shared["before"] = measure(model, suite, scorer, list(suite.cases))
-            report = evaluate(model, edit, suite, scorer=scorer, cases=[case.name], before=shared["before"])
+                shared["before"] = measure(model, suite, scorer, list(suite.cases), out=out / "eval", executor=executor)
+            report = evaluate(model, edit, suite, scorer=scorer, cases=[case.name], before=shared["before"],
+                              out=out / "eval", executor=executor)  # fmt: skip
             report.save(report_path)
             return report
 

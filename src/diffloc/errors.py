@@ -43,6 +43,17 @@ class EditError(DifflocError):
     """An edit cannot be computed, applied, reverted, saved or loaded."""
 
 
+class SweepIncomplete(DifflocError):
+    """A sweep computed its share of items (one ``--shard``) while others are still missing, so there is no
+    result yet; the items it computed are stored, and a later run assembles them."""
+
+    def __init__(self, message: str, *, computed: int, reused: int, missing: int) -> None:
+        super().__init__(message)
+        self.computed = computed
+        self.reused = reused
+        self.missing = missing
+
+
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean a, b?"`` for the closest choices, or ``""`` when none is close."""
     found = difflib.get_close_matches(value, list(choices), n=n, cutoff=0.6)

@@ -52,6 +52,10 @@ class SiteKind(StrEnum):
         return 1 if self is SiteKind.RES else -1
 
 
+#: The text-encoder states a text trace restores: ``text.layer.N`` (the layer's output), ``.attn``, ``.mlp``.
+TEXT_STATE_KINDS = ("layer", "attn", "mlp")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Site:
     """One traceable/editable module of a pipeline.

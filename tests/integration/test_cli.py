@@ -125,3 +125,80 @@ def test_help_everywhere(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 0 and "usage: diffloc" in capsys.readouterr().out
+
+
+HEAVY = ("torch", "matplotlib", "numpy", "diffusers", "transformers", "safetensors", "PIL", "tqdm")
+HELP_PROBE = """
+import json, sys
+from diffloc.cli.main import main
+heavy = {heavy!r}
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args)
+    except SystemExit:
+        pass
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+    if loaded:
+        print(json.dumps({{"command": args, "loaded": loaded[:5]}}))
+        break
+else:
+    print(json.dumps({{"command": None, "loaded": []}}))
+"""
+
+
+def _every_command(parser, prefix=()):
+    """The argument lists of every (sub)command, e.g. ``["edit", "locoedit"]``."""
+    import argparse
+
+    found = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _every_command(sub, (*prefix, name))
+    return found
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """``--help`` answers from argparse alone: torch, matplotlib, diffusers… load only when a command runs."""
+    from diffloc.cli.main import build_parser
+
+    commands = [[*c, "--help"] for c in _every_command(build_parser())]
+    assert len(commands) > 15 and ["world", "eval", "--help"] in commands
+    probe = subprocess.run([sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY), json.dumps(commands)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == {"command": None, "loaded": []}
+
+
+def test_a_commands_outputs_are_0644_and_0755_under_umask_0022(tmp_path):
+    import stat
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for args in (["generate", "--model", "tiny-sd1", "--prompt", "a cat", "--steps", "2", "--out", str(tmp_path / "g")],
+                 ["edit", "quickfix", "--model", "tiny-sd1", "--concept", "cat", "--target", "dog",
+                  "--out", str(tmp_path / "e")]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "diffloc.cli.main", *args], env=env, capture_output=True,
+                              text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    written = list(tmp_path.rglob("*"))
+    assert len(written) >= 6
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+@pytest.mark.parametrize(
+    ("args", "seeds"),
+    [(["generate", "--prompt", "x"], (0,)), (["generate", "--prompt", "x", "--seed", "3", "--seed", "1"], (3, 1)),
+     (["generate", "--prompt", "x", "--seeds", "3", "1"], (3, 1)),
+     (["trace", "unet", "--prompt", "x", "--subject", "x", "--attribute", "x"], (0, 1, 2, 3)),
+     (["locogen", "--prompt", "x", "--target", "y", "--attribute", "x", "--seeds", "5"], (5,)),
+     (["demo"], (0, 1)), (["demo", "--trace-seeds", "1", "2"], (1, 2)), (["demo", "--seeds", "1", "2"], (1, 2)),
+     (["reproduce", "--model", "m", "--clip", "c", "--trace-seeds", "4"], (4,))],
+)  # fmt: skip
+def test_seeds_are_seeds_everywhere_and_old_spellings_still_work(args, seeds):
+    from diffloc.cli.main import build_parser
+    from diffloc.cli.sweep_args import seeds_of
+
+    assert seeds_of(build_parser().parse_args(args)) == seeds
+    world = build_parser().parse_args(["world", "train", "--out", "r", "--seed", "7"])
+    assert world.seed == 7 and build_parser().parse_args(["world", "train", "--out", "r", "--seeds", "7"]).seed == 7

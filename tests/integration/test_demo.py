@@ -90,6 +90,20 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     }
 
 
+def test_report_opens_with_a_summary_and_the_metrics_definitions(demo_run):
+    _, _, _, _, out, summary = demo_run
+    page = (out / "report.html").read_text()
+    assert page.index("<h2 id=summary>") < page.index("<h2 id='style-vg'>")
+    head = page[page.index("<h2 id=summary>") : page.index("<h2 id='style-vg'>")]
+    entry = summary["cases"]["style-vg"]
+    assert "<a href='#style-vg'>style-vg</a>" in head
+    assert ", ".join(s.removeprefix("unet.") for s in entry["locogen"]["best_sites"]) in head
+    assert entry["unet_top"][0][0].removeprefix("unet.") in head
+    assert head.count("<th>efficacy</th>") == head.count("<th>specificity</th>") == len(entry["eval"])
+    for term in ("indirect effect", "LocoGen window", "efficacy", "generalization", "specificity", "fidelity"):
+        assert f"<b>{term}</b>: " in head
+
+
 def test_rerun_skips_finished_stages(demo_run):
     model, suite, scorer, config, out, _ = demo_run
     stamps = {

@@ -276,3 +276,27 @@ def test_cli_warm_start_keeps_its_init_schedule(monkeypatch, tmp_path, capsys):
         assert main(["world", "train", "--out", str(tmp_path / f"run{n}"), "--init-from", init, *extra]) == 0
     capsys.readouterr()
     assert [c.zero_snr for c in seen] == [True, False, True]
+
+
+def test_eval_prints_a_table_and_json_on_request(monkeypatch, tmp_path, capsys):
+    from diffloc.cli.main import main
+    from diffloc.world import evaluate
+
+    shipped = json.loads((model.shipped_model_dir() / "eval.json").read_text())
+    shipped["concepts"]["style:van goo"] = 0.5
+    shipped["concept_counts"]["style:van goo"].update(right=12, misses={"style=plain": 12})
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda pipe, config, **kw: {**shipped, "passed": False})
+    before = torch.get_num_threads()
+    try:
+        assert main(["world", "eval", "--threads", "1"]) == 1  # below the bar: exit 1, as before
+        table = capsys.readouterr().out
+        assert main(["world", "eval", "--threads", "1", "--json"]) == 1
+        raw = json.loads(capsys.readouterr().out)
+    finally:
+        torch.set_num_threads(before)
+    assert raw["concepts"]["style:van goo"] == 0.5 and raw["threads"] == 1
+    lines = table.splitlines()
+    assert "FAILED" in lines[0] and "576 images" in lines[0]
+    row = next(line for line in lines if line.startswith("style:van goo"))
+    assert row.split()[2:] == ["12/24", "0.500", "0.90", "below", "style=plain", "x12"]
+    assert next(line for line in lines if line.startswith("background")).split()[1:] == ["0.986", "0.95", "ok"]

@@ -7,13 +7,9 @@ import time
 from typing import Any
 
 from diffloc.atomic import ensure_writable_dir
-from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
-from diffloc.demo import DemoConfig, run_demo
-from diffloc.editing.locoedit import edited_layers
-from diffloc.engine.interventions import RESTORE_SOURCES
-from diffloc.eval.scorers import scorer_for
-from diffloc.eval.suite import load_suite, shipped_suite_path
-from diffloc.models.registry import load
+from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
+from diffloc.cli.sweep_args import add_scorer_arguments, add_seeds_argument, noise_value, seeds_of
+from diffloc.engine.sources import RESTORE_SOURCES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,9 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
-    parser.add_argument(
-        "--trace-seeds", type=int, nargs="+", default=None, help="seeds for tracing/LocoGen (default 0 1)"
-    )
+    add_seeds_argument(parser, default=(0, 1), help="seeds for tracing and LocoGen (evaluation uses the suite's)",
+                       aliases=("--trace-seeds",))  # fmt: skip
     parser.add_argument(
         "--text-seeds", type=int, nargs="+", default=None, help="seeds for the text-encoder trace (default 0 1 2)"
     )
@@ -48,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
         "that halves the attribute's score in every traced image",
     )  # fmt: skip
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,30 +51,35 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from tqdm import tqdm
 
+    from diffloc.demo import DemoConfig, run_demo
+    from diffloc.editing.locoedit import edited_layers
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.eval.suite import load_suite, shipped_suite_path
+    from diffloc.models.registry import load
+
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
-    seeds: dict[str, Any] = {}
-    if args.trace_seeds is not None:
-        seeds["trace_seeds"] = tuple(args.trace_seeds)
+    seeds: dict[str, Any] = {"trace_seeds": seeds_of(args)}
     if args.text_seeds is not None:
         seeds["text_seeds"] = tuple(args.text_seeds)
     config = DemoConfig(steps=args.steps, max_batch=args.max_batch, guidance=suite.guidance, noise=args.noise,
                         restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
     config.check_items(suite)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    start = time.perf_counter()
-    bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        start = time.perf_counter()
+        bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 
-    def progress(stage: str, done: int, total: int) -> None:
-        bar.set_postfix_str(stage)
-        bar.n = done
-        bar.refresh()
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_postfix_str(stage)
+            bar.n = done
+            bar.refresh()
 
-    try:
-        summary = run_demo(model, suite, scorer, out, config=config, progress=progress)
-    finally:
-        bar.close()
+        try:
+            summary = run_demo(model, suite, scorer, out, config=config, progress=progress, executor=executor)
+        finally:
+            bar.close()
     for name, entry in summary["cases"].items():
         for method, ev in entry["eval"].items():
             key = "target" if entry["mode"] == "update" else "concept"

@@ -22,6 +22,7 @@ from typing import Any
 
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_scorer_arguments
+from diffloc.cli.tables import format_table
 from diffloc.errors import ConfigError, DifflocError
 
 
@@ -122,7 +123,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("show", help="describe a saved edit: what it touches, sizes, base hash")
     show.add_argument("edit_dir", help="edit directory")
-    show.add_argument("--json", action="store_true", help="print the edit's JSON metadata")
+    show.add_argument("--json", action="store_true", help="print the edit's JSON metadata instead of a table")
     show.set_defaults(func=run_show)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -240,5 +241,31 @@ def run_show(args: argparse.Namespace) -> int:
         json.dump(edit.metadata(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(edit.summary())
+        print(edit_table(edit))
     return 0
+
+
+def edit_table(edit: Any) -> str:
+    """What an edit does and touches: its request, then one row per parameter (shape, values, how much the edit
+    changes it relative to the base, the base tensor's hash), then its stats and notes."""
+    request = edit.request
+    lines = [f"{edit.method} edit of a {edit.family} model (diffloc {edit.version})"]
+    for label, key in (("concepts", "concepts"), ("targets", "targets"), ("preserved", "preserve"),
+                       ("preserved prompts", "preserve_prompts"), ("templates", "templates")):  # fmt: skip
+        if request.get(key):
+            lines.append(f"  {label + ':':<19}{'; '.join(str(v) for v in request[key])}")
+    rows = []
+    for key, new in edit.weights.items():
+        base = edit.originals[key]
+        change = "added" if base is None else f"{float((new - base).float().norm() / base.float().norm()):.2%}"
+        shape = "x".join(str(d) for d in new.shape)
+        rows.append([key, shape, str(new.dtype).removeprefix("torch."), f"{new.numel():,}", change,
+                     edit.base["tensors"][key][:16]])  # fmt: skip
+    lines += ["", format_table(["parameter", "shape", "dtype", "values", "change", "base sha256"], rows, right=(3, 4))]
+    lines.append(f"{len(rows)} tensors, {edit.num_values:,} values; change = |new - base| / |base| (Frobenius)")
+    scalars = {k: v for k, v in edit.stats.items() if isinstance(v, int | float | str | bool)}
+    if scalars:
+        lines += ["", format_table(["stat", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
+                                                       for k, v in scalars.items()])]  # fmt: skip
+    lines += [f"note: {note}" for note in edit.notes]
+    return "\n".join(lines)

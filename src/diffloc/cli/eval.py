@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.progress import progress_bar
+from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import add_scorer_arguments
-from diffloc.eval.scorers import scorer_for
-from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
-from diffloc.models.registry import load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,13 +19,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
     add_scorer_arguments(parser)
-    parser.add_argument("--out", default="out/eval", help="output directory (default out/eval/)")
+    parser.add_argument(
+        "--out", default="out/eval", help="output directory (default out/eval/); reruns resume, and the unedited "
+        "model's images are reused by every edit evaluated into the same directory",
+    )  # fmt: skip
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write ``report.json``."""
     from diffloc.editing.edit import Edit
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
+    from diffloc.models.registry import load
 
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
     if args.case:
@@ -34,11 +40,13 @@ def run(args: argparse.Namespace) -> int:
             suite.case(name)
     edit = Edit.load(args.edit)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    edit.check_base(model)
-    report = evaluate(
-        model, edit, suite, scorer=scorer_for(args.model, args.clip, detectors=args.detectors), cases=args.case
-    )
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        edit.check_base(model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        with progress_bar("eval", unit="image") as progress:
+            report = evaluate(model, edit, suite, scorer=scorer, cases=args.case, out=out, executor=executor,
+                              progress=progress)  # fmt: skip
     path = report.save(Path(out) / "report.json")
     for name, case in report.cases.items():
         eff = case["efficacy"]

@@ -10,11 +10,8 @@ from contextlib import ExitStack
 from diffloc import __version__
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
-from diffloc.editing.edit import Edit
-from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.cli.sweep_args import add_seeds_argument, seeds_of
 from diffloc.errors import PromptError
-from diffloc.images import save_png
-from diffloc.models.registry import default_guidance, load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
-    parser.add_argument("--seed", type=int, action="append", help="seed (repeat for several; default 0)")
+    add_seeds_argument(parser, default=(0,), help="seeds, one image per prompt and seed", aliases=("--seed",))
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument(
         "--guidance",
@@ -49,6 +46,11 @@ def _slug(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
+    from diffloc.editing.edit import Edit
+    from diffloc.engine.generate import GenerationConfig, generate
+    from diffloc.images import save_png
+    from diffloc.models.registry import default_guidance, load
+
     guidance = default_guidance(args.model, args.guidance)
     config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
     for prompt in args.prompt:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     if edit is not None:
         edit.check_base(model)  # refuse before generating anything
-    seeds = args.seed or [0]
+    seeds = seeds_of(args)
     prompts = [p for p in args.prompt for _ in seeds]
     seed_list = [s for _ in args.prompt for s in seeds]
     start = time.perf_counter()

@@ -6,12 +6,8 @@ import argparse
 
 from diffloc.atomic import ensure_writable_dir
 from diffloc.cli.progress import progress_bar
+from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
-from diffloc.eval.scorers import scorer_for
-from diffloc.models.registry import load
-from diffloc.report.plots import plot_windows, save_figure
-from diffloc.tracing.config import LocoGenConfig
-from diffloc.tracing.locogen import locogen
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,13 +32,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the window sweep and write results."""
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.models.registry import load
+    from diffloc.report.plots import plot_windows, save_figure
+    from diffloc.tracing.config import LocoGenConfig
+    from diffloc.tracing.locogen import locogen
+
     config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    with progress_bar("locogen", unit="run") as progress:
-        result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
-                         progress=progress)  # fmt: skip
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        with progress_bar("locogen", unit="run") as progress:
+            result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
+                             progress=progress, executor=executor)  # fmt: skip
     save_figure(plot_windows(result), out / "windows.png")
     print(f"original {result.original_score:.3f}  best window {', '.join(result.best_sites)}: {result.best_score:.3f}")
     print(f"wrote {out / 'result.json'} and {out / 'windows.png'}")

@@ -3,6 +3,9 @@
 Each command lives in its own module exposing ``add_parser(subparsers)``; that function registers the
 sub-command and sets ``func`` on its parser to a callable ``run(args) -> int``. Errors of the
 :class:`~diffloc.errors.DifflocError` family are printed as one line, never as a traceback.
+
+Command modules import torch, diffusers and matplotlib inside ``run``, never at module level, so that
+``diffloc --help`` and every command's ``--help`` answer at once (a test checks no such module is loaded).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from diffloc import __version__
-from diffloc.errors import DifflocError
+from diffloc.errors import DifflocError, SweepIncomplete
 
 COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "demo", "reproduce", "world")
 
@@ -66,12 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _no_library_progress_bars()
     try:
         return int(args.func(args) or 0)
+    except SweepIncomplete as exc:  # one shard did its share: not an error, and no result to show yet
+        print(f"diffloc: {exc}")
+        return 0
     except DifflocError as exc:
         print(f"diffloc: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("diffloc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (| head): no traceback, like any Unix tool
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tqdm import tqdm
-
-from diffloc.engine.generate import ProgressFn
+#: ``progress(done, total)``
+ProgressFn = Callable[[int, int], None]
 
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None, unit: str = "step") -> Iterator[ProgressFn]:
     """A tqdm bar on stderr driven by a ``progress(done, total)`` callback."""
+    from tqdm import tqdm
+
     bar = tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
 
     def update(done: int, new_total: int) -> None:

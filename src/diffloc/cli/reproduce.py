@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 
 from diffloc.atomic import ensure_writable_dir
-from diffloc.demo import DemoConfig, run_demo
-from diffloc.eval.scorers import ClipScorer
-from diffloc.eval.suite import load_suite, shipped_suite_path
-from diffloc.models.registry import load
+from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
+from diffloc.cli.sweep_args import add_seeds_argument, seeds_of
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,19 +29,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped van-gogh suite)")
     parser.add_argument("--out", default="reproduce-out", help="output directory (default reproduce-out/)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the suite's, 50)")
-    parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds for tracing")
+    add_seeds_argument(parser, default=(0, 1, 2, 3), help="seeds for tracing and LocoGen (evaluation uses the "
+                       "suite's)", aliases=("--trace-seeds",))  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=8, help="most runs per UNet batch (default 8)")
     parser.add_argument(
         "--bootstrap", type=int, default=2000,
         help="bootstrap resamples of the 95%% intervals over items (at least 3 items); 0: no interval",
     )  # fmt: skip
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
+    from diffloc.demo import DemoConfig, run_demo
+    from diffloc.eval.scorers import ClipScorer
+    from diffloc.eval.suite import load_suite, shipped_suite_path
+    from diffloc.models.registry import load
+
     suite = load_suite(args.suite or shipped_suite_path("van-gogh"))
-    config = DemoConfig(trace_seeds=tuple(args.trace_seeds), text_seeds=tuple(args.trace_seeds),
+    config = DemoConfig(trace_seeds=seeds_of(args), text_seeds=seeds_of(args),
                         steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=args.max_batch,
                         locogen_window=2, trace_prompts=2, bootstrap=args.bootstrap,
                         # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token, each
@@ -51,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
                         noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
                         locoedit_target_mode="bare", preserve_weight=1.0, edit_templates="reference")  # fmt: skip
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config)
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config, executor=executor)
     for name, entry in summary["cases"].items():
         print(f"{name}: LocoGen window {', '.join(entry['locogen']['best_sites'])}")
     print(f"wrote {out / 'report.html'}")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from diffloc.models.registry import load
+from diffloc.cli.tables import format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List sites."""
+    from diffloc.models.registry import load
+
     model = load(args.model)
     sites = list(model.sites) if args.select in ("*", "") else model.sites.select(args.select)
     rows = [
@@ -41,9 +43,6 @@ def run(args: argparse.Namespace) -> int:
         json.dump({"model": args.model, "family": model.family, "sites": rows}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
     print(f"# {args.model}: family {model.family}, {len(rows)} sites")
-    print("  ".join(k.ljust(widths[k]) for k in widths))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in widths))
+    print(format_table(list(rows[0]), [list(r.values()) for r in rows]))
     return 0

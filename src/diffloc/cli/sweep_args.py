@@ -1,11 +1,36 @@
-"""Arguments shared by the sweep commands (trace, locogen)."""
+"""Arguments shared by the sweep commands (trace, locogen) and the seeds option of every command.
+
+Imports nothing heavy at module level: ``--help`` must not load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
-from diffloc.models.registry import default_guidance
-from diffloc.tracing.config import SweepConfig
+from diffloc.cli.scale_args import add_scale_arguments
+
+
+def add_seeds_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    default: Sequence[int],
+    help: str,
+    aliases: Sequence[str] = (),
+) -> None:
+    """``--seeds S [S ...]`` (also repeatable, ``--seeds 0 --seeds 1``), plus older spellings as ``aliases``
+    (``--seed``); read the value with :func:`seeds_of`."""
+    shown = " ".join(str(s) for s in default)
+    parser.add_argument(
+        "--seeds", *aliases, dest="seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
+        help=f"{help} (default {shown})",
+    )  # fmt: skip
+    parser.set_defaults(seeds_default=tuple(default))
+
+
+def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
+    """The seeds given, else the command's default."""
+    return tuple(args.seeds) if args.seeds else tuple(args.seeds_default)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -14,7 +39,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
     parser.add_argument("--prompt", action="append", required=True, help="prompt showing the attribute (repeatable)")
     parser.add_argument("--attribute", required=True, help="text the scorer measures, e.g. 'in the style of van goo'")
     add_scorer_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds per prompt (default 0 1 2 3)")
+    add_seeds_argument(parser, default=(0, 1, 2, 3), help="seeds per prompt, each one item of the sweep")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument(
         "--guidance", type=float, default=None, help="CFG scale (default: the model's — 4 for shapesworld — else 7.5)"
@@ -25,6 +50,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
         help="bootstrap resamples of the 95%% interval over items (prompt × seed; at least 3 items); 0: no interval",
     )  # fmt: skip
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
+    add_scale_arguments(parser)
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +82,13 @@ def noise_value(text: str) -> float | str:
 
 
 def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword arguments of :class:`SweepConfig` from parsed options."""
+    """Keyword arguments of :class:`~diffloc.tracing.config.SweepConfig` from parsed options."""
+    from diffloc.models.registry import default_guidance
+    from diffloc.tracing.config import SweepConfig
+
     guidance = default_guidance(args.model, args.guidance)
     fields = {
-        "seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch,
+        "seeds": seeds_of(args), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch,
         "bootstrap": args.bootstrap,
     }  # fmt: skip
     SweepConfig(**fields)  # validate early, before loading a model

@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
+from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
-from diffloc.engine.interventions import RESTORE_SOURCES
+from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
-from diffloc.eval.scorers import scorer_for
-from diffloc.models.registry import load
-from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
-from diffloc.tracing.causal import TEXT_KINDS, causal_trace, first_item_images, trace_text
-from diffloc.tracing.config import TraceConfig
-from diffloc.tracing.results import TraceResult
-from diffloc.tracing.selection import check_disjoint
-from diffloc.tracing.statistics import check_items
+from diffloc.sites import TEXT_STATE_KINDS
+
+if TYPE_CHECKING:
+    from diffloc.models.base import LoadedModel
+    from diffloc.tracing.results import TraceResult
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "repeat a traced (prompt, seed)",
         )  # fmt: skip
         sub.add_argument(
-            "--validation-seeds",
-            type=int,
-            nargs="+",
-            default=None,
+            "--validation-seeds", type=int, nargs="+", default=None,
             help="seeds of the validation items (default: --seeds)",
-        )
+        )  # fmt: skip
         if target == "unet":
             sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")
             sub.add_argument(
@@ -63,12 +60,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                 "run's own latent) or trajectory (the clean run's activation on the clean latent)",
             )  # fmt: skip
         else:
-            sub.add_argument("--kinds", nargs="+", default=list(TEXT_KINDS), choices=TEXT_KINDS, help="state kinds")
+            sub.add_argument(
+                "--kinds", nargs="+", default=list(TEXT_STATE_KINDS), choices=TEXT_STATE_KINDS, help="state kinds"
+            )
         sub.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Trace and write results and plots."""
+    from diffloc.eval.scorers import scorer_for
+    from diffloc.models.registry import load
+    from diffloc.tracing.causal import causal_trace, trace_text
+    from diffloc.tracing.config import TraceConfig
+    from diffloc.tracing.selection import check_disjoint
+    from diffloc.tracing.statistics import check_items
+
     auto = args.noise == "auto"
     extra: dict[str, object] = {}
     if args.target == "unet":
@@ -80,36 +86,50 @@ def run(args: argparse.Namespace) -> int:
         raise PromptError(
             f"text tracing takes one prompt (token positions differ between prompts); got {len(args.prompt)}"
         )
-    items = len(args.prompt) * len(config.seeds)
-    check_items(items, config.intervals)
+    check_items(len(args.prompt) * len(config.seeds), config.intervals)
     validation = [(p, s) for p in args.validation_prompt for s in (config.validation_seeds or config.seeds)]
     check_disjoint([(p, s) for p in args.prompt for s in config.seeds], validation)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
-    if auto:
-        from diffloc.tracing.calibrate import calibrate_noise
+    with executor_from_args(args) as executor:
+        model = load(args.model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        if auto:
+            from diffloc.tracing.calibrate import calibrate_noise
 
-        calibration = calibrate_noise(model, args.prompt, args.subject, args.attribute, scorer=scorer, config=config)
-        write_json_atomic(out / "noise.json", calibration.to_dict())
-        config = replace(config, noise=calibration.noise)
-        print(
-            f"noise {calibration.noise:.4g} ({calibration.multiplier:g} × embedding std "
-            f"{calibration.embedding_std:.4g}); "
-            f"clean {calibration.clean:.3f}, corrupted by multiplier: "
-            + ", ".join(f"{k}× {v:.3f}" for k, v in calibration.corrupted.items())
-        )
-    with progress_bar(f"trace {args.target}", unit="run") as progress:
-        if args.target == "unet":
-            result = causal_trace(
-                model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
-                config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-            )  # fmt: skip
-        else:
-            result = trace_text(
-                model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
-                config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-            )  # fmt: skip
+            calibration = calibrate_noise(
+                model, args.prompt, args.subject, args.attribute, scorer=scorer, config=config
+            )
+            write_json_atomic(out / "noise.json", calibration.to_dict())
+            config = replace(config, noise=calibration.noise)
+            print(
+                f"noise {calibration.noise:.4g} ({calibration.multiplier:g} × embedding std "
+                f"{calibration.embedding_std:.4g}); "
+                f"clean {calibration.clean:.3f}, corrupted by multiplier: "
+                + ", ".join(f"{k}× {v:.3f}" for k, v in calibration.corrupted.items())
+            )
+        with progress_bar(f"trace {args.target}", unit="run") as progress:
+            if args.target == "unet":
+                result = causal_trace(
+                    model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
+                    config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
+                    executor=executor,
+                )  # fmt: skip
+            else:
+                result = trace_text(
+                    model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
+                    config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
+                    executor=executor,
+                )  # fmt: skip
+    _write_plots(model, result, out)
+    print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
+    return 0
+
+
+def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
+    """``trace.png`` (and for the UNet ``strip.png``: the first item's clean, corrupted and best restored runs)."""
+    from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
+    from diffloc.tracing.causal import first_item_images
+
     if result.kind == "unet":
         save_figure(plot_unet_trace(result), out / "trace.png")
         images = first_item_images(model, result)
@@ -119,8 +139,6 @@ def run(args: argparse.Namespace) -> int:
         save_figure(plot_text_trace(result), out / "trace.png")
     for line in summary_lines(result):
         print(line)
-    print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
-    return 0
 
 
 def summary_lines(result: TraceResult) -> list[str]:

@@ -19,13 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from diffloc.atomic import write_json_atomic
+from diffloc.atomic import write_atomic, write_json_atomic
+from diffloc.cli.tables import format_table
 from diffloc.errors import ConfigError
-from diffloc.images import grid, save_png
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="write a grid of sample training renders and their captions")
     p.add_argument("--out", default="shapesworld-data.png", help="PNG path (captions go to a .txt next to it)")
     p.add_argument("--n", type=int, default=64, help="number of renders (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seed", type=int, default=0, metavar="SEED",
+                   help="the one seed that draws the renders (default 0)")  # fmt: skip
     p.set_defaults(func=run_render)
 
     p = sub.add_parser("train", help="train or resume the ShapesWorld text-to-image model")
     p.add_argument("--out", required=True, help="run directory (checkpoints, caches, log)")
     p.add_argument("--steps", type=int, default=None, help="total UNet steps (default: the shipped recipe)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seed", type=int, default=0, metavar="SEED",
+                   help="the one seed of the training run: data, initial weights, noise (default 0)")  # fmt: skip
     p.add_argument(
         "--examples", type=int, default=None,
         help="captioned renders in the training set (default: the shipped recipe's 50,000)",
@@ -122,7 +120,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="held-out prompts × seeds → detectors → accuracy JSON")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--detectors", default=None, help="detector weights (default: shipped)")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt (default 4)")
+    p.add_argument("--seeds", type=int, default=4, metavar="N", help="seeds per prompt: 0 .. N-1 (default 4)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the eval recipe's)")
     p.add_argument("--split", default="heldout", help="heldout (the acceptance bar; default) or validation "
@@ -131,7 +129,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "templates (diffloc.world.vocab.EXTRA_TEMPLATES; default none)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; the 20-step time in the "
                    "JSON is measured at this count and recorded beside it)")  # fmt: skip
-    p.add_argument("--out", default=None, help="write the JSON here (always printed)")
+    p.add_argument("--out", default=None, help="write the JSON here")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of a table")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("samples", help="write a sample grid PNG of a model")
@@ -148,13 +147,18 @@ def _positive(name: str, value: int | None) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     """``diffloc world render``."""
+    import math
+
+    import torch
+
+    from diffloc.images import grid, save_png
     from diffloc.world import captions
     from diffloc.world.render import render_batch
 
     _positive("n", args.n)
     examples = captions.training_examples(args.n, args.seed)
     images = torch.from_numpy(render_batch([e.scene for e in examples], [e.seed for e in examples]))
-    columns = int(np.ceil(np.sqrt(args.n)))
+    columns = math.ceil(math.sqrt(args.n))
     save_png(grid(images.permute(0, 3, 1, 2).float() / 255, columns), args.out)
     Path(args.out).with_suffix(".txt").write_text("\n".join(e.caption for e in examples) + "\n")
     print(f"wrote {args.out} ({args.n} renders, {columns} per row) and its captions")
@@ -165,9 +169,11 @@ class _Bars:
     """tqdm bars per training stage, driven by the library's progress callback."""
 
     def __init__(self) -> None:
-        self.bars: dict[str, tqdm] = {}
+        self.bars: dict[str, Any] = {}
 
     def __call__(self, stage: str, step: int, total: int, loss: float) -> None:
+        from tqdm import tqdm
+
         if stage not in self.bars:
             self.bars[stage] = tqdm(total=total, initial=step - 1, desc=stage, unit="step", dynamic_ncols=True)
         bar = self.bars[stage]
@@ -266,7 +272,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_detectors(args: argparse.Namespace) -> int:
     """``diffloc world detectors``."""
+    import torch
     from safetensors.torch import save_file
+    from tqdm import tqdm
 
     from diffloc.world import detectors, model
 
@@ -290,10 +298,8 @@ def run_detectors(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             det = detectors.train_detector(config, reconstruct=reconstruct, progress=progress)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_name(weights.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in det.state_dict().items()}, str(tmp))
-        tmp.replace(weights)
+        state = {k: v.contiguous() for k, v in det.state_dict().items()}
+        write_atomic(weights, lambda tmp: save_file(state, str(tmp)))
     else:
         det = detectors.load_detector(weights)
     accuracy = detectors.measure_accuracy(det, n=args.n)
@@ -309,6 +315,9 @@ def run_detectors(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``diffloc world eval``."""
+    import torch
+    from tqdm import tqdm
+
     from diffloc.world import detectors, model
     from diffloc.world.evaluate import EvalConfig, evaluate_model
 
@@ -334,14 +343,47 @@ def run_eval(args: argparse.Namespace) -> int:
     result["threads"] = args.threads
     result["model"] = "shapesworld (shipped)" if args.model is None else str(args.model)
     result["command"] = "diffloc " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("diffloc") else None
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if args.json else eval_table(result))
     if args.out:
         write_json_atomic(args.out, result)
     return 0 if result["passed"] else 1
 
 
+def eval_table(result: dict[str, Any]) -> str:
+    """``world eval``'s result as tables: accuracy per attribute and per named concept against the bar, what
+    the misses were read as, and the time per image."""
+    bar = result.get("thresholds", {})
+    config = result.get("config", {})
+    verdict = "passed" if result.get("passed") else "FAILED"
+    lines = [f"{result.get('model', 'model')}: {config.get('split', '')} split, {result.get('n_prompts', '?')} prompts "
+             f"x {config.get('seeds', '?')} seeds = {result.get('n_images', '?')} images, {config.get('steps', '?')} "
+             f"steps, guidance {config.get('guidance', '?')}: {verdict}", ""]  # fmt: skip
+
+    def mark(value: float, threshold: float | None) -> str:
+        return "" if threshold is None else ("ok" if value >= threshold else "below")
+
+    def level(threshold: float | None) -> str:
+        return "" if threshold is None else f"{threshold:.2f}"
+
+    rows = [[name, f"{value:.3f}", level(bar.get(name)), mark(value, bar.get(name))]
+            for name, value in result.get("attributes", {}).items()]  # fmt: skip
+    lines.append(format_table(["attribute", "accuracy", "bar", ""], rows, right=(1, 2)))
+    rows = []
+    for name, value in result.get("concepts", {}).items():
+        counts = result.get("concept_counts", {}).get(name, {})
+        misses = ", ".join(f"{k} x{n}" for k, n in counts.get("misses", {}).items())
+        rows.append([name, f"{counts.get('right', '?')}/{counts.get('images', '?')}", f"{value:.3f}",
+                     level(bar.get("concept")), mark(value, bar.get("concept")), misses])  # fmt: skip
+    lines += ["", format_table(["concept", "right", "accuracy", "bar", "", "misses read as"], rows, right=(1, 2, 3))]
+    if "seconds_per_image_20_steps" in result:
+        lines += ["", f"{result['seconds_per_image_20_steps']:.3f} s per 20-step image at {result.get('threads', '?')} "
+                  "thread(s)"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run_samples(args: argparse.Namespace) -> int:
     """``diffloc world samples``: rows = prompts of each kind, columns = seeds."""
+    from diffloc.images import grid, save_png
     from diffloc.world import model, vocab
     from diffloc.world.evaluate import EvalConfig, generate
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffloc.atomic import publish_tree, staging_dir
 from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
 
@@ -271,7 +272,7 @@ class Edit:
         if target.is_dir() and any(target.iterdir()) and not (target / META_FILE).is_file():
             raise EditError(f"edit output {str(target)!r} is a non-empty directory that holds no edit; refusing")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = staging_dir(target.parent, f".{target.name}.")
         try:
             tensors: dict[str, torch.Tensor] = {}
             for key, new in self.weights.items():
@@ -281,6 +282,7 @@ class Edit:
                     tensors[f"base/{key}"] = old.detach().to("cpu").contiguous().clone()
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             (tmp / META_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+            publish_tree(tmp)
             if target.exists():
                 old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
                 os.replace(target, old_dir / "edit")

@@ -29,6 +29,7 @@ from torch import nn
 
 from diffloc.engine.batch import BatchLayout
 from diffloc.engine.hooks import InputHook, OutputHook, primary, with_primary
+from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
@@ -62,10 +63,6 @@ class CorruptTokens:
     def std_at(self, site: str) -> float:
         """The noise std used at embedding site ``site``."""
         return dict(self.site_stds).get(site, self.std)
-
-
-#: where a UNet-site restore reads its clean value (see :class:`Restore`)
-RESTORE_SOURCES = ("same-latent", "trajectory")
 
 
 @dataclass(frozen=True, kw_only=True)

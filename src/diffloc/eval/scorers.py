@@ -6,7 +6,8 @@ interchangeable. :func:`scorer_for` picks the default for a model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,6 +44,12 @@ class DetectorScorer:
         from diffloc.world.detectors import DetectorScorer as _Impl
 
         self._impl = _Impl(detector)
+        self._shipped = detector is None
+
+    def reference(self) -> Callable[[], DetectorScorer] | None:
+        """How another process rebuilds this scorer (the shipped detectors), or ``None`` for detectors given
+        as an object."""
+        return DetectorScorer if self._shipped else None
 
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return self._impl.score(images, list(texts)).float()
@@ -73,6 +80,12 @@ class ClipScorer:
         self.mean = torch.tensor(mean or self._MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(std or self._STD).view(1, 3, 1, 1)
         self.size = int(model.config.vision_config.image_size)
+        self.directory: Path | None = None  # set by from_dir
+
+    def reference(self) -> Callable[[], ClipScorer] | None:
+        """How another process rebuilds this scorer (:meth:`from_dir` of its directory), or ``None`` when it
+        was built from objects in memory."""
+        return None if self.directory is None else partial(ClipScorer.from_dir, self.directory)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ClipScorer:
@@ -91,7 +104,9 @@ class ClipScorer:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"could not load CLIP from {str(directory)!r}: {type(exc).__name__}") from None
-        return cls(model, tokenizer)
+        scorer = cls(model, tokenizer)
+        scorer.directory = directory.resolve()
+        return scorer
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:

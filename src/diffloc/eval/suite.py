@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.config import from_dict, read_yaml
-from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.engine.generate import GenerationConfig
 from diffloc.errors import ConfigError
-from diffloc.eval.metrics import detection_rate, pixel_distance, removal_efficacy, retention
+from diffloc.eval.measure import fidelity, measure
+from diffloc.eval.metrics import removal_efficacy, retention
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.tracing.store import run_all
+
+if TYPE_CHECKING:
+    from diffloc.tracing.executors import Executor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,46 +185,6 @@ class EvalReport:
         return cls(cases=data["cases"], fidelity=float(data["fidelity"]), meta=data["meta"])
 
 
-def _images(model: LoadedModel, prompts: list[str], suite: EvalSuite) -> torch.Tensor:
-    config = GenerationConfig(steps=suite.steps, guidance=suite.guidance)
-    pairs = [(p, s) for p in prompts for s in suite.seeds]
-    chunks = [pairs[i : i + suite.max_batch] for i in range(0, len(pairs), suite.max_batch)]
-    return torch.cat([generate(model, [p for p, _ in c], seeds=[s for _, s in c], config=config) for c in chunks])
-
-
-def _rates(
-    scorer: Scorer, images: torch.Tensor, prompts: list[str], attributes: list[str], suite: EvalSuite
-) -> list[float]:
-    n = len(suite.seeds)
-    texts = [a for a in attributes for _ in range(n)]
-    scores = scorer.score(images, texts)
-    return [detection_rate(scores[i * n : (i + 1) * n], suite.threshold) for i in range(len(prompts))]
-
-
-def measure(model: LoadedModel, suite: EvalSuite, scorer: Scorer, cases: list[ConceptCase]) -> dict[str, Any]:
-    """Generate every prompt of ``cases`` (and the unrelated prompts) and score them: one model state."""
-    prompts: list[str] = []
-    attributes: list[str] = []
-    for case in cases:
-        for p in (*case.prompts, *case.heldout):
-            prompts.append(p)
-            attributes.append(case.attribute)
-            if case.mode == "update":
-                prompts.append(p)
-                attributes.append(case.target_attribute)
-        for n in case.neighbours:
-            prompts.append(n.prompt)
-            attributes.append(n.attribute)
-    unique = list(dict.fromkeys([*prompts, *suite.unrelated]))
-    images = _images(model, unique, suite)
-    index = {p: i for i, p in enumerate(unique)}
-    k = len(suite.seeds)
-    per_prompt = {p: images[index[p] * k : (index[p] + 1) * k] for p in unique}
-    rates = _rates(scorer, torch.cat([per_prompt[p] for p in prompts]), prompts, attributes, suite)
-    table = {(p, a): r for p, a, r in zip(prompts, attributes, rates, strict=True)}
-    return {"rates": table, "unrelated": torch.cat([per_prompt[p] for p in suite.unrelated])}
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -233,6 +197,9 @@ def evaluate(
     scorer: Scorer,
     cases: list[str] | None = None,
     before: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    executor: Executor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Measure an edit: efficacy, generalization, specificity and fidelity against the unedited model.
 
@@ -242,16 +209,27 @@ def evaluate(
         suite: the suite.
         scorer: image scorer (ShapesWorld detectors or CLIP).
         cases: names of the cases the edit addresses (default: all).
-        before: a :func:`measure` of the unedited model to reuse across edits.
+        before: a :func:`~diffloc.eval.measure.measure` of the unedited model to reuse across edits (with
+            ``out``, the unedited items stored there are reused anyway).
+        out: directory for resumable per-item results (``out/items``; ``None``: keep nothing on disk).
+        executor: who generates and scores the items (default: this process; :mod:`diffloc.tracing.executors`).
+        progress: called with (images done, images total) of each of the three measurements in turn.
 
     Returns:
         :class:`EvalReport`.
+
+    Raises:
+        SweepIncomplete: ``executor`` is one shard and other shards' items are still missing (every one of
+            the three measurements computed its share first).
     """
     chosen = [suite.case(n) for n in cases] if cases else list(suite.cases)
     start = time.perf_counter()
-    before = before if before is not None else measure(model, suite, scorer, chosen)
-    with edit.applied(model):
-        after = measure(model, suite, scorer, chosen)
+    sweeps: dict[str, Any] = {"out": out, "executor": executor, "progress": progress}
+    before, after, pixel_change = run_all(
+        lambda: before if before is not None else measure(model, suite, scorer, chosen, **sweeps),
+        lambda: measure(model, suite, scorer, chosen, edit=edit, **sweeps),
+        lambda: fidelity(model, edit, suite, scorer, **sweeps),
+    )
     report: dict[str, dict[str, Any]] = {}
     for case in chosen:
         attr = case.target_attribute if case.mode == "update" else case.attribute
@@ -286,4 +264,4 @@ def evaluate(
         "suite": {k: v for k, v in asdict(suite).items() if k != "cases"},
         "seconds": round(time.perf_counter() - start, 3),
     }
-    return EvalReport(cases=report, fidelity=pixel_distance(before["unrelated"], after["unrelated"]), meta=meta)
+    return EvalReport(cases=report, fidelity=pixel_change, meta=meta)

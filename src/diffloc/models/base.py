@@ -244,12 +244,15 @@ class LoadedModel:
         adapter: the family adapter.
         sites: canonical sites in execution order.
         source: where it was loaded from (path, cache id, or ``"<in-memory>"``).
+        load_options: the keyword arguments of :func:`diffloc.load` that made it (``family``, ``dtype`` …), so
+            another process can load the same model from ``source`` (:mod:`diffloc.tracing.executors`).
     """
 
     pipe: Any
     adapter: ModelAdapter
     sites: SiteRegistry
     source: str = "<in-memory>"
+    load_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -261,6 +264,16 @@ class LoadedModel:
         """Device of the UNet."""
         return self.pipe.unet.device
 
+    def weight_sums(self) -> dict[str, tuple[float, float, int]]:
+        """Per parameter (``component.name``): sum, squared sum (float64) and number of values."""
+        sums: dict[str, tuple[float, float, int]] = {}
+        for name, component in sorted(self.pipe.components.items()):
+            if isinstance(component, nn.Module):
+                for pname, param in component.named_parameters():
+                    data = param.detach().to(torch.float64)
+                    sums[f"{name}.{pname}"] = (float(data.sum()), float((data * data).sum()), data.numel())
+        return sums
+
     def fingerprint(self) -> str:
         """A short hash of the current weights (per-parameter sums and squared sums, float64).
 
@@ -270,11 +283,8 @@ class LoadedModel:
         import hashlib
 
         digest = hashlib.sha256()
-        for name, component in sorted(self.pipe.components.items()):
-            if isinstance(component, nn.Module):
-                for pname, param in component.named_parameters():
-                    data = param.detach().to(torch.float64)
-                    digest.update(f"{name}.{pname}:{float(data.sum()):.17g}:{float((data * data).sum()):.17g}".encode())
+        for key, (total, squares, _) in self.weight_sums().items():
+            digest.update(f"{key}:{total:.17g}:{squares:.17g}".encode())
         return digest.hexdigest()[:16]
 
     def site(self, name: str | Site) -> Site:

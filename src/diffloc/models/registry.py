@@ -163,10 +163,12 @@ def check_finite(pipe: Any) -> None:
                 )
 
 
-def _wrap(pipe: Any, family: str | None, *, source: str) -> LoadedModel:
+def _wrap(pipe: Any, family: str | None, *, source: str, options: dict[str, Any] | None = None) -> LoadedModel:
     adapter = adapter_for(pipe, family)
     check_finite(pipe)
-    return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=source)
+    return LoadedModel(
+        pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=source, load_options=options or {}
+    )
 
 
 def load(
@@ -206,7 +208,7 @@ def load(
 
         tiny: Any = build_tiny_pipeline(tiny_family)
         tiny.to(device=device, dtype=dtype)
-        return _wrap(tiny, family, source=model)
+        return _wrap(tiny, family, source=model, options={"family": family, "dtype": dtype})
     if not isinstance(model, str | Path):
         return _wrap(model, family, source="<in-memory>")
 
@@ -232,4 +234,7 @@ def load(
     check_finite(pipe)
     adapter = adapter_for(pipe, family)
     logger.info("loaded %s (%s) from %s", class_name, adapter.family, path)
-    return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model))
+    return LoadedModel(
+        pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model),
+        load_options={"family": family, "dtype": dtype},
+    )  # fmt: skip

@@ -184,8 +184,61 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+#: One line per number the report shows.
+METRIC_DEFINITIONS = (
+    ("indirect effect", "(restored − corrupted) / (clean − corrupted) score: 1 = restoring that site alone brings the "
+     "attribute fully back into the corrupted run, 0 = it brings nothing back."),
+    ("LocoGen window", "the consecutive cross-attention layers whose reading of the target prompt moves the "
+     "attribute most (removal: lowest score; update: highest)."),
+    ("efficacy", "detection rate of the concept (for an update: of the new fact) on the prompts the edit was "
+     "computed from, before → after the edit."),
+    ("generalization", "the same rate on held-out paraphrases and compositions the edit never saw."),
+    ("specificity", "mean retention of the neighbouring concepts' detection rates, after / before (capped at 1): "
+     "1 = the edit left them alone."),
+    ("fidelity", "mean absolute pixel change on unrelated prompts at equal seeds: 0 = identical images."),
+)  # fmt: skip
+
+
+def _summary_section(summary: dict[str, Any]) -> str:
+    """One row per case: where the concept sits (top UNet sites, LocoGen window) and what each edit did."""
+    cases = summary["cases"]
+    methods = list(dict.fromkeys(m for entry in cases.values() for m in entry["eval"]))
+    head = ("<tr><th class=l rowspan=2>case</th><th class=l rowspan=2>top UNet sites (indirect effect)</th>"
+            "<th class=l rowspan=2>LocoGen window</th>"
+            + "".join(f"<th colspan=3>{html.escape(m)}</th>" for m in methods)
+            + "</tr><tr>" + "<th>efficacy</th><th>generalization</th><th>specificity</th>" * len(methods)
+            + "</tr>")  # fmt: skip
+    rows = []
+    for name, entry in cases.items():
+        key = f"cases.{name}"
+        sites = ", ".join(
+            f"{html.escape(site.removeprefix('unet.'))} {_num(effect, f'{key}.unet_top.{i}.1', 2)}"
+            for i, (site, effect) in enumerate(entry["unet_top"][:3])
+        )
+        window = ", ".join(s.removeprefix("unet.") for s in entry["locogen"]["best_sites"])
+        cells = [f"<td class=l><a href='#{html.escape(name)}'>{html.escape(name)}</a></td>",
+                 f"<td class=l>{sites}</td>", f"<td class=l>{html.escape(window)}</td>"]  # fmt: skip
+        target = "target" if entry["mode"] == "update" else "concept"
+        for method in methods:
+            ev = entry["eval"].get(method)
+            if ev is None:
+                cells.append("<td colspan=3>—</td>")
+                continue
+            mk = f"{key}.eval.{method}"
+            for label in ("efficacy", "generalization"):
+                before, after = (f"{mk}.{label}.{target}_{when}" for when in ("before", "after"))
+                cells.append(f"<td>{_num(ev[label][target + '_before'], before, 2)} → "
+                             f"{_num(ev[label][target + '_after'], after, 2)}</td>")  # fmt: skip
+            kept = [n["retention"] for n in ev["specificity"]]
+            cells.append(f"<td>{sum(kept) / len(kept):.2f}</td>" if kept else "<td>—</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    definitions = "".join(f"<li><b>{html.escape(t)}</b>: {html.escape(d)}</li>" for t, d in METRIC_DEFINITIONS)
+    return (f"<h2 id=summary>Summary</h2><table>{head}{''.join(rows)}</table>"
+            f"<ul class=muted>{definitions}</ul>")  # fmt: skip
+
+
 def render_report(out: Path, summary: dict[str, Any], suite: EvalSuite) -> str:
-    """The report page as a string."""
+    """The report page as a string: a summary table and the metrics' definitions, then a section per case."""
     cases = "\n".join(_case_section(out, name, entry) for name, entry in summary["cases"].items())
     timing_rows = "".join(
         f"<tr><td class=l>{html.escape(k)}</td><td>{_num(v, f'timings_seconds.{k}', 2)}</td></tr>"
@@ -197,7 +250,8 @@ def render_report(out: Path, summary: dict[str, Any], suite: EvalSuite) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>diffloc report</title>"
         f"<style>{_STYLE}</style></head><body><h1>diffloc report</h1><p class=muted>{settings}</p>"
-        f"{cases}<h2>Timings (seconds; 0 = reused from an earlier run)</h2><table>{timing_rows}</table>"
+        f"{_summary_section(summary)}{cases}"
+        f"<h2>Timings (seconds; 0 = reused from an earlier run)</h2><table>{timing_rows}</table>"
         "</body></html>"
     )
 

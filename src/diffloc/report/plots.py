@@ -6,11 +6,13 @@ opens windows or changes rcParams.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -29,7 +31,7 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     """Indirect effect of restoring each UNet site (bars coloured by kind, in execution order)."""
     effect = result.indirect_effect
     kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]
-    figure = Figure(figsize=(max(6.0, 0.12 * len(effect) + 2), 3.4))
+    figure = Figure(figsize=(max(6.0, 0.16 * len(effect) + 2), 3.8))
     ax = figure.add_subplot()
     errors = None
     if result.interval is not None:  # asymmetric error bars from the bootstrap interval
@@ -49,11 +51,10 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     handles += [Patch(color=colour, label=kind) for kind, colour in _KIND_COLOURS.items()]
     if result.controls:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="control (text-blind)"))
-    step = max(1, len(effect) // 24)
-    ax.set_xticks(range(0, len(effect), step))
-    ax.set_xticklabels(
-        [result.labels[i].replace("unet.", "") for i in range(0, len(effect), step)], rotation=90, fontsize=7
-    )
+    ax.set_xticks(range(len(effect)))  # every bar named: the reader looks for a layer by name
+    ax.set_xticklabels([label.replace("unet.", "") for label in result.labels], rotation=90, fontsize=6)
+    ax.set_xlim(-0.6, len(effect) - 0.4)
+    _from_zero(ax, [*effect, 1.0, *([] if errors is None else (effect + errors[1]).tolist())])
     ax.set_ylabel("indirect effect\n(restored − corr) / (clean − corr)")
     meta = result.meta
     interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
@@ -62,9 +63,9 @@ def plot_unet_trace(result: TraceResult) -> Figure:
         f"UNet causal trace: '{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
         f"restore from {result.restore_from}{interval}){flag}",
-        fontsize=9,
-    )
-    ax.legend(handles=handles, fontsize=7, ncol=6, loc="upper right")
+        fontsize=9, pad=22,
+    )  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
     return figure
 
 
@@ -118,6 +119,7 @@ def plot_windows(result: WindowResult) -> Figure:
                label=f"chosen: {', '.join(s.replace('unet.', '') for s in result.best_sites)}")  # fmt: skip
     ax.set_xlabel("first cross-attention layer of the window")
     ax.set_ylabel("attribute score")
+    _from_zero(ax, [*result.scores, result.original_score, *([] if result.interval is None else result.interval[1])])
     meta = result.meta
     ax.set_title(
         f"LocoGen ({result.mode}): → {meta.get('target_prompt', '')!r}, score {meta.get('attribute', '')!r}", fontsize=9
@@ -126,15 +128,33 @@ def plot_windows(result: WindowResult) -> Figure:
     return figure
 
 
+def _from_zero(ax: Axes, values: Sequence[float]) -> None:
+    """Start a score axis at 0 (lower only when a value is negative) and leave room above the highest value."""
+    finite = [float(v) for v in values if np.isfinite(v)] or [0.0]
+    low, high = min(0.0, *finite), max(finite)
+    ax.set_ylim(low - 0.05 * (high - low) if low < 0 else 0.0, high + 0.08 * (high - low or 1.0))
+
+
+#: characters per label line in :func:`image_strip` (a cell is ~1.7 in wide)
+_LABEL_WIDTH = 24
+
+
 def image_strip(images: torch.Tensor, labels: Sequence[str], *, columns: int = 10) -> Figure:
-    """Images ``(n, 3, H, W)`` in a labelled grid."""
+    """Images ``(n, 3, H, W)`` in a labelled grid.
+
+    Small images (ShapesWorld's 32 px) are drawn with square pixels (no smoothing) at a cell size that keeps
+    each label, wrapped to lines of at most ~24 characters, readable above its own image.
+    """
     n = images.shape[0]
     rows = (n + columns - 1) // columns
     cols = min(columns, n)
-    figure = Figure(figsize=(1.3 * cols, 1.5 * rows))
+    wrapped = [textwrap.fill(label.replace("unet.", ""), _LABEL_WIDTH) for label in labels]
+    lines = max((label.count("\n") + 1 for label in wrapped), default=1)
+    figure = Figure(figsize=(1.7 * cols, (1.6 + 0.14 * lines) * rows))
     for i in range(n):
         ax = figure.add_subplot(rows, cols, i + 1)
-        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-        ax.set_title(labels[i].replace("unet.", ""), fontsize=6)
+        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+        ax.set_title(wrapped[i], fontsize=7, linespacing=1.1)
         ax.axis("off")
+    figure.subplots_adjust(wspace=0.08, hspace=0.1 + 0.08 * lines)
     return figure

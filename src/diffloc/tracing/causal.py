@@ -30,9 +30,10 @@ from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError, PromptError, UnknownSiteError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
-from diffloc.sites import SiteKind
+from diffloc.sites import TEXT_STATE_KINDS, SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.executors import Executor
 from diffloc.tracing.results import TraceResult
 from diffloc.tracing.selection import check_disjoint, select_sites
 from diffloc.tracing.statistics import check_items, effect_interval
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: ``progress(done, total)`` over the runs of a sweep
 ProgressFn = Callable[[int, int], None]
-TEXT_KINDS = ("layer", "attn", "mlp")
+TEXT_KINDS = TEXT_STATE_KINDS
 
 
 def _embedding_std(model: LoadedModel, site: str) -> float:
@@ -173,8 +174,8 @@ def _validation_jobs(
             ),
             runs=2,
             compute=partial(
-                _restore_item, model, prompt, seed, corruption(model, ranges[prompt], config, seed), [], attribute,
-                scorer, config,
+                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, ranges[prompt], config, seed),
+                restores=[], attribute=attribute, config=config,
             ),
         )
         for prompt, seed in items
@@ -200,6 +201,7 @@ def causal_trace(
     validation_prompts: Sequence[str] = (),
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> TraceResult:
     """Trace which UNet sites carry the attribute.
 
@@ -220,6 +222,7 @@ def causal_trace(
             threshold τ (clean and corrupted runs only); ``()``: no selection.
         out: directory for resumable per-item results and the final result (``None``: keep nothing on disk).
         progress: called with (runs done, runs total).
+        executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
 
     Returns:
         :class:`TraceResult` (``kind="unet"``) with intervals, controls and (given validation prompts) the
@@ -230,6 +233,7 @@ def causal_trace(
         UnknownSiteError: empty or non-UNet site selection.
         ConfigError: too few items for an interval, validation items that overlap the test items, bad settings.
         DifflocError: an attribute the scorer cannot score.
+        SweepIncomplete: ``executor`` is one shard and other shards' items are still missing.
     """
     config = config or TraceConfig()
     prompt_list = _prompts(prompts)
@@ -248,16 +252,16 @@ def causal_trace(
             ),
             runs=len(groups) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed, corruption(model, ranges[prompt], config, seed),
-                [Restore(sites=group, source=0, restore_from=config.restore_from) for group in groups], attribute,
-                scorer, config,
+                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, ranges[prompt], config, seed),
+                restores=[Restore(sites=group, source=0, restore_from=config.restore_from) for group in groups],
+                attribute=attribute, config=config,
             ),
         )
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
     jobs += _validation_jobs(model, weights, "unet", validation, subject, attribute, scorer, config)
-    all_items, store = run_jobs(jobs, out, progress)
+    all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(all_items) - len(validation)], all_items[len(all_items) - len(validation) :]
     labels = ["+".join(g) for g in groups]
     result = TraceResult(
@@ -321,6 +325,7 @@ def trace_text(
     validation_prompts: Sequence[str] = (),
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 
@@ -372,15 +377,15 @@ def trace_text(
             ),
             runs=len(grid) + 2,
             compute=partial(
-                _restore_item, model, prompt, seed, corruption(model, subject_range, config, seed),
-                [Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
-                attribute, scorer, config,
+                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, subject_range, config, seed),
+                restores=[Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
+                attribute=attribute, config=config,
             ),
         )
         for seed in config.seeds
     ]  # fmt: skip
     jobs += _validation_jobs(model, weights, "text", validation, subject, attribute, scorer, config)
-    all_items, store = run_jobs(jobs, out, progress)
+    all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(config.seeds)], all_items[len(config.seeds) :]
 
     def as_cube(values: np.ndarray) -> np.ndarray:

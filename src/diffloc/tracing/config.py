@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from diffloc.engine.generate import GenerationConfig
-from diffloc.engine.interventions import RESTORE_SOURCES
+from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError
 from diffloc.tracing.statistics import IntervalConfig
 

@@ -29,6 +29,7 @@ from diffloc.models.base import LoadedModel
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
+from diffloc.tracing.executors import Executor
 from diffloc.tracing.results import WindowResult
 from diffloc.tracing.statistics import check_items, mean_interval
 from diffloc.tracing.store import Job, run_jobs
@@ -102,6 +103,7 @@ def locogen(
     config: LocoGenConfig | None = None,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> WindowResult:
     """Score every window of cross-attention layers fed ``target_prompt``.
 
@@ -114,6 +116,7 @@ def locogen(
         config: sweep settings (window ``m``, ``mode``, ``preset``).
         out: directory for resumable per-item results.
         progress: called with (runs done, runs total).
+        executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
 
     Returns:
         :class:`WindowResult` with each window's mean score and its bootstrap interval over items (prompt ×
@@ -138,12 +141,15 @@ def locogen(
                 windows=windows, config=config.item_dict(),
             ),
             runs=len(windows) + 1,
-            compute=partial(_window_item, model, prompt, seed, target_prompt, windows, attribute, scorer, config),
+            compute=partial(
+                _window_item, prompt=prompt, seed=seed, target_prompt=target_prompt, windows=windows,
+                attribute=attribute, config=config,
+            ),
         )
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
-    items, store = run_jobs(jobs, out, progress)
+    items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     result = WindowResult(
         windows=windows,
         scores=np.mean([it["scores"] for it in items], axis=0),
@@ -189,6 +195,7 @@ def locogen_search(
     min_effect: float = 0.8,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> WindowResult:
     """The smallest LocoGen window that controls the attribute: :func:`locogen` with each window size in
     ``sizes`` (capped at the number of cross-attention layers) until :func:`controls` holds.
@@ -211,7 +218,7 @@ def locogen_search(
         sub = None if out is None else Path(out) / f"m{size}"
         result = locogen(
             model, prompts, target_prompt, attribute, scorer=scorer, config=replace(config, window=size), out=sub,
-            progress=progress,
+            progress=progress, executor=executor,
         )  # fmt: skip
         ok = controls(result, min_effect)
         tried.append({"window": size, "best_sites": result.best_sites, "best_score": result.best_score, "controls": ok})

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from diffloc.atomic import publish_tree, staging_dir, write_atomic
 from diffloc.errors import CheckpointError, ConfigError, ModelLoadError
 from diffloc.models.registry import SAMPLER_FILE
 
@@ -157,24 +157,12 @@ def build_scheduler(**overrides: object) -> DDIMScheduler:
 
 
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_text_encoder_sd_layout(model: CLIPTextModel, directory: Path) -> None:
@@ -212,8 +200,7 @@ def export_pipeline(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a shipped model must be readable by all
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}-")
     try:
         unet.save_pretrained(staging / "unet", safe_serialization=True)
         vae.save_pretrained(staging / "vae", safe_serialization=True)
@@ -236,6 +223,7 @@ def export_pipeline(
         (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         # the guidance CLI commands default to for this model (diffloc.models.registry.default_guidance)
         (staging / SAMPLER_FILE).write_text(json.dumps({"guidance": GUIDANCE}) + "\n")
+        publish_tree(staging)  # the written components get the umask's modes (the copied extras keep theirs)
         components = {"unet", "vae", "text_encoder", "scheduler", "tokenizer", "model_index.json", SAMPLER_FILE}
         if out_dir.exists():
             for item in out_dir.iterdir():
