@@ -8,30 +8,65 @@ the mode the user's umask gives new files and folders (0644/0755 under 0022) bef
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffloc.errors import DifflocError
+from diffloc.errors import DifflocError, NonFiniteError
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` (and parents) and check it is a writable directory.
+def _creatable(path: Path, what: str) -> None:
+    """Raise unless ``path`` (absent) could be created: its nearest existing ancestor is a writable directory."""
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DifflocError(f"cannot create {what} {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DifflocError(f"cannot create {what} {str(path)!r}: directory {str(parent)!r} is not writable")
+
+
+def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Check, without creating anything, that ``path`` is a writable directory or could be created as one.
+
+    Commands call this before they load a model, and let the first file they write create the directory, so a
+    refused or failed command leaves nothing behind.
 
     Raises:
-        DifflocError: it exists as a file, or cannot be created or written.
+        DifflocError: it exists as a file, or it (or the directory it would be created in) is not writable.
     """
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise DifflocError(f"output path {str(out)!r} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DifflocError(f"cannot create output directory {str(out)!r}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise DifflocError(f"output directory {str(out)!r} is not writable")
+    if out.exists():
+        if not out.is_dir():
+            raise DifflocError(f"{what} {str(out)!r} exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise DifflocError(f"{what} {str(out)!r} is not writable")
+    else:
+        _creatable(out, what)
+    return out
+
+
+def check_writable_file(path: str | Path, what: str = "output file") -> Path:
+    """Check, without creating anything, that a file could be written atomically at ``path``.
+
+    Raises:
+        DifflocError: it is a directory, its directory is not writable, or a parent is a file.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise DifflocError(f"{what} {str(out)!r} is a directory; give a file path")
+    if out.parent.exists():
+        if not out.parent.is_dir():
+            raise DifflocError(f"cannot create {what} {str(out)!r}: {str(out.parent)!r} is a file, not a directory")
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise DifflocError(f"cannot write {what} {str(out)!r}: directory {str(out.parent)!r} is not writable")
+    else:
+        _creatable(out, what)
     return out
 
 
@@ -91,7 +126,46 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
+def non_finite_key(obj: Any, where: str = "") -> str | None:
+    """The key path (``cases.style.efficacy.removed``) of the first NaN or infinite number in ``obj``, or ``None``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(the value itself)"
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_key(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON, refusing NaN and infinities (which are not JSON).
+
+    Raises:
+        NonFiniteError: naming the key that holds the non-finite number.
+    """
+    try:
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError:
+        key = non_finite_key(obj)
+        if key is None:
+            raise
+        raise NonFiniteError(f"refusing to write a non-finite number (NaN or infinity) at {key!r}") from None
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    """Atomically write ``obj`` as indented JSON; a NaN or infinity anywhere in it is refused, nothing written.
+
+    Raises:
+        NonFiniteError: naming the file and the key that holds the non-finite number.
+    """
+    try:
+        text = json_text(obj)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{str(path)!r}: {exc}") from None
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

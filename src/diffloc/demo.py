@@ -35,6 +35,7 @@ from diffloc.tracing.config import LocoGenConfig, TraceConfig
 from diffloc.tracing.executors import Executor, ShardExecutor
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
+from diffloc.validate import check_count, check_noise, check_positive, check_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,21 @@ class DemoConfig:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
         from diffloc.engine.sources import RESTORE_SOURCES
 
+        check_seeds(self.trace_seeds, "trace_seeds")
+        check_seeds(self.text_seeds, "text_seeds")
+        GenerationConfig(steps=self.steps, guidance=self.guidance)
+        check_count("max_batch", self.max_batch, low=2)
+        check_count("trace_prompts", self.trace_prompts)
+        check_count("locogen_window", self.locogen_window)
+        check_positive("preserve_weight", self.preserve_weight)
         if isinstance(self.noise, str) and self.noise != "auto":
             raise ConfigError(f"noise must be a number >= 0, 'auto' or None, got {self.noise!r}")
         if self.restore_from not in RESTORE_SOURCES:
             raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
         if self.edit_templates not in ("case", "reference"):
             raise ConfigError(f"edit_templates must be 'case' or 'reference', got {self.edit_templates!r}")
+        if self.noise is not None and not isinstance(self.noise, str):
+            check_noise(self.noise)
         if self.locoedit_positions not in POSITIONS:
             raise ConfigError(
                 f"locoedit_positions must be one of {', '.join(POSITIONS)}, got {self.locoedit_positions!r}"

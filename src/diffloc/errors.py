@@ -7,7 +7,6 @@ as is (``diffloc: error: ...``) without a traceback.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable
 
 
@@ -54,6 +53,10 @@ class SweepIncomplete(DifflocError):
         self.missing = missing
 
 
+class NonFiniteError(DifflocError):
+    """A generation, score or result became NaN or infinite; the message names the input that caused it."""
+
+
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean a, b?"`` for the closest choices, or ``""`` when none is close."""
     found = difflib.get_close_matches(value, list(choices), n=n, cutoff=0.6)
@@ -65,10 +68,3 @@ def one_of(choices: Iterable[str], limit: int = 12) -> str:
     items = list(choices)
     shown = ", ".join(items[:limit])
     return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")
-
-
-def check_guidance(value: float) -> None:
-    """Raise a one-line :class:`ConfigError` unless ``value`` is a usable classifier-free guidance scale
-    (finite, >= 0); the one definition shared by generation and ShapesWorld's evaluation."""
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"guidance must be a finite number >= 0, got {value!r}")

@@ -130,35 +130,40 @@ def test_missing_weights_and_non_pipeline_dirs(tmp_path):
         model.load_pipeline(tmp_path / "nowhere")
 
 
-def test_cli_rejects_bad_eval_arguments(capsys):
+def _cli(argv: list[str]) -> int:
     from diffloc.cli.main import main
 
-    assert main(["world", "eval", "--seeds", "0"]) == 1
+    try:
+        return main(argv)
+    except SystemExit as exit_info:  # a value the argument parser refuses: a usage error, status 2
+        return int(exit_info.code or 0)
+
+
+def test_cli_rejects_bad_eval_arguments(capsys):
+    assert _cli(["world", "eval", "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffloc: error:") and "--seeds" in err and "\n" not in err
-    assert main(["world", "eval", "--split", "test"]) == 1
+    assert _cli(["world", "eval", "--split", "test"]) == 1
     err = capsys.readouterr().err.strip()
     assert "unknown split 'test'; valid: heldout, validation" in err and "\n" not in err
-    assert main(["world", "eval", "--threads", "0"]) == 1
+    assert _cli(["world", "eval", "--threads", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--threads must be >= 1, got 0" in err and "\n" not in err
-    assert main(["world", "eval", "--guidance", "nan"]) == 1
+    assert "argument --threads: threads must be a positive integer, got 0" in err and "\n" not in err
+    assert _cli(["world", "eval", "--guidance", "nan"]) == 2
     err = capsys.readouterr().err.strip()
     assert "guidance must be a finite number >= 0, got nan" in err and "\n" not in err
 
 
 def test_cli_samples_and_detector_training_check_their_numbers_before_working(capsys, tmp_path):
-    from diffloc.cli.main import main
-
     out = tmp_path / "grid.png"
-    assert main(["world", "samples", "--out", str(out), "--guidance", "nan"]) == 1  # drew NaN-guided grids
+    assert _cli(["world", "samples", "--out", str(out), "--guidance", "nan"]) == 2  # drew NaN-guided grids
     err = capsys.readouterr().err.strip()
     assert "guidance must be a finite number >= 0, got nan" in err and "\n" not in err
     assert not out.exists()
     weights = tmp_path / "det.safetensors"
-    assert main(["world", "detectors", "--train", "--steps", "0", "--weights", str(weights)]) == 1
+    assert _cli(["world", "detectors", "--train", "--steps", "0", "--weights", str(weights)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("diffloc: error:") and "steps must be >= 1, got 0" in err and "\n" not in err
+    assert err.startswith("diffloc: error:") and "steps must be a positive integer, got 0" in err and "\n" not in err
     assert not weights.exists()
 
 
@@ -173,18 +178,16 @@ def test_cli_rejects_a_bad_training_mix_before_writing(capsys, tmp_path, mix, na
 
 
 @pytest.mark.parametrize(
-    ("extra", "named"),
-    [(["--examples", "0"], "n_examples must be >= 1, got 0"),
-     (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive"),
-     (["--text-layers", "0"], "text_layers must be >= 1, got 0"),
-     (["--text-layers", "6", "--init-from", "shapesworld"], "--text-layers 6 is for a run from scratch"),
-     (["--max-minutes", "-1"], "--max-minutes must be >= 0, got -1.0"),
-     (["--max-minutes", "nan"], "--max-minutes must be >= 0, got nan")],
+    ("extra", "named", "status"),
+    [(["--examples", "0"], "examples must be a positive integer, got 0", 2),
+     (["--vae-from", "shapesworld", "--init-from", "shapesworld"], "vae_from and init_from are exclusive", 1),
+     (["--text-layers", "0"], "text_layers must be a positive integer, got 0", 2),
+     (["--text-layers", "6", "--init-from", "shapesworld"], "--text-layers 6 is for a run from scratch", 1),
+     (["--max-minutes", "-1"], "max_minutes must be a finite number >= 0, got -1.0", 2),
+     (["--max-minutes", "nan"], "max_minutes must be a finite number >= 0, got nan", 2)],
 )  # fmt: skip
-def test_cli_training_set_size_and_vae_source_reach_the_recipe(capsys, tmp_path, extra, named):
-    from diffloc.cli.main import main
-
-    assert main(["world", "train", "--out", str(tmp_path / "run"), *extra]) == 1
+def test_cli_training_set_size_and_vae_source_reach_the_recipe(capsys, tmp_path, extra, named, status):
+    assert _cli(["world", "train", "--out", str(tmp_path / "run"), *extra]) == status
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffloc: error:") and named in err and "\n" not in err
     assert not (tmp_path / "run").exists()

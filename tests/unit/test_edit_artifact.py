@@ -9,6 +9,7 @@ import torch
 
 from diffloc.editing import Edit, EditRequest, LocoEditConfig, NeuronConfig, QuickFixConfig, compute_edit
 from diffloc.editing.edit import parameter_hashes as model_hashes
+from diffloc.editing.edit_format import metadata_hash
 from diffloc.errors import EditError
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
@@ -153,6 +154,10 @@ def test_load_rejects_tampered_and_missing(tiny_sd1, tmp_path):
     meta = json.loads((directory / "edit.json").read_text())
     key = edit.parameters[0]
     meta["parameters"][key]["new_sha256"] = "0" * 64
+    (directory / "edit.json").write_text(json.dumps(meta))
+    with pytest.raises(EditError, match="its sha256 does not match its contents"):
+        Edit.load(directory)  # the hash of edit.json covers the tensor hashes it records
+    meta["sha256"] = metadata_hash(meta)  # edit.json consistent again, the tensor not
     (directory / "edit.json").write_text(json.dumps(meta))
     with pytest.raises(EditError, match="does not match its recorded hash"):
         Edit.load(directory)

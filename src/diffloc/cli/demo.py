@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
-from diffloc.atomic import ensure_writable_dir
+from diffloc.atomic import check_writable_dir
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
-from diffloc.cli.sweep_args import add_scorer_arguments, add_seeds_argument, noise_value, seeds_of
+from diffloc.cli.sweep_args import (
+    add_allow_bin_argument,
+    add_scorer_arguments,
+    add_seeds_argument,
+    noise_value,
+    seeds_of,
+)
 from diffloc.engine.sources import RESTORE_SOURCES
+from diffloc.models.weight_files import check_clip_weights
+from diffloc.validate import check_model_steps, count_arg, seed_arg, steps_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,24 +29,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="The end-to-end demo. Reruns skip finished stages; a killed run resumes where it stopped.",
     )
     parser.add_argument("--model", default="shapesworld", help="model (default: the shipped ShapesWorld)")
+    add_allow_bin_argument(parser)
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps for tracing (default 20)")
+    parser.add_argument("--steps", type=steps_arg, default=20, help="denoising steps for tracing (default 20)")
     add_seeds_argument(parser, default=(0, 1), help="seeds for tracing and LocoGen (evaluation uses the suite's)",
                        aliases=("--trace-seeds",))  # fmt: skip
     parser.add_argument(
-        "--text-seeds", type=int, nargs="+", default=None, help="seeds for the text-encoder trace (default 0 1 2)"
+        "--text-seeds", type=seed_arg, nargs="+", default=None, help="seeds for the text-encoder trace (default 0 1 2)"
     )
     parser.add_argument(
         "--restore-from", choices=RESTORE_SOURCES, default="same-latent",
         help="where UNet restores read the clean value (default same-latent; trajectory: the clean run's)",
     )  # fmt: skip
     parser.add_argument(
-        "--bootstrap", type=int, default=2000,
+        "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% intervals over items (each trace needs at least 3 items); 0: none",
     )  # fmt: skip
-    parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
+    parser.add_argument(
+        "--max-batch", type=count_arg("max_batch", low=2), default=32, help="most runs per UNet batch (default 32)"
+    )
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
@@ -57,17 +69,22 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.eval.suite import load_suite, shipped_suite_path
     from diffloc.models.registry import load
 
-    suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
+    suite_path = Path(args.suite) if args.suite else shipped_suite_path("shapesworld")
+    suite = load_suite(suite_path)
     seeds: dict[str, Any] = {"trace_seeds": seeds_of(args)}
     if args.text_seeds is not None:
         seeds["text_seeds"] = tuple(args.text_seeds)
     config = DemoConfig(steps=args.steps, max_batch=args.max_batch, guidance=suite.guidance, noise=args.noise,
                         restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
     config.check_items(suite)
-    out = ensure_writable_dir(args.out)
+    check_model_steps(args.model, args.steps, "--steps")
+    check_model_steps(args.model, suite.steps, f"{suite_path.name}: steps")
+    out = check_writable_dir(args.out)  # created by the first file written
+    if args.clip is not None:
+        check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        model = load(args.model, allow_pickle=args.allow_bin)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
         start = time.perf_counter()
         bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 

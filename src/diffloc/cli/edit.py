@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from diffloc.cli.progress import progress_bar
-from diffloc.cli.sweep_args import add_scorer_arguments
+from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments
 from diffloc.cli.tables import format_table
 from diffloc.errors import ConfigError, DifflocError
+from diffloc.validate import count_arg, guidance_arg, positive_arg, steps_arg
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +51,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--no-default-templates", action="store_true", help="use only --template prompts, not the method's defaults"
     )
     parser.add_argument(
-        "--preserve-weight", type=float, default=1.0,
+        "--preserve-weight", type=positive_arg("preserve_weight"), default=1.0,
         help="weight of the preserved pairs against the edited ones in the solve (UCE's scale; default 1)",
     )  # fmt: skip
     parser.add_argument(
@@ -58,6 +60,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "set), else computed and written there for the next edit (quickfix, locoedit; needs --preserve*)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
+    add_allow_bin_argument(parser)
 
 
 def _sites(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     quickfix = sub.add_parser("quickfix", help="Diff-QuickFix: edit the text encoder's layer-0 attention output")
     _common(quickfix)
-    quickfix.add_argument("--lam", type=float, default=0.01, help="ridge strength lambda > 0 (default 0.01)")
+    quickfix.add_argument(
+        "--lam",
+        type=positive_arg("lam", "ridge strength"),
+        default=0.01,
+        help="ridge strength lambda > 0 (default 0.01)",
+    )
     quickfix.add_argument("--no-eos", action="store_true", help="map only the last subject token, not EOS/padding")
     quickfix.add_argument(
         "--faithful", action="store_true", help="reference-notebook mode: out_proj bias inside the targets"
@@ -87,8 +95,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     loco = sub.add_parser("locoedit", help="LocoEdit: edit cross-attention K/V of localized layers")
     _common(loco)
     _sites(loco)
-    loco.add_argument("--lam-k", type=float, default=0.01, help="ridge strength for keys (default 0.01)")
-    loco.add_argument("--lam-v", type=float, default=0.01, help="ridge strength for values (default 0.01)")
+    loco.add_argument(
+        "--lam-k",
+        type=positive_arg("lam_k", "ridge strength"),
+        default=0.01,
+        help="ridge strength for keys (default 0.01)",
+    )
+    loco.add_argument(
+        "--lam-v",
+        type=positive_arg("lam_v", "ridge strength"),
+        default=0.01,
+        help="ridge strength for values (default 0.01)",
+    )
     loco.add_argument(
         "--target-mode", choices=("bare", "template"), default="bare",
         help="values from the target alone (bare, reference) or the target in the key's template",
@@ -104,10 +122,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "2, 4, 8, 16 layers around --sites/--window and keeps the first whose edit moves it 90%% of the way",
     )  # fmt: skip
     widen.add_argument("--widen-mode", choices=("remove", "update"), default="remove", help="default remove")
-    widen.add_argument("--widen-steps", type=int, default=20, help="denoising steps of the check (default 20)")
+    widen.add_argument("--widen-steps", type=steps_arg, default=20, help="denoising steps of the check (default 20)")
     widen.add_argument(
         "--widen-guidance",
-        type=float,
+        type=guidance_arg,
         default=None,
         help="CFG scale of the check (default: the model's — 4 for shapesworld — else 7.5)",
     )
@@ -117,7 +135,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     neurons = sub.add_parser("neurons", help="ablate the K/V channels that best separate concept from target")
     _common(neurons)
     _sites(neurons)
-    neurons.add_argument("--top-n", type=int, default=50, help="channels ablated per projection (default 50)")
+    neurons.add_argument(
+        "--top-n", type=count_arg("top_n"), default=50, help="channels ablated per projection (default 50)"
+    )
     neurons.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="replacement value")
     neurons.set_defaults(func=run_compute, method="neurons")
 
@@ -160,8 +180,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 def run_compute(args: argparse.Namespace) -> int:
     """Compute an edit and save it."""
-    from diffloc.editing import EditRequest, compute_edit
+    from diffloc.atomic import check_writable_file
+    from diffloc.editing import Edit, EditRequest, compute_edit
     from diffloc.models.registry import load
+    from diffloc.models.weight_files import check_clip_weights
+    from diffloc.validate import check_model_steps
 
     request = EditRequest(
         concepts=tuple(args.concept),
@@ -177,7 +200,14 @@ def run_compute(args: argparse.Namespace) -> int:
             raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
         if not request.preserve and not request.preserve_prompts:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
-    model = load(args.model)
+        if not Path(args.stats).is_file():
+            check_writable_file(args.stats, "--stats file")
+    if getattr(args, "widen", None):
+        check_model_steps(args.model, args.widen_steps, "--widen-steps")
+        if args.clip is not None:
+            check_clip_weights(args.clip, allow_pickle=args.allow_bin)
+    Edit.check_output(args.out)  # the work is not done for an edit that could not be saved
+    model = load(args.model, allow_pickle=args.allow_bin)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
     elif args.stats is not None:
@@ -192,8 +222,6 @@ def run_compute(args: argparse.Namespace) -> int:
 
 def _statistics(path: str, model: Any, request: Any, method: str, config: Any) -> Any:
     """``--stats``: the preservation statistics in ``path`` (checked by the edit), or computed and saved there."""
-    from pathlib import Path
-
     from diffloc.editing import PreservedStatistics, preservation_statistics
 
     if Path(path).exists():
@@ -216,7 +244,7 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     from diffloc.eval.scorers import scorer_for
     from diffloc.models.registry import default_guidance
 
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
     guidance = default_guidance(args.model, args.widen_guidance)
     search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
     preserved = None if args.stats is None else _statistics(args.stats, model, request, args.method, config)

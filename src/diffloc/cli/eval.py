@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffloc.atomic import ensure_writable_dir
+from diffloc.atomic import check_writable_dir
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
-from diffloc.cli.sweep_args import add_scorer_arguments
+from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments
+from diffloc.models.weight_files import check_clip_weights
+from diffloc.validate import check_model_steps
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``diffloc eval``."""
     parser = subparsers.add_parser("eval", help="evaluate a saved edit on a suite YAML")
     parser.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
+    add_allow_bin_argument(parser)
     parser.add_argument("--edit", required=True, help="edit directory (from 'diffloc edit …')")
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
@@ -34,16 +37,20 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
     from diffloc.models.registry import load
 
-    suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
+    suite_path = Path(args.suite) if args.suite else shipped_suite_path("shapesworld")
+    suite = load_suite(suite_path)
+    check_model_steps(args.model, suite.steps, f"{suite_path.name}: steps")
     if args.case:
         for name in args.case:
             suite.case(name)
     edit = Edit.load(args.edit)
-    out = ensure_writable_dir(args.out)
+    out = check_writable_dir(args.out)  # created by the first file written
+    if args.clip is not None:
+        check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model)
+        model = load(args.model, allow_pickle=args.allow_bin)
         edit.check_base(model)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
         with progress_bar("eval", unit="image") as progress:
             report = evaluate(model, edit, suite, scorer=scorer, cases=args.case, out=out, executor=executor,
                               progress=progress)  # fmt: skip

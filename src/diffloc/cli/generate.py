@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from contextlib import ExitStack
 
 from diffloc import __version__
-from diffloc.atomic import ensure_writable_dir, write_json_atomic
+from diffloc.atomic import check_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
-from diffloc.cli.sweep_args import add_seeds_argument, seeds_of
+from diffloc.cli.sweep_args import add_allow_bin_argument, add_seeds_argument, seeds_of
 from diffloc.errors import PromptError
+from diffloc.output_names import RunFiles, image_name
+from diffloc.validate import check_model_steps, guidance_arg, image_side_arg, steps_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,26 +23,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Generate one image per (prompt, seed) and write PNGs plus a JSON of the settings.",
     )
     parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
+    add_allow_bin_argument(parser)
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
-    add_seeds_argument(parser, default=(0,), help="seeds, one image per prompt and seed", aliases=("--seed",))
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    add_seeds_argument(
+        parser, default=(0,), help="seeds in [0, 2**63 - 1], one image per prompt and seed", aliases=("--seed",)
+    )
+    parser.add_argument(
+        "--steps", type=steps_arg, default=20, help="denoising steps, at most the scheduler's (default 20)"
+    )
     parser.add_argument(
         "--guidance",
-        type=float,
+        type=guidance_arg,
         default=None,
         help="classifier-free guidance scale (default: the model's — 4 for shapesworld — else 7.5)",
     )
-    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: model's)")
-    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: model's)")
+    parser.add_argument(
+        "--height", type=image_side_arg("height"), default=None, help="image height in pixels (default: model's)"
+    )
+    parser.add_argument(
+        "--width", type=image_side_arg("width"), default=None, help="image width in pixels (default: model's)"
+    )
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
     parser.add_argument(
         "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
     )
     parser.set_defaults(func=run)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,17 +59,22 @@ def run(args: argparse.Namespace) -> int:
 
     guidance = default_guidance(args.model, args.guidance)
     config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
+    check_model_steps(args.model, args.steps, "--steps")
     for prompt in args.prompt:
         if not prompt.strip():
             raise PromptError("empty prompt; give the text to generate with --prompt")
-    edit = Edit.load(args.edit) if args.edit else None
-    out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    if edit is not None:
-        edit.check_base(model)  # refuse before generating anything
     seeds = seeds_of(args)
     prompts = [p for p in args.prompt for _ in seeds]
     seed_list = [s for _ in args.prompt for s in seeds]
+    names = RunFiles(args.out)  # every file name is claimed before any work: a repeated input is refused now
+    paths = [
+        names.claim(image_name(p, s), f"prompt {p!r} with seed {s}") for p, s in zip(prompts, seed_list, strict=True)
+    ]
+    edit = Edit.load(args.edit) if args.edit else None
+    out = check_writable_dir(args.out)  # created by the first file written
+    model = load(args.model, allow_pickle=args.allow_bin)
+    if edit is not None:
+        edit.check_base(model)  # refuse before generating anything
     start = time.perf_counter()
     with progress_bar(f"generating {len(prompts)} image(s)") as progress, ExitStack() as stack:
         if edit is not None:
@@ -71,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         images = generate(model, prompts, seeds=seed_list, config=config, progress=progress)
     elapsed = time.perf_counter() - start
     files = []
-    for image, prompt, seed in zip(images, prompts, seed_list, strict=True):
-        path = save_png(image, out / f"{_slug(prompt)}_seed{seed}.png")
+    for image, prompt, seed, path in zip(images, prompts, seed_list, paths, strict=True):
+        save_png(image, path)
         files.append({"prompt": prompt, "seed": seed, "file": path.name})
     settings = {
         "diffloc_version": __version__,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from diffloc.atomic import ensure_writable_dir
+from diffloc.atomic import check_writable_dir
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
+from diffloc.validate import count_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_sweep_arguments(parser, default_out="out/locogen")
     parser.add_argument("--target", required=True, help="prompt the window reads instead, e.g. 'a painting'")
-    parser.add_argument("--window", type=int, default=2, help="window size m (default 2)")
+    parser.add_argument("--window", type=count_arg("window"), default=2, help="window size m (default 2)")
     parser.add_argument("--mode", choices=("remove", "update"), default="remove", help="remove: lowest score wins")
     parser.add_argument("--preset", choices=("diffloc", "reference"), default="diffloc",
                         help="reference: the released script's windows of 3 shrinking at the end")  # fmt: skip
@@ -39,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.locogen import locogen
 
     config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
-    out = ensure_writable_dir(args.out)
+    out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:
-        model = load(args.model)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        model = load(args.model, allow_pickle=args.allow_bin)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
         with progress_bar("locogen", unit="run") as progress:
             result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
                              progress=progress, executor=executor)  # fmt: skip

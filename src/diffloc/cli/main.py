@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from diffloc import __version__
 from diffloc.errors import DifflocError, SweepIncomplete
@@ -22,9 +23,19 @@ from diffloc.errors import DifflocError, SweepIncomplete
 COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "demo", "reproduce", "world")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, ``diffloc: error: <command>: argument --x: ...``
+    (exit 2), like every other refusal; sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error as one line and exit with status 2."""
+        command = self.prog.removeprefix("diffloc").strip()
+        self.exit(2, f"diffloc: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="diffloc",
         description="Localize and edit visual knowledge in text-to-image diffusion models.",
     )
@@ -74,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DifflocError as exc:
         print(f"diffloc: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("diffloc: error: out of memory; use fewer or smaller images (--max-batch, --height/--width)",
+              file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print("diffloc: interrupted", file=sys.stderr)

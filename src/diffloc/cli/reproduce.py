@@ -9,10 +9,13 @@ tiny model mean nothing; on real SD-1.x/2.x weights they are the measurement.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from diffloc.atomic import ensure_writable_dir
+from diffloc.atomic import check_writable_dir
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
-from diffloc.cli.sweep_args import add_seeds_argument, seeds_of
+from diffloc.cli.sweep_args import add_allow_bin_argument, add_seeds_argument, seeds_of
+from diffloc.models.weight_files import check_clip_weights
+from diffloc.validate import check_model_steps, count_arg, steps_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,14 +29,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--clip", required=True, help="local CLIP directory (e.g. a saved openai/clip-vit-base-patch16)"
     )
+    add_allow_bin_argument(parser)
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped van-gogh suite)")
     parser.add_argument("--out", default="reproduce-out", help="output directory (default reproduce-out/)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the suite's, 50)")
+    parser.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the suite's, 50)")
     add_seeds_argument(parser, default=(0, 1, 2, 3), help="seeds for tracing and LocoGen (evaluation uses the "
                        "suite's)", aliases=("--trace-seeds",))  # fmt: skip
-    parser.add_argument("--max-batch", type=int, default=8, help="most runs per UNet batch (default 8)")
     parser.add_argument(
-        "--bootstrap", type=int, default=2000,
+        "--max-batch", type=count_arg("max_batch", low=2), default=8, help="most runs per UNet batch (default 8)"
+    )
+    parser.add_argument(
+        "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% intervals over items (at least 3 items); 0: no interval",
     )  # fmt: skip
     add_scale_arguments(parser)
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.eval.suite import load_suite, shipped_suite_path
     from diffloc.models.registry import load
 
-    suite = load_suite(args.suite or shipped_suite_path("van-gogh"))
+    suite_path = Path(args.suite) if args.suite else shipped_suite_path("van-gogh")
+    suite = load_suite(suite_path)
     config = DemoConfig(trace_seeds=seeds_of(args), text_seeds=seeds_of(args),
                         steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=args.max_batch,
                         locogen_window=2, trace_prompts=2, bootstrap=args.bootstrap,
@@ -55,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
                         # editor with its reference templates (the Diff-QuickFix notebook's four, loco_edit.py's)
                         noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
                         locoedit_target_mode="bare", preserve_weight=1.0, edit_templates="reference")  # fmt: skip
-    out = ensure_writable_dir(args.out)
+    check_model_steps(args.model, config.steps, "--steps" if args.steps else f"{suite_path.name}: steps")
+    check_model_steps(args.model, suite.steps, f"{suite_path.name}: steps")
+    out = check_writable_dir(args.out)  # created by the first file written
+    check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model)
-        summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config, executor=executor)
+        model = load(args.model, allow_pickle=args.allow_bin)
+        scorer = ClipScorer.from_dir(args.clip, allow_pickle=args.allow_bin)
+        summary = run_demo(model, suite, scorer, out, config=config, executor=executor)
     for name, entry in summary["cases"].items():
         print(f"{name}: LocoGen window {', '.join(entry['locogen']['best_sites'])}")
     print(f"wrote {out / 'report.html'}")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from diffloc.cli.sweep_args import add_allow_bin_argument
 from diffloc.cli.tables import format_table
 
 
@@ -19,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "model", nargs="?", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…"
     )
+    add_allow_bin_argument(parser)
     parser.add_argument("--select", default="*", help="site names or globs, comma-separated (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """List sites."""
     from diffloc.models.registry import load
 
-    model = load(args.model)
+    model = load(args.model, allow_pickle=args.allow_bin)
     sites = list(model.sites) if args.select in ("*", "") else model.sites.select(args.select)
     rows = [
         {

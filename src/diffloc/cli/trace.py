@@ -8,13 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffloc.atomic import ensure_writable_dir, write_json_atomic
+from diffloc.atomic import check_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.sites import TEXT_STATE_KINDS
+from diffloc.validate import seed_arg
 
 if TYPE_CHECKING:
     from diffloc.models.base import LoadedModel
@@ -49,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "repeat a traced (prompt, seed)",
         )  # fmt: skip
         sub.add_argument(
-            "--validation-seeds", type=int, nargs="+", default=None,
+            "--validation-seeds", type=seed_arg, nargs="+", default=None,
             help="seeds of the validation items (default: --seeds)",
         )  # fmt: skip
         if target == "unet":
@@ -89,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
     check_items(len(args.prompt) * len(config.seeds), config.intervals)
     validation = [(p, s) for p in args.validation_prompt for s in (config.validation_seeds or config.seeds)]
     check_disjoint([(p, s) for p in args.prompt for s in config.seeds], validation)
-    out = ensure_writable_dir(args.out)
+    out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:
-        model = load(args.model)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+        model = load(args.model, allow_pickle=args.allow_bin)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
         if auto:
             from diffloc.tracing.calibrate import calibrate_noise
 

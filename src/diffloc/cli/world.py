@@ -19,9 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffloc.atomic import write_atomic, write_json_atomic
+from diffloc.atomic import check_writable_dir, check_writable_file, write_atomic, write_json_atomic
 from diffloc.cli.tables import format_table
 from diffloc.errors import ConfigError
+from diffloc.validate import (
+    check_number,
+    check_steps,
+    count_arg,
+    guidance_arg,
+    nonnegative_arg,
+    positive_arg,
+    scheduler_dir_steps,
+    seed_arg,
+    steps_arg,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +45,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("render", help="write a grid of sample training renders and their captions")
     p.add_argument("--out", default="shapesworld-data.png", help="PNG path (captions go to a .txt next to it)")
-    p.add_argument("--n", type=int, default=64, help="number of renders (default 64)")
-    p.add_argument("--seeds", "--seed", dest="seed", type=int, default=0, metavar="SEED",
+    p.add_argument("--n", type=count_arg("n"), default=64, help="number of renders (default 64)")
+    p.add_argument("--seeds", "--seed", dest="seed", type=seed_arg, default=0, metavar="SEED",
                    help="the one seed that draws the renders (default 0)")  # fmt: skip
     p.set_defaults(func=run_render)
 
     p = sub.add_parser("train", help="train or resume the ShapesWorld text-to-image model")
     p.add_argument("--out", required=True, help="run directory (checkpoints, caches, log)")
-    p.add_argument("--steps", type=int, default=None, help="total UNet steps (default: the shipped recipe)")
-    p.add_argument("--seeds", "--seed", dest="seed", type=int, default=0, metavar="SEED",
+    p.add_argument(
+        "--steps", type=count_arg("steps"), default=None, help="total UNet steps (default: the shipped recipe)"
+    )
+    p.add_argument("--seeds", "--seed", dest="seed", type=seed_arg, default=0, metavar="SEED",
                    help="the one seed of the training run: data, initial weights, noise (default 0)")  # fmt: skip
     p.add_argument(
-        "--examples", type=int, default=None,
+        "--examples", type=count_arg("examples"), default=None,
         help="captioned renders in the training set (default: the shipped recipe's 50,000)",
     )  # fmt: skip
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the shipped recipe)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the shipped recipe)")
+    p.add_argument(
+        "--lr", type=positive_arg("lr"), default=None, help="peak learning rate (default: the shipped recipe)"
+    )
+    p.add_argument(
+        "--warmup", type=count_arg("warmup", low=0), default=None, help="warm-up steps (default: the shipped recipe)"
+    )
     p.add_argument(
         "--init-from",
         default=None,
@@ -61,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="shares of plain,style,object,fact captions, e.g. 0.45,0.35,0.1,0.1 (default: the shipped recipe)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    p.add_argument("--threads", type=count_arg("threads"), default=None, help="torch threads (default 1)")
     p.add_argument(
         "--freeze-unet", action="store_true",
         help="train the text encoder only (with --init-from: the warm start's UNet stays as it is)",
@@ -77,11 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="extra training word orders, a name of diffloc.world.vocab.EXTRA_TEMPLATES (default none)",
     )  # fmt: skip
     p.add_argument(
-        "--grow-text-layers", type=int, default=None,
+        "--grow-text-layers", type=count_arg("grow_text_layers", low=0), default=None,
         help="with --init-from: append this many identity-initialised layers to its text encoder",
     )  # fmt: skip
     p.add_argument(
-        "--text-layers", type=int, default=None,
+        "--text-layers", type=count_arg("text_layers"), default=None,
         help="from scratch: text-encoder depth (default: the shipped recipe's 4; a warm start keeps its own)",
     )  # fmt: skip
     p.add_argument(
@@ -91,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument(
-        "--max-minutes", type=float, default=None,
+        "--max-minutes", type=nonnegative_arg("max_minutes"), default=None,
         help="stop, with a checkpoint, at the first step ending past this much wall time (resumable; 0: after "
         "one step; data preparation is never interrupted)",
     )  # fmt: skip
@@ -112,23 +129,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="pipeline dir whose VAE round trip augments training ('shapesworld': the shipped one)",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
-    p.add_argument("--n", type=int, default=3000, help="clean renders to measure on (default 3000)")
+    p.add_argument(
+        "--steps", type=count_arg("steps"), default=None, help="training steps (default: the shipped recipe)"
+    )
+    p.add_argument("--n", type=count_arg("n"), default=3000, help="clean renders to measure on (default 3000)")
     p.add_argument("--out", default=None, help="write the accuracy JSON here")
     p.set_defaults(func=run_detectors)
 
     p = sub.add_parser("eval", help="held-out prompts × seeds → detectors → accuracy JSON")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--detectors", default=None, help="detector weights (default: shipped)")
-    p.add_argument("--seeds", type=int, default=4, metavar="N", help="seeds per prompt: 0 .. N-1 (default 4)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the eval recipe's)")
+    p.add_argument("--seeds", type=count_arg("seeds"), default=4, metavar="N",
+                   help="seeds per prompt: 0 .. N-1 (default 4)")  # fmt: skip
+    p.add_argument("--steps", type=steps_arg, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=guidance_arg, default=None, help="CFG scale (default: the eval recipe's)")
     p.add_argument("--split", default="heldout", help="heldout (the acceptance bar; default) or validation "
                    "(training templates, for choosing sampler settings)")  # fmt: skip
     p.add_argument("--extra-templates", default=None, help="validation split: the run's extra training "
                    "templates (diffloc.world.vocab.EXTRA_TEMPLATES; default none)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; the 20-step time in the "
-                   "JSON is measured at this count and recorded beside it)")  # fmt: skip
+    p.add_argument("--threads", type=count_arg("threads"), default=2, help="torch threads (default 2; the "
+                   "20-step time in the JSON is measured at this count and recorded beside it)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--json", action="store_true", help="print the JSON instead of a table")
     p.set_defaults(func=run_eval)
@@ -136,13 +156,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("samples", help="write a sample grid PNG of a model")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--out", default="samples.png")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=guidance_arg, default=None)
     p.set_defaults(func=run_samples)
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"--{name} must be >= 1, got {value}")
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -155,7 +170,7 @@ def run_render(args: argparse.Namespace) -> int:
     from diffloc.world import captions
     from diffloc.world.render import render_batch
 
-    _positive("n", args.n)
+    check_writable_file(args.out, "--out")
     examples = captions.training_examples(args.n, args.seed)
     images = torch.from_numpy(render_batch([e.scene for e in examples], [e.seed for e in examples]))
     columns = math.ceil(math.sqrt(args.n))
@@ -209,19 +224,27 @@ def _init_recipe(init_from: str) -> tuple[int, bool]:
     return (int(layers) if isinstance(layers, int) else TrainConfig().text_layers), prediction == "v_prediction"
 
 
+def _mix(text: str) -> tuple[float, ...]:
+    """``--mix``: four comma-separated finite shares >= 0."""
+    try:
+        shares = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--mix {text!r} is not 4 comma-separated numbers, e.g. 0.45,0.35,0.1,0.1") from None
+    for share in shares:
+        check_number(f"each share of --mix {text!r}", share, low=0.0)
+    return shares
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``diffloc world train``."""
     from diffloc.world.train import TrainConfig, export_run, train
 
-    _positive("steps", args.steps)
-    if args.max_minutes is not None and not args.max_minutes >= 0:
-        raise ConfigError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    check_writable_dir(args.out, "run directory")
+    if args.export:
+        check_writable_dir(args.export, "--export directory")
     fields: dict[str, Any] = {"seed": args.seed}
     if args.mix is not None:
-        try:
-            fields["mix"] = tuple(float(v) for v in args.mix.split(","))
-        except ValueError:
-            raise ConfigError(f"--mix {args.mix!r} is not 4 comma-separated numbers, e.g. 0.45,0.35,0.1,0.1") from None
+        fields["mix"] = _mix(args.mix)
     if args.threads is not None:
         fields["threads"] = args.threads
     if args.freeze_unet:
@@ -266,6 +289,7 @@ def run_export(args: argparse.Namespace) -> int:
     """``diffloc world export``."""
     from diffloc.world.train import export_run
 
+    check_writable_dir(args.out, "--out directory")
     print(f"exported to {export_run(args.run, args.out)}")
     return 0
 
@@ -278,9 +302,11 @@ def run_detectors(args: argparse.Namespace) -> int:
 
     from diffloc.world import detectors, model
 
-    _positive("n", args.n)
     weights = Path(args.weights) if args.weights else model.shipped_model_dir() / detectors.DETECTOR_FILE
+    if args.out:
+        check_writable_file(args.out, "--out")
     if args.train:
+        check_writable_file(weights, "--weights")
         config = detectors.DetectorTrainConfig(**({} if args.steps is None else {"steps": args.steps}))
         reconstruct = None
         if args.vae_from:
@@ -321,9 +347,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from diffloc.world import detectors, model
     from diffloc.world.evaluate import EvalConfig, evaluate_model
 
-    _positive("seeds", args.seeds)
-    _positive("steps", args.steps)
-    _positive("threads", args.threads)
+    pipeline = model.pipeline_dir(args.model, "--model") if args.model else model.shipped_model_dir()
+    check_steps(args.steps, limit=scheduler_dir_steps(pipeline), name="--steps")
+    if args.out:
+        check_writable_file(args.out, "--out")
     fields = {"seeds": args.seeds, "steps": args.steps, "split": args.split}
     if args.extra_templates is not None:
         fields["extra_templates"] = args.extra_templates
@@ -333,7 +360,7 @@ def run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     pipe = model.load_pipeline(args.model)
     det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
-    with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
+    with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr, leave=False) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -388,6 +415,7 @@ def run_samples(args: argparse.Namespace) -> int:
     from diffloc.world.evaluate import EvalConfig, generate
 
     guidance = EvalConfig(**({} if args.guidance is None else {"guidance": args.guidance})).guidance  # checked
+    check_writable_file(args.out, "--out")
     pipe = model.load_pipeline(args.model)
     prompts = [f"a {t} {c} {s} on a {b} background" for s, c, t, b in [
         ("circle", "red", "solid", "white"), ("square", "blue", "striped", "black"),

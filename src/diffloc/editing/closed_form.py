@@ -38,18 +38,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from diffloc.errors import ConfigError, EditError
-
-
-def check_positive(label: str, value: Any, meaning: str = "") -> None:
-    """Raise a one-line :class:`ConfigError` unless ``value`` is a finite real number > 0 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        suffix = f" ({meaning})" if meaning else ""
-        raise ConfigError(f"{label} must be a finite number > 0{suffix}, got {value!r}")
+from diffloc.validate import check_positive
 
 
 def _rows(label: str, x: torch.Tensor, width: int) -> torch.Tensor:

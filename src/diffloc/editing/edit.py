@@ -11,7 +11,8 @@ its pipeline-level dotted path (``text_encoder.encoder.layers.0.self_attn.out_pr
 * sha256 hashes of both (dtype, shape and bytes), which decide whether the edit may be applied or reverted.
 
 On disk an edit is a directory with ``edit.safetensors`` (tensors ``new/<param>`` and ``base/<param>``) and
-``edit.json`` (method, request, config, family, hashes, stats, diffloc version). Nothing is pickled.
+``edit.json`` (method, request, config, family, hashes, stats, diffloc version, and the hash of all of it). Nothing
+is pickled; :mod:`diffloc.editing.edit_format` reads both files strictly.
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.atomic import publish_tree, staging_dir
+from diffloc.atomic import check_writable_dir, json_text, publish_tree, staging_dir
+from diffloc.editing.edit_format import (
+    ABSENT,
+    FORMAT,
+    FORMAT_VERSION,
+    HASH_KEY,
+    check_tensors,
+    metadata_hash,
+    read_metadata,
+)
 from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
 
-FORMAT = "diffloc-edit"
-FORMAT_VERSION = 1
-#: hash recorded for a parameter that does not exist in the base model (e.g. a bias the edit adds)
-ABSENT = "absent"
+__all__ = ["ABSENT", "FORMAT", "FORMAT_VERSION", "Edit", "parameter_hashes", "snapshot", "tensor_hash"]
 WEIGHTS_FILE = "edit.safetensors"
 META_FILE = "edit.json"
 
@@ -236,7 +243,7 @@ class Edit:
 
     # -- persistence -----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        """The JSON side of the artifact."""
+        """The JSON side of the artifact, ending with the hash of everything before it."""
         params = {}
         for key, new in self.weights.items():
             params[key] = {
@@ -246,7 +253,7 @@ class Edit:
                 "base_sha256": self.base["tensors"][key],
                 "new_sha256": self.result_hashes[key],
             }
-        return {
+        meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -258,6 +265,27 @@ class Edit:
             "notes": list(self.notes),
             "parameters": params,
         }
+        # through JSON first, so the hash is of what a reader will parse (tuples become lists)
+        meta = json.loads(json_text(meta))
+        meta[HASH_KEY] = metadata_hash(meta)
+        return meta
+
+    @staticmethod
+    def check_output(directory: str | Path) -> Path:
+        """Check, creating nothing, that an edit could be saved to ``directory`` (before computing one).
+
+        Raises:
+            EditError: it is a file, or a non-empty directory that holds no edit.
+            DifflocError: it (or the directory it would be created in) is not writable.
+        """
+        target = Path(directory)
+        if target.exists() and not target.is_dir():
+            raise EditError(f"edit output {str(target)!r} exists and is not a directory")
+        if target.is_dir() and any(target.iterdir()) and not (target / META_FILE).is_file():
+            raise EditError(f"edit output {str(target)!r} is a non-empty directory that holds no edit; refusing")
+        # saving assembles the edit beside the target and renames it into place
+        check_writable_dir(target.parent if target.exists() else target, "edit output directory")
+        return target
 
     def save(self, directory: str | Path) -> Path:
         """Write ``edit.safetensors`` + ``edit.json`` into ``directory`` atomically (temp dir, then rename).
@@ -266,11 +294,8 @@ class Edit:
         """
         from safetensors.torch import save_file
 
-        target = Path(directory)
-        if target.exists() and not target.is_dir():
-            raise EditError(f"edit output {str(target)!r} exists and is not a directory")
-        if target.is_dir() and any(target.iterdir()) and not (target / META_FILE).is_file():
-            raise EditError(f"edit output {str(target)!r} is a non-empty directory that holds no edit; refusing")
+        target = self.check_output(directory)
+        meta = json_text(self.metadata())
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = staging_dir(target.parent, f".{target.name}.")
         try:
@@ -281,7 +306,7 @@ class Edit:
                 if old is not None:
                     tensors[f"base/{key}"] = old.detach().to("cpu").contiguous().clone()
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            (tmp / META_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+            (tmp / META_FILE).write_text(meta, encoding="utf-8")
             publish_tree(tmp)
             if target.exists():
                 old_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -297,10 +322,12 @@ class Edit:
 
     @classmethod
     def load(cls, directory: str | Path) -> Edit:
-        """Load an edit saved by :meth:`save`, checking every tensor against its recorded hash.
+        """Load an edit saved by :meth:`save`, checking every field of ``edit.json`` and every tensor against its
+        recorded hash (format 2 also checks the hash of ``edit.json`` itself; format 1 edits still load).
 
         Raises:
-            EditError: missing files, another format, or tensors that do not match their hashes.
+            EditError: one line naming the file and the field: missing files, another format or version, a
+                missing or mistyped field, a relabelled edit, or tensors that do not match their hashes.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -309,41 +336,33 @@ class Edit:
         meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
         if not meta_path.is_file() or not weights_path.is_file():
             raise EditError(f"{str(path)!r} is not an edit directory (needs {META_FILE} and {WEIGHTS_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EditError(f"{meta_path} is unreadable: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise EditError(f"{meta_path} is not a diffloc edit (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise EditError(f"{meta_path} has format version {meta['format_version']}; this diffloc reads <= 1")
+        meta = read_metadata(meta_path)
         try:
             tensors = load_file(str(weights_path))
         except (SafetensorError, OSError) as exc:
             raise EditError(f"{weights_path} is unreadable: {exc}") from None
+        check_tensors(meta, tensors, weights_path)
         weights: dict[str, torch.Tensor] = {}
         originals: dict[str, torch.Tensor | None] = {}
-        for key, info in meta.get("parameters", {}).items():
-            if f"new/{key}" not in tensors:
-                raise EditError(f"{weights_path} lacks the new weights of {key}")
+        for key, info in meta["parameters"].items():
             weights[key] = tensors[f"new/{key}"]
             originals[key] = tensors.get(f"base/{key}")
             for label, tensor, expected in (
-                ("new", weights[key], info.get("new_sha256")),
-                ("base", originals[key], info.get("base_sha256")),
+                ("new", weights[key], info["new_sha256"]),
+                ("base", originals[key], info["base_sha256"]),
             ):
                 if tensor_hash(tensor) != expected:
                     raise EditError(f"{weights_path}: the {label} tensor of {key} does not match its recorded hash")
         return cls(
-            method=str(meta["method"]),
-            family=str(meta["family"]),
+            method=meta["method"],
+            family=meta["family"],
             weights=weights,
             originals=originals,
             request=meta.get("request", {}),
             config=meta.get("config", {}),
             stats=meta.get("stats", {}),
             notes=tuple(meta.get("notes", ())),
-            version=str(meta.get("diffloc_version", "")),
+            version=meta.get("diffloc_version", ""),
         )
 
     def summary(self) -> str:

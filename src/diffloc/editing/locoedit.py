@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import PreservedGram, SharedInputRidge, check_positive
+from diffloc.editing.closed_form import PreservedGram, SharedInputRidge
 from diffloc.editing.edit import Edit
 from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
@@ -42,6 +42,7 @@ from diffloc.editing.states import EncodedPrompt, context_at_subjects, context_p
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
+from diffloc.validate import check_positive
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import PreservedGram, check_positive, ridge_solve
+from diffloc.editing.closed_form import PreservedGram, ridge_solve
 from diffloc.editing.edit import Edit
 from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import QUICKFIX_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import aligned_positions, is_causal_clip, subject_positions
 from diffloc.errors import ConfigError, EditError
 from diffloc.models.base import LoadedModel, TextEncoderSpec
+from diffloc.validate import check_positive
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.tracing.locogen import check_window_search, moved_enough, xattn_layers
+from diffloc.validate import check_count, check_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,9 @@ class WidenConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(self.sizes))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "seeds", check_seeds(self.seeds))
         check_window_search(self.sizes, self.min_effect)
-        if not self.seeds:
-            raise ConfigError("seeds must not be empty, e.g. seeds=(100, 101)")
-        if self.max_folds < 1:
-            raise ConfigError(f"max_folds must be >= 1, got {self.max_folds}")
+        check_count("max_folds", self.max_folds)
 
 
 def widen_window(window: Sequence[str], size: int, layers: Sequence[str]) -> tuple[str, ...]:

@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from diffloc.engine.batch import BatchLayout
+from diffloc.engine.finite import check_images, check_latents, check_text_states
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Run, compile_runs, unet_hooks
-from diffloc.errors import ConfigError, PromptError, check_guidance
+from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import Conditioning, LoadedModel
+from diffloc.validate import check_guidance, check_image_side, check_model_steps, check_seed, check_steps
 
 #: ``progress(done, total)`` called after each denoising step
 ProgressFn = Callable[[int, int], None]
@@ -35,12 +37,11 @@ class GenerationConfig:
     width: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        check_steps(self.steps)
         check_guidance(self.guidance)
         for label, value in (("height", self.height), ("width", self.width)):
-            if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
-                raise ConfigError(f"{label} must be a positive multiple of 8, got {value!r}")
+            if value is not None:
+                check_image_side(label, value)
 
     @property
     def cfg(self) -> bool:
@@ -55,7 +56,7 @@ def initial_latents(
     per_seed: dict[int, torch.Tensor] = {}
     for seed in seeds:
         if seed not in per_seed:
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
             per_seed[seed] = torch.randn((1, *shape), generator=gen, dtype=torch.float32)
     return torch.cat([per_seed[s] for s in seeds]).to(device=device, dtype=dtype)
 
@@ -123,6 +124,7 @@ def sample(
     default_h, default_w = adapter.default_size(pipe)
     height, width = config.height or default_h, config.width or default_w
     unet = pipe.unet
+    check_model_steps(model, config.steps)  # more steps than the schedule has are refused, never extrapolated
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(config.steps, device=unet.device)
     shape = adapter.latent_shape(pipe, height, width)
@@ -148,9 +150,12 @@ def sample(
         noise = unet(x, t, **kwargs).sample[: layout.guided_rows]
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        check_latents(latents, step=i + 1, steps=len(timesteps), guidance=config.guidance)
         if progress is not None:
             progress(i + 1, len(timesteps))
-    return adapter.decode(pipe, latents).cpu()
+    images = adapter.decode(pipe, latents).cpu()
+    check_images(images)
+    return images
 
 
 @torch.inference_mode()
@@ -190,6 +195,7 @@ def generate_runs(
     with patch(model, outputs=plan.text_outputs):
         encoded = adapter.encode(pipe, plan.text_prompts)
     cond = encoded.take(plan.text_rows)
+    check_text_states(cond.hidden, runs)
     swap_context: dict[str, torch.Tensor] = {}
     if plan.swap_prompts:
         swapped = attention_context(model, adapter.encode(pipe, plan.swap_prompts).hidden)

@@ -33,6 +33,7 @@ from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
+from diffloc.validate import generator_seed
 
 _TEXT_KINDS = {SiteKind.TEXT_EMBED, SiteKind.TEXT_LAYER, SiteKind.TEXT_ATTN, SiteKind.TEXT_MLP}
 
@@ -291,7 +292,7 @@ def _text_hook(
                 start, end = iv.positions
                 if end > out.shape[1]:
                     raise ConfigError(f"token range {iv.positions} exceeds the {out.shape[1]} encoded tokens")
-                gen = torch.Generator(device="cpu").manual_seed(iv.noise_seed * 1000003 + salt)
+                gen = torch.Generator(device="cpu").manual_seed(generator_seed(iv.noise_seed * 1000003 + salt))
                 noise = torch.randn((end - start, out.shape[-1]), generator=gen, dtype=torch.float32)
                 out[row, start:end] += (iv.std_at(site_name) * noise).to(out.dtype).to(out.device)
             output = with_primary(output, out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -32,9 +31,11 @@ def removal_efficacy(before: float, after: float) -> float:
 
 
 def retention(before: float, after: float) -> float:
-    """Fraction of an unedited detection rate kept after the edit (1.0 = untouched; capped at 1)."""
+    """Fraction of an unedited detection rate kept after the edit (1.0 = untouched; capped at 1). When the
+    unedited model never showed the attribute nothing could be lost: 1.0 (the capped limit of ``after / 0``,
+    where an infinity would not be JSON)."""
     if before <= 0:
-        return 1.0 if after <= 0 else math.inf
+        return 1.0
     return min(1.0, after / before)
 
 

@@ -13,7 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from diffloc.engine.finite import check_scores
 from diffloc.errors import ConfigError, ModelLoadError
+from diffloc.models.weight_files import check_clip_weights
 
 
 @runtime_checkable
@@ -52,7 +54,7 @@ class DetectorScorer:
         return DetectorScorer if self._shipped else None
 
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        return self._impl.score(images, list(texts)).float()
+        return check_scores(self._impl.score(images, list(texts)).float(), texts, self.name)
 
     def check(self, text: str) -> None:
         from diffloc.world.captions import parse_caption
@@ -88,19 +90,22 @@ class ClipScorer:
         return None if self.directory is None else partial(ClipScorer.from_dir, self.directory)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> ClipScorer:
-        """Load a CLIPModel + tokenizer saved with ``save_pretrained``.
+    def from_dir(cls, path: str | Path, *, allow_pickle: bool = False) -> ClipScorer:
+        """Load a CLIPModel + tokenizer saved with ``save_pretrained`` (safetensors; pickled ``.bin`` weights only
+        with ``allow_pickle``).
 
         Raises:
             ModelLoadError: the directory is missing or not a CLIP checkpoint.
+            CheckpointError: it holds only pickled weights and ``allow_pickle`` is off.
         """
         from transformers import AutoTokenizer, CLIPModel
 
         directory = Path(path)
         if not (directory / "config.json").is_file():
             raise ModelLoadError(f"CLIP directory {str(directory)!r} has no config.json; save a CLIPModel there first")
+        safe_only = check_clip_weights(directory, allow_pickle=allow_pickle)
         try:
-            model = CLIPModel.from_pretrained(directory, local_files_only=True)
+            model = CLIPModel.from_pretrained(directory, local_files_only=True, use_safetensors=safe_only or None)
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"could not load CLIP from {str(directory)!r}: {type(exc).__name__}") from None
@@ -124,22 +129,25 @@ class ClipScorer:
         text_features = getattr(text_features, "pooler_output", text_features)
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        return (image_features * text_features).sum(-1).float().cpu()
+        return check_scores((image_features * text_features).sum(-1).float().cpu(), texts, self.name)
 
     def check(self, text: str) -> None:
         if not text.strip():
             raise ConfigError("empty attribute text; give the text to score images against, e.g. 'van gogh style'")
 
 
-def scorer_for(model_source: str, clip_dir: str | Path | None = None, *, detectors: bool = False) -> Scorer:
+def scorer_for(
+    model_source: str, clip_dir: str | Path | None = None, *, detectors: bool = False, allow_pickle: bool = False
+) -> Scorer:
     """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld`` or
-    when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere).
+    when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere). ``allow_pickle``: see
+    :meth:`ClipScorer.from_dir`.
 
     Raises:
         ConfigError: no scorer applies (a real model needs ``clip_dir``).
     """
     if clip_dir is not None:
-        return ClipScorer.from_dir(clip_dir)
+        return ClipScorer.from_dir(clip_dir, allow_pickle=allow_pickle)
     if detectors or str(model_source) == "shapesworld":
         return DetectorScorer()
     raise ConfigError(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
-from diffloc.config import from_dict, read_yaml
+from diffloc.config import check_fields, from_dict, read_yaml
 from diffloc.engine.generate import GenerationConfig
 from diffloc.errors import ConfigError
 from diffloc.eval.measure import fidelity, measure
@@ -25,6 +25,7 @@ from diffloc.eval.metrics import removal_efficacy, retention
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.tracing.store import run_all
+from diffloc.validate import check_count, check_seeds, check_threshold
 
 if TYPE_CHECKING:
     from diffloc.tracing.executors import Executor
@@ -38,6 +39,7 @@ class Neighbour:
     attribute: str
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.prompt.strip() or not self.attribute.strip():
             raise ConfigError("a neighbour needs a non-empty prompt and attribute")
 
@@ -82,6 +84,10 @@ class ConceptCase:
     locoedit_target: str = ""
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        for label in ("name", "concept", "target", "attribute"):
+            if not getattr(self, label).strip():
+                raise ConfigError(f"case {self.name!r}: {label} is empty")
         if self.kind not in ("style", "object", "fact"):
             raise ConfigError(f"case {self.name!r}: kind must be style, object or fact, got {self.kind!r}")
         if self.mode not in ("remove", "update"):
@@ -122,11 +128,18 @@ class EvalSuite:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.cases:
             raise ConfigError("suite has no cases")
-        if not self.seeds:
-            raise ConfigError("suite has no seeds")
+        if not self.unrelated:
+            raise ConfigError("unrelated is empty; give at least one unrelated prompt (fidelity is measured on them)")
+        check_seeds(self.seeds)
         GenerationConfig(steps=self.steps, guidance=self.guidance)
+        check_count("max_batch", self.max_batch)
+        check_threshold(self.threshold)
+        names = [case.name for case in self.cases]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"case names must be unique, got {names}")
 
     def case(self, name: str) -> ConceptCase:
         """The case called ``name``."""
@@ -137,18 +150,10 @@ class EvalSuite:
 
 
 def load_suite(path: str | Path) -> EvalSuite:
-    """Load a suite YAML strictly (unknown keys or missing fields raise a one-line ConfigError)."""
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{str(path)!r}: expected a mapping at the top level")
-    cases = []
-    for i, raw in enumerate(data.get("cases") or []):
-        where = f"{Path(path).name}: cases[{i}]"
-        if isinstance(raw, dict) and "neighbours" in raw:
-            raw = {**raw, "neighbours": [from_dict(Neighbour, n, where=f"{where}.neighbours[{j}]")
-                                         for j, n in enumerate(raw["neighbours"] or [])]}  # fmt: skip
-        cases.append(from_dict(ConceptCase, raw, where=where))
-    return from_dict(EvalSuite, {**data, "cases": cases}, where=Path(path).name)
+    """Load a suite YAML strictly: unknown keys, missing fields, values of the wrong type or out of range raise a
+    one-line :class:`ConfigError` naming the file and the field (``suite.yaml: cases[0]: concept must be a
+    string, got int 5``)."""
+    return from_dict(EvalSuite, read_yaml(path), where=Path(path).name)
 
 
 def shipped_suite_path(name: str = "shapesworld") -> Path:

@@ -15,6 +15,7 @@ from diffloc.models.base import LoadedModel, ModelAdapter
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
 from diffloc.models.sd import StableDiffusionAdapter
 from diffloc.models.sdxl import StableDiffusionXLAdapter
+from diffloc.models.weight_files import check_pipeline_weights
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def load(
     family: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
 
@@ -189,6 +191,8 @@ def load(
             pipeline class and config.
         dtype: parameter dtype.
         device: torch device.
+        allow_pickle: also read components stored only as pickled ``.bin`` weights (refused by default: unpickling
+            can run code from the file; see :mod:`diffloc.models.weight_files`).
 
     Returns:
         A :class:`LoadedModel`.
@@ -215,6 +219,7 @@ def load(
     path = resolve_source(model)
     class_name = pipeline_class_name(path)
     adapter_for(class_name, family)  # fail fast on unsupported classes, before reading weights
+    safe_only = check_pipeline_weights(path, allow_pickle=allow_pickle)
     import diffusers
 
     pipeline_cls: Any = getattr(diffusers, class_name)
@@ -223,6 +228,8 @@ def load(
     if "requires_safety_checker" in index or "safety_checker" in index:
         skip["requires_safety_checker"] = False  # type: ignore[assignment]
     try:
+        if safe_only:
+            skip["use_safetensors"] = True  # type: ignore[assignment]  # never a .bin beside the safetensors
         pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True, **skip)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -199,6 +199,15 @@ def tiny_unet_config(family: str) -> dict[str, Any]:
     return config
 
 
+def scheduler_config(family: str) -> dict[str, Any]:
+    """The scheduler config of the tiny ``family`` model (its checkpoint's own), without building anything.
+
+    Raises:
+        KeyError: unknown ``family``.
+    """
+    return dict(_SCHEDULERS[family][1])
+
+
 def build_tiny_pipeline(family: str, *, seed: int = 0) -> DiffusionPipeline:
     """Build a tiny random-weight pipeline of ``family`` on the CPU in float32, offline.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ from diffloc.engine.generate import GenerationConfig
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError
 from diffloc.tracing.statistics import IntervalConfig
+from diffloc.validate import check_count, check_int, check_noise, check_seed, check_seeds
 
 #: settings that do not change what a (test) item computes, left out of the keys of resumable items: how results
 #: are summarized, and which validation items choose the threshold
@@ -41,16 +41,12 @@ class SweepConfig:
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ConfigError("seeds is empty; give at least one seed")
+        check_seeds(self.seeds)
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds repeat ({list(self.seeds)}); a repeated seed is the same item twice")
         # Sampling settings are validated where they are defined, with the same messages.
         GenerationConfig(steps=self.steps, guidance=self.guidance, height=self.height, width=self.width)
-        if not isinstance(self.max_batch, int) or self.max_batch < 2:
-            raise ConfigError(
-                f"max_batch must be an integer >= 2 (a clean run plus one intervention), got {self.max_batch!r}"
-            )
+        check_int("max_batch", self.max_batch, low=2, why="a clean run plus one intervention")
         IntervalConfig(resamples=self.bootstrap, confidence=self.confidence)  # validates both
 
     @property
@@ -97,14 +93,16 @@ class TraceConfig(SweepConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.noise is not None and not (math.isfinite(self.noise) and self.noise >= 0):
-            raise ConfigError(f"noise must be a finite number >= 0, got {self.noise!r}")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if self.noise is not None:
+            check_noise(self.noise)
+        check_noise(self.noise_multiplier, "noise_multiplier")
+        check_seed(self.noise_seed, "noise_seed")
         if self.restore_from not in RESTORE_SOURCES:
             raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
         if self.validation_seeds is not None and not self.validation_seeds:
             raise ConfigError("validation_seeds is empty; give at least one seed, or None for the sweep's seeds")
+        if self.validation_seeds is not None:
+            check_seeds(self.validation_seeds, "validation_seeds")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,8 +123,7 @@ class LocoGenConfig(SweepConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ConfigError(f"window must be a positive integer, got {self.window!r}")
+        check_count("window", self.window)
         if self.mode not in ("remove", "update"):
             raise ConfigError(f"mode must be 'remove' or 'update', got {self.mode!r}")
         if self.preset not in ("diffloc", "reference"):

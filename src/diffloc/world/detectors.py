@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from diffloc.errors import ConfigError, close_matches, one_of
+from diffloc.validate import check_positive, check_seed
 from diffloc.world import model, vocab
 from diffloc.world.render import SIZE, Scene, render_batch
 
@@ -233,6 +234,8 @@ class DetectorTrainConfig:
     lr: float = 2e-3
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
+        check_positive("lr", self.lr)
         for name in ("n_train", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from diffloc import __version__
-from diffloc.errors import ConfigError, check_guidance
+from diffloc.engine.finite import check_pipeline_images
+from diffloc.errors import ConfigError
+from diffloc.validate import check_count, check_guidance, check_steps
 from diffloc.world import captions, model
 from diffloc.world.detectors import Detector, detect, predicted_labels
 
@@ -51,9 +53,9 @@ class EvalConfig:
                 f"extra templates {self.extra_templates!r} apply to the validation split only; the held-out "
                 "prompts are the same for every run"
             )
-        if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"seeds, steps and batch_size must be >= 1, got {self.seeds}, {self.steps}, "
-                              f"{self.batch_size}")  # fmt: skip
+        check_count("seeds", self.seeds)
+        check_steps(self.steps)
+        check_count("batch_size", self.batch_size)
         check_guidance(self.guidance)
 
 
@@ -63,6 +65,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     out = pipe(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                output_type="pt")  # fmt: skip
+    check_pipeline_images(out.images, guidance=guidance)  # NaN would be read back as some label
     return out.images.float().clamp(0, 1)
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from diffloc.errors import CheckpointError, ConfigError
+from diffloc.validate import check_positive, check_seed, generator_seed
 from diffloc.world import captions, model
 from diffloc.world.render import render_batch
 
@@ -89,8 +90,9 @@ class TrainConfig:
                      "text_layers", "text_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not self.vae_lr > 0:
-            raise ConfigError(f"lr and vae_lr must be > 0, got {self.lr} and {self.vae_lr}")
+        check_seed(self.seed)
+        check_positive("lr", self.lr)
+        check_positive("vae_lr", self.vae_lr)
         if self.vae_steps < 0 or self.warmup_steps < 0:
             raise ConfigError("vae_steps and warmup_steps must be >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
@@ -171,7 +173,7 @@ def _batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
     out: list[int] = []
     while len(out) < config.batch_size:
         epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(generator_seed(config.seed * 7919 + epoch)))
         out.extend(perm[offset : offset + config.batch_size - len(out)].tolist())
     return torch.tensor(out)
 
