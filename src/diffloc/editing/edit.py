@@ -45,7 +45,6 @@ from diffloc.editing.edit_format import (
 from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
 
-__all__ = ["ABSENT", "FORMAT", "FORMAT_VERSION", "Edit", "parameter_hashes", "snapshot", "tensor_hash"]
 WEIGHTS_FILE = "edit.safetensors"
 META_FILE = "edit.json"
 
