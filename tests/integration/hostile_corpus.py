@@ -20,8 +20,23 @@ import yaml
 LEGACY_EDIT = Path(__file__).resolve().parent.parent / "data" / "edit-v1-quickfix-tiny-sd1"
 SW_PROMPT = "a red circle in the style of van goo"
 SW_TRACE = ["--model", "shapesworld", "--prompt", SW_PROMPT, "--attribute", "in the style of van goo"]
-TRACE = ["trace", "unet", *SW_TRACE, "--subject", "van goo", "--seeds", "0", "--steps", "2", "--sites", "unet.xattn.1"]
-LOCOGEN = ["locogen", *SW_TRACE, "--target", "a red circle", "--seeds", "0", "--steps", "2"]
+# one traced item: no bootstrap interval (it needs 3), so each case meets the refusal it is about
+TRACE = [
+    "trace",
+    "unet",
+    *SW_TRACE,
+    "--subject",
+    "van goo",
+    "--seeds",
+    "0",
+    "--steps",
+    "2",
+    "--sites",
+    "unet.xattn.1",
+    "--bootstrap",
+    "0",
+]
+LOCOGEN = ["locogen", *SW_TRACE, "--target", "a red circle", "--seeds", "0", "--steps", "2", "--bootstrap", "0"]
 GEN = ["generate", "--model", "tiny-sd1", "--prompt", "a cat", "--steps", "2"]
 QUICKFIX = ["edit", "quickfix", "--model", "tiny-sd1", "--concept", "cat", "--target", "dog"]
 LOCOEDIT = ["edit", "locoedit", "--model", "tiny-sd1", "--concept", "cat", "--target", "dog", "--sites", "unet.xattn.1"]
@@ -273,6 +288,8 @@ def _number_cases() -> list[Case]:
         ("trace-seed-2**64", (*TRACE, "--seeds", "0", str(2**64), *out), ("--seeds", str(2**64))),
         ("locogen-seed-negative", (*LOCOGEN, "--seeds", str(-(2**63)), *out), ("--seeds", str(-(2**63)))),
         ("demo-seed-2**63", ("demo", "--trace-seeds", BIG, *out), ("--trace-seeds", BIG)),
+        ("demo-text-seed-negative", ("demo", "--text-seeds", "-1", *out), ("--text-seeds", "-1")),
+        ("trace-validation-seed-2**63", (*TRACE, "--validation-seeds", BIG, *out), ("--validation-seeds", BIG)),
         (
             "reproduce-seed-negative",
             ("reproduce", "--model", "tiny-sd1", "--clip", "{tmp}/clip", "--trace-seeds", "-5", *out),
@@ -347,6 +364,7 @@ def _number_cases() -> list[Case]:
             ("--preserve-weight", "nan"),
         ),
         # batch sizes, windows, counts, sizes
+        ("trace-bootstrap-negative", (*TRACE, "--bootstrap", "-1", *out), ("--bootstrap", "-1")),
         ("trace-max-batch-one", (*TRACE, "--max-batch", "1", *out), ("--max-batch", "1")),
         ("trace-max-batch-words", (*TRACE, "--max-batch", "lots", *out), ("--max-batch", "lots")),
         ("demo-max-batch-zero", ("demo", "--max-batch", "0", *out), ("--max-batch", "0")),
