@@ -285,6 +285,7 @@ def _number_cases() -> list[Case]:
         ("generate-seed-below-generator", (*GEN, "--seed", str(-(2**63) - 1), *out), ("--seed", str(-(2**63) - 1))),
         ("generate-seed-huge", (*GEN, "--seed", "9" * 30, *out), ("--seed", "9" * 30)),
         ("generate-seed-words", (*GEN, "--seed", "zero", *out), ("--seed", "zero")),
+        ("generate-seeds-2**63", (*GEN, "--seeds", "0", BIG, *out), ("--seeds", BIG)),
         ("trace-seed-2**64", (*TRACE, "--seeds", "0", str(2**64), *out), ("--seeds", str(2**64))),
         ("locogen-seed-negative", (*LOCOGEN, "--seeds", str(-(2**63)), *out), ("--seeds", str(-(2**63)))),
         ("demo-seed-2**63", ("demo", "--trace-seeds", BIG, *out), ("--trace-seeds", BIG)),
@@ -295,8 +296,18 @@ def _number_cases() -> list[Case]:
             ("reproduce", "--model", "tiny-sd1", "--clip", "{tmp}/clip", "--trace-seeds", "-5", *out),
             ("--trace-seeds", "-5"),
         ),
+        (
+            "reproduce-seeds-2**63",
+            ("reproduce", "--model", "tiny-sd1", "--clip", "{tmp}/clip", "--seeds", BIG, *out),
+            ("--seeds", BIG),
+        ),
         ("world-train-seed-negative", ("world", "train", "--seed", "-1", *out), ("--seed", "-1")),
         ("world-render-seed-2**63", ("world", "render", "--seed", BIG, "--out", "{tmp}/r.png"), ("--seed", BIG)),
+        (
+            "world-render-seeds-negative",
+            ("world", "render", "--seeds", "-1", "--out", "{tmp}/r.png"),
+            ("--seeds", "-1"),
+        ),
         # steps
         ("generate-steps-above-schedule", (*GEN[:-2], "--steps", "1001", *out), ("1001", "1000")),
         (
@@ -413,6 +424,36 @@ def _number_cases() -> list[Case]:
     return [Case(name, argv, words) for name, argv, words in specs]
 
 
+def _sweep_cases() -> list[Case]:
+    """Who computes a sweep (``--shard``, ``--ray``) and how a trace is designed (restore source, validation
+    items, intervals): refused before any model loads."""
+    out = ["--out", "{tmp}/o"]
+    specs: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+        ("trace-shard-out-of-range", (*TRACE, "--shard", "2/2", *out), ("--shard", "2/2", "0 to 1")),
+        ("locogen-shard-not-i-of-n", (*LOCOGEN, "--shard", "half", *out), ("--shard", "half", "I/N")),
+        (
+            "eval-shard-count-zero",
+            ("eval", "--edit", "{edit}", "--shard", "0/0", "--out", "{tmp}/ev"),
+            ("--shard", ">= 1", "got 0"),
+        ),
+        ("demo-shard-and-ray", ("demo", "--ray", "--shard", "0/2", *out), ("--shard", "--ray")),
+        ("demo-ray-workers-zero", ("demo", "--ray", "--ray-workers", "0", *out), ("--ray-workers", "0")),
+        ("trace-ray-workers-without-ray", (*TRACE, "--ray-workers", "2", *out), ("--ray-workers", "--ray")),
+        (
+            "trace-restore-from-unknown",
+            (*TRACE, "--restore-from", "nowhere", *out),
+            ("--restore-from", "nowhere", "same-latent"),
+        ),
+        (
+            "trace-validation-overlaps-traced",
+            (*TRACE, "--validation-prompt", SW_PROMPT, *out),
+            ("validation", "overlap", SW_PROMPT),
+        ),
+        ("trace-bootstrap-too-few-items", (*TRACE, "--bootstrap", "100", *out), ("1 items", "at least 3")),
+    ]
+    return [Case(name, argv, words) for name, argv, words in specs]
+
+
 def _output_cases() -> list[Case]:
     blocked = "{tmp}/blocker/sub"
     specs: list[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[Path], None]]] = [
@@ -511,4 +552,11 @@ def _other_cases() -> list[Case]:
     ]
 
 
-CASES: list[Case] = [*_number_cases(), *_suite_cases(), *_edit_cases(), *_output_cases(), *_other_cases()]
+CASES: list[Case] = [
+    *_number_cases(),
+    *_sweep_cases(),
+    *_suite_cases(),
+    *_edit_cases(),
+    *_output_cases(),
+    *_other_cases(),
+]

@@ -88,7 +88,8 @@ def test_corpus_covers_each_failure_class():
     ids = {c.id for c in CASES}
     assert len(ids) == len(CASES), "duplicate case ids"
     for prefix in ("seed", "steps", "guidance", "noise", "lam", "max-batch", "window", "threshold", "suite-", "edit-",
-                   "out-", "bin-weights", "twice", "non-finite"):  # fmt: skip
+                   "out-", "bin-weights", "twice", "non-finite", "shard", "ray-workers", "restore-from",
+                   "validation-overlaps"):  # fmt: skip
         assert any(prefix in i for i in ids), prefix
 
 

@@ -102,6 +102,24 @@ def test_a_worker_loads_the_model_by_reference_and_checks_its_weights():
         check_same_weights(again, edited.weights)
 
 
+def test_workers_read_pickled_weights_only_where_the_caller_allowed_them(tmp_path, tiny_clip_dir):
+    """A model or CLIP directory read with ``allow_pickle`` (``--allow-bin``) is read the same way by workers;
+    one read without it keeps refusing pickles in workers too."""
+    from diffloc.eval.scorers import ClipScorer
+    from diffloc.models.registry import load
+    from diffloc.models.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("sd1").save_pretrained(tmp_path, safe_serialization=False)
+    model = load(tmp_path, allow_pickle=True)
+    ref = ModelRef.of(model)
+    assert dict(ref.options)["allow_pickle"] is True
+    check_same_weights(ref.load("cpu"), model.weight_sums())
+    assert dict(ModelRef.of(load("shapesworld")).options)["allow_pickle"] is False
+    for allowed in (False, True):
+        rebuilt = WorkerSetup.of(model, ClipScorer.from_dir(tiny_clip_dir, allow_pickle=allowed)).scorer()
+        assert rebuilt.allow_pickle is allowed
+
+
 def test_what_workers_cannot_rebuild_is_refused(tiny_sd1, tiny_clip_dir):
     from transformers import AutoTokenizer, CLIPModel
 

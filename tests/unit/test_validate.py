@@ -86,7 +86,7 @@ def test_noise_option(text):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["--seed", "--steps", "--guidance", "--height"]), TEXT)
+@given(st.sampled_from(["--seeds", "--seed", "--steps", "--guidance", "--height"]), TEXT)
 def test_the_real_parser_refuses_bad_numbers_with_one_line_and_status_2(option, text):
     err = io.StringIO()
     parser = build_parser()
@@ -97,7 +97,7 @@ def test_the_real_parser_refuses_bad_numbers_with_one_line_and_status_2(option, 
             assert exit_info.code == 2
             assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("diffloc: error: generate: ")
             return
-    value = getattr(args, option.removeprefix("--"))
+    value = getattr(args, {"--seed": "seeds"}.get(option, option.removeprefix("--")))  # --seed: --seeds' old name
     value = value[0] if isinstance(value, list) else value
     assert isinstance(value, int | float) and math.isfinite(value) and value >= 0
 

@@ -6,8 +6,14 @@ import argparse
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from diffloc.tracing.executors import parse_shard
+from diffloc.validate import cli_type, count_arg
+
 if TYPE_CHECKING:
     from diffloc.tracing.executors import Executor
+
+#: ``type=`` of ``--shard``: ``I/N`` with ``0 <= I < N``, refused by the parser otherwise
+shard_arg = cli_type(parse_shard, str)
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,20 +26,21 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         "(e.g. auto, ray://head:10001), none starts Ray here (needs: pip install \"diffloc[ray]\")",
     )  # fmt: skip
     where.add_argument(
-        "--shard", default=None, metavar="I/N",
+        "--shard", type=shard_arg, default=None, metavar="I/N",
         help="compute only shard I of N of each sweep (job arrays: I = $SLURM_ARRAY_TASK_ID); afterwards one "
         "run without --shard assembles the result from --out without recomputing",
     )  # fmt: skip
-    group.add_argument("--ray-workers", type=int, default=None, metavar="N",
+    group.add_argument("--ray-workers", type=count_arg("ray_workers"), default=None, metavar="N",
                        help="with --ray: most workers (default: one per GPU of the cluster, else per CPU)")  # fmt: skip
 
 
 def executor_from_args(args: argparse.Namespace) -> AbstractContextManager[Executor | None]:
     """The executor the options ask for, as a context manager that stops Ray workers on exit (``None``: this
-    process). Call before loading the model, so a bad ``--shard`` or a missing Ray fail at once.
+    process). Call before loading the model, so a missing Ray fails at once.
 
     Raises:
-        ConfigError: a malformed or out-of-range ``--shard``, ``--ray-workers`` without ``--ray`` or below 1.
+        ConfigError: ``--ray-workers`` without ``--ray`` (a malformed or out-of-range ``--shard`` or
+            ``--ray-workers`` is refused by the parser).
         DifflocError: ``--ray`` without Ray installed (names the extra to install).
     """
     from diffloc.errors import ConfigError
@@ -41,9 +48,7 @@ def executor_from_args(args: argparse.Namespace) -> AbstractContextManager[Execu
     if args.ray_workers is not None and args.ray is None:
         raise ConfigError("--ray-workers applies with --ray")
     if args.shard is not None:
-        from diffloc.tracing.executors import parse_shard
-
-        return nullcontext(parse_shard(args.shard))
+        return nullcontext(args.shard)
     if args.ray is not None:
         from diffloc.tracing.ray_executor import RayExecutor
 

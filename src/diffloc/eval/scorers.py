@@ -83,11 +83,14 @@ class ClipScorer:
         self.std = torch.tensor(std or self._STD).view(1, 3, 1, 1)
         self.size = int(model.config.vision_config.image_size)
         self.directory: Path | None = None  # set by from_dir
+        self.allow_pickle = False  # set by from_dir: workers rebuilding it read the same weight files
 
     def reference(self) -> Callable[[], ClipScorer] | None:
         """How another process rebuilds this scorer (:meth:`from_dir` of its directory), or ``None`` when it
         was built from objects in memory."""
-        return None if self.directory is None else partial(ClipScorer.from_dir, self.directory)
+        if self.directory is None:
+            return None
+        return partial(ClipScorer.from_dir, self.directory, allow_pickle=self.allow_pickle)
 
     @classmethod
     def from_dir(cls, path: str | Path, *, allow_pickle: bool = False) -> ClipScorer:
@@ -111,6 +114,7 @@ class ClipScorer:
             raise ModelLoadError(f"could not load CLIP from {str(directory)!r}: {type(exc).__name__}") from None
         scorer = cls(model, tokenizer)
         scorer.directory = directory.resolve()
+        scorer.allow_pickle = allow_pickle
         return scorer
 
     @torch.no_grad()

@@ -243,5 +243,5 @@ def load(
     logger.info("loaded %s (%s) from %s", class_name, adapter.family, path)
     return LoadedModel(
         pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model),
-        load_options={"family": family, "dtype": dtype},
+        load_options={"family": family, "dtype": dtype, "allow_pickle": allow_pickle},
     )  # fmt: skip
