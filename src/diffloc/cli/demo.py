@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from typing import Any
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    load_model,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.cli.sweep_args import add_scorer_arguments, noise_value
 from diffloc.demo import DemoConfig, run_demo
 from diffloc.editing.locoedit import edited_layers
 from diffloc.engine.interventions import RESTORE_SOURCES
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import load_suite, shipped_suite_path
-from diffloc.models.registry import load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,12 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=2000,
         help="bootstrap resamples of the 95%% intervals over items (each trace needs at least 3 items); 0: none",
     )  # fmt: skip
-    parser.add_argument("--max-batch", type=int, default=32, help="most runs per UNet batch (default 32)")
+    add_max_batch_argument(parser, default=32)
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
         "that halves the attribute's score in every traced image",
     )  # fmt: skip
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -61,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
         seeds["trace_seeds"] = tuple(args.trace_seeds)
     if args.text_seeds is not None:
         seeds["text_seeds"] = tuple(args.text_seeds)
-    config = DemoConfig(steps=args.steps, max_batch=args.max_batch, guidance=suite.guidance, noise=args.noise,
-                        restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
+    config = DemoConfig(steps=args.steps, max_batch=placeholder_max_batch(args), guidance=suite.guidance,
+                        noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
     config.check_items(suite)
+    check_model_arguments(args)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    model = load_model(args)
+    config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, device=model.device)
     start = time.perf_counter()
     bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 

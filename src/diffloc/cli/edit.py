@@ -11,6 +11,7 @@ Examples::
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
     diffloc edit show edits/qf
     diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
+    diffloc edit export edits/qf --out shapesworld-no-van-goo   # a plain diffusers folder
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import sys
 from typing import Any
 
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_scorer_arguments
 from diffloc.errors import ConfigError, DifflocError
@@ -57,6 +59,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "set), else computed and written there for the next edit (quickfix, locoedit; needs --preserve*)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
+    add_model_arguments(parser)
 
 
 def _sites(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +127,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("edit_dir", help="edit directory")
     show.add_argument("--json", action="store_true", help="print the edit's JSON metadata")
     show.set_defaults(func=run_show)
+
+    export = sub.add_parser(
+        "export",
+        help="write the edited model as a plain diffusers folder (safetensors) that loads without diffloc",
+        description=(
+            "Apply a saved edit to its base model and save the whole pipeline with save_pretrained into a new "
+            "folder; DiffusionPipeline.from_pretrained(OUT) loads it. The base model's files are never written."
+        ),
+    )
+    export.add_argument("edit_dir", help="edit directory (from 'diffloc edit …')")
+    export.add_argument("--out", required=True, help="new (or empty) folder to write the edited pipeline into")
+    export.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
+    export.add_argument("--variant", default=None, help="weight files of the base to read, e.g. fp16")
+    export.set_defaults(func=run_export)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
@@ -160,7 +177,6 @@ def _config(args: argparse.Namespace) -> Any:
 def run_compute(args: argparse.Namespace) -> int:
     """Compute an edit and save it."""
     from diffloc.editing import EditRequest, compute_edit
-    from diffloc.models.registry import load
 
     request = EditRequest(
         concepts=tuple(args.concept),
@@ -176,7 +192,8 @@ def run_compute(args: argparse.Namespace) -> int:
             raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
         if not request.preserve and not request.preserve_prompts:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
-    model = load(args.model)
+    check_model_arguments(args)
+    model = load_model(args)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
     elif args.stats is not None:
@@ -215,7 +232,7 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     from diffloc.eval.scorers import scorer_for
     from diffloc.models.registry import default_guidance
 
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, device=model.device)
     guidance = default_guidance(args.model, args.widen_guidance)
     search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
     preserved = None if args.stats is None else _statistics(args.stats, model, request, args.method, config)
@@ -241,4 +258,19 @@ def run_show(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(edit.summary())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Bake a saved edit into a plain diffusers pipeline folder."""
+    from diffloc.editing import Edit
+    from diffloc.editing.export import export_edited
+    from diffloc.models.registry import load
+
+    edit = Edit.load(args.edit_dir)
+    dtype = next(iter(edit.weights.values())).dtype  # the edit's base hashes hold in the dtype it was made in
+    model = load(args.model, device="cpu", dtype=dtype, variant=args.variant)
+    out = export_edited(model, edit, args.out)
+    print(f"{out}: {edit.method} edit of {args.model} as a diffusers pipeline; load it with "
+          f"DiffusionPipeline.from_pretrained({str(out)!r})")  # fmt: skip
     return 0

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.sweep_args import add_scorer_arguments
 from diffloc.eval.scorers import scorer_for
 from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
-from diffloc.models.registry import load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="out/eval", help="output directory (default out/eval/)")
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
         for name in args.case:
             suite.case(name)
     edit = Edit.load(args.edit)
+    check_model_arguments(args)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
+    model = load_model(args)
     edit.check_base(model)
-    report = evaluate(
-        model, edit, suite, scorer=scorer_for(args.model, args.clip, detectors=args.detectors), cases=args.case
-    )
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, device=model.device)
+    report = evaluate(model, edit, suite, scorer=scorer, cases=args.case)
     path = report.save(Path(out) / "report.json")
     for name, case in report.cases.items():
         eff = case["efficacy"]

@@ -9,12 +9,14 @@ from contextlib import ExitStack
 
 from diffloc import __version__
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.editing.edit import Edit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import PromptError
 from diffloc.images import save_png
-from diffloc.models.registry import default_guidance, load
+from diffloc.models.base import DECODE_BATCH
+from diffloc.models.registry import default_guidance
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: model's)")
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
     parser.add_argument(
+        "--decode-batch", type=int, default=DECODE_BATCH,
+        help=f"images per VAE decode call (memory bound; default {DECODE_BATCH})",
+    )  # fmt: skip
+    add_model_arguments(parser)
+    parser.add_argument(
         "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
     )
     parser.set_defaults(func=run)
@@ -50,13 +57,15 @@ def _slug(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
     guidance = default_guidance(args.model, args.guidance)
-    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
+    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width,
+                              decode_batch=args.decode_batch)  # fmt: skip
+    check_model_arguments(args)
     for prompt in args.prompt:
         if not prompt.strip():
             raise PromptError("empty prompt; give the text to generate with --prompt")
     edit = Edit.load(args.edit) if args.edit else None
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
+    model = load_model(args)
     if edit is not None:
         edit.check_base(model)  # refuse before generating anything
     seeds = args.seed or [0]
@@ -76,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "diffloc_version": __version__,
         "model": args.model,
         "family": model.family,
+        "device": str(model.device),
+        "dtype": str(model.pipe.unet.dtype).removeprefix("torch."),
         "steps": config.steps,
         "guidance": config.guidance,
         "height": int(images.shape[2]),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.model_args import load_model
 from diffloc.cli.progress import progress_bar
-from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, sweep_kwargs
 from diffloc.eval.scorers import scorer_for
-from diffloc.models.registry import load
 from diffloc.report.plots import plot_windows, save_figure
 from diffloc.tracing.config import LocoGenConfig
 from diffloc.tracing.locogen import locogen
@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the window sweep and write results."""
     config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    model = load_model(args)
+    config = fit_max_batch(args, config, model)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, device=model.device)
     with progress_bar("locogen", unit="run") as progress:
         result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
                          progress=progress)  # fmt: skip

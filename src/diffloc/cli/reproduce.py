@@ -9,12 +9,20 @@ tiny model mean nothing; on real SD-1.x/2.x weights they are the measurement.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from diffloc.atomic import ensure_writable_dir
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    load_model,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.demo import DemoConfig, run_demo
 from diffloc.eval.scorers import ClipScorer
 from diffloc.eval.suite import load_suite, shipped_suite_path
-from diffloc.models.registry import load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="reproduce-out", help="output directory (default reproduce-out/)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the suite's, 50)")
     parser.add_argument("--trace-seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds for tracing")
-    parser.add_argument("--max-batch", type=int, default=8, help="most runs per UNet batch (default 8)")
+    add_max_batch_argument(parser, default=8)
     parser.add_argument(
         "--bootstrap", type=int, default=2000,
         help="bootstrap resamples of the 95%% intervals over items (at least 3 items); 0: no interval",
     )  # fmt: skip
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -44,15 +53,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
     suite = load_suite(args.suite or shipped_suite_path("van-gogh"))
     config = DemoConfig(trace_seeds=tuple(args.trace_seeds), text_seeds=tuple(args.trace_seeds),
-                        steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=args.max_batch,
+                        steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=placeholder_max_batch(args),
                         locogen_window=2, trace_prompts=2, bootstrap=args.bootstrap,
                         # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token, each
                         # editor with its reference templates (the Diff-QuickFix notebook's four, loco_edit.py's)
                         noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
                         locoedit_target_mode="bare", preserve_weight=1.0, edit_templates="reference")  # fmt: skip
+    check_model_arguments(args)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    summary = run_demo(model, suite, ClipScorer.from_dir(args.clip), out, config=config)
+    model = load_model(args)
+    config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+    summary = run_demo(model, suite, ClipScorer.from_dir(args.clip, device=model.device), out, config=config)
     for name, entry in summary["cases"].items():
         print(f"{name}: LocoGen window {', '.join(entry['locogen']['best_sites'])}")
     print(f"wrote {out / 'report.html'}")

@@ -6,15 +6,16 @@ import argparse
 import json
 import sys
 
-from diffloc.models.registry import load
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``diffloc sites``."""
     parser = subparsers.add_parser(
         "sites",
         help="list the canonical sites (name, module path, kind, resolution) of a model",
-        description="List every traceable/editable site of a model in forward execution order.",
+        description=(
+            "List every traceable/editable site of a model in forward execution order. A pipeline directory is "
+            "read from its config files only (modules built on the meta device, no weights loaded)."
+        ),
     )
     parser.add_argument(
         "model", nargs="?", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…"
@@ -26,7 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List sites."""
-    model = load(args.model)
+    from diffloc.models.registry import TINY_PREFIX, load, resolve_source
+    from diffloc.models.structure import load_structure
+
+    tiny = args.model.startswith(TINY_PREFIX)  # built in-process; anything else is read from its configs
+    model = load(args.model, device="cpu") if tiny else load_structure(resolve_source(args.model), source=args.model)
     sites = list(model.sites) if args.select in ("*", "") else model.sites.select(args.select)
     rows = [
         {

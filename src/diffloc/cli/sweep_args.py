@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from typing import Any, TypeVar
 
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.models.registry import default_guidance
 from diffloc.tracing.config import SweepConfig
+
+_Config = TypeVar("_Config", bound=SweepConfig)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -19,12 +30,13 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
     parser.add_argument(
         "--guidance", type=float, default=None, help="CFG scale (default: the model's — 4 for shapesworld — else 7.5)"
     )
-    parser.add_argument("--max-batch", type=int, default=16, help="most runs per UNet batch (memory bound; default 16)")
+    add_max_batch_argument(parser, default=16)
     parser.add_argument(
         "--bootstrap", type=int, default=2000,
         help="bootstrap resamples of the 95%% interval over items (prompt × seed; at least 3 items); 0: no interval",
     )  # fmt: skip
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
+    add_model_arguments(parser)
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +71,14 @@ def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """Keyword arguments of :class:`SweepConfig` from parsed options."""
     guidance = default_guidance(args.model, args.guidance)
     fields = {
-        "seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch,
-        "bootstrap": args.bootstrap,
+        "seeds": tuple(args.seeds), "steps": args.steps, "guidance": guidance,
+        "max_batch": placeholder_max_batch(args), "bootstrap": args.bootstrap,
     }  # fmt: skip
     SweepConfig(**fields)  # validate early, before loading a model
+    check_model_arguments(args)
     return fields
+
+
+def fit_max_batch(args: argparse.Namespace, config: _Config, model: Any) -> _Config:
+    """``config`` with ``--max-batch auto`` resolved for the loaded model (unchanged for a number)."""
+    return replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))

@@ -7,12 +7,12 @@ import logging
 from dataclasses import replace
 
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
+from diffloc.cli.model_args import load_model
 from diffloc.cli.progress import progress_bar
-from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, noise_value, sweep_kwargs
 from diffloc.engine.interventions import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.eval.scorers import scorer_for
-from diffloc.models.registry import load
 from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
 from diffloc.tracing.causal import TEXT_KINDS, causal_trace, first_item_images, trace_text
 from diffloc.tracing.config import TraceConfig
@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     validation = [(p, s) for p in args.validation_prompt for s in (config.validation_seeds or config.seeds)]
     check_disjoint([(p, s) for p in args.prompt for s in config.seeds], validation)
     out = ensure_writable_dir(args.out)
-    model = load(args.model)
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors)
+    model = load_model(args)
+    config = fit_max_batch(args, config, model)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, device=model.device)
     if auto:
         from diffloc.tracing.calibrate import calibrate_noise
 

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from diffloc.atomic import write_json_atomic
+from diffloc.cli.model_args import add_model_arguments
 from diffloc.errors import ConfigError
 from diffloc.images import grid, save_png
 
@@ -132,12 +133,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; the 20-step time in the "
                    "JSON is measured at this count and recorded beside it)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here (always printed)")
+    add_model_arguments(p)
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("samples", help="write a sample grid PNG of a model")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--guidance", type=float, default=None)
+    add_model_arguments(p)
     p.set_defaults(func=run_samples)
 
 
@@ -322,8 +325,9 @@ def run_eval(args: argparse.Namespace) -> int:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)
     torch.set_num_threads(args.threads)
-    pipe = model.load_pipeline(args.model)
+    pipe = model.load_pipeline(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
     det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
+    det = detectors.on_device(det, pipe.device)
     with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -346,7 +350,7 @@ def run_samples(args: argparse.Namespace) -> int:
     from diffloc.world.evaluate import EvalConfig, generate
 
     guidance = EvalConfig(**({} if args.guidance is None else {"guidance": args.guidance})).guidance  # checked
-    pipe = model.load_pipeline(args.model)
+    pipe = model.load_pipeline(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
     prompts = [f"a {t} {c} {s} on a {b} background" for s, c, t, b in [
         ("circle", "red", "solid", "white"), ("square", "blue", "striped", "black"),
         ("triangle", "green", "dotted", "grey"), ("star", "yellow", "outlined", "black"),

@@ -13,7 +13,7 @@ from diffloc.engine.batch import BatchLayout
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Run, compile_runs, unet_hooks
 from diffloc.errors import ConfigError, PromptError, check_guidance
-from diffloc.models.base import Conditioning, LoadedModel
+from diffloc.models.base import DECODE_BATCH, Conditioning, LoadedModel
 
 #: ``progress(done, total)`` called after each denoising step
 ProgressFn = Callable[[int, int], None]
@@ -27,12 +27,14 @@ class GenerationConfig:
         steps: denoising steps (>= 1).
         guidance: classifier-free guidance scale; values <= 1 disable CFG.
         height, width: image size in pixels; ``None`` uses the model's default.
+        decode_batch: images per VAE decode call (memory bound; the result does not depend on it).
     """
 
     steps: int = 20
     guidance: float = 7.5
     height: int | None = None
     width: int | None = None
+    decode_batch: int = DECODE_BATCH
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -41,6 +43,8 @@ class GenerationConfig:
         for label, value in (("height", self.height), ("width", self.width)):
             if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
                 raise ConfigError(f"{label} must be a positive multiple of 8, got {value!r}")
+        if isinstance(self.decode_batch, bool) or not isinstance(self.decode_batch, int) or self.decode_batch < 1:
+            raise ConfigError(f"decode_batch must be a positive integer, got {self.decode_batch!r}")
 
     @property
     def cfg(self) -> bool:
@@ -150,7 +154,7 @@ def sample(
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         if progress is not None:
             progress(i + 1, len(timesteps))
-    return adapter.decode(pipe, latents).cpu()
+    return adapter.decode(pipe, latents, batch=config.decode_batch).cpu()
 
 
 @torch.inference_mode()

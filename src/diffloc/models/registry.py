@@ -12,7 +12,15 @@ import torch
 
 from diffloc.errors import CheckpointError, ConfigError, ModelLoadError, UnsupportedModelError, one_of
 from diffloc.models.base import LoadedModel, ModelAdapter
+from diffloc.models.compat import pipeline_dtype_keyword
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
+from diffloc.models.placement import (
+    check_variant,
+    check_weight_files,
+    resolve_device,
+    resolve_dtype,
+    weighted_components,
+)
 from diffloc.models.sd import StableDiffusionAdapter
 from diffloc.models.sdxl import StableDiffusionXLAdapter
 
@@ -173,8 +181,9 @@ def load(
     model: str | Path | Any = "shapesworld",
     *,
     family: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    variant: str | None = None,
 ) -> LoadedModel:
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
 
@@ -185,30 +194,46 @@ def load(
             an already-built diffusers pipeline object.
         family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``); normally inferred from the
             pipeline class and config.
-        dtype: parameter dtype.
-        device: torch device.
+        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` … (``None``/``"auto"``: CUDA when available, else CPU). An
+            in-memory pipeline stays where it is unless ``device`` or ``dtype`` is given.
+        dtype: parameter dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or the torch dtype; ``None``:
+            float16 on CUDA, float32 elsewhere). A VAE whose config sets ``force_upcast`` still decodes in
+            float32.
+        variant: weight-file variant to read (``"fp16"`` reads ``*.fp16.safetensors``); ``None`` reads the
+            plain files.
 
     Returns:
         A :class:`LoadedModel`.
 
     Raises:
         ModelLoadError, UnsupportedModelError, CheckpointError: with a one-line explanation.
+        ConfigError: an unknown or unavailable device, an unknown dtype, or a bad variant name.
 
     Example:
-        >>> m = diffloc.load("shapesworld")
+        >>> m = diffloc.load("shapesworld", device="cpu", dtype="float32")
         >>> m.sites.get("unet.xattn.8").module_path
     """
+    variant = check_variant(variant)
+    if not isinstance(model, str | Path):
+        if variant is not None:
+            raise ConfigError("variant applies to weight files on disk, not to an in-memory pipeline")
+        if device is not None or dtype is not None:
+            target = resolve_device(device)
+            model.to(device=target, dtype=resolve_dtype(dtype, target))
+        return _wrap(model, family, source="<in-memory>")
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
     if isinstance(model, str) and model.startswith(TINY_PREFIX):
         tiny_family = model[len(TINY_PREFIX) :]
         if tiny_family not in FAMILIES:
             raise ModelLoadError(f"unknown tiny model {model!r}; valid: {one_of(TINY_PREFIX + f for f in FAMILIES)}")
         from diffloc.models.tiny import build_tiny_pipeline
 
+        if variant is not None:
+            raise ConfigError(f"variant applies to weight files on disk; {model} is built in-process, drop it")
         tiny: Any = build_tiny_pipeline(tiny_family)
-        tiny.to(device=device, dtype=dtype)
+        tiny.to(device=target_device, dtype=target_dtype)
         return _wrap(tiny, family, source=model)
-    if not isinstance(model, str | Path):
-        return _wrap(model, family, source="<in-memory>")
 
     path = resolve_source(model)
     class_name = pipeline_class_name(path)
@@ -220,16 +245,20 @@ def load(
     skip = {name: None for name in _SKIPPED_COMPONENTS if name in index}
     if "requires_safety_checker" in index or "safety_checker" in index:
         skip["requires_safety_checker"] = False  # type: ignore[assignment]
+    check_weight_files(path, variant, [c for c in weighted_components(path) if c not in _SKIPPED_COMPONENTS])
+    options: dict[str, Any] = {pipeline_dtype_keyword(): target_dtype, "local_files_only": True, **skip}
+    if variant is not None:
+        options["variant"] = variant
     try:
-        pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True, **skip)
+        pipe = pipeline_cls.from_pretrained(path, **options)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
             f"could not load {class_name} from {str(path)!r}: {type(exc).__name__}: {first}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    pipe.to(target_device)
     check_finite(pipe)
     adapter = adapter_for(pipe, family)
-    logger.info("loaded %s (%s) from %s", class_name, adapter.family, path)
+    logger.info("loaded %s (%s) from %s on %s in %s", class_name, adapter.family, path, target_device, target_dtype)
     return LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model))

@@ -63,7 +63,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     out = pipe(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                output_type="pt")  # fmt: skip
-    return out.images.float().clamp(0, 1)
+    return out.images.float().clamp(0, 1).cpu()
 
 
 def evaluate_model(
