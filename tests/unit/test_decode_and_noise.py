@@ -78,4 +78,6 @@ def test_stochastic_scheduler_noise_comes_from_per_row_cpu_generators(monkeypatc
     monkeypatch.setattr(EulerAncestralDiscreteScheduler, "step", recording_step)
     images = generate(model, ["a cat"] * 3, seeds=[4, 4, 5], config=GenerationConfig(steps=3, guidance=7.5))
     assert devices and set(devices) == {"cpu"}  # drawn on the CPU whatever the model's device: same on a GPU
-    assert torch.equal(images[0], images[1]) and not torch.equal(images[0], images[2])
+    # equal seeds share their step noise (up to float rounding of a batch row), another seed does not
+    torch.testing.assert_close(images[0], images[1], rtol=0, atol=1e-5)
+    assert (images[0] - images[2]).abs().max() > 1e-2

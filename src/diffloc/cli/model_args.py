@@ -75,7 +75,7 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     check_variant(getattr(args, "variant", None))
 
 
-def resolve_max_batch(args: argparse.Namespace, model: Any, *, steps: int | None = None, guidance: float) -> int:
+def resolve_max_batch(args: argparse.Namespace, model: Any, *, guidance: float) -> int:
     """The number behind ``--max-batch``: the given one, or with ``auto`` the most runs whose UNet batch fits
     the device's free memory (:func:`diffloc.models.memory.auto_max_batch`), printed so a rerun can pin it."""
     if args.max_batch != AUTO:
