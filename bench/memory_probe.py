@@ -10,7 +10,6 @@ not in it (``peak_rss_mib`` reports the process as a whole).
 from __future__ import annotations
 
 import resource
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,22 +20,28 @@ from torch.utils._pytree import tree_flatten
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Bytes of tensor storage created inside the mode and still alive; ``peak`` is the most at any time."""
+    """Bytes of tensor storage created inside the mode and still alive; ``peak`` is the most at any time.
+
+    Each new storage an operator returns is held (one reference) and counted; before every operator the held
+    storages that nothing else references any more are dropped and uncounted. A storage that outlives the
+    tensor it came in (``param.data = new``, as ``module.to(dtype)`` does) stays counted, as it stays in memory.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.owners: dict[int, int] = {}
-        self.sizes: dict[int, int] = {}
+        self.held: dict[int, torch.UntypedStorage] = {}
         self.current = 0
         self.peak = 0
 
-    def _release(self, pointer: int) -> None:
-        self.owners[pointer] -= 1
-        if self.owners[pointer] == 0:
-            del self.owners[pointer]
-            self.current -= self.sizes.pop(pointer)
+    def sweep(self) -> None:
+        """Drop the storages only this probe still references."""
+        for pointer, storage in list(self.held.items()):
+            if torch._C._storage_Use_Count(storage._cdata) <= 1:
+                del self.held[pointer]
+                self.current -= storage.nbytes()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.sweep()
         given = tree_flatten((args, kwargs))[0]
         inputs = {t.untyped_storage().data_ptr() for t in given if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
@@ -45,19 +50,16 @@ class LiveTensorBytes(TorchDispatchMode):
                 continue
             storage = tensor.untyped_storage()
             pointer = storage.data_ptr()
-            if pointer == 0:
-                continue
-            if pointer in self.owners:
-                self.owners[pointer] += 1
-            elif pointer in inputs:
-                continue  # a view of a tensor made outside the mode (weights, inputs): not ours to count
-            else:
-                self.owners[pointer] = 1
-                self.sizes[pointer] = storage.nbytes()
-                self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
-            weakref.finalize(tensor, self._release, pointer)
+            if pointer == 0 or pointer in self.held or pointer in inputs:
+                continue  # empty, already counted, or a view of a tensor made outside (weights, inputs)
+            self.held[pointer] = storage
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
         return out
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.held.clear()  # release the probe's references
 
 
 @dataclass

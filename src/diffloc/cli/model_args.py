@@ -55,24 +55,19 @@ def placeholder_max_batch(args: argparse.Namespace, fallback: int = 2) -> int:
     return fallback if value == AUTO else int(value)
 
 
-def load_model(args: argparse.Namespace, model: Any = None) -> Any:
-    """Load ``model`` (default ``args.model``) on ``--device`` in ``--dtype`` from the ``--variant`` files."""
+def load_model(args: argparse.Namespace) -> Any:
+    """Load ``--model`` on ``--device`` in ``--dtype`` from the ``--variant`` files."""
     from diffloc.models.registry import load
 
-    return load(
-        args.model if model is None else model,
-        device=getattr(args, "device", None),
-        dtype=getattr(args, "dtype", None),
-        variant=getattr(args, "variant", None),
-    )
+    return load(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:
     """Refuse a bad ``--device``/``--dtype``/``--variant`` in one line before any work is done."""
     from diffloc.models.placement import check_variant, resolve_device, resolve_dtype
 
-    resolve_dtype(getattr(args, "dtype", None), resolve_device(getattr(args, "device", None)))
-    check_variant(getattr(args, "variant", None))
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    check_variant(args.variant)
 
 
 def resolve_max_batch(args: argparse.Namespace, model: Any, *, guidance: float) -> int:

@@ -6,8 +6,10 @@ elements):
 
 * the skip connections of every finished down block, held until their up block ends, and an up block's
   input, which its caller still holds;
-* inside a ResNet block: its input, the group-norm and SiLU outputs (``3 × c_in``), or at its end the
-  shortcut, residual sum and scaled output (``c_in + 4 × c_out``);
+* inside a ResNet block, besides its input: the group-norm and SiLU outputs (``2 × c_in``), conv1's output
+  beside the SiLU (``c_in + c_out``), conv1 plus the time embedding (``2 × c_out``), or at its end conv2's
+  output, the residual sum and its scaled copy (``3 × c_out``, plus the shortcut projection when the width
+  changes);
 * inside a transformer layer: its input and the feed-forward's GEGLU (a ``2 × 4c`` projection, ``4c`` for
   GELU(gate), ``4c`` for the product) besides the normalised input and the layer's residual: ``19 × c``;
   attention itself never holds the ``tokens × tokens`` scores (PyTorch's fused attention kernels);
@@ -15,8 +17,9 @@ elements):
 
 The largest sum over the pass, times the parameter dtype's size, is one row's peak. A VAE decode is
 estimated the same way on the decoder (up blocks of ResNets at rising resolution; its input to each up
-block stays alive), in float32 when the VAE upcasts. ``bench/full_size.py`` prints this estimate next to
-the peak it measures for SD-1.5 and SD-XL.
+block stays alive; an upsampler holds the nearest-neighbour copy and its convolution at 4× the area), in
+float32 when the VAE upcasts, plus the float32 copy of the VAE's weights then. ``bench/full_size.py`` prints
+these estimates next to the peaks it measures for SD-1.5 and SD-XL (within 4 % on the CPU).
 
 A batch of ``rows`` costs ``rows × row`` during denoising and ``decode_batch × image`` while decoding (the
 two never overlap); :func:`auto_max_batch` takes the largest power of two of runs whose batch (two rows per
@@ -46,6 +49,7 @@ JOINT_ATTENTION_FACTOR = 7
 
 
 def _per_block(value: Any, count: int) -> list[int]:
+    """A per-block config value as a list (configs give one number for all blocks, or one per block)."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [int(v) for v in value]
     return [int(value)] * count
@@ -67,7 +71,8 @@ def _resnet(c_in: int, c_out: int) -> int:
 
 
 def _attention(block_type: str, c: int, depth: int) -> int:
-    if "SimpleCrossAttn" in block_type or block_type.endswith("SimpleCrossAttn"):
+    """Extra activations (channel units) of a block's attention layer beyond its input."""
+    if "SimpleCrossAttn" in block_type:
         return JOINT_ATTENTION_FACTOR * c
     if "CrossAttn" in block_type:
         return TRANSFORMER_FACTOR * c if depth > 0 else 0
@@ -114,7 +119,7 @@ def unet_row_elements(config: Mapping[str, Any], latent_height: int, latent_widt
         del skips[-n:]
         held = alive + c_prev * area[level]  # skips still counted in `alive`, plus the block's input
         c_hidden = c_prev
-        for k, skip in enumerate(reversed(block_skips)):
+        for skip in reversed(block_skips):
             c_skip = skip // area[level]
             c_in = c_hidden + c_skip
             resnet = c_in + _resnet(c_in, up_channels[j])
@@ -122,7 +127,6 @@ def unet_row_elements(config: Mapping[str, Any], latent_height: int, latent_widt
             c_hidden = up_channels[j]
             attention = c_hidden + _attention(block, c_hidden, up_depths[j])
             peak = max(peak, held + attention * area[level])
-            del k
         alive -= sum(block_skips)
         if level > 0:  # nearest upsampling, then a 3x3 conv: both at the next level's size
             peak = max(peak, held + 2 * c_hidden * area[level - 1])
