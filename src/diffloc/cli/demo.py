@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.text_seeds is not None:
         seeds["text_seeds"] = tuple(args.text_seeds)
     config = DemoConfig(steps=args.steps, max_batch=placeholder_max_batch(args), guidance=suite.guidance,
-                        noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
+                        noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap,
+                        **seeds)  # fmt: skip
     config.check_items(suite)
     check_model_arguments(args)
     out = ensure_writable_dir(args.out)
