@@ -73,8 +73,9 @@ def test_max_batch_auto_on_the_command_line(tmp_path, capsys, tiny_clip_dir):
     code = main([
         "trace", "unet", "--model", "tiny-sd1", "--prompt", "a cat", "--subject", "cat", "--attribute", "cat",
         "--clip", str(tiny_clip_dir), "--steps", "1", "--seeds", "0", "--sites", "unet.xattn.0",
-        "--max-batch", "auto", "--device", "cpu", "--dtype", "float32", "--out", str(tmp_path / "t"),
+        "--max-batch", "auto", "--device", "cpu", "--dtype", "float32", "--bootstrap", "0", "--out", str(tmp_path / "t"),
     ])  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0 and "--max-batch auto: " in out and "runs per batch" in out
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "--max-batch auto: " in captured.out and "runs per batch" in captured.out
     assert (tmp_path / "t" / "result.json").is_file()

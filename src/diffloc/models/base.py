@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.errors import PromptError
+from diffloc.errors import ConfigError, PromptError
 from diffloc.sites import Site, SiteKind, SiteRegistry
 
 #: Images per VAE decode call by default (see :meth:`ModelAdapter.decode`).
@@ -258,13 +258,14 @@ class ModelAdapter(ABC):
     def decode(self, pipe: Any, latents: torch.Tensor, *, batch: int = DECODE_BATCH) -> torch.Tensor:
         """Latents -> images ``(n, 3, H, W)`` in ``[0, 1]``, float32, decoded ``batch`` images at a time.
 
-        The decoder's full-resolution activations dominate memory (about 0.5 GB per 512² image in float32),
-        so a large batch is decoded in chunks. A VAE whose config sets ``force_upcast`` (SD-XL's overflows in
-        float16 and gives NaN/black images) decodes in float32 whatever the model's dtype.
+        The decoder's full-resolution activations dominate memory (768 MiB per 512² image in float32 by
+        :mod:`diffloc.models.memory`), so a large batch is decoded in chunks. A VAE whose config sets
+        ``force_upcast`` (SD-XL's overflows in float16: NaN or black images) decodes in float32 whatever the
+        model's dtype.
         """
         vae = pipe.vae
         if batch < 1:
-            raise ValueError(f"decode batch must be >= 1, got {batch}")
+            raise ConfigError(f"decode batch must be >= 1, got {batch}")
         with decode_dtype(vae) as dtype:
             parts = [
                 vae.decode(chunk.to(dtype) / vae.config.scaling_factor).sample.float() for chunk in latents.split(batch)
