@@ -58,3 +58,10 @@ def test_missing_variant_files_are_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, main([*command, "--out", str(tmp_path / "o")]))
     assert "load with --variant fp16" in err
     assert main([*command, "--variant", "fp16", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_decode_batch_is_checked_and_used(tmp_path, capsys):
+    err = _one_line_error(capsys, main([*GENERATE, "--decode-batch", "0", "--out", str(tmp_path / "o")]))
+    assert "decode_batch must be a positive integer, got 0" in err
+    assert main([*GENERATE, "--prompt", "a dog", "--decode-batch", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 2

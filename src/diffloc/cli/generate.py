@@ -15,7 +15,6 @@ from diffloc.editing.edit import Edit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import PromptError
 from diffloc.images import save_png
-from diffloc.models.base import DECODE_BATCH
 from diffloc.models.registry import default_guidance
 
 
@@ -40,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: model's)")
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
     parser.add_argument(
-        "--decode-batch", type=int, default=DECODE_BATCH,
-        help=f"images per VAE decode call (memory bound; default {DECODE_BATCH})",
+        "--decode-batch", type=int, default=None,
+        help="images per VAE decode call (memory bound; default: GenerationConfig's, 4)",
     )  # fmt: skip
     add_model_arguments(parser)
     parser.add_argument(
@@ -57,8 +56,8 @@ def _slug(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
     guidance = default_guidance(args.model, args.guidance)
-    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width,
-                              decode_batch=args.decode_batch)  # fmt: skip
+    decode = {} if args.decode_batch is None else {"decode_batch": args.decode_batch}
+    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width, **decode)
     check_model_arguments(args)
     for prompt in args.prompt:
         if not prompt.strip():
