@@ -54,7 +54,7 @@ def tiny_clip_dir(tmp_path_factory):
     """A tiny *random* CLIPModel saved locally: exercises the CLIP-score mechanics, measures nothing."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from diffloc.models.tiny import _clip_tokenizer
+    from diffloc.models.tiny import clip_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_clip")
     torch.manual_seed(0)
@@ -78,6 +78,6 @@ def tiny_clip_dir(tmp_path_factory):
     }
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(path)
-    tokenizer: CLIPTokenizer = _clip_tokenizer()
+    tokenizer: CLIPTokenizer = clip_tokenizer()
     tokenizer.save_pretrained(path)
     return path

@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from diffloc.atomic import check_writable_dir
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    load_model,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import (
     add_allow_bin_argument,
@@ -47,44 +55,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% intervals over items (each trace needs at least 3 items); 0: none",
     )  # fmt: skip
-    parser.add_argument(
-        "--max-batch", type=count_arg("max_batch", low=2), default=32, help="most runs per UNet batch (default 32)"
-    )
+    add_max_batch_argument(parser, default=32)
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
         help="corruption std, or 'auto' (default): per case, the smallest multiple of the token-embedding std "
         "that halves the attribute's score in every traced image",
     )  # fmt: skip
     add_scale_arguments(parser)
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from diffloc.demo import DemoConfig, run_demo
     from diffloc.editing.locoedit import edited_layers
     from diffloc.eval.scorers import scorer_for
     from diffloc.eval.suite import load_suite, shipped_suite_path
-    from diffloc.models.registry import load
 
     suite_path = Path(args.suite) if args.suite else shipped_suite_path("shapesworld")
     suite = load_suite(suite_path)
     seeds: dict[str, Any] = {"trace_seeds": seeds_of(args)}
     if args.text_seeds is not None:
         seeds["text_seeds"] = tuple(args.text_seeds)
-    config = DemoConfig(steps=args.steps, max_batch=args.max_batch, guidance=suite.guidance, noise=args.noise,
-                        restore_from=args.restore_from, bootstrap=args.bootstrap, **seeds)  # fmt: skip
+    config = DemoConfig(steps=args.steps, max_batch=placeholder_max_batch(args), guidance=suite.guidance,
+                        noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap,
+                        **seeds)  # fmt: skip
     config.check_items(suite)
+    check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")
     check_model_steps(args.model, suite.steps, f"{suite_path.name}: steps")
     out = check_writable_dir(args.out)  # created by the first file written
     if args.clip is not None:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model, allow_pickle=args.allow_bin)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
+        model = load_model(args)
+        config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
+                            device=model.device)  # fmt: skip
         start = time.perf_counter()
         bar = tqdm(total=len(suite.cases) * 7, desc="demo", unit="stage", leave=False)
 

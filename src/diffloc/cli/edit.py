@@ -11,6 +11,7 @@ Examples::
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
     diffloc edit show edits/qf
     diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
+    diffloc edit export edits/qf --out shapesworld-no-van-goo   # a plain diffusers folder
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments
 from diffloc.cli.tables import format_table
@@ -61,6 +63,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
     add_allow_bin_argument(parser)
+    add_model_arguments(parser)
 
 
 def _sites(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +148,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("edit_dir", help="edit directory")
     show.add_argument("--json", action="store_true", help="print the edit's JSON metadata instead of a table")
     show.set_defaults(func=run_show)
+
+    export = sub.add_parser(
+        "export",
+        help="write the edited model as a plain diffusers folder (safetensors) that loads without diffloc",
+        description=(
+            "Apply a saved edit to its base model and save the whole pipeline with save_pretrained into a new "
+            "folder; DiffusionPipeline.from_pretrained(OUT) loads it. The base model's files are never written."
+        ),
+    )
+    export.add_argument("edit_dir", help="edit directory (from 'diffloc edit …')")
+    export.add_argument("--out", required=True, help="new (or empty) folder to write the edited pipeline into")
+    export.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
+    export.add_argument("--variant", default=None, help="weight files of the base to read, e.g. fp16")
+    add_allow_bin_argument(export)
+    export.set_defaults(func=run_export)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
@@ -182,7 +200,6 @@ def run_compute(args: argparse.Namespace) -> int:
     """Compute an edit and save it."""
     from diffloc.atomic import check_writable_file
     from diffloc.editing import Edit, EditRequest, compute_edit
-    from diffloc.models.registry import load
     from diffloc.models.weight_files import check_clip_weights
     from diffloc.validate import check_model_steps
 
@@ -202,12 +219,13 @@ def run_compute(args: argparse.Namespace) -> int:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
         if not Path(args.stats).is_file():
             check_writable_file(args.stats, "--stats file")
+    check_model_arguments(args)
     if getattr(args, "widen", None):
         check_model_steps(args.model, args.widen_steps, "--widen-steps")
         if args.clip is not None:
             check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     Edit.check_output(args.out)  # the work is not done for an edit that could not be saved
-    model = load(args.model, allow_pickle=args.allow_bin)
+    model = load_model(args)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
     elif args.stats is not None:
@@ -244,7 +262,8 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
     from diffloc.eval.scorers import scorer_for
     from diffloc.models.registry import default_guidance
 
-    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
+    scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
+                        device=model.device)  # fmt: skip
     guidance = default_guidance(args.model, args.widen_guidance)
     search = WidenConfig(generation=GenerationConfig(steps=args.widen_steps, guidance=guidance))
     preserved = None if args.stats is None else _statistics(args.stats, model, request, args.method, config)
@@ -297,3 +316,19 @@ def edit_table(edit: Any) -> str:
                                                        for k, v in scalars.items()])]  # fmt: skip
     lines += [f"note: {note}" for note in edit.notes]
     return "\n".join(lines)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Bake a saved edit into a plain diffusers pipeline folder."""
+    from diffloc.editing import Edit
+    from diffloc.editing.export import check_export_target, export_edited
+    from diffloc.models.registry import load
+
+    edit = Edit.load(args.edit_dir)
+    check_export_target(args.out, args.model)
+    dtype = next(iter(edit.weights.values())).dtype  # the edit's base hashes hold in the dtype it was made in
+    model = load(args.model, device="cpu", dtype=dtype, variant=args.variant, allow_pickle=args.allow_bin)
+    out = export_edited(model, edit, args.out)
+    print(f"{out}: {edit.method} edit of {args.model} as a diffusers pipeline; load it with "
+          f"DiffusionPipeline.from_pretrained({str(out)!r})")  # fmt: skip
+    return 0

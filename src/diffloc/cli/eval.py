@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from diffloc.atomic import check_writable_dir
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "model's images are reused by every edit evaluated into the same directory",
     )  # fmt: skip
     add_scale_arguments(parser)
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -35,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.editing.edit import Edit
     from diffloc.eval.scorers import scorer_for
     from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
-    from diffloc.models.registry import load
 
     suite_path = Path(args.suite) if args.suite else shipped_suite_path("shapesworld")
     suite = load_suite(suite_path)
@@ -44,13 +45,15 @@ def run(args: argparse.Namespace) -> int:
         for name in args.case:
             suite.case(name)
     edit = Edit.load(args.edit)
+    check_model_arguments(args)
     out = check_writable_dir(args.out)  # created by the first file written
     if args.clip is not None:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model, allow_pickle=args.allow_bin)
+        model = load_model(args)
         edit.check_base(model)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
+                            device=model.device)  # fmt: skip
         with progress_bar("eval", unit="image") as progress:
             report = evaluate(model, edit, suite, scorer=scorer, cases=args.case, out=out, executor=executor,
                               progress=progress)  # fmt: skip

@@ -8,11 +8,12 @@ from contextlib import ExitStack
 
 from diffloc import __version__
 from diffloc.atomic import check_writable_dir, write_json_atomic
+from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_seeds_argument, seeds_of
 from diffloc.errors import PromptError
 from diffloc.output_names import RunFiles, image_name
-from diffloc.validate import check_model_steps, guidance_arg, image_side_arg, steps_arg
+from diffloc.validate import check_model_steps, count_arg, guidance_arg, image_side_arg, steps_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="out", help="output directory (default: out/)")
     parser.add_argument(
+        "--decode-batch", type=count_arg("decode_batch"), default=None,
+        help="images per VAE decode call (memory bound; default: GenerationConfig's, 4)",
+    )  # fmt: skip
+    add_model_arguments(parser)
+    parser.add_argument(
         "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
     )
     parser.set_defaults(func=run)
@@ -55,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.editing.edit import Edit
     from diffloc.engine.generate import GenerationConfig, generate
     from diffloc.images import save_png
-    from diffloc.models.registry import default_guidance, load
+    from diffloc.models.registry import default_guidance
 
     guidance = default_guidance(args.model, args.guidance)
-    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width)
+    decode = {} if args.decode_batch is None else {"decode_batch": args.decode_batch}
+    config = GenerationConfig(steps=args.steps, guidance=guidance, height=args.height, width=args.width, **decode)
+    check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")
     for prompt in args.prompt:
         if not prompt.strip():
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     edit = Edit.load(args.edit) if args.edit else None
     out = check_writable_dir(args.out)  # created by the first file written
-    model = load(args.model, allow_pickle=args.allow_bin)
+    model = load_model(args)
     if edit is not None:
         edit.check_base(model)  # refuse before generating anything
     start = time.perf_counter()
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         "diffloc_version": __version__,
         "model": args.model,
         "family": model.family,
+        "device": str(model.device),
+        "dtype": str(model.pipe.unet.dtype).removeprefix("torch."),
         "steps": config.steps,
         "guidance": config.guidance,
         "height": int(images.shape[2]),

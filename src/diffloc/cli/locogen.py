@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from diffloc.atomic import check_writable_dir
+from diffloc.cli.model_args import load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
-from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, sweep_kwargs
 from diffloc.validate import count_arg
 
 
@@ -34,7 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the window sweep and write results."""
     from diffloc.eval.scorers import scorer_for
-    from diffloc.models.registry import load
     from diffloc.report.plots import plot_windows, save_figure
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:
-        model = load(args.model, allow_pickle=args.allow_bin)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
+        model = load_model(args)
+        config = fit_max_batch(args, config, model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
+                            device=model.device)  # fmt: skip
         with progress_bar("locogen", unit="run") as progress:
             result = locogen(model, args.prompt, args.target, args.attribute, scorer=scorer, config=config, out=out,
                              progress=progress, executor=executor)  # fmt: skip

@@ -12,6 +12,14 @@ import argparse
 from pathlib import Path
 
 from diffloc.atomic import check_writable_dir
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    load_model,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_seeds_argument, seeds_of
 from diffloc.models.weight_files import check_clip_weights
@@ -35,40 +43,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the suite's, 50)")
     add_seeds_argument(parser, default=(0, 1, 2, 3), help="seeds for tracing and LocoGen (evaluation uses the "
                        "suite's)", aliases=("--trace-seeds",))  # fmt: skip
-    parser.add_argument(
-        "--max-batch", type=count_arg("max_batch", low=2), default=8, help="most runs per UNet batch (default 8)"
-    )
+    add_max_batch_argument(parser, default=8)
     parser.add_argument(
         "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% intervals over items (at least 3 items); 0: no interval",
     )  # fmt: skip
     add_scale_arguments(parser)
+    add_model_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
+    from dataclasses import replace
+
     from diffloc.demo import DemoConfig, run_demo
     from diffloc.eval.scorers import ClipScorer
     from diffloc.eval.suite import load_suite, shipped_suite_path
-    from diffloc.models.registry import load
 
     suite_path = Path(args.suite) if args.suite else shipped_suite_path("van-gogh")
     suite = load_suite(suite_path)
     config = DemoConfig(trace_seeds=seeds_of(args), text_seeds=seeds_of(args),
-                        steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=args.max_batch,
+                        steps=args.steps or suite.steps, guidance=suite.guidance, max_batch=placeholder_max_batch(args),
                         locogen_window=2, trace_prompts=2, bootstrap=args.bootstrap,
                         # the papers' protocol: ROME's 3x noise, a fixed window, LocoEdit at the subject token, each
                         # editor with its reference templates (the Diff-QuickFix notebook's four, loco_edit.py's)
                         noise=None, locogen_widen=False, locoedit_widen=False, locoedit_positions="subject",
                         locoedit_target_mode="bare", preserve_weight=1.0, edit_templates="reference")  # fmt: skip
+    check_model_arguments(args)
     check_model_steps(args.model, config.steps, "--steps" if args.steps else f"{suite_path.name}: steps")
     check_model_steps(args.model, suite.steps, f"{suite_path.name}: steps")
     out = check_writable_dir(args.out)  # created by the first file written
     check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
-        model = load(args.model, allow_pickle=args.allow_bin)
-        scorer = ClipScorer.from_dir(args.clip, allow_pickle=args.allow_bin)
+        model = load_model(args)
+        config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+        scorer = ClipScorer.from_dir(args.clip, allow_pickle=args.allow_bin, device=model.device)
         summary = run_demo(model, suite, scorer, out, config=config, executor=executor)
     for name, entry in summary["cases"].items():
         print(f"{name}: LocoGen window {', '.join(entry['locogen']['best_sites'])}")

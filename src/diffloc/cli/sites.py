@@ -15,7 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sites",
         help="list the canonical sites (name, module path, kind, resolution) of a model",
-        description="List every traceable/editable site of a model in forward execution order.",
+        description=(
+            "List every traceable/editable site of a model in forward execution order. A pipeline directory is "
+            "read from its config files only (modules built on the meta device, no weights loaded)."
+        ),
     )
     parser.add_argument(
         "model", nargs="?", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…"
@@ -28,9 +31,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List sites."""
-    from diffloc.models.registry import load
+    from diffloc.models.registry import TINY_PREFIX, load, resolve_source
+    from diffloc.models.structure import load_structure
+    from diffloc.models.weight_files import check_pipeline_weights
 
-    model = load(args.model, allow_pickle=args.allow_bin)
+    tiny = args.model.startswith(TINY_PREFIX)  # built in-process; anything else is read from its configs
+    if tiny:
+        model = load(args.model, device="cpu")
+    else:
+        path = resolve_source(args.model)
+        check_pipeline_weights(path, allow_pickle=args.allow_bin)  # as every command that reads the weights would
+        model = load_structure(path, source=args.model)
     sites = list(model.sites) if args.select in ("*", "") else model.sites.select(args.select)
     rows = [
         {

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from diffloc.cli.model_args import (
+    add_max_batch_argument,
+    add_model_arguments,
+    check_model_arguments,
+    placeholder_max_batch,
+    resolve_max_batch,
+)
 from diffloc.cli.scale_args import add_scale_arguments
 from diffloc.errors import ConfigError
 from diffloc.models.weight_files import check_clip_weights
 from diffloc.validate import check_model_steps, check_noise, count_arg, guidance_arg, seed_arg, steps_arg
+
+if TYPE_CHECKING:
+    from diffloc.tracing.config import SweepConfig
 
 
 def add_seeds_argument(
@@ -37,6 +49,9 @@ def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(args.seeds) if args.seeds else tuple(args.seeds_default)
 
 
+_Config = TypeVar("_Config", bound="SweepConfig")
+
+
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     """Model, scorer, seeds, sampling and output options."""
     parser.add_argument("--model", default="shapesworld", help="diffusers dir, cached id, shapesworld, tiny-sd1…")
@@ -50,16 +65,14 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) ->
         "--guidance", type=guidance_arg, default=None,
         help="CFG scale (default: the model's — 4 for shapesworld — else 7.5)",
     )  # fmt: skip
-    parser.add_argument(
-        "--max-batch", type=count_arg("max_batch", low=2), default=16,
-        help="most runs per UNet batch (memory bound; at least 2; default 16)",
-    )  # fmt: skip
+    add_max_batch_argument(parser, default=16)
     parser.add_argument(
         "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% interval over items (prompt × seed; at least 3 items); 0: no interval",
     )  # fmt: skip
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out}/); reruns resume")
     add_scale_arguments(parser)
+    add_model_arguments(parser)
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -108,11 +121,17 @@ def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
     guidance = default_guidance(args.model, args.guidance)
     fields = {
-        "seeds": seeds_of(args), "steps": args.steps, "guidance": guidance, "max_batch": args.max_batch,
-        "bootstrap": args.bootstrap,
+        "seeds": seeds_of(args), "steps": args.steps, "guidance": guidance,
+        "max_batch": placeholder_max_batch(args), "bootstrap": args.bootstrap,
     }  # fmt: skip
     SweepConfig(**fields)  # validate early, before loading a model
+    check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")
     if args.clip is not None:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     return fields
+
+
+def fit_max_batch(args: argparse.Namespace, config: _Config, model: Any) -> _Config:
+    """``config`` with ``--max-batch auto`` resolved for the loaded model (unchanged for a number)."""
+    return replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))

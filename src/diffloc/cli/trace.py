@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffloc.atomic import check_writable_dir, write_json_atomic
+from diffloc.cli.model_args import load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
-from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, noise_value, sweep_kwargs
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.sites import TEXT_STATE_KINDS
@@ -70,7 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Trace and write results and plots."""
     from diffloc.eval.scorers import scorer_for
-    from diffloc.models.registry import load
     from diffloc.tracing.causal import causal_trace, trace_text
     from diffloc.tracing.config import TraceConfig
     from diffloc.tracing.selection import check_disjoint
@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
     check_disjoint([(p, s) for p in args.prompt for s in config.seeds], validation)
     out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:
-        model = load(args.model, allow_pickle=args.allow_bin)
-        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin)
+        model = load_model(args)
+        config = fit_max_batch(args, config, model)
+        scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
+                            device=model.device)  # fmt: skip
         if auto:
             from diffloc.tracing.calibrate import calibrate_noise
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diffloc.atomic import check_writable_dir, check_writable_file, write_atomic, write_json_atomic
+from diffloc.cli.model_args import add_model_arguments
 from diffloc.cli.tables import format_table
 from diffloc.errors import ConfigError
 from diffloc.validate import (
@@ -151,12 +152,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "20-step time in the JSON is measured at this count and recorded beside it)")  # fmt: skip
     p.add_argument("--out", default=None, help="write the JSON here")
     p.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+    add_model_arguments(p)
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("samples", help="write a sample grid PNG of a model")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--out", default="samples.png")
     p.add_argument("--guidance", type=guidance_arg, default=None)
+    add_model_arguments(p)
     p.set_defaults(func=run_samples)
 
 
@@ -358,8 +361,9 @@ def run_eval(args: argparse.Namespace) -> int:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)
     torch.set_num_threads(args.threads)
-    pipe = model.load_pipeline(args.model)
+    pipe = model.load_pipeline(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
     det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
+    det = detectors.on_device(det, pipe.device)
     with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr, leave=False) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -416,7 +420,7 @@ def run_samples(args: argparse.Namespace) -> int:
 
     guidance = EvalConfig(**({} if args.guidance is None else {"guidance": args.guidance})).guidance  # checked
     check_writable_file(args.out, "--out")
-    pipe = model.load_pipeline(args.model)
+    pipe = model.load_pipeline(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
     prompts = [f"a {t} {c} {s} on a {b} background" for s, c, t, b in [
         ("circle", "red", "solid", "white"), ("square", "blue", "striped", "black"),
         ("triangle", "green", "dotted", "grey"), ("star", "yellow", "outlined", "black"),

@@ -46,6 +46,8 @@ from diffloc.errors import EditError
 from diffloc.models.base import LoadedModel
 
 WEIGHTS_FILE = "edit.safetensors"
+#: transformers 4's wrapper module inside ``CLIPTextModel`` (absent in transformers 5)
+CLIP_WRAPPER = "text_model."
 META_FILE = "edit.json"
 
 
@@ -81,13 +83,27 @@ def resolve_parameter(model: LoadedModel, key: str) -> tuple[nn.Module, str]:
     root = getattr(model.pipe, component, None)
     if not isinstance(root, nn.Module) or not attr:
         raise EditError(f"edit parameter {key!r} names no module of this {model.family} pipeline")
-    try:
-        module = root.get_submodule(module_path) if module_path else root
-    except AttributeError:
-        raise EditError(f"edit parameter {key!r} names no module of this {model.family} pipeline") from None
+    module = None
+    for path in _spellings(module_path):
+        try:
+            module = root.get_submodule(path) if path else root
+            break
+        except AttributeError:
+            continue
+    if module is None:
+        raise EditError(f"edit parameter {key!r} names no module of this {model.family} pipeline")
     if attr not in module._parameters:
         raise EditError(f"edit parameter {key!r}: module {type(module).__name__} has no parameter slot {attr!r}")
     return module, attr
+
+
+def _spellings(module_path: str) -> list[str]:
+    """A module path as recorded, then in the other transformers major's CLIP naming: transformers 4 wraps
+    ``CLIPTextModel`` in ``text_model.``, transformers 5 does not, so an edit computed under one applies
+    under the other."""
+    if module_path.startswith(CLIP_WRAPPER):
+        return [module_path, module_path.removeprefix(CLIP_WRAPPER)]
+    return [module_path, CLIP_WRAPPER + module_path]
 
 
 def current_tensor(model: LoadedModel, key: str) -> torch.Tensor | None:
@@ -195,6 +211,13 @@ class Edit:
         self._check_family(model)
         for key, expected in self.base["tensors"].items():
             found = current_tensor(model, key)
+            made_in = self.weights[key].dtype
+            if found is not None and found.dtype != made_in:
+                wanted = str(made_in).removeprefix("torch.")
+                raise EditError(
+                    f"this {self.method} edit was computed on a {wanted} model but {key} is "
+                    f"{str(found.dtype).removeprefix('torch.')}; load the model with --dtype {wanted}"
+                )
             if tensor_hash(found) != expected:
                 if tensor_hash(found) == self.result_hashes[key]:
                     raise EditError(f"this {self.method} edit is already applied ({key} holds the edited value)")

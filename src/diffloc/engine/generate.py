@@ -14,8 +14,8 @@ from diffloc.engine.finite import check_images, check_latents, check_text_states
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Run, compile_runs, unet_hooks
 from diffloc.errors import ConfigError, PromptError
-from diffloc.models.base import Conditioning, LoadedModel
-from diffloc.validate import check_guidance, check_image_side, check_model_steps, check_seed, check_steps
+from diffloc.models.base import DECODE_BATCH, Conditioning, LoadedModel
+from diffloc.validate import check_count, check_guidance, check_image_side, check_model_steps, check_seed, check_steps
 
 #: ``progress(done, total)`` called after each denoising step
 ProgressFn = Callable[[int, int], None]
@@ -29,12 +29,14 @@ class GenerationConfig:
         steps: denoising steps (>= 1).
         guidance: classifier-free guidance scale; values <= 1 disable CFG.
         height, width: image size in pixels; ``None`` uses the model's default.
+        decode_batch: images per VAE decode call (memory bound; the result does not depend on it).
     """
 
     steps: int = 20
     guidance: float = 7.5
     height: int | None = None
     width: int | None = None
+    decode_batch: int = DECODE_BATCH
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
@@ -42,6 +44,7 @@ class GenerationConfig:
         for label, value in (("height", self.height), ("width", self.width)):
             if value is not None:
                 check_image_side(label, value)
+        check_count("decode_batch", self.decode_batch)
 
     @property
     def cfg(self) -> bool:
@@ -153,7 +156,7 @@ def sample(
         check_latents(latents, step=i + 1, steps=len(timesteps), guidance=config.guidance)
         if progress is not None:
             progress(i + 1, len(timesteps))
-    images = adapter.decode(pipe, latents).cpu()
+    images = adapter.decode(pipe, latents, batch=config.decode_batch).cpu()
     check_images(images)
     return images
 

@@ -42,15 +42,15 @@ class DetectorScorer:
 
     name = "shapesworld-detectors"
 
-    def __init__(self, detector: Any | None = None) -> None:
+    def __init__(self, detector: Any | None = None, *, device: str | torch.device | None = None) -> None:
         from diffloc.world.detectors import DetectorScorer as _Impl
 
-        self._impl = _Impl(detector)
+        self._impl = _Impl(detector, device=device)
         self._shipped = detector is None
 
     def reference(self) -> Callable[[], DetectorScorer] | None:
-        """How another process rebuilds this scorer (the shipped detectors), or ``None`` for detectors given
-        as an object."""
+        """How another process rebuilds this scorer (the shipped detectors, on that process's CPU), or ``None``
+        for detectors given as an object."""
         return DetectorScorer if self._shipped else None
 
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -67,7 +67,7 @@ class ClipScorer:
 
     Loads from a local directory only (no downloads). Images are resized with bicubic interpolation to the
     model's input size and normalised with the checkpoint's mean/std when a preprocessor config exists,
-    CLIP's published defaults otherwise.
+    CLIP's published defaults otherwise. Scoring runs on the CLIP model's device, in float32.
     """
 
     name = "clip"
@@ -93,9 +93,12 @@ class ClipScorer:
         return partial(ClipScorer.from_dir, self.directory, allow_pickle=self.allow_pickle)
 
     @classmethod
-    def from_dir(cls, path: str | Path, *, allow_pickle: bool = False) -> ClipScorer:
+    def from_dir(
+        cls, path: str | Path, *, allow_pickle: bool = False, device: str | torch.device | None = None
+    ) -> ClipScorer:
         """Load a CLIPModel + tokenizer saved with ``save_pretrained`` (safetensors; pickled ``.bin`` weights only
-        with ``allow_pickle``).
+        with ``allow_pickle``), onto ``device`` (default: the CPU; give the diffusion model's device to score
+        where the images are made).
 
         Raises:
             ModelLoadError: the directory is missing or not a CLIP checkpoint.
@@ -112,7 +115,8 @@ class ClipScorer:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"could not load CLIP from {str(directory)!r}: {type(exc).__name__}") from None
-        scorer = cls(model, tokenizer)
+        placed: Any = model
+        scorer = cls(placed.to(device or "cpu"), tokenizer)
         scorer.directory = directory.resolve()
         scorer.allow_pickle = allow_pickle
         return scorer
@@ -123,9 +127,12 @@ class ClipScorer:
             raise ConfigError(f"got {images.shape[0]} images but {len(texts)} texts; pass one text per image")
         device = next(self.model.parameters()).device
         x = torch.nn.functional.interpolate(
-            images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False
+            images.to(device=device, dtype=torch.float32),
+            size=(self.size, self.size),
+            mode="bicubic",
+            align_corners=False,
         )
-        x = ((x.clamp(0, 1) - self.mean) / self.std).to(device)
+        x = (x.clamp(0, 1) - self.mean.to(device)) / self.std.to(device)
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(device)
         image_features = self.model.get_image_features(pixel_values=x)
         text_features = self.model.get_text_features(**tokens)
@@ -141,19 +148,25 @@ class ClipScorer:
 
 
 def scorer_for(
-    model_source: str, clip_dir: str | Path | None = None, *, detectors: bool = False, allow_pickle: bool = False
+    model_source: str,
+    clip_dir: str | Path | None = None,
+    *,
+    detectors: bool = False,
+    allow_pickle: bool = False,
+    device: str | torch.device | None = None,
 ) -> Scorer:
     """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld`` or
-    when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere). ``allow_pickle``: see
+    when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere); on ``device`` (the
+    diffusion model's, so images are scored where they are made; default the CPU). ``allow_pickle``: see
     :meth:`ClipScorer.from_dir`.
 
     Raises:
         ConfigError: no scorer applies (a real model needs ``clip_dir``).
     """
     if clip_dir is not None:
-        return ClipScorer.from_dir(clip_dir, allow_pickle=allow_pickle)
+        return ClipScorer.from_dir(clip_dir, allow_pickle=allow_pickle, device=device)
     if detectors or str(model_source) == "shapesworld":
-        return DetectorScorer()
+        return DetectorScorer(device=device)
     raise ConfigError(
         f"no default scorer for model {str(model_source)!r}: pass a local CLIP directory (--clip DIR), or "
         "--detectors for a ShapesWorld model you trained"

@@ -4,15 +4,42 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffloc.errors import PromptError
+from diffloc.errors import ConfigError, PromptError
 from diffloc.sites import Site, SiteKind, SiteRegistry
+
+#: Images per VAE decode call by default (see :meth:`ModelAdapter.decode`).
+DECODE_BATCH = 4
+
+
+def decode_compute_dtype(vae: nn.Module) -> torch.dtype:
+    """The dtype a VAE decodes in: float32 when its config sets ``force_upcast``, else its parameters' dtype."""
+    if getattr(vae.config, "force_upcast", False):
+        return torch.float32
+    return next(vae.parameters()).dtype
+
+
+@contextmanager
+def decode_dtype(vae: nn.Module) -> Iterator[torch.dtype]:
+    """Hold the VAE in :func:`decode_compute_dtype` while the block runs; its weights are cast back after
+    (bit-exactly: half precision to float32 and back loses nothing)."""
+    dtype = next(vae.parameters()).dtype
+    target = decode_compute_dtype(vae)
+    if target == dtype:
+        yield dtype
+        return
+    vae.to(target)
+    try:
+        yield target
+    finally:
+        vae.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -228,11 +255,22 @@ class ModelAdapter(ABC):
         f = self.pixels_per_latent(pipe)
         return int(pipe.unet.config.in_channels), height // f, width // f
 
-    def decode(self, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images ``(n, 3, H, W)`` in ``[0, 1]``."""
+    def decode(self, pipe: Any, latents: torch.Tensor, *, batch: int = DECODE_BATCH) -> torch.Tensor:
+        """Latents -> images ``(n, 3, H, W)`` in ``[0, 1]``, float32, decoded ``batch`` images at a time.
+
+        The decoder's full-resolution activations dominate memory (768 MiB per 512² image in float32 by
+        :mod:`diffloc.models.memory`), so a large batch is decoded in chunks. A VAE whose config sets
+        ``force_upcast`` (SD-XL's overflows in float16: NaN or black images) decodes in float32 whatever the
+        model's dtype.
+        """
         vae = pipe.vae
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+        if batch < 1:
+            raise ConfigError(f"decode batch must be >= 1, got {batch}")
+        with decode_dtype(vae) as dtype:
+            parts = [
+                vae.decode(chunk.to(dtype) / vae.config.scaling_factor).sample.float() for chunk in latents.split(batch)
+            ]
+        return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
 
 @dataclass(frozen=True)

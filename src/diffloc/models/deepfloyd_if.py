@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from diffloc.models.base import Conditioning, ModelAdapter, TextEncoderSpec
+from diffloc.models.base import DECODE_BATCH, Conditioning, ModelAdapter, TextEncoderSpec
 
 #: IFPipeline.encode_prompt pads and truncates T5 prompts to this many tokens.
 IF_MAX_TOKENS = 77
@@ -46,5 +46,6 @@ class DeepFloydIFAdapter(ModelAdapter):
     def pixels_per_latent(self, pipe: Any) -> int:
         return 1
 
-    def decode(self, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, pipe: Any, latents: torch.Tensor, *, batch: int = DECODE_BATCH) -> torch.Tensor:
+        """Stage I samples in pixel space: no decoder, so ``batch`` has nothing to bound."""
         return (latents.float() / 2 + 0.5).clamp(0, 1)

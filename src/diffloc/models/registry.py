@@ -12,7 +12,15 @@ import torch
 
 from diffloc.errors import CheckpointError, ConfigError, ModelLoadError, UnsupportedModelError, one_of
 from diffloc.models.base import LoadedModel, ModelAdapter
+from diffloc.models.compat import pipeline_dtype_keyword
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
+from diffloc.models.placement import (
+    check_variant,
+    check_weight_files,
+    resolve_device,
+    resolve_dtype,
+    weighted_components,
+)
 from diffloc.models.sd import StableDiffusionAdapter
 from diffloc.models.sdxl import StableDiffusionXLAdapter
 from diffloc.models.weight_files import check_pipeline_weights
@@ -176,8 +184,9 @@ def load(
     model: str | Path | Any = "shapesworld",
     *,
     family: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    variant: str | None = None,
     allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
@@ -189,8 +198,13 @@ def load(
             an already-built diffusers pipeline object.
         family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``); normally inferred from the
             pipeline class and config.
-        dtype: parameter dtype.
-        device: torch device.
+        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` … (``None``/``"auto"``: CUDA when available, else CPU). An
+            in-memory pipeline stays where it is unless ``device`` or ``dtype`` is given.
+        dtype: parameter dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or the torch dtype; ``None``:
+            float16 on CUDA, float32 elsewhere). A VAE whose config sets ``force_upcast`` still decodes in
+            float32.
+        variant: weight-file variant to read (``"fp16"`` reads ``*.fp16.safetensors``); ``None`` reads the
+            plain files.
         allow_pickle: also read components stored only as pickled ``.bin`` weights (refused by default: unpickling
             can run code from the file; see :mod:`diffloc.models.weight_files`).
 
@@ -199,22 +213,33 @@ def load(
 
     Raises:
         ModelLoadError, UnsupportedModelError, CheckpointError: with a one-line explanation.
+        ConfigError: an unknown or unavailable device, an unknown dtype, or a bad variant name.
 
     Example:
-        >>> m = diffloc.load("shapesworld")
+        >>> m = diffloc.load("shapesworld", device="cpu", dtype="float32")
         >>> m.sites.get("unet.xattn.8").module_path
     """
+    variant = check_variant(variant)
+    if not isinstance(model, str | Path):
+        if variant is not None:
+            raise ConfigError("variant applies to weight files on disk, not to an in-memory pipeline")
+        if device is not None or dtype is not None:
+            target = resolve_device(device)
+            model.to(device=target, dtype=resolve_dtype(dtype, target))
+        return _wrap(model, family, source="<in-memory>")
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
     if isinstance(model, str) and model.startswith(TINY_PREFIX):
         tiny_family = model[len(TINY_PREFIX) :]
         if tiny_family not in FAMILIES:
             raise ModelLoadError(f"unknown tiny model {model!r}; valid: {one_of(TINY_PREFIX + f for f in FAMILIES)}")
         from diffloc.models.tiny import build_tiny_pipeline
 
+        if variant is not None:
+            raise ConfigError(f"variant applies to weight files on disk; {model} is built in-process, drop it")
         tiny: Any = build_tiny_pipeline(tiny_family)
-        tiny.to(device=device, dtype=dtype)
-        return _wrap(tiny, family, source=model, options={"family": family, "dtype": dtype})
-    if not isinstance(model, str | Path):
-        return _wrap(model, family, source="<in-memory>")
+        tiny.to(device=target_device, dtype=target_dtype)
+        return _wrap(tiny, family, source=model, options={"family": family, "dtype": target_dtype})
 
     path = resolve_source(model)
     class_name = pipeline_class_name(path)
@@ -227,21 +252,25 @@ def load(
     skip = {name: None for name in _SKIPPED_COMPONENTS if name in index}
     if "requires_safety_checker" in index or "safety_checker" in index:
         skip["requires_safety_checker"] = False  # type: ignore[assignment]
+    check_weight_files(path, variant, [c for c in weighted_components(path) if c not in _SKIPPED_COMPONENTS])
+    options: dict[str, Any] = {pipeline_dtype_keyword(): target_dtype, "local_files_only": True, **skip}
+    if variant is not None:
+        options["variant"] = variant
     try:
         if safe_only:
-            skip["use_safetensors"] = True  # type: ignore[assignment]  # never a .bin beside the safetensors
-        pipe = pipeline_cls.from_pretrained(path, dtype=dtype, local_files_only=True, **skip)
+            options["use_safetensors"] = True  # never a .bin beside the safetensors
+        pipe = pipeline_cls.from_pretrained(path, **options)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
             f"could not load {class_name} from {str(path)!r}: {type(exc).__name__}: {first}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    pipe.to(target_device)
     check_finite(pipe)
     adapter = adapter_for(pipe, family)
-    logger.info("loaded %s (%s) from %s", class_name, adapter.family, path)
+    logger.info("loaded %s (%s) from %s on %s in %s", class_name, adapter.family, path, target_device, target_dtype)
     return LoadedModel(
         pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe), source=str(model),
-        load_options={"family": family, "dtype": dtype, "allow_pickle": allow_pickle},
+        load_options={"family": family, "dtype": target_dtype, "variant": variant, "allow_pickle": allow_pickle},
     )  # fmt: skip

@@ -31,7 +31,8 @@ def text_sites(encoder: nn.Module, prefix: str, component: str) -> list[Site]:
     Raises:
         UnsupportedModelError: the encoder has neither CLIP nor T5 structure.
     """
-    names = dict(encoder.named_modules())
+    # duplicates kept: older transformers tie T5's encoder.embed_tokens to the same module as `shared`
+    names = dict(encoder.named_modules(remove_duplicate=False))
     for layer_re, attn_suffix, mlp_suffix, embed_suffixes in (_CLIP, _T5):
         layers = sorted(((int(m.group(1)), path) for path in names if (m := layer_re.search(path))), key=lambda x: x[0])
         if not layers:

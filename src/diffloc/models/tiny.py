@@ -47,12 +47,12 @@ from transformers import (
     CLIPTokenizer,
     T5Config,
     T5EncoderModel,
-    T5Tokenizer,
 )
 
+from diffloc.models.compat import t5_unigram_tokenizer
 from diffloc.models.full_configs import FAMILIES, check_family, full_size_unet_config
 
-__all__ = ["FAMILIES", "TINY_IF_WORDS", "build_tiny_pipeline", "tiny_unet_config"]
+__all__ = ["FAMILIES", "TINY_IF_WORDS", "build_tiny_pipeline", "clip_tokenizer", "tiny_unet_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _clip_config(tokenizer: CLIPTokenizer, width: int, act: str, projection_dim:
     )
 
 
-def _clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
+def clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
     """The CLIP BPE tokenizer from the files diffloc ships (ids equal the real SD tokenizers').
 
     ``pad_token=None`` keeps SD-1's padding with EOS (49407); ``"!"`` gives SD-2's / SD-XL-2's (id 0).
@@ -306,7 +306,7 @@ def _clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
 
 
-def _if_tokenizer() -> T5Tokenizer:
+def _if_tokenizer() -> Any:
     """A T5-style Unigram tokenizer over :data:`TINY_IF_WORDS`, built offline (no sentencepiece model).
 
     Ids follow T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2; a ``</s>`` is appended to every sequence.
@@ -319,7 +319,7 @@ def _if_tokenizer() -> T5Tokenizer:
     first: dict[str, float] = {}
     for piece, score in pieces:  # "a" is both a word and a letter: keep the first (word) entry
         first.setdefault(piece, score)
-    return T5Tokenizer(vocab=list(first.items()), extra_ids=0, model_max_length=77)
+    return t5_unigram_tokenizer(list(first.items()), model_max_length=77)
 
 
 def _t5_encoder(vocab_size: int, seed: int) -> T5EncoderModel:
@@ -353,10 +353,10 @@ def _scheduler(family: str) -> Any:
 
 def _build_sd(family: str, seed: int) -> StableDiffusionPipeline:
     if family == "sd1":  # CLIP ViT-L/14: quick_gelu, pads with EOS
-        tokenizer = _clip_tokenizer()
+        tokenizer = clip_tokenizer()
         text_config = _clip_config(tokenizer, _SD1_TEXT, "quick_gelu")
     else:  # OpenCLIP ViT-H/14: gelu, pads with "!"
-        tokenizer = _clip_tokenizer(pad_token="!")
+        tokenizer = clip_tokenizer(pad_token="!")
         text_config = _clip_config(tokenizer, _SD2_TEXT, "gelu")
     return StableDiffusionPipeline(
         vae=_vae(family, seed),
@@ -379,7 +379,7 @@ def _build_sd2(seed: int) -> StableDiffusionPipeline:
 
 
 def _build_sdxl(seed: int) -> StableDiffusionXLPipeline:
-    tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer(pad_token="!")
+    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer(pad_token="!")
     config_1 = _clip_config(tokenizer, _SDXL_TEXT_1, "quick_gelu")
     config_2 = _clip_config(tokenizer_2, _SDXL_TEXT_2, "gelu", projection_dim=_SDXL_POOLED)
     return StableDiffusionXLPipeline(

@@ -12,6 +12,7 @@ PIL images.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,17 @@ def load_detector(path: str | Path | None = None) -> Detector:
 _SHIPPED: dict[str, Detector] = {}
 
 
+def on_device(detector: Detector, device: str | torch.device | None) -> Detector:
+    """``detector`` on ``device`` (``None``: where it is); a copy when it has to move, so the shared shipped
+    detector is never moved under another user's feet."""
+    if device is None:
+        return detector
+    here, there = next(detector.parameters()).device, torch.device(device)
+    if here.type == there.type and (there.index is None or here.index == there.index):
+        return detector
+    return copy.deepcopy(detector).to(device)
+
+
 def shipped_detector() -> Detector:
     """The shipped detector, loaded once per process."""
     if "d" not in _SHIPPED:
@@ -107,8 +119,9 @@ def detect(images, detector: Detector | None = None) -> dict[str, torch.Tensor]:
     Class order is :data:`vocab.ATTRIBUTES` (``HEADS``).
     """
     det = detector if detector is not None else shipped_detector()
-    logits = det(as_tensor(images))
-    return {name: value.softmax(-1) for name, value in logits.items()}
+    device = next(det.parameters()).device
+    logits = det(as_tensor(images).to(device))
+    return {name: value.softmax(-1).cpu() for name, value in logits.items()}
 
 
 def predicted_labels(probs: dict[str, torch.Tensor]) -> list[dict[str, str]]:
@@ -316,8 +329,8 @@ class DetectorScorer:
     probability of all labels the text asks for.
     """
 
-    def __init__(self, detector: Detector | None = None) -> None:
-        self.detector = detector if detector is not None else shipped_detector()
+    def __init__(self, detector: Detector | None = None, *, device: str | torch.device | None = None) -> None:
+        self.detector = on_device(detector if detector is not None else shipped_detector(), device)
 
     def score(self, images, texts: Sequence[str]) -> torch.Tensor:
         """Probability ``(n,)`` that image ``i`` shows ``texts[i]``.

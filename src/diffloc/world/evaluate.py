@@ -66,7 +66,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     out = pipe(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                output_type="pt")  # fmt: skip
     check_pipeline_images(out.images, guidance=guidance)  # NaN would be read back as some label
-    return out.images.float().clamp(0, 1)
+    return out.images.float().clamp(0, 1).cpu()
 
 
 def evaluate_model(

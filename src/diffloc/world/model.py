@@ -18,6 +18,7 @@ import os
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -270,27 +271,58 @@ def check_safetensors(path: Path) -> None:
         raise CheckpointError(f"weights file {str(path)!r} is truncated or corrupted ({reason})") from exc
 
 
-def load_pipeline(model_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu"):
+def load_pipeline(
+    model_dir: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+    variant: str | None = None,
+):
     """Load the ShapesWorld pipeline offline after checking every weights file.
 
     Args:
         model_dir: a pipeline directory; ``None`` loads the shipped model.
+        device: where to run (``None``: CUDA when available, else the CPU).
+        dtype: parameter dtype (``None``: float16 on CUDA, float32 elsewhere).
+        variant: weight-file variant (``"fp16"`` reads ``*.fp16.safetensors``).
 
     Raises:
-        ModelLoadError: the directory is not a pipeline directory.
+        ModelLoadError: the directory is not a pipeline directory, or lacks the variant's weights.
         CheckpointError: a weights file is missing, truncated or corrupted.
+        ConfigError: an unknown or unavailable device, or an unknown dtype.
     """
     from diffusers import StableDiffusionPipeline
 
+    from diffloc.models.compat import pipeline_dtype_keyword
+    from diffloc.models.placement import (
+        check_variant,
+        check_weight_files,
+        resolve_device,
+        resolve_dtype,
+        weight_files,
+        weight_variants,
+    )
+
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    variant = check_variant(variant)
     directory = Path(model_dir) if model_dir is not None else shipped_model_dir()
     if not (directory / "model_index.json").is_file():
         raise ModelLoadError(f"{str(directory)!r} is not a diffusers pipeline directory (no model_index.json)")
-    for component in ("unet", "vae", "text_encoder"):
-        files = sorted((directory / component).glob("*.safetensors"))
+    components = ("unet", "vae", "text_encoder")
+    check_weight_files(directory, variant, [c for c in components if weight_variants(directory / c)])
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    for component in components:
+        files = weight_files(directory / component, variant)
         if not files:
-            raise CheckpointError(f"component {component!r} of {str(directory)!r} has no .safetensors weights")
+            raise CheckpointError(f"component {component!r} of {str(directory)!r} has no {suffix} weights")
         for file in files:
             check_safetensors(file)
-    pipe = StableDiffusionPipeline.from_pretrained(str(directory), local_files_only=True, safety_checker=None)
+    options: dict[str, Any] = {pipeline_dtype_keyword(): torch_dtype}
+    if variant:
+        options["variant"] = variant
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(directory), local_files_only=True, safety_checker=None, **options
+    )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(target)
