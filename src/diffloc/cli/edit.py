@@ -9,8 +9,11 @@ Examples::
     diffloc edit locoedit --concept "pica stro" --target "a plain style" --sites "unet.xattn.*" \\
         --preserve "mo nettle" --stats stats/keep-mo-nettle.safetensors --out edits/pica  # reused next time
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
+    diffloc edit neurons --concept "pica stro" --target "a plain style" --sites unet.xattn.8,unet.xattn.9 \\
+        --mode paper --out no-pica.json   # the paper's ablation: an intervention file, not an edit
     diffloc edit show edits/qf
     diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
+    diffloc generate --ablation no-pica.json --prompt "a red circle in the style of pica stro"
 """
 
 from __future__ import annotations
@@ -118,10 +121,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _sites(neurons)
     neurons.add_argument("--top-n", type=int, default=50, help="channels ablated per projection (default 50)")
     neurons.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="replacement value")
+    neurons.add_argument(
+        "--mode", choices=("weights", "paper"), default="weights",
+        help="weights (default): channels read at the subject token, ablated in the weights (an edit directory); "
+        "paper: read at the last padding slot, ablated in the conditional branch while generating (--out is a "
+        "JSON intervention file for 'diffloc generate/eval --ablation')",
+    )  # fmt: skip
     neurons.set_defaults(func=run_compute, method="neurons")
 
-    show = sub.add_parser("show", help="describe a saved edit: what it touches, sizes, base hash")
-    show.add_argument("edit_dir", help="edit directory")
+    show = sub.add_parser("show", help="describe a saved edit or neuron ablation: what it touches, sizes, base hash")
+    show.add_argument("edit_dir", help="edit directory, or a neuron ablation file (from --mode paper)")
     show.add_argument("--json", action="store_true", help="print the edit's JSON metadata")
     show.set_defaults(func=run_show)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
@@ -154,7 +163,7 @@ def _config(args: argparse.Namespace) -> Any:
         )  # fmt: skip
     if args.preserve_weight != 1.0:
         raise ConfigError("--preserve-weight applies to quickfix and locoedit (a neuron edit solves nothing)")
-    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation)
+    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation, mode=args.mode)
 
 
 def run_compute(args: argparse.Namespace) -> int:
@@ -176,6 +185,8 @@ def run_compute(args: argparse.Namespace) -> int:
             raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
         if not request.preserve and not request.preserve_prompts:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
+    if getattr(args, "mode", "weights") == "paper":
+        return _ablation(args, request, config)
     model = load(args.model)
     if getattr(args, "widen", None):
         edit = _widened(args, model, request, config)
@@ -186,6 +197,22 @@ def run_compute(args: argparse.Namespace) -> int:
         edit = compute_edit(model, request, method=args.method, config=config)
     out = edit.save(args.out)
     print(f"{out}: {edit.method} edit of {len(edit.parameters)} tensor(s), {edit.num_values:,} values")
+    return 0
+
+
+def _ablation(args: argparse.Namespace, request: Any, config: Any) -> int:
+    """``neurons --mode paper``: compute the neuron ablation and write it as a JSON intervention file."""
+    from pathlib import Path
+
+    from diffloc.editing import compute_ablation
+    from diffloc.models.registry import load
+
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} is a directory; --mode paper writes one JSON file, e.g. no-style.json")
+    ablation = compute_ablation(load(args.model), request, config)
+    out = ablation.save(args.out)
+    print(f"{out}: neuron ablation (paper mode) of {ablation.num_channels} channel(s) in {len(ablation.sites)} "
+          "projection(s); generate with: diffloc generate --ablation " + str(out))  # fmt: skip
     return 0
 
 
@@ -232,10 +259,12 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """Print what a saved edit touches."""
-    from diffloc.editing import Edit
+    """Print what a saved edit (or neuron ablation file) touches."""
+    from pathlib import Path
 
-    edit = Edit.load(args.edit_dir)
+    from diffloc.editing import Edit, NeuronAblation
+
+    edit = NeuronAblation.load(args.edit_dir) if Path(args.edit_dir).is_file() else Edit.load(args.edit_dir)
     if args.json:
         json.dump(edit.metadata(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,4 +1,5 @@
-"""``diffloc eval``: measure a saved edit on a suite (efficacy, generalization, specificity, fidelity)."""
+"""``diffloc eval``: measure a saved edit or neuron ablation on a suite (efficacy, generalization, specificity,
+fidelity)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``diffloc eval``."""
     parser = subparsers.add_parser("eval", help="evaluate a saved edit on a suite YAML")
     parser.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
-    parser.add_argument("--edit", required=True, help="edit directory (from 'diffloc edit …')")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--edit", help="edit directory (from 'diffloc edit …')")
+    what.add_argument(
+        "--ablation", metavar="FILE", help="neuron ablation file (from 'diffloc edit neurons --mode paper')"
+    )
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
     add_scorer_arguments(parser)
@@ -26,16 +31,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write ``report.json``."""
+    from diffloc.editing.ablation import NeuronAblation
     from diffloc.editing.edit import Edit
 
     suite = load_suite(args.suite or shipped_suite_path("shapesworld"))
     if args.case:
         for name in args.case:
             suite.case(name)
-    edit = Edit.load(args.edit)
+    edit = Edit.load(args.edit) if args.edit else NeuronAblation.load(args.ablation)
     out = ensure_writable_dir(args.out)
     model = load(args.model)
-    edit.check_base(model)
+    if isinstance(edit, Edit):
+        edit.check_base(model)
+    else:
+        edit.check_model(model)
     report = evaluate(
         model, edit, suite, scorer=scorer_for(args.model, args.clip, detectors=args.detectors), cases=args.case
     )

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from diffloc import __version__
 from diffloc.atomic import ensure_writable_dir, write_json_atomic
 from diffloc.cli.progress import progress_bar
+from diffloc.editing.ablation import NeuronAblation
 from diffloc.editing.edit import Edit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import PromptError
@@ -40,6 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
     )
+    parser.add_argument(
+        "--ablation", default=None, metavar="FILE",
+        help="neuron ablation file (from 'diffloc edit neurons --mode paper'): set its channels in the conditional "
+        "branch of every image",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if not prompt.strip():
             raise PromptError("empty prompt; give the text to generate with --prompt")
     edit = Edit.load(args.edit) if args.edit else None
+    ablation = NeuronAblation.load(args.ablation) if args.ablation else None
     out = ensure_writable_dir(args.out)
     model = load(args.model)
     if edit is not None:
@@ -62,11 +69,17 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seed or [0]
     prompts = [p for p in args.prompt for _ in seeds]
     seed_list = [s for _ in args.prompt for s in seeds]
+    interventions = ablation.interventions() if ablation is not None else ()
     start = time.perf_counter()
-    with progress_bar(f"generating {len(prompts)} image(s)") as progress, ExitStack() as stack:
+    with ExitStack() as stack:
         if edit is not None:
             stack.enter_context(edit.applied(model))
-        images = generate(model, prompts, seeds=seed_list, config=config, progress=progress)
+        if ablation is not None:
+            ablation.check_model(model)  # on the weights it will run with (an edit's included)
+        with progress_bar(f"generating {len(prompts)} image(s)") as progress:
+            images = generate(
+                model, prompts, seeds=seed_list, config=config, progress=progress, interventions=interventions
+            )
     elapsed = time.perf_counter() - start
     files = []
     for image, prompt, seed in zip(images, prompts, seed_list, strict=True):
@@ -91,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
             "request": dict(edit.request),
             "base": edit.base,
             "parameters": edit.parameters,
+        }
+    if ablation is not None:
+        settings["ablation"] = {
+            "file": str(args.ablation),
+            "request": dict(ablation.request),
+            "sites": [s.site for s in ablation.sites],
+            "channels": ablation.num_channels,
         }
     write_json_atomic(out / "generate.json", settings)
     for f in files:

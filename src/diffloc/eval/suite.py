@@ -20,6 +20,7 @@ from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.config import from_dict, read_yaml
 from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.engine.interventions import Intervention
 from diffloc.errors import ConfigError
 from diffloc.eval.metrics import detection_rate, pixel_distance, removal_efficacy, retention
 from diffloc.eval.scorers import Scorer
@@ -181,11 +182,16 @@ class EvalReport:
         return cls(cases=data["cases"], fidelity=float(data["fidelity"]), meta=data["meta"])
 
 
-def _images(model: LoadedModel, prompts: list[str], suite: EvalSuite) -> torch.Tensor:
+def _images(
+    model: LoadedModel, prompts: list[str], suite: EvalSuite, interventions: tuple[Intervention, ...] = ()
+) -> torch.Tensor:
     config = GenerationConfig(steps=suite.steps, guidance=suite.guidance)
     pairs = [(p, s) for p in prompts for s in suite.seeds]
     chunks = [pairs[i : i + suite.max_batch] for i in range(0, len(pairs), suite.max_batch)]
-    return torch.cat([generate(model, [p for p, _ in c], seeds=[s for _, s in c], config=config) for c in chunks])
+    return torch.cat([
+        generate(model, [p for p, _ in c], seeds=[s for _, s in c], config=config, interventions=interventions)
+        for c in chunks
+    ])  # fmt: skip
 
 
 def _rates(
@@ -197,8 +203,15 @@ def _rates(
     return [detection_rate(scores[i * n : (i + 1) * n], suite.threshold) for i in range(len(prompts))]
 
 
-def measure(model: LoadedModel, suite: EvalSuite, scorer: Scorer, cases: list[ConceptCase]) -> dict[str, Any]:
-    """Generate every prompt of ``cases`` (and the unrelated prompts) and score them: one model state."""
+def measure(
+    model: LoadedModel,
+    suite: EvalSuite,
+    scorer: Scorer,
+    cases: list[ConceptCase],
+    interventions: tuple[Intervention, ...] = (),
+) -> dict[str, Any]:
+    """Generate every prompt of ``cases`` (and the unrelated prompts) and score them: one model state, every run
+    with ``interventions`` (e.g. a neuron ablation's)."""
     prompts: list[str] = []
     attributes: list[str] = []
     for case in cases:
@@ -212,7 +225,7 @@ def measure(model: LoadedModel, suite: EvalSuite, scorer: Scorer, cases: list[Co
             prompts.append(n.prompt)
             attributes.append(n.attribute)
     unique = list(dict.fromkeys([*prompts, *suite.unrelated]))
-    images = _images(model, unique, suite)
+    images = _images(model, unique, suite, interventions)
     index = {p: i for i, p in enumerate(unique)}
     k = len(suite.seeds)
     per_prompt = {p: images[index[p] * k : (index[p] + 1) * k] for p in unique}
@@ -238,7 +251,8 @@ def evaluate(
 
     Args:
         model: the unedited model (the edit is applied only inside this call and reverted after).
-        edit: an :class:`~diffloc.editing.edit.Edit`.
+        edit: an :class:`~diffloc.editing.edit.Edit`, or a :class:`~diffloc.editing.ablation.NeuronAblation`
+            (checked against the model, then applied to every run as an intervention).
         suite: the suite.
         scorer: image scorer (ShapesWorld detectors or CLIP).
         cases: names of the cases the edit addresses (default: all).
@@ -247,11 +261,17 @@ def evaluate(
     Returns:
         :class:`EvalReport`.
     """
+    from diffloc.editing.ablation import NeuronAblation
+
     chosen = [suite.case(n) for n in cases] if cases else list(suite.cases)
     start = time.perf_counter()
     before = before if before is not None else measure(model, suite, scorer, chosen)
-    with edit.applied(model):
-        after = measure(model, suite, scorer, chosen)
+    if isinstance(edit, NeuronAblation):
+        edit.check_model(model)
+        after = measure(model, suite, scorer, chosen, edit.interventions())
+    else:
+        with edit.applied(model):
+            after = measure(model, suite, scorer, chosen)
     report: dict[str, dict[str, Any]] = {}
     for case in chosen:
         attr = case.target_attribute if case.mode == "update" else case.attribute
