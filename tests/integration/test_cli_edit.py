@@ -172,3 +172,29 @@ def test_stats_file_is_written_once_then_reused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "another preserved concepts" in err and "\n" not in err
     assert not (tmp_path / "c").exists()
+
+
+def test_paper_mode_neuron_ablation_file_through_generate_and_show(tmp_path, capsys):
+    path = tmp_path / "abl.json"
+    assert _edit(tmp_path, "neurons", "--sites", "unet.xattn.8", "--top-n", "5", "--mode", "paper",
+                 "--out", str(path)) == 0  # fmt: skip
+    meta = json.loads(path.read_text())
+    assert meta["format"] == "diffloc-ablation" and meta["config"]["mode"] == "paper"
+    assert [len(s["channels"]) for s in meta["sites"]] == [5, 5]
+    capsys.readouterr()
+    assert main(["edit", "show", str(path)]) == 0
+    assert "unet.xattn.8.k: 5 channel(s)" in capsys.readouterr().out
+    common = ["generate", "--model", "tiny-sd1", "--prompt", "a cat", "--steps", "2"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--ablation", str(path), "--out", str(tmp_path / "ablated")]) == 0
+    settings = json.loads((tmp_path / "ablated" / "generate.json").read_text())
+    assert settings["ablation"]["channels"] == 10 and settings["ablation"]["sites"] == ["unet.xattn.8.k",
+                                                                                         "unet.xattn.8.v"]  # fmt: skip
+    (plain,) = (tmp_path / "plain").glob("a-cat_seed0_*.png")
+    assert plain.read_bytes() != (tmp_path / "ablated" / plain.name).read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--model", "tiny-sd2", "--ablation", str(path), "--out", str(tmp_path / "g2")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffloc: error:") and "computed for a sd1 model, not sd2" in err and "\n" not in err
+    assert _edit(tmp_path, "neurons", "--sites", "unet.xattn.8", "--mode", "paper", "--out", str(tmp_path)) == 1
+    assert "is a directory; --mode paper writes one JSON file" in capsys.readouterr().err

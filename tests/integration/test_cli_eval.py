@@ -61,6 +61,17 @@ def test_eval_cli_and_wrong_model_refusal(tmp_path, tiny_clip_dir, capsys):
     assert (tmp_path / "ev" / "report.json").is_file()  # earlier results intact
 
 
+def test_eval_cli_takes_a_neuron_ablation(tmp_path, tiny_clip_dir):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    ablation = tmp_path / "abl.json"
+    assert main(["edit", "neurons", "--model", "tiny-sd1", "--concept", "van gogh", "--target", "painting", "--sites",
+                 "unet.xattn.*", "--top-n", "4", "--mode", "paper", "--out", str(ablation)]) == 0  # fmt: skip
+    assert main(["eval", "--model", "tiny-sd1", "--ablation", str(ablation), "--suite", str(tmp_path / "suite.yaml"),
+                 "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["meta"]["edit"]["format"] == "diffloc-ablation" and report["fidelity"] > 0
+
+
 def test_reproduce_on_a_tiny_model(tmp_path, tiny_clip_dir):
     (tmp_path / "suite.yaml").write_text(SUITE)
     suite = str(tmp_path / "suite.yaml")

@@ -9,9 +9,12 @@ Examples::
     diffloc edit locoedit --concept "pica stro" --target "a plain style" --sites "unet.xattn.*" \\
         --preserve "mo nettle" --stats stats/keep-mo-nettle.safetensors --out edits/pica  # reused next time
     diffloc edit neurons --model tiny-sd1 --concept cat --target dog --sites unet.xattn.8 --top-n 20 --out e
+    diffloc edit neurons --concept "pica stro" --target "a plain style" --sites unet.xattn.8,unet.xattn.9 \\
+        --mode paper --out no-pica.json   # the paper's ablation: an intervention file, not an edit
     diffloc edit show edits/qf
     diffloc generate --edit edits/qf --prompt "a red circle in the style of van goo"
     diffloc edit export edits/qf --out shapesworld-no-van-goo   # a plain diffusers folder
+    diffloc generate --ablation no-pica.json --prompt "a red circle in the style of pica stro"
 """
 
 from __future__ import annotations
@@ -142,10 +145,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--top-n", type=count_arg("top_n"), default=50, help="channels ablated per projection (default 50)"
     )
     neurons.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="replacement value")
+    neurons.add_argument(
+        "--mode", choices=("weights", "paper"), default="weights",
+        help="weights (default): channels read at the subject token, ablated in the weights (an edit directory); "
+        "paper: read at the last padding slot, ablated in the conditional branch while generating (--out is a "
+        "JSON intervention file for 'diffloc generate/eval --ablation')",
+    )  # fmt: skip
     neurons.set_defaults(func=run_compute, method="neurons")
 
-    show = sub.add_parser("show", help="describe a saved edit: what it touches, sizes, base hash")
-    show.add_argument("edit_dir", help="edit directory")
+    show = sub.add_parser("show", help="describe a saved edit or neuron ablation: what it touches, sizes, base hash")
+    show.add_argument("edit_dir", help="edit directory, or a neuron ablation file (from --mode paper)")
     show.add_argument("--json", action="store_true", help="print the edit's JSON metadata instead of a table")
     show.set_defaults(func=run_show)
 
@@ -193,7 +202,7 @@ def _config(args: argparse.Namespace) -> Any:
         )  # fmt: skip
     if args.preserve_weight != 1.0:
         raise ConfigError("--preserve-weight applies to quickfix and locoedit (a neuron edit solves nothing)")
-    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation)
+    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation, mode=args.mode)
 
 
 def run_compute(args: argparse.Namespace) -> int:
@@ -224,6 +233,8 @@ def run_compute(args: argparse.Namespace) -> int:
         check_model_steps(args.model, args.widen_steps, "--widen-steps")
         if args.clip is not None:
             check_clip_weights(args.clip, allow_pickle=args.allow_bin)
+    if getattr(args, "mode", "weights") == "paper":
+        return _ablation(args, request, config)
     Edit.check_output(args.out)  # the work is not done for an edit that could not be saved
     model = load_model(args)
     if getattr(args, "widen", None):
@@ -235,6 +246,21 @@ def run_compute(args: argparse.Namespace) -> int:
         edit = compute_edit(model, request, method=args.method, config=config)
     out = edit.save(args.out)
     print(f"{out}: {edit.method} edit of {len(edit.parameters)} tensor(s), {edit.num_values:,} values")
+    return 0
+
+
+def _ablation(args: argparse.Namespace, request: Any, config: Any) -> int:
+    """``neurons --mode paper``: compute the neuron ablation and write it as a JSON intervention file."""
+    from diffloc.atomic import check_writable_file
+    from diffloc.editing import compute_ablation
+
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} is a directory; --mode paper writes one JSON file, e.g. no-style.json")
+    check_writable_file(args.out, "--out")
+    ablation = compute_ablation(load_model(args), request, config)
+    out = ablation.save(args.out)
+    print(f"{out}: neuron ablation (paper mode) of {ablation.num_channels} channel(s) in {len(ablation.sites)} "
+          "projection(s); generate with: diffloc generate --ablation " + str(out))  # fmt: skip
     return 0
 
 
@@ -280,15 +306,15 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """Print what a saved edit touches."""
-    from diffloc.editing import Edit
+    """Print what a saved edit (or neuron ablation file) touches."""
+    from diffloc.editing import Edit, NeuronAblation
 
-    edit = Edit.load(args.edit_dir)
+    edit = NeuronAblation.load(args.edit_dir) if Path(args.edit_dir).is_file() else Edit.load(args.edit_dir)
     if args.json:
         json.dump(edit.metadata(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(edit_table(edit))
+        print(edit.summary() if isinstance(edit, NeuronAblation) else edit_table(edit))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``diffloc eval``: measure a saved edit on a suite (efficacy, generalization, specificity, fidelity)."""
+"""``diffloc eval``: measure a saved edit or neuron ablation on a suite (efficacy, generalization, specificity,
+fidelity)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a saved edit on a suite YAML")
     parser.add_argument("--model", default="shapesworld", help="the unedited model the edit was computed on")
     add_allow_bin_argument(parser)
-    parser.add_argument("--edit", required=True, help="edit directory (from 'diffloc edit …')")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--edit", help="edit directory (from 'diffloc edit …')")
+    what.add_argument(
+        "--ablation", metavar="FILE", help="neuron ablation file (from 'diffloc edit neurons --mode paper')"
+    )
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     parser.add_argument("--case", action="append", default=None, help="only these case names (repeatable)")
     add_scorer_arguments(parser)
@@ -34,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write ``report.json``."""
+    from diffloc.editing.ablation import NeuronAblation
     from diffloc.editing.edit import Edit
     from diffloc.eval.scorers import scorer_for
     from diffloc.eval.suite import evaluate, load_suite, shipped_suite_path
@@ -44,14 +50,17 @@ def run(args: argparse.Namespace) -> int:
     if args.case:
         for name in args.case:
             suite.case(name)
-    edit = Edit.load(args.edit)
+    edit = Edit.load(args.edit) if args.edit else NeuronAblation.load(args.ablation)
     check_model_arguments(args)
     out = check_writable_dir(args.out)  # created by the first file written
     if args.clip is not None:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
         model = load_model(args)
-        edit.check_base(model)
+        if isinstance(edit, Edit):
+            edit.check_base(model)
+        else:
+            edit.check_model(model)
         scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
                             device=model.device)  # fmt: skip
         with progress_bar("eval", unit="image") as progress:

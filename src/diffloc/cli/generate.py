@@ -53,11 +53,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--edit", default=None, help="edit directory (from 'diffloc edit'): generate with the edit applied"
     )
+    parser.add_argument(
+        "--ablation", default=None, metavar="FILE",
+        help="neuron ablation file (from 'diffloc edit neurons --mode paper'): set its channels in the conditional "
+        "branch of every image",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate and save."""
+    from diffloc.editing.ablation import NeuronAblation
     from diffloc.editing.edit import Edit
     from diffloc.engine.generate import GenerationConfig, generate
     from diffloc.images import save_png
@@ -79,15 +85,22 @@ def run(args: argparse.Namespace) -> int:
         names.claim(image_name(p, s), f"prompt {p!r} with seed {s}") for p, s in zip(prompts, seed_list, strict=True)
     ]
     edit = Edit.load(args.edit) if args.edit else None
+    ablation = NeuronAblation.load(args.ablation) if args.ablation else None
     out = check_writable_dir(args.out)  # created by the first file written
     model = load_model(args)
     if edit is not None:
         edit.check_base(model)  # refuse before generating anything
+    interventions = ablation.interventions() if ablation is not None else ()
     start = time.perf_counter()
-    with progress_bar(f"generating {len(prompts)} image(s)") as progress, ExitStack() as stack:
+    with ExitStack() as stack:
         if edit is not None:
             stack.enter_context(edit.applied(model))
-        images = generate(model, prompts, seeds=seed_list, config=config, progress=progress)
+        if ablation is not None:
+            ablation.check_model(model)  # on the weights it will run with (an edit's included)
+        with progress_bar(f"generating {len(prompts)} image(s)") as progress:
+            images = generate(
+                model, prompts, seeds=seed_list, config=config, progress=progress, interventions=interventions
+            )
     elapsed = time.perf_counter() - start
     files = []
     for image, prompt, seed, path in zip(images, prompts, seed_list, paths, strict=True):
@@ -114,6 +127,13 @@ def run(args: argparse.Namespace) -> int:
             "request": dict(edit.request),
             "base": edit.base,
             "parameters": edit.parameters,
+        }
+    if ablation is not None:
+        settings["ablation"] = {
+            "file": str(args.ablation),
+            "request": dict(ablation.request),
+            "sites": [s.site for s in ablation.sites],
+            "channels": ablation.num_channels,
         }
     write_json_atomic(out / "generate.json", settings)
     for f in files:

@@ -1,4 +1,5 @@
-"""Model editing: Diff-QuickFix, LocoEdit and neuron ablation as revertible, saveable :class:`Edit` artifacts.
+"""Model editing: Diff-QuickFix, LocoEdit and neuron ablation as revertible, saveable :class:`Edit` artifacts, and
+the paper's neuron ablation as a :class:`NeuronAblation` intervention (``compute_ablation``).
 
 Example::
 
@@ -10,10 +11,11 @@ Example::
     edit.save("edits/no-van-gogh")
 """
 
+from diffloc.editing.ablation import NeuronAblation
 from diffloc.editing.closed_form import ridge_solve
 from diffloc.editing.edit import Edit, tensor_hash
 from diffloc.editing.locoedit import LocoEditConfig
-from diffloc.editing.neurons import NeuronConfig
+from diffloc.editing.neurons import NeuronConfig, compute_ablation
 from diffloc.editing.preserved import PreservedStatistics
 from diffloc.editing.quickfix import QuickFixConfig
 from diffloc.editing.registry import METHODS, compute_edit, get_method, preservation_statistics, register_method
@@ -24,9 +26,11 @@ __all__ = [
     "Edit",
     "EditRequest",
     "LocoEditConfig",
+    "NeuronAblation",
     "NeuronConfig",
     "PreservedStatistics",
     "QuickFixConfig",
+    "compute_ablation",
     "compute_edit",
     "get_method",
     "preservation_statistics",

@@ -12,7 +12,7 @@ import torch
 from diffloc.engine.batch import BatchLayout
 from diffloc.engine.finite import check_images, check_latents, check_text_states
 from diffloc.engine.hooks import patch
-from diffloc.engine.interventions import Run, compile_runs, unet_hooks
+from diffloc.engine.interventions import Intervention, Restore, Run, compile_runs, unet_hooks
 from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import DECODE_BATCH, Conditioning, LoadedModel
 from diffloc.validate import check_count, check_guidance, check_image_side, check_model_steps, check_seed, check_steps
@@ -230,15 +230,25 @@ def generate(
     seeds: int | Sequence[int] = 0,
     config: GenerationConfig | None = None,
     progress: ProgressFn | None = None,
+    interventions: Sequence[Intervention] = (),
 ) -> torch.Tensor:
-    """Plain seeded generation of one or more prompts (no interventions).
+    """Seeded generation of one or more prompts, every run with the same ``interventions`` (default none).
+
+    Interventions that name other runs (``Restore``) need :func:`generate_runs`; the ones that act on a run
+    alone (e.g. a neuron ablation's ``SetChannels``, ``CorruptTokens``, ``SwapContext``) fit here.
 
     Returns:
         Images ``(n, 3, H, W)`` in ``[0, 1]``.
+
+    Example:
+        >>> images = generate(model, prompts, seeds=[0, 1], interventions=ablation.interventions())
     """
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     seed_list = [seeds] * len(prompt_list) if isinstance(seeds, int) else list(seeds)
     if len(seed_list) != len(prompt_list):
         raise ConfigError(f"{len(seed_list)} seeds for {len(prompt_list)} prompts")
-    runs = [Run(prompt=p, seed=s) for p, s in zip(prompt_list, seed_list, strict=True)]
+    shared = tuple(interventions)
+    if any(isinstance(iv, Restore) for iv in shared):
+        raise ConfigError("a Restore names a source run; give each run its interventions with generate_runs")
+    runs = [Run(prompt=p, seed=s, interventions=shared) for p, s in zip(prompt_list, seed_list, strict=True)]
     return generate_runs(model, runs, config=config, progress=progress)

@@ -34,7 +34,14 @@ ProgressFn = Callable[[int, int], None]
 
 
 def _applied(edit: Any, model: LoadedModel) -> AbstractContextManager[Any]:
-    return nullcontext() if edit is None else edit.applied(model)
+    """The context in which generation sees ``edit``: its weights applied (an ``Edit``); nothing for ``None`` or a
+    neuron ablation, which acts through :func:`_interventions` instead."""
+    return nullcontext() if edit is None or hasattr(edit, "interventions") else edit.applied(model)
+
+
+def _interventions(edit: Any) -> tuple[Any, ...]:
+    """The interventions every run gets: a neuron ablation's (paper mode), else none."""
+    return tuple(edit.interventions()) if hasattr(edit, "interventions") else ()
 
 
 def _score_chunk(
@@ -49,7 +56,8 @@ def _score_chunk(
 ) -> dict[str, Any]:
     """Generate ``pairs`` (with ``edit`` applied, if any) and score each image against its prompt's attributes."""
     with _applied(edit, model):
-        images = generate(model, [p for p, _ in pairs], seeds=[s for _, s in pairs], config=generation)
+        images = generate(model, [p for p, _ in pairs], seeds=[s for _, s in pairs], config=generation,
+                          interventions=_interventions(edit))  # fmt: skip
     rows = [(i, attribute) for i, (prompt, _) in enumerate(pairs) for attribute in attributes[prompt]]
     scores = scorer.score(images[torch.tensor([i for i, _ in rows])], [a for _, a in rows]).tolist()
     advance(len(pairs))
@@ -68,8 +76,8 @@ def _fidelity_chunk(
     """Mean absolute pixel change of ``pairs`` between the unedited and the edited model."""
     prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     before = generate(model, prompts, seeds=seeds, config=generation)
-    with edit.applied(model):
-        after = generate(model, prompts, seeds=seeds, config=generation)
+    with _applied(edit, model):
+        after = generate(model, prompts, seeds=seeds, config=generation, interventions=_interventions(edit))
     advance(len(pairs))
     return {"mean": pixel_distance(before, after), "values": int(before.numel())}
 
@@ -123,7 +131,8 @@ def measure(
     executor: Executor | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Generate every prompt of ``cases`` × the suite's seeds (with ``edit`` applied, if given) and score them.
+    """Generate every prompt of ``cases`` × the suite's seeds (with ``edit`` applied, if given: an ``Edit``'s weights
+    or a neuron ablation's interventions) and score them.
 
     Returns:
         ``{"rates": {(prompt, attribute): detection rate over the seeds}}``.

@@ -210,7 +210,8 @@ def evaluate(
 
     Args:
         model: the unedited model (the edit is applied only inside this call and reverted after).
-        edit: an :class:`~diffloc.editing.edit.Edit`.
+        edit: an :class:`~diffloc.editing.edit.Edit`, or a :class:`~diffloc.editing.ablation.NeuronAblation`
+            (checked against the model, then applied to every run as an intervention).
         suite: the suite.
         scorer: image scorer (ShapesWorld detectors or CLIP).
         cases: names of the cases the edit addresses (default: all).
@@ -227,8 +228,12 @@ def evaluate(
         SweepIncomplete: ``executor`` is one shard and other shards' items are still missing (every one of
             the three measurements computed its share first).
     """
+    from diffloc.editing.ablation import NeuronAblation
+
     chosen = [suite.case(n) for n in cases] if cases else list(suite.cases)
     start = time.perf_counter()
+    if isinstance(edit, NeuronAblation):
+        edit.check_model(model)
     sweeps: dict[str, Any] = {"out": out, "executor": executor, "progress": progress}
     before, after, pixel_change = run_all(
         lambda: before if before is not None else measure(model, suite, scorer, chosen, **sweeps),
