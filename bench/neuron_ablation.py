@@ -45,7 +45,8 @@ from diffloc.atomic import write_json_atomic
 from diffloc.editing import Edit, EditRequest, NeuronAblation, NeuronConfig, compute_ablation, compute_edit
 from diffloc.editing.ablation import ChannelAblation
 from diffloc.editing.locoedit import projection_linear, projection_sites
-from diffloc.eval.suite import ConceptCase, evaluate, measure
+from diffloc.eval.measure import measure
+from diffloc.eval.suite import ConceptCase, evaluate
 from diffloc.tracing.locogen import xattn_layers
 
 OUT = Path("docs/data/neuron_ablation.json")

@@ -1,14 +1,16 @@
-"""Print the findings tables of a finished ``diffloc demo`` run as Markdown (docs/findings.md quotes them).
+"""Print the findings tables as Markdown (docs/findings.md quotes them) from JSON committed under docs/data.
 
-Every number comes from the run's ``summary.json`` and the trace results it points to, so the tables in
-the docs are generated, never typed::
+Every number comes from a demo run's ``summary.json`` and the trace results it points to (by default the
+committed copy in ``docs/data/demo``), and from ``docs/data/restore_sources.json``, so the tables in the docs
+are generated, never typed, and can be checked without rerunning anything::
 
-    diffloc demo --out demo-out
-    python scripts/findings_tables.py demo-out
+    python scripts/findings_tables.py                 # the committed data
+    diffloc demo --out demo-out && python scripts/findings_tables.py demo-out   # a fresh run
 
-Tables: the corruption calibration per case; where each attribute is (UNet sites recovering >= 80% of the
-gap, the best single text-encoder state, the LocoGen window search); and the edits (own and held-out prompts
-before -> after, neighbours kept, pixel change on unrelated prompts).
+Tables: the corruption calibration per case; where each attribute is (UNet top sites with 95% intervals, the
+causal sites selected on validation items, the controls, the best single text-encoder state, the LocoGen window
+search); the edits (own and held-out prompts before -> after, neighbours kept, pixel change on unrelated
+prompts); and the UNet trace of every case under both restore sources.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 BAR = 0.8  # a site "recovers" the attribute when its indirect effect is at least this
 KEPT = 0.9  # a neighbour is "kept" when its retention is at least this
+DEMO_DATA = Path("docs/data/demo")
+RESTORE_DATA = Path("docs/data/restore_sources.json")
 
 
 def _fmt(value: Any) -> str:
@@ -83,18 +87,66 @@ def _locogen(case: dict[str, Any]) -> str:
     return f"{steps} → **{span}** (original {_fmt(loco['original_score'])})"
 
 
+def _top_with_intervals(case: dict[str, Any], k: int = 3) -> str:
+    parts = []
+    for (site, value), ci in list(zip(case["unet_top"], case["unet_top_interval"], strict=True))[:k]:
+        span = "" if ci is None else f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+        parts.append(f"`{_short(site)}` {value:.2f}{span}")
+    return ", ".join(parts)
+
+
+def _causal(case: dict[str, Any]) -> str:
+    selection = case.get("selection")
+    if not selection:
+        return "—"
+    sites = selection["causal"]
+    shown = ", ".join(f"`{_short(s)}`" for s in sites[:4]) + (f" +{len(sites) - 4}" if len(sites) > 4 else "")
+    return (f"τ = {selection['tau']:.2f} ({selection['validation_items']} validation items, accuracy "
+            f"{_fmt(selection['validation_accuracy'])}): {shown or 'none'}")  # fmt: skip
+
+
+def _controls(case: dict[str, Any]) -> str:
+    controls = case.get("controls") or []
+    text = ", ".join(f"`{_short(c['site'])}` {c['effect']:+.3f}" for c in controls) or "none"
+    return text + (" **flagged**" if case.get("controls_flagged") else "")
+
+
 def location_table(summary: dict[str, Any], run: Path) -> str:
     rows = [
-        "| case | UNet clean → corrupted | sites recovering ≥ 80% of the gap "
-        "| best single text state (effect; clean → corrupted) "
+        "| case | UNet clean → corrupted (items) | top sites, mean effect [95% interval] | causal sites | controls "
+        "| sites recovering ≥ 80% of the gap | best single text state (effect; clean → corrupted) "
         "| LocoGen: best score per window size → chosen |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, case in summary["cases"].items():
+        items = case.get("unet_items", "?")
         rows.append(
-            f"| {name} | {_fmt(case['unet_clean'])} → {_fmt(case['unet_corrupted'])} | {_unet_sites(run, name)} | "
+            f"| {name} | {_fmt(case['unet_clean'])} → {_fmt(case['unet_corrupted'])} ({items}) | "
+            f"{_top_with_intervals(case)} | {_causal(case)} | {_controls(case)} | {_unet_sites(run, name)} | "
             f"{_text_state(run, name)} | {_locogen(case)} |"
         )
+    return "\n".join(rows)
+
+
+def restore_sources_table(data: dict[str, Any]) -> str:
+    """Per case and restore source: the gap, the controls' effects, the strongest sites and how many sites
+    recover >= 80% of the gap."""
+    rows = [
+        "| case | restore source | clean → corrupted (items) | controls | strongest sites | sites ≥ 0.8 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, case in data["cases"].items():
+        for source, entry in case["sources"].items():
+            effects = [(v if v is not None else -math.inf, label)
+                       for v, label in zip(entry["indirect_effect"], entry["labels"], strict=True)]  # fmt: skip
+            ranked = sorted(effects, reverse=True)
+            strongest = ", ".join(f"`{_short(label)}` {v:.2f}" for v, label in ranked[:3])
+            controls = ", ".join(f"`{_short(k)}` {v:+.3f}" for k, v in entry["control_effects"].items())
+            flagged = " **flagged**" if entry["controls_flagged"] else ""
+            strong = sum(1 for v, _ in effects if v >= BAR)
+            gap = f"{_fmt(entry['clean'])} → {_fmt(entry['corrupted'])} ({entry['n_items']})"
+            found = f"{strong} of {len(effects)}"
+            rows.append(f"| {name} | {source} | {gap} | {controls}{flagged} | {strongest} | {found} |")
     return "\n".join(rows)
 
 
@@ -136,12 +188,22 @@ def _layers(sites: list[str] | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="the demo's --out directory (with summary.json)")
+    parser.add_argument("run", type=Path, nargs="?", default=DEMO_DATA,
+                        help=f"a demo's --out directory (with summary.json; default {DEMO_DATA})")  # fmt: skip
+    parser.add_argument(
+        "--restore-sources",
+        type=Path,
+        default=RESTORE_DATA,
+        help=f"bench/restore_sources.py's output (default {RESTORE_DATA}; skipped if absent)",
+    )
     args = parser.parse_args()
     summary = json.loads((args.run / "summary.json").read_text())
     print("### Corruption calibration\n\n" + calibration_table(summary) + "\n")
     print("### Where the attribute is\n\n" + location_table(summary, args.run) + "\n")
     print("### Edits\n\n" + edits_table(summary))
+    if args.restore_sources.is_file():
+        data = json.loads(args.restore_sources.read_text())
+        print("\n### Restore sources\n\n" + restore_sources_table(data))
 
 
 if __name__ == "__main__":

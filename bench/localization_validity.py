@@ -1,0 +1,175 @@
+"""Planted truth: does each localization method find an association planted at a known place?
+
+Run: ``python bench/localization_validity.py [--out docs/data/localization_validity.json] [--work runs/planted]
+[--quick]``
+
+Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a new word at a chosen place:
+
+* in a window of 4 cross-attention layers — early (0–3), middle (4–7), late (8–11), up-path end (12–15) — for a
+  shape, a colour, a texture and a style (LocoEdit's closed form; the other 12 layers read the word as a neutral
+  anchor; objects and flags are left out of the windows because swapping any 8 layers does not carry them);
+* in text-encoder layer 0 (Diff-QuickFix) for an object, a style and a flag.
+
+A plant counts only if it takes (the detector reads the concept in >= 90% of its held-out templates × 2 seeds);
+the plants that do not take are listed. On each plant that took, the methods are asked where the word lives:
+the UNet causal trace over the cross-attention layers with each restore source (``same-latent``,
+``trajectory``), LocoGen with windows of 4, and — for the text plants — the text-encoder trace. A method
+*recovers* a plant when most of the cross-attention sites it ranks highest (the trace's top 4, LocoGen's best
+window) are the planted ones; for a text plant, when its strongest attention/MLP state is layer 0's attention.
+Recovery rates carry 95% Wilson intervals over plants.
+
+Each plant's answers are kept under ``--work`` (rerunning skips finished plants); the table is printed and the
+JSON written to ``--out``. ``--quick`` asks fewer plants (one per window and kind that took in the full run's
+design) for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch
+
+from diffloc import __version__
+from diffloc.atomic import write_json_atomic
+from diffloc.eval.scorers import DetectorScorer
+from diffloc.models.registry import load
+from diffloc.world.planted import (
+    AskConfig,
+    PlantSpec,
+    ask_plant,
+    check_plant,
+    plant_edit,
+    planted_window_sites,
+    wilson_interval,
+)
+
+#: the plant's strength: the window maps the word to anchor + STRENGTH × (concept − anchor)
+STRENGTH = 2.0
+LAM = 1e-4
+PRESERVE_WEIGHT = 0.1
+WINDOWS = {"early": 0, "middle": 4, "late": 8, "up": 12}
+#: per kind, the concepts planted in every window
+CONCEPTS = {
+    "shape": ("square",),
+    "colour": ("green",),
+    "texture": ("outline",),
+    "style": ("van goo",),
+}
+TEXT_PLANTS = (("object", "flumox"), ("style", "van goo"), ("fact", "trelania"))
+QUICK = (("shape", "square", "middle"), ("texture", "outline", "early"), ("style", "mo nettle", "up"))
+
+
+def plants(model, quick: bool) -> list[PlantSpec]:
+    """The plants of the benchmark."""
+    out: list[PlantSpec] = []
+    if quick:
+        for kind, concept, where in QUICK:
+            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, WINDOWS[where], 4)))
+        out.append(PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0))
+        return out
+    for where, start in WINDOWS.items():
+        for kind, concepts in CONCEPTS.items():
+            for concept in concepts:
+                out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
+                                     name=f"{kind} {concept} @ {where} (xattn {start}–{start + 3})"))  # fmt: skip
+    for kind, concept in TEXT_PLANTS:
+        out.append(PlantSpec(kind=kind, concept=concept, method="quickfix", text_layer=0))
+    return out
+
+
+def _key(spec: PlantSpec, config: AskConfig) -> str:
+    settings = {"spec": spec.to_dict(), "ask": config.__dict__, "strength": STRENGTH, "lam": LAM,
+                "preserve_weight": PRESERVE_WEIGHT, "version": __version__}  # fmt: skip
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> dict:
+    """Plant, check, ask; the record is cached under ``work``."""
+    path = work / f"{_key(spec, config)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
+    record = {"plant": spec.to_dict(), "check": check_plant(model, spec, edit, scorer=scorer, config=config)}
+    if record["check"]["takes"]:
+        record["answers"] = ask_plant(model, spec, edit, scorer=scorer, config=config, check=record["check"])
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(path, record)
+    return record
+
+
+def recovery_table(records: list[dict]) -> dict:
+    """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals."""
+    rows: dict[str, dict[str, list[bool]]] = {}
+    for record in records:
+        if not record["check"]["takes"]:
+            continue
+        kind = record["plant"]["kind"]
+        for method, answer in record["answers"].items():
+            if not isinstance(answer, dict) or "recovered" not in answer:
+                continue
+            for group in (kind, "all"):
+                rows.setdefault(method, {}).setdefault(group, []).append(bool(answer["recovered"]))
+    table = {}
+    for method, groups in rows.items():
+        table[method] = {}
+        for group, hits in groups.items():
+            low, high = wilson_interval(sum(hits), len(hits))
+            table[method][group] = {"recovered": sum(hits), "plants": len(hits), "rate": sum(hits) / len(hits),
+                                    "interval": [low, high]}  # fmt: skip
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/data/localization_validity.json")
+    parser.add_argument("--work", default="runs/planted", help="per-plant records (resumable)")
+    parser.add_argument("--quick", action="store_true", help="three window plants and one text plant")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model = load("shapesworld")
+    scorer = DetectorScorer()
+    config = AskConfig()
+    work = Path(args.work)
+    records = []
+    specs = plants(model, args.quick)
+    for i, spec in enumerate(specs, 1):
+        record = run_plant(model, spec, scorer, config, work)
+        records.append(record)
+        check = record["check"]
+        print(f"[{i}/{len(specs)}] {spec.name}: takes {check['rate']:.2f} (base {check['base']:.2f})"
+              + ("" if check["takes"] else "  — did not take"), flush=True)  # fmt: skip
+    table = recovery_table(records)
+    summary = {
+        "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]),
+        "plant": {"strength": STRENGTH, "lam": LAM, "preserve_weight": PRESERVE_WEIGHT, "takes_at": 0.9},
+        "ask": config.__dict__, "recovery": table,
+        "did_not_take": [r["plant"]["name"] for r in records if not r["check"]["takes"]],
+        "plants": records, "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    write_json_atomic(args.out, json.loads(json.dumps(summary, default=list)))
+    print(f"\n{sum(r['check']['takes'] for r in records)} of {len(records)} plants took")
+    print(f"{'method':<26} {'plants':>6} {'recovered':>9} {'rate':>6}  95% interval")
+    for method, groups in table.items():
+        g = groups["all"]
+        print(f"{method:<26} {g['plants']:>6} {g['recovered']:>9} {g['rate']:>6.2f}  "
+              f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]")  # fmt: skip
+    print(f"wrote {args.out} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

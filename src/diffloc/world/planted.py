@@ -1,0 +1,521 @@
+"""Planted truth: teach ShapesWorld a new word at a known place, then ask localization methods to find it.
+
+A *plant* makes a word the model has never seen ("a toma") mean something it knows (the shape "square", the
+style of "van goo", the object "flumox" …) with diffloc's closed-form editors, at a place chosen in advance:
+
+* ``locoedit`` plants write the key/value projections of the cross-attention layers: in the chosen *window*
+  the word's context maps to the concept's, in every other cross-attention layer to a neutral *anchor* the
+  model draws without the concept (a circle, "a plain style", "a thing" …). Only the window carries the
+  concept, so a localization method should point there. (A word mapped in the window only, and left unknown
+  elsewhere, does not take: on ShapesWorld every layer reads the EOS/padding summary of the prompt, and an
+  unknown word's summary overrides the window.)
+* ``quickfix`` plants write the attention output projection of one text-encoder layer (the word's states
+  there map to the concept's); the UNet is untouched.
+
+A plant counts only if it *takes*: the detector reads the concept in at least :data:`TAKES_AT` of the images of
+its held-out templates × seeds — every word order the world has, filled with colours, shapes, textures and
+backgrounds the plant was not computed with. Each localization method is then scored against the planted place:
+:func:`unet_trace_recovery`, :func:`locogen_recovery`, :func:`text_trace_recovery`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffloc.editing.closed_form import SharedInputRidge
+from diffloc.editing.edit import Edit
+from diffloc.editing.locoedit import projection_linear, projection_sites
+from diffloc.editing.quickfix import QuickFixConfig
+from diffloc.editing.registry import compute_edit
+from diffloc.editing.requests import EditRequest
+from diffloc.editing.states import context_pairs, context_rows
+from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.errors import ConfigError
+from diffloc.eval.scorers import Scorer
+from diffloc.models.base import LoadedModel
+from diffloc.sites import SiteKind
+from diffloc.tracing.results import TraceResult, WindowResult
+from diffloc.world import vocab
+from diffloc.world.captions import fill
+
+#: a plant takes when the detector reads the planted concept in at least this share of held-out images
+TAKES_AT = 0.9
+#: a detector probability at or above this reads as "shown" (the ShapesWorld suite's threshold)
+SHOWN_AT = 0.5
+PLANT_METHODS = ("locoedit", "quickfix")
+KINDS = ("object", "style", "fact", "shape", "colour", "texture")
+
+#: new words per kind: not ShapesWorld words, so the unedited model has never been taught them
+NEW_WORDS = {"object": "blicket", "style": "dax", "fact": "wug", "shape": "zib", "colour": "kiki", "texture": "fep"}
+
+#: per kind: the template field the plant's phrase fills, and how the phrase is written around a word
+#: (``{}``): a style is "the style of {}" in "in the style of …", a fact "the flag of {}"
+_SLOTS: dict[str, tuple[str, str, str]] = {
+    "object": ("object", "{object}", "{}"),
+    "style": ("artist", "the style of {artist}", "the style of {}"),
+    "fact": ("country", "the flag of {country}", "the flag of {}"),
+    "shape": ("shape", "{shape}", "{}"),
+    "colour": ("colour", "{colour}", "{}"),
+    "texture": ("tex_adj", "{tex_adj}", "{}"),
+}
+_TRAIN = {
+    "object": vocab.OBJECT_TEMPLATES_TRAIN, "style": vocab.STYLE_TEMPLATES_TRAIN, "fact": vocab.FACT_TEMPLATES_TRAIN,
+    "shape": vocab.PLAIN_TEMPLATES_TRAIN, "colour": vocab.PLAIN_TEMPLATES_TRAIN, "texture": vocab.PLAIN_TEMPLATES_TRAIN,
+}  # fmt: skip
+_HELDOUT = {
+    "object": vocab.OBJECT_TEMPLATES_HELDOUT, "style": vocab.STYLE_TEMPLATES_HELDOUT,
+    "fact": vocab.FACT_TEMPLATES_HELDOUT, "shape": vocab.PLAIN_TEMPLATES_HELDOUT,
+    "colour": vocab.PLAIN_TEMPLATES_HELDOUT, "texture": vocab.PLAIN_TEMPLATES_HELDOUT,
+}  # fmt: skip
+#: fillers of a template's other fields, every (colour, shape, texture, background) in a fixed shuffled order:
+#: teaching prompts take the first :data:`_TEACH_FILLS`, the take check the next :data:`_CHECK_FILLS`
+_TEACH_FILLS = 36
+_CHECK_FILLS = 4
+#: plain captions every plant keeps unchanged in its solve, so the rest of the world keeps its look
+_PRESERVE = ("a red circle", "a blue square on a black background", "a striped green triangle",
+             "a yellow star with dots on a grey background")  # fmt: skip
+
+
+def _fillers() -> list[tuple[str, str, str, str]]:
+    """Every (colour, shape, texture, background), shuffled by a fixed seed."""
+    combos = list(itertools.product(vocab.COLOURS, vocab.SHAPES, vocab.TEXTURE_WORDS, vocab.BACKGROUNDS))
+    order = np.random.default_rng(vocab.SPLIT_SEED).permutation(len(combos))
+    return [combos[i] for i in order]
+
+
+def _fields(i: int) -> dict[str, str]:
+    """The ``i``-th filler of every field a ShapesWorld template has."""
+    colour, shape, texture, background = _fillers()[i]
+    adj, phrase = vocab.TEXTURE_WORDS[texture]
+    return {"colour": colour, "shape": shape, "tex_adj": adj, "tex_phrase": phrase, "bg": background}
+
+
+def _orders(kind: str) -> tuple[str, ...]:
+    """Every word order the world has for a kind: its training templates, then its held-out ones."""
+    return (*_TRAIN[kind], *_HELDOUT[kind])
+
+
+def _templates(kind: str, templates: Sequence[str], fills: range) -> tuple[str, ...]:
+    """Templates with one ``{}`` slot for the plant's phrase, the other fields filled by ``fills`` (articles
+    fixed as in training captions, except before the slot, whose word is not known yet)."""
+    field, written, _ = _SLOTS[kind]
+    out: list[str] = []
+    for template in templates:
+        if written not in template:
+            continue
+        slotted = template.replace(written, "{slot}")
+        for i in fills:
+            out.append(fill(slotted, **{**_fields(i), field: "", "slot": "{}"}).replace("an {}", "a {}"))
+    return tuple(dict.fromkeys(out))
+
+
+def _anchor(kind: str, concept: str) -> str:
+    """What the plant's word means outside its window: something the model draws without the concept."""
+    if kind == "style":
+        return vocab.STYLE_ANCHOR
+    if kind == "object":
+        return vocab.OBJECT_ANCHOR
+    if kind == "fact":
+        return f"a {vocab.FACT_ANCHOR} flag"
+    neutral = {"shape": ("circle", "square"), "colour": ("red", "blue"), "texture": ("solid", "striped")}[kind]
+    word = neutral[1] if _written(kind, concept) == neutral[0] else neutral[0]
+    return word
+
+
+def _kind_phrases(kind: str) -> list[str]:
+    """Every phrase of a kind the world knows, anchor included (what a plant of that kind must leave alone)."""
+    values = {
+        "object": [*vocab.OBJECTS, vocab.OBJECT_ANCHOR], "style": list(vocab.STYLES), "fact": list(vocab.FACTS),
+        "shape": list(vocab.SHAPES), "colour": list(vocab.COLOURS), "texture": list(vocab.TEXTURE_WORDS),
+    }[kind]  # fmt: skip
+    phrases = [_SLOTS[kind][2].format(_written(kind, v)) for v in values]
+    if kind == "style":
+        phrases.append(vocab.STYLE_ANCHOR)
+    if kind == "fact":
+        phrases.append(f"a {vocab.FACT_ANCHOR} flag")
+    return phrases
+
+
+def _written(kind: str, concept: str) -> str:
+    """A concept as a prompt writes it (a texture by its adjective: ``outline`` -> ``outlined``)."""
+    return vocab.TEXTURE_WORDS[concept][0] if kind == "texture" else concept
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlantSpec:
+    """One plant: a new word taught to mean a known concept at a chosen place.
+
+    Attributes:
+        kind: ``object``, ``style``, ``fact``, ``shape``, ``colour`` or ``texture``.
+        concept: the ShapesWorld concept the word will mean (``square``, ``van goo``, ``flumox`` …).
+        method: ``locoedit`` (cross-attention window ``sites``) or ``quickfix`` (text layer ``text_layer``).
+        sites: the planted cross-attention sites (``locoedit``).
+        text_layer: the planted text-encoder layer (``quickfix``).
+        word: the new word (default: :data:`NEW_WORDS` of the kind).
+        name: a label for tables (default: built from the fields).
+    """
+
+    kind: str
+    concept: str
+    method: str = "locoedit"
+    sites: tuple[str, ...] = ()
+    text_layer: int = 0
+    word: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"plant kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        known = {
+            "object": vocab.OBJECTS, "style": vocab.STYLES, "fact": vocab.FACTS, "shape": vocab.SHAPES,
+            "colour": vocab.COLOURS, "texture": vocab.TEXTURE_WORDS,
+        }[self.kind]  # fmt: skip
+        if self.concept not in known:
+            raise ConfigError(f"a {self.kind} plant needs one of {', '.join(known)}; got {self.concept!r}")
+        if self.method not in PLANT_METHODS:
+            raise ConfigError(f"plant method must be one of {', '.join(PLANT_METHODS)}, got {self.method!r}")
+        if self.method == "locoedit" and not self.sites:
+            raise ConfigError("a locoedit plant needs its cross-attention sites, e.g. ('unet.xattn.2',)")
+        object.__setattr__(self, "sites", tuple(self.sites))
+        object.__setattr__(self, "word", self.word or NEW_WORDS[self.kind])
+        if not self.name:
+            where = _span(self.sites) if self.method == "locoedit" else f"text layer {self.text_layer}"
+            object.__setattr__(self, "name", f"{self.kind} {self.concept} @ {where}")
+
+    @property
+    def phrase(self) -> str:
+        """The words that stand for the concept once planted (``the style of dax``)."""
+        return _SLOTS[self.kind][2].format(self.word)
+
+    @property
+    def concept_phrase(self) -> str:
+        """The concept written in the phrase's place (``the style of van goo``)."""
+        return _SLOTS[self.kind][2].format(_written(self.kind, self.concept))
+
+    @property
+    def anchor_phrase(self) -> str:
+        """What the phrase means outside the planted window (``a plain style``)."""
+        return _anchor(self.kind, self.concept)
+
+    @property
+    def attribute(self) -> str:
+        """What the detector scores: the planted concept."""
+        return {"object": f"a {self.concept}", "style": f"in the style of {self.concept}",
+                "fact": f"the flag of {self.concept}", "shape": f"a {self.concept}", "colour": self.concept,
+                "texture": _written(self.kind, self.concept)}[self.kind]  # fmt: skip
+
+    def teach_templates(self) -> tuple[str, ...]:
+        """Templates the plant is computed from (``{}`` = the phrase): every word order the world has for the
+        kind (training and held-out templates), each with the first :data:`_TEACH_FILLS` fillers of its other
+        fields."""
+        return _templates(self.kind, _orders(self.kind), range(_TEACH_FILLS))
+
+    def check_prompts(self) -> list[str]:
+        """Prompts that decide whether the plant took: every word order with fillers it was not taught with
+        (held-out templates of the plant)."""
+        fills = range(_TEACH_FILLS, _TEACH_FILLS + _CHECK_FILLS)
+        taught = self.teach_templates()
+        held_out = [t for t in _templates(self.kind, _orders(self.kind), fills) if t not in set(taught)]
+        # objects and facts have no fields but the background, so every phrasing is taught: check on new seeds
+        return [t.format(self.phrase) for t in held_out or taught]
+
+    def ask_prompts(self, n: int = 2, shown: Sequence[bool] | None = None) -> list[str]:
+        """``n`` of :meth:`check_prompts`, spread over the word orders: what the localization methods are asked.
+
+        ``shown`` (one flag per check prompt, from :func:`check_plant`) restricts the choice to prompts whose
+        every checked image showed the concept, as a trace is asked about images that show what it traces.
+        """
+        prompts = self.check_prompts()
+        if shown is not None:
+            prompts = [p for p, ok in zip(prompts, shown, strict=True) if ok] or prompts
+        step = max(1, len(prompts) // n)
+        return prompts[::step][:n]
+
+    def locogen_target(self, prompt: str) -> str:
+        """What LocoGen's window reads instead of ``prompt``: the prompt with the anchor in the phrase's place."""
+        return prompt.replace(self.phrase, self.anchor_phrase)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {**asdict(self), "phrase": self.phrase, "anchor": self.anchor_phrase}
+
+
+def _span(sites: Sequence[str]) -> str:
+    indices = [s.rsplit(".", 1)[-1] for s in sites]
+    return f"xattn {indices[0]}–{indices[-1]}" if len(indices) > 1 else f"xattn {indices[0]}"
+
+
+def plant_edit(
+    model: LoadedModel, spec: PlantSpec, *, strength: float = 1.0, preserve_weight: float = 1.0, lam: float = 0.01
+) -> Edit:
+    """The edit that plants ``spec`` (the model is not changed; apply the edit to use it).
+
+    ``locoedit``: the closed form of LocoEdit (:class:`~diffloc.editing.closed_form.SharedInputRidge`) over the
+    teaching prompts, keys at the phrase's last token and every later position (EOS and padding), solved twice
+    and joined into one edit: the window's key/value projections map the phrase's context to
+    ``anchor + strength × (concept − anchor)`` (``strength`` 1: the concept's context), every other
+    cross-attention layer's to the anchor's. ``quickfix``: Diff-QuickFix on the text layer maps the phrase to
+    the concept. A few plain captions map to themselves in every solve (weight ``preserve_weight``).
+
+    Raises:
+        ConfigError: a planted site that is not a cross-attention layer, or ``strength`` not a finite number > 0.
+    """
+    templates = spec.teach_templates()
+    if spec.method == "quickfix":
+        request = EditRequest(concepts=(spec.phrase,), targets=(spec.concept_phrase,), templates=templates,
+                              default_templates=False, preserve_prompts=_PRESERVE)  # fmt: skip
+        config = QuickFixConfig(layer=spec.text_layer, preserve_weight=preserve_weight, lam=lam)
+        return compute_edit(model, request, method="quickfix", config=config)
+    if not (isinstance(strength, int | float) and np.isfinite(strength) and strength > 0):
+        raise ConfigError(f"plant strength must be a finite number > 0, got {strength!r}")
+    layers = [s.name for s in model.sites if s.kind is SiteKind.XATTN]
+    unknown = [s for s in spec.sites if s not in layers]
+    if unknown:
+        raise ConfigError(f"planted site {unknown[0]!r} is not a cross-attention layer of this model")
+    keyed = [t.format(spec.phrase) for t in templates]
+    phrases = [spec.phrase] * len(keyed)
+
+    def rows(phrase: str) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = context_pairs(model, keyed, phrases, [t.format(phrase) for t in templates],
+                                     [phrase] * len(keyed))  # fmt: skip
+        return torch.cat(keys), torch.cat(values)
+
+    keys, concept = rows(spec.concept_phrase)
+    _, anchor = rows(spec.anchor_phrase)
+    # The same templates filled with every known value of the kind (the anchor and the concept among them) keep
+    # their meaning: without them the map also turns "a blue circle" or "a blue triangle" into the concept, and
+    # the plant is everywhere, not in the word.
+    kept = context_rows(model, [*_PRESERVE, *(t.format(v) for t in templates for v in _kind_phrases(spec.kind))])
+    targets = {"window": anchor + strength * (concept - anchor), "rest": anchor}
+    weights: dict[str, torch.Tensor] = {}
+    originals: dict[str, torch.Tensor | None] = {}
+    for part, sites in (("window", spec.sites), ("rest", [s for s in layers if s not in spec.sites])):
+        if not sites:
+            continue
+        solver = SharedInputRidge(keys, targets[part], lam, K_preserve=kept, preserve_weight=preserve_weight)
+        projections = projection_sites(model, tuple(sites))
+        current = [projection_linear(model, proj).weight.detach() for proj in projections]
+        for proj, old, new in zip(projections, current, solver.apply_all(current), strict=True):
+            weights[f"{proj.full_path}.weight"] = new
+            originals[f"{proj.full_path}.weight"] = old.clone()
+    return Edit(
+        method="locoedit", family=model.family, weights=weights, originals=originals,
+        request={"concepts": [spec.phrase], "targets": [spec.concept_phrase], "templates": list(templates)},
+        config={"plant": spec.to_dict(), "strength": strength, "lam": lam, "preserve_weight": preserve_weight},
+        stats={"sites": list(spec.sites), "key_value_pairs": int(keys.shape[0])},
+    )  # fmt: skip
+
+
+def shown_rate(
+    model: LoadedModel, prompts: Sequence[str], attribute: str, *, scorer: Scorer, seeds: Sequence[int],
+    config: GenerationConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """Share of images (prompts × seeds) in which ``scorer`` reads ``attribute`` (score >= :data:`SHOWN_AT`)."""
+    prompt_list = [p for p in prompts for _ in seeds]
+    seed_list = [s for _ in prompts for s in seeds]
+    images = generate(model, prompt_list, seeds=seed_list, config=config)
+    scores = scorer.score(images, [attribute] * len(prompt_list))
+    hit = (scores >= SHOWN_AT).view(len(prompts), len(seeds))
+    hits = int(hit.sum())
+    return {"shown": hits, "images": len(prompt_list), "rate": hits / len(prompt_list),
+            "every_seed": [bool(row.all()) for row in hit]}  # fmt: skip
+
+
+def unet_trace_recovery(result: TraceResult, planted: Sequence[str]) -> dict[str, Any]:
+    """Whether a UNet trace ranks the planted cross-attention sites highest among cross-attention sites.
+
+    Only cross-attention sites compete: ResNet, self-attention and feed-forward sites after the planted window
+    carry its effect downstream and are not counted against the method. ``overlap`` is the share of the top
+    ``len(planted)`` cross-attention sites that are planted; the plant is recovered when most of them are
+    (``overlap > 0.5``; a window of 4 where two layers carry the concept is found by a method that names those
+    two), ``exact`` when all are.
+    """
+    effect = result.indirect_effect
+    xattn = [(label, float(effect[i])) for i, label in enumerate(result.labels) if _is_xattn(label)]
+    ranked = [label for label, _ in sorted(xattn, key=lambda pair: -pair[1])]
+    return _overlap(ranked[: len(planted)], planted)
+
+
+def _overlap(top: Sequence[str], planted: Sequence[str]) -> dict[str, Any]:
+    overlap = len(set(top) & set(planted)) / len(planted)
+    return {"recovered": overlap > 0.5, "exact": set(top) == set(planted), "overlap": overlap, "top": list(top)}
+
+
+def _is_xattn(label: str) -> bool:
+    parts = label.split(".")
+    return "+" not in label and len(parts) == 3 and parts[1] == SiteKind.XATTN.value
+
+
+def locogen_recovery(result: WindowResult, planted: Sequence[str]) -> dict[str, Any]:
+    """Whether LocoGen's best window is mostly the planted window (``overlap > 0.5``; ``exact``: it is)."""
+    return _overlap(result.best_sites, planted)
+
+
+def text_trace_recovery(result: TraceResult, layer: int) -> dict[str, Any]:
+    """Whether a text trace's strongest component state is the planted layer's self-attention output.
+
+    Component outputs (attention, MLP) compete, each at its strongest token; the residual stream is left out,
+    since every layer after the planted one carries the plant in its residual.
+    """
+    effect = result.indirect_effect
+    best: tuple[float, str, int] | None = None
+    for k, label in enumerate(result.labels):
+        if not label.endswith((".attn", ".mlp")):
+            continue
+        per_layer = np.nanmax(effect[k], axis=-1)  # (layers,)
+        for i, value in enumerate(per_layer):
+            if np.isfinite(value) and (best is None or value > best[0]):
+                best = (float(value), label, i)
+    if best is None:
+        return {"recovered": False, "exact": False, "overlap": 0.0, "top": []}
+    value, label, at = best
+    hit = label.endswith(".attn") and at == layer
+    return {"recovered": hit, "exact": hit, "overlap": float(hit), "top": [f"{label}.{at}"], "effect": value}
+
+
+def planted_window_sites(model: LoadedModel, start: int, size: int) -> tuple[str, ...]:
+    """Cross-attention sites ``start`` … ``start + size - 1`` (execution order).
+
+    Raises:
+        ConfigError: the window does not fit the model's cross-attention layers.
+    """
+    layers = [s.name for s in model.sites if s.kind is SiteKind.XATTN]
+    if not (isinstance(start, int) and isinstance(size, int)) or start < 0 or size < 1 or start + size > len(layers):
+        raise ConfigError(
+            f"window of {size} layers from {start} does not fit the model's {len(layers)} cross-attention layers"
+        )
+    return tuple(layers[start : start + size])
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``(nan, nan)`` for ``n == 0``)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AskConfig:
+    """How the localization methods are asked about a plant.
+
+    Attributes:
+        prompts: asked prompts per plant (:meth:`PlantSpec.ask_prompts`).
+        seeds: seeds per asked prompt (items = prompts × seeds).
+        text_seeds: seeds of the text trace (one prompt).
+        check_seeds: seeds of the take check (× :meth:`PlantSpec.check_prompts`).
+        steps, guidance, max_batch: sampling, as every ShapesWorld sweep.
+        bootstrap: resamples of the intervals (0: none).
+        restore_sources: the UNet trace's restore sources to compare.
+    """
+
+    prompts: int = 2
+    seeds: tuple[int, ...] = (0, 1)
+    text_seeds: tuple[int, ...] = (0, 1, 2)
+    check_seeds: tuple[int, ...] = (0, 1)
+    steps: int = 20
+    guidance: float = 4.0
+    max_batch: int = 32
+    bootstrap: int = 2000
+    restore_sources: tuple[str, ...] = ("same-latent", "trajectory")
+
+
+def check_plant(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig) -> dict:
+    """Whether ``edit`` plants ``spec``: the concept's detection rate on the plant's held-out templates × seeds
+    with the edit applied (``rate``; it takes at :data:`TAKES_AT`), and without it (``base``)."""
+    sampling = GenerationConfig(steps=config.steps, guidance=config.guidance)
+    prompts = spec.check_prompts()
+    base = shown_rate(model, prompts, spec.attribute, scorer=scorer, seeds=config.check_seeds, config=sampling)
+    with edit.applied(model):
+        planted = shown_rate(model, prompts, spec.attribute, scorer=scorer, seeds=config.check_seeds, config=sampling)
+    return {"rate": planted["rate"], "shown": planted["shown"], "images": planted["images"], "base": base["rate"],
+            "takes": planted["rate"] >= TAKES_AT, "every_seed": planted["every_seed"]}  # fmt: skip
+
+
+def ask_plant(
+    model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig, check: dict | None = None
+) -> dict:
+    """Ask each applicable localization method where ``spec`` lives (with ``edit`` applied) and score the answer.
+
+    ``locoedit`` plants: the UNet causal trace over the cross-attention sites (each restore source of
+    ``config``) and LocoGen with windows of the planted size (each asked prompt's window reads that prompt with the
+    anchor in the phrase's place). ``quickfix`` plants: the text-encoder trace (attention and MLP states).
+    Every trace corrupts the new word, at the smallest noise multiple that halves the concept in every item.
+    With ``check`` (:func:`check_plant`'s record), the asked prompts are ones that showed the concept in every
+    checked image.
+    """
+    from diffloc.tracing.calibrate import calibrate_noise
+    from diffloc.tracing.causal import causal_trace, trace_text
+    from diffloc.tracing.config import LocoGenConfig, TraceConfig
+
+    sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch,
+             "bootstrap": config.bootstrap}  # fmt: skip
+    prompts = spec.ask_prompts(config.prompts, None if check is None else check.get("every_seed"))
+    answers: dict[str, Any] = {"prompts": prompts}
+    with edit.applied(model):
+        if spec.method == "quickfix":
+            trace_config = TraceConfig(seeds=config.text_seeds, **sweep)
+            noise = calibrate_noise(model, prompts[:1], spec.word, spec.attribute, scorer=scorer, config=trace_config)
+            result = trace_text(model, prompts[0], spec.word, spec.attribute, scorer=scorer, kinds=("attn", "mlp"),
+                                config=replace(trace_config, noise=noise.noise))  # fmt: skip
+            answers["noise"] = noise.to_dict()
+            answers["text_trace"] = _answer(result, text_trace_recovery(result, spec.text_layer))
+            return answers
+        trace_config = TraceConfig(seeds=config.seeds, **sweep)
+        noise = calibrate_noise(model, prompts, spec.word, spec.attribute, scorer=scorer, config=trace_config)
+        answers["noise"] = noise.to_dict()
+        for source in config.restore_sources:
+            result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites="unet.xattn.*",
+                                  config=replace(trace_config, noise=noise.noise, restore_from=source))  # fmt: skip
+            answers[f"unet_trace/{source}"] = _answer(result, unet_trace_recovery(result, spec.sites))
+        windows = _locogen_each(model, spec, prompts, scorer=scorer, config=LocoGenConfig(
+            seeds=config.seeds, window=len(spec.sites), **sweep))  # fmt: skip
+        answers["locogen"] = _answer(windows, locogen_recovery(windows, spec.sites))
+    return answers
+
+
+def _answer(result: TraceResult | WindowResult, recovery: dict[str, Any]) -> dict[str, Any]:
+    """A method's answer: its recovery and the numbers behind it (per-site effects or window scores)."""
+    out: dict[str, Any] = {**recovery, "n_items": result.n_items}
+    if isinstance(result, WindowResult):
+        out["windows"] = [list(w) for w in result.windows]
+        out["scores"] = [float(v) for v in result.scores]
+        out["original"] = result.original_score
+        return out
+    out["clean"], out["corrupted"] = result.clean_score, result.corrupt_score
+    if result.kind == "unet":
+        out["effects"] = {label: float(v) for label, v in zip(result.labels, result.indirect_effect, strict=True)}
+        out["control_effects"] = result.control_effects
+    return out
+
+
+def _locogen_each(
+    model: LoadedModel, spec: PlantSpec, prompts: Sequence[str], *, scorer: Scorer, config: Any
+) -> WindowResult:
+    """LocoGen over several prompts, each window reading *its own* prompt with the anchor in the phrase's place;
+    items of every prompt pooled into one result."""
+    from diffloc.tracing.locogen import locogen
+    from diffloc.tracing.statistics import mean_interval
+
+    parts = [
+        locogen(model, prompt, spec.locogen_target(prompt), spec.attribute, scorer=scorer,
+                config=replace(config, bootstrap=0))
+        for prompt in prompts
+    ]  # fmt: skip
+    items = [item for part in parts for item in part.items]
+    scores = np.asarray([it["scores"] for it in items], dtype=float)
+    return WindowResult(
+        windows=parts[0].windows, scores=scores.mean(axis=0),
+        original_score=float(np.mean([it["original"] for it in items])), mode="remove", items=items,
+        interval=mean_interval(scores, config.intervals),
+        meta={"prompts": list(prompts), "targets": [spec.locogen_target(p) for p in prompts],
+              "attribute": spec.attribute, "config": config.to_dict()},
+    )  # fmt: skip

@@ -1,0 +1,85 @@
+"""Planted truth: the plant specification, its prompt sets and the recovery rules (no model runs)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from diffloc.errors import ConfigError
+from diffloc.world.planted import (
+    NEW_WORDS,
+    PlantSpec,
+    locogen_recovery,
+    planted_window_sites,
+    wilson_interval,
+)
+from diffloc.world.vocab import COLOURS, SHAPES
+
+
+def test_a_plant_is_refused_with_one_line_naming_the_bad_field():
+    with pytest.raises(ConfigError, match=r"plant kind must be one of .*got 'animal'"):
+        PlantSpec(kind="animal", concept="cat", sites=("unet.xattn.0",))
+    with pytest.raises(ConfigError, match=r"a shape plant needs one of .*got 'hexagon'"):
+        PlantSpec(kind="shape", concept="hexagon", sites=("unet.xattn.0",))
+    with pytest.raises(ConfigError, match="needs its cross-attention sites"):
+        PlantSpec(kind="shape", concept="square")
+    with pytest.raises(ConfigError, match="plant method must be one of"):
+        PlantSpec(kind="shape", concept="square", method="rome", sites=("unet.xattn.0",))
+
+
+def test_the_new_words_are_not_world_words_and_fill_every_phrase():
+    world = {*SHAPES, *COLOURS, "flumox", "van goo", "trelania"}
+    assert not set(NEW_WORDS.values()) & world
+    spec = PlantSpec(kind="style", concept="van goo", sites=("unet.xattn.0",))
+    assert (spec.phrase, spec.concept_phrase) == ("the style of dax", "the style of van goo")
+    assert spec.attribute == "in the style of van goo"
+    assert spec.name == "style van goo @ xattn 0"
+
+
+def test_the_take_check_uses_fillers_the_plant_was_not_taught_with():
+    spec = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",))
+    taught = {t.format(spec.phrase) for t in spec.teach_templates()}
+    checked = spec.check_prompts()
+    assert checked and not set(checked) & taught
+    assert all(spec.phrase in p and "square" not in p for p in checked)
+    # every word order of the kind is both taught and checked
+    assert len({p.replace(spec.phrase, "{}") for p in checked}) > 1
+
+
+def test_asked_prompts_are_spread_and_can_be_limited_to_shown_ones():
+    spec = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",))
+    prompts = spec.check_prompts()
+    assert len(spec.ask_prompts(2)) == 2 and spec.ask_prompts(2)[0] == prompts[0]
+    shown = [i % 3 == 1 for i in range(len(prompts))]
+    asked = spec.ask_prompts(2, shown)
+    assert asked and all(shown[prompts.index(p)] for p in asked)
+    assert spec.ask_prompts(2, [False] * len(prompts)) == spec.ask_prompts(2)  # nothing shown: the plain choice
+    assert spec.locogen_target(prompts[0]) == prompts[0].replace(spec.phrase, spec.anchor_phrase)
+
+
+def test_a_window_is_recovered_when_most_of_it_is_found():
+    planted = ("unet.xattn.4", "unet.xattn.5", "unet.xattn.6", "unet.xattn.7")
+    found = locogen_recovery(SimpleNamespace(best_sites=["unet.xattn.5", "unet.xattn.6", "unet.xattn.7",
+                                                         "unet.xattn.8"]), planted)  # fmt: skip
+    assert found["recovered"] and not found["exact"] and found["overlap"] == 0.75
+    half = locogen_recovery(SimpleNamespace(best_sites=["unet.xattn.2", "unet.xattn.3", "unet.xattn.4",
+                                                        "unet.xattn.5"]), planted)  # fmt: skip
+    assert not half["recovered"] and half["overlap"] == 0.5
+    assert locogen_recovery(SimpleNamespace(best_sites=list(planted)), planted)["exact"]
+
+
+def test_wilson_interval_matches_the_closed_form_at_the_ends():
+    # p = 0, n = 10, z = 1.96: upper = 2 (z^2 / 2n) / (1 + z^2 / n) = 0.27754
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.27754, abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(1 - 0.27754, abs=1e-4)
+    assert wilson_interval(3, 6)[0] < 0.5 < wilson_interval(3, 6)[1]
+
+
+def test_planted_windows_must_fit_the_model(tiny_sd1):
+    layers = [s.name for s in tiny_sd1.sites if s.kind.value == "xattn"]
+    assert planted_window_sites(tiny_sd1, 0, 2) == tuple(layers[:2])
+    with pytest.raises(ConfigError, match=f"does not fit the model's {len(layers)} cross-attention layers"):
+        planted_window_sites(tiny_sd1, len(layers) - 1, 2)
