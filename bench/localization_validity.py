@@ -16,7 +16,10 @@ the UNet causal trace over the cross-attention layers with each restore source (
 ``trajectory``), LocoGen with windows of 4, and — for the text plants — the text-encoder trace. A method
 *recovers* a plant when most of the cross-attention sites it ranks highest (the trace's top 4, LocoGen's best
 window) are the planted ones; for a text plant, when its strongest attention/MLP state is layer 0's attention.
-Recovery rates carry 95% Wilson intervals over plants.
+Recovery rates carry 95% Wilson intervals over plants. A trace counts only on plants whose corruption of the new
+word removes the concept (halves it in every traced item, as ``--noise auto`` requires); where it does not, the
+concept is not carried by the word alone and a trace would rank noise, so the plant is listed as not counted for
+the traces (LocoGen, which corrupts nothing, still counts).
 
 Each plant's answers are kept under ``--work`` (rerunning skips finished plants); the table is printed and the
 JSON written to ``--out``. ``--quick`` asks fewer plants (one per window and kind that took in the full run's
@@ -109,8 +112,18 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
     return record
 
 
+def _traced(answers: dict) -> bool:
+    """Whether corrupting the word removed the concept (halved it in every traced item): a trace of a plant
+    whose corruption leaves the concept measures noise, so it is not counted."""
+    return bool(answers.get("noise", {}).get("reached", False))
+
+
 def recovery_table(records: list[dict]) -> dict:
-    """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals."""
+    """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
+
+    Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
+    The plants a method was not counted on are listed per method.
+    """
     rows: dict[str, dict[str, list[bool]]] = {}
     for record in records:
         if not record["check"]["takes"]:
@@ -119,16 +132,53 @@ def recovery_table(records: list[dict]) -> dict:
         for method, answer in record["answers"].items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
+            if method != "locogen" and not _traced(record["answers"]):
+                rows.setdefault(method, {}).setdefault("not counted", []).append(record["plant"]["name"])
+                continue
             for group in (kind, "all"):
                 rows.setdefault(method, {}).setdefault(group, []).append(bool(answer["recovered"]))
-    table = {}
+    table: dict[str, dict] = {}
     for method, groups in rows.items():
         table[method] = {}
         for group, hits in groups.items():
+            if group == "not counted":
+                table[method][group] = hits
+                continue
             low, high = wilson_interval(sum(hits), len(hits))
             table[method][group] = {"recovered": sum(hits), "plants": len(hits), "rate": sum(hits) / len(hits),
                                     "interval": [low, high]}  # fmt: skip
     return table
+
+
+def markdown(summary: dict) -> str:
+    """The two tables findings.md quotes: every plant (take rate, each method's answer) and recovery per method."""
+    methods = ("unet_trace/same-latent", "unet_trace/trajectory", "locogen", "text_trace")
+    rows = ["| plant | takes (held-out images; no: below 0.9) | corruption removes it | " + " | ".join(methods) + " |",
+            "|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+    for record in summary["plants"]:
+        check, answers = record["check"], record.get("answers", {})
+        cells = []
+        for method in methods:
+            answer = answers.get(method)
+            if not record["check"]["takes"] or answer is None:
+                cells.append("—")
+                continue
+            counted = method == "locogen" or _traced(answers)
+            top = ", ".join(f"`{s.removeprefix('unet.')}`" for s in answer["top"])
+            verdict = ("found" if answer["recovered"] else "missed") if counted else "not counted"
+            cells.append(f"{verdict} ({top})")
+        removes = "—" if "noise" not in answers else ("yes" if _traced(answers) else "no")
+        took = f"{check['rate']:.2f} ({check['shown']} of {check['images']}){'' if check['takes'] else ', no'}"
+        rows.append(f"| {record['plant']['name']} | {took} | {removes} | " + " | ".join(cells) + " |")
+    rows += ["", "| method | plants counted | recovered | rate | 95% interval |", "|---|---|---|---|---|"]
+    for method, groups in summary["recovery"].items():
+        g = groups.get("all")
+        if g is None:
+            rows.append(f"| {method} | 0 | — | — | — |")
+            continue
+        rows.append(f"| {method} | {g['plants']} | {g['recovered']} | {g['rate']:.2f} | "
+                    f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}] |")  # fmt: skip
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -137,7 +187,11 @@ def main() -> int:
     parser.add_argument("--work", default="runs/planted", help="per-plant records (resumable)")
     parser.add_argument("--quick", action="store_true", help="three window plants and one text plant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model = load("shapesworld")
@@ -159,15 +213,21 @@ def main() -> int:
         "ask": config.__dict__, "recovery": table,
         "did_not_take": [r["plant"]["name"] for r in records if not r["check"]["takes"]],
         "plants": records, "seconds": round(time.perf_counter() - start, 1),
+        "plant_seconds": round(sum(r["seconds"] for r in records), 1),  # when each record was computed
     }  # fmt: skip
     write_json_atomic(args.out, json.loads(json.dumps(summary, default=list)))
     print(f"\n{sum(r['check']['takes'] for r in records)} of {len(records)} plants took")
     print(f"{'method':<26} {'plants':>6} {'recovered':>9} {'rate':>6}  95% interval")
     for method, groups in table.items():
-        g = groups["all"]
+        skipped = groups.get("not counted", [])
+        note = f"  (not counted, corruption left the concept: {'; '.join(skipped)})" if skipped else ""
+        g = groups.get("all")
+        if g is None:
+            print(f"{method:<26} {0:>6} {'—':>9} {'—':>6}{note}")
+            continue
         print(f"{method:<26} {g['plants']:>6} {g['recovered']:>9} {g['rate']:>6.2f}  "
-              f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]")  # fmt: skip
-    print(f"wrote {args.out} ({summary['seconds']:.0f} s)")
+              f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]{note}")  # fmt: skip
+    print(f"wrote {args.out} ({summary['seconds']:.0f} s; the plants took {summary['plant_seconds']:.0f} s to compute)")
     return 0
 
 

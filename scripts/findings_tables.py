@@ -6,6 +6,7 @@ are generated, never typed, and can be checked without rerunning anything::
 
     python scripts/findings_tables.py                 # the committed data
     diffloc demo --out demo-out && python scripts/findings_tables.py demo-out   # a fresh run
+    python scripts/findings_tables.py --keep demo-out  # replace the committed data by a fresh run's
 
 Tables: the corruption calibration per case; where each attribute is (UNet top sites with 95% intervals, the
 causal sites selected on validation items, the controls, the best single text-encoder state, the LocoGen window
@@ -186,6 +187,23 @@ def _layers(sites: list[str] | None) -> str:
     return f"xattn.{xattn[0]}" if len(xattn) == 1 else f"xattn.{min(xattn)}–{max(xattn)}"
 
 
+def keep_demo_data(run: Path, target: Path) -> None:
+    """Copy what the tables read from a demo run (``summary.json``, each trace's and LocoGen's ``result.json``,
+    the noise calibrations; no images, no per-item files) into ``target``, replacing its previous contents."""
+    import shutil
+
+    files = [run / "summary.json", *run.glob("trace/*/*.json"), *run.glob("trace/*/*/result.json"),
+             *run.glob("locogen/*/result.json")]  # fmt: skip
+    if not (run / "summary.json").is_file():
+        raise SystemExit(f"{run} holds no summary.json: give the --out directory of a finished diffloc demo")
+    if target.exists():
+        shutil.rmtree(target)
+    for file in files:
+        dest = target / file.relative_to(run)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, dest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", default=DEMO_DATA,
@@ -196,7 +214,13 @@ def main() -> None:
         default=RESTORE_DATA,
         help=f"bench/restore_sources.py's output (default {RESTORE_DATA}; skipped if absent)",
     )
+    parser.add_argument("--keep", type=Path, default=None, metavar="RUN",
+                        help=f"first copy the JSON files of demo run RUN (summary, traces, LocoGen, noise) into "
+                        f"{DEMO_DATA}, replacing what is there, then print from the copy")  # fmt: skip
     args = parser.parse_args()
+    if args.keep is not None:
+        keep_demo_data(args.keep, DEMO_DATA)
+        args.run = DEMO_DATA
     summary = json.loads((args.run / "summary.json").read_text())
     print("### Corruption calibration\n\n" + calibration_table(summary) + "\n")
     print("### Where the attribute is\n\n" + location_table(summary, args.run) + "\n")

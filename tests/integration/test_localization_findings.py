@@ -34,3 +34,17 @@ def test_controls_read_zero_under_same_latent_and_not_under_trajectory(shapeswor
     assert set(effects["same-latent"]) == {"unet.res.0", "unet.sattn.0"}
     assert all(abs(v) <= 1e-4 for v in effects["same-latent"].values())
     assert max(abs(v) for v in effects["trajectory"].values()) > 0.1
+
+
+def test_a_planted_text_layer_is_recovered(shapesworld):
+    """'blicket' planted by Diff-QuickFix in text-encoder layer 0 to mean the object flumox: the plant takes on
+    templates it was not computed with, and the text trace's strongest component state is layer 0's attention."""
+    from diffloc.world.planted import AskConfig, PlantSpec, ask_plant, check_plant, plant_edit
+
+    spec = PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0)
+    edit = plant_edit(shapesworld, spec, lam=1e-4, preserve_weight=0.1)  # as bench/localization_validity.py
+    config = AskConfig(text_seeds=(0, 1, 2), check_seeds=(0, 1), bootstrap=0)
+    check = check_plant(shapesworld, spec, edit, scorer=DetectorScorer(), config=config)
+    assert check["takes"] and check["base"] < 0.1, check
+    answers = ask_plant(shapesworld, spec, edit, scorer=DetectorScorer(), config=config, check=check)
+    assert answers["text_trace"]["recovered"], answers["text_trace"]["top"]
