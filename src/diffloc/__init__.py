@@ -1,16 +1,35 @@
 """diffloc: localize and edit visual knowledge in text-to-image diffusion models.
 
-Public API (imported lazily so ``import diffloc`` and ``diffloc --help`` stay fast)::
+Public API (imported lazily so ``import diffloc`` and ``diffloc --help`` stay fast); this example runs as
+written (a test executes it)::
 
     import diffloc
-    model = diffloc.load("shapesworld")            # or a local SD/SD-XL/IF directory, or "tiny-sd1"
-    model.sites.select("unet.xattn.*")              # canonical sites in execution order
-    images = diffloc.generate(model, "a red circle", seeds=[0, 1])
-    runs = [diffloc.Run(prompt=p), diffloc.Run(prompt=p, interventions=(diffloc.CorruptTokens(...),))]
-    images = diffloc.generate_runs(model, runs)    # one batched pass per step for all runs
-    trace = diffloc.causal_trace(model, prompt, "van goo", "in the style of van goo", scorer=diffloc.DetectorScorer())
-    edit = diffloc.compute_edit(model, diffloc.EditRequest(concepts=("van goo",), targets=("a plain style",)))
-    with edit.applied(model): ...
+
+    model = diffloc.load("shapesworld")  # or a local SD/SD-XL/IF directory, or "tiny-sd1"; device=, dtype=
+    model.sites.select("unet.xattn.*")  # canonical sites in execution order
+    fast = diffloc.GenerationConfig(steps=10, guidance=4.0)
+    images = diffloc.generate(model, ["a red circle", "a blue square"], seeds=[0, 1], config=fast)
+
+    prompt = "a red circle in the style of pica stro"
+    corrupt = diffloc.CorruptTokens(positions=(1, 4), std=0.5)  # noise on the embeddings of tokens 1..3
+    runs = [
+        diffloc.Run(prompt=prompt),  # run 0: clean
+        diffloc.Run(prompt=prompt, interventions=(corrupt,)),  # run 1: corrupted
+        diffloc.Run(prompt=prompt, interventions=(corrupt, diffloc.Restore(sites=("unet.res.20",), source=0))),
+    ]
+    images = diffloc.generate_runs(model, runs, config=fast)  # one batched pass per step for all runs
+
+    config = diffloc.TraceConfig(seeds=(0,), steps=10, guidance=4.0, noise_multiplier=12, bootstrap=0)
+    trace = diffloc.causal_trace(
+        model, prompt, "pica stro", "in the style of pica stro", scorer=diffloc.DetectorScorer(),
+        sites="unet.res.*", config=config,
+    )
+    print(sorted(zip(trace.indirect_effect.tolist(), trace.labels), reverse=True)[:3])  # where the style returns
+
+    request = diffloc.EditRequest(concepts=("pica stro",), targets=("a plain style",), preserve=("mo nettle",))
+    edit = diffloc.compute_edit(model, request, method="quickfix")
+    with edit.applied(model):  # the weights are restored on exit; edit.save(DIR) keeps the edit
+        edited = diffloc.generate(model, prompt, config=fast)
 """
 
 from __future__ import annotations

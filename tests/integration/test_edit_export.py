@@ -37,7 +37,7 @@ PLAIN_DIFFUSERS = textwrap.dedent(
     """
 )
 
-# The README's recipe: apply edit.safetensors to the base with plain diffusers.
+# docs/editing.md's recipe: apply edit.safetensors to the base with plain diffusers.
 RECIPE = textwrap.dedent(
     """
     import sys
