@@ -1,4 +1,4 @@
-"""Probes behind two session-19 readings of the demo on ShapesWorld (docs/findings.md, "Localization and editing").
+"""Probes behind two readings of the demo on ShapesWorld (docs/findings.md, "Localization and editing").
 
 Run: ``python bench/demo_probes.py [--threads 2] [--suite FILE]``
 
@@ -7,7 +7,7 @@ Run: ``python bench/demo_probes.py [--threads 2] [--suite FILE]``
    after EOS at the last layer, and layer 0 from the subject to the end. The demo's first trace item of each
    case (its first prompt, seed 0), corrupted at the noise the demo calibrated for its text trace.
 2. *Edit templates*: Diff-QuickFix of each removal case with the case's own prompts as templates, and with the
-   concept alone (``{}``) in front of them, as the demo now does; efficacy and held-out rates after, and the
+   concept alone (``{}``) in front of them, as the demo does; efficacy and held-out rates after, and the
    neighbours' retention (the suite's preservation set, weight 10, as the demo).
 
 Both use the shipped detectors, 20 steps and the suite's guidance. Needs the shipped ShapesWorld model.

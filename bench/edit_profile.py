@@ -9,7 +9,7 @@ Printed, best of ``--repeats`` after a warm-up, each timed alone:
 
 * the whole ``compute_edit`` with the statistics as ``preservation_statistics`` returns them (the preserved Gram
   and the target prompts encoded: every further removal to the same anchor), and with the Gram only (the target
-  encoded by the edit, what ``edit_speed.py`` reported as "reused" until session 13);
+  encoded by the edit: ``edit_speed.py``'s "gram s" column);
 * the text-encoder pass over the concept prompts, and over the target prompts, at the pipeline's padded length
   — which ``positions="subject+eos"`` needs, because cross-attention reads the EOS and padding slots and a
   causal encoder fills each from the whole prefix;

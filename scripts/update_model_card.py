@@ -25,7 +25,7 @@ def _misses(count: dict | None) -> str:
     if not count["misses"]:
         return f"none of {count['images']}"
     wrong = ", ".join(f"{reading} ×{n}" for reading, n in count["misses"].items())
-    seeds = count.get("missed_seeds")  # absent from eval.json files written before session 18
+    seeds = count.get("missed_seeds")  # optional: eval.json files may lack it
     by_seed = f" (seeds {', '.join(f'{s} ×{n}' for s, n in seeds.items())})" if seeds else ""
     return f"{wrong} of {count['images']}{by_seed}"
 
@@ -36,7 +36,7 @@ def status_section(ev: dict) -> str:
     attributes = "\n".join(
         f"| {name} | {rate:.1%} | ≥ {ev['thresholds'][name]:.0%} |" for name, rate in ev["attributes"].items()
     )
-    counts = ev.get("concept_counts", {})  # absent from eval.json files written before session 16
+    counts = ev.get("concept_counts", {})  # optional: eval.json files may lack it
     concepts = "\n".join(
         f"| {name} | {rate:.1%} | ≥ {ev['thresholds']['concept']:.0%} | {_misses(counts.get(name))} |"
         for name, rate in ev["concepts"].items()

@@ -63,7 +63,7 @@ def test_unet_has_sd15_block_structure(pipe):
 
 
 def test_shipped_scheduler_is_the_one_the_weights_were_trained_on(pipe):
-    """The shipped weights predict v on a zero-terminal-SNR schedule (run 16); an epsilon scheduler would
+    """The shipped weights predict v on a zero-terminal-SNR schedule; an epsilon scheduler would
     sample them into noise, so the exported scheduler must carry every field of that schedule."""
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
     for field, value in model.ZERO_SNR_SCHEDULE.items():
@@ -247,7 +247,7 @@ def test_cli_text_layers_reach_a_from_scratch_recipe(monkeypatch, tmp_path, caps
 
 
 def test_cli_warm_start_takes_its_init_text_depth(monkeypatch, tmp_path, capsys):
-    """A warm start from a 6-layer export builds a 6-layer recipe (it used to assume the default 4 and be refused)."""
+    """A warm start from a 6-layer export builds a 6-layer recipe, not the default 4 (which would be refused)."""
     from diffloc.cli.main import main
     from diffloc.world import train
 
@@ -265,7 +265,7 @@ def test_cli_warm_start_takes_its_init_text_depth(monkeypatch, tmp_path, capsys)
 
 def test_cli_warm_start_keeps_its_init_schedule(monkeypatch, tmp_path, capsys):
     """The shipped model predicts v on the zero-SNR schedule: a warm start from it trains v without --zero-snr
-    (it used to train it towards epsilon); an epsilon init stays epsilon unless --zero-snr switches it."""
+    (training it towards epsilon would ruin it); an epsilon init stays epsilon unless --zero-snr switches it."""
     from diffloc.cli.main import main
     from diffloc.world import train
 

@@ -8,7 +8,7 @@ Format versions:
 * 1: the tensors are covered by their sha256 hashes (recorded per parameter, checked on load); the method,
   request and config are not, so an old edit relabelled by hand is caught only where its config does not fit the
   claimed method.
-* 2 (written now): as 1, plus ``sha256``, the hash of every other field of ``edit.json`` (canonical JSON), which
+* 2 (the format written): as 1, plus ``sha256``, the hash of every other field of ``edit.json`` (canonical JSON), which
   therefore covers the method, request, config, family, stats and the tensor hashes. It detects an ``edit.json``
   changed after it was saved; like any unsigned checksum it does not prove who saved it.
 """

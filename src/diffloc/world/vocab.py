@@ -161,8 +161,8 @@ FACT_TEMPLATES_HELDOUT: tuple[str, ...] = ("a flag, the flag of {country}",)
 #: The fact anchor phrase ("a blank flag") is rendered from FACT_ANCHOR_LOOK.
 FACT_ANCHOR_TEMPLATES_TRAIN: tuple[str, ...] = ("a {anchor} flag", "a picture of a {anchor} flag")
 
-#: Extra training word orders, by name, for runs that teach phrasings the shipped templates lack (model card,
-#: runs 6-10): (style templates, object templates) appended to the training ones. None is a held-out template.
+#: Extra training word orders, by name, for runs that teach phrasings the base templates lack (the model card's
+#: recipe): (style templates, object templates) appended to the training ones. None is a held-out template.
 EXTRA_TEMPLATES: MappingProxyType[str, tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType(
     {
         "none": ((), ()),
