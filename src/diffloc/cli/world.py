@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--text-layers", type=count_arg("text_layers"), default=None,
-        help="from scratch: text-encoder depth (default: the shipped recipe's 4; a warm start keeps its own)",
+        help="from scratch: text-encoder depth (default 4, TrainConfig's; a warm start keeps its own)",
     )  # fmt: skip
     p.add_argument(
         "--vae-from", default=None, metavar="DIR",
