@@ -125,7 +125,7 @@ def bench(family: str, dtype_name: str, device: torch.device, size: int) -> list
 
     xattn = [s.name for s in model.sites.select("unet.xattn.*")]
     picked = [xattn[len(xattn) // 2], xattn[len(xattn) // 2 + 1]]
-    trace = TraceConfig(seeds=(0,), steps=STEPS, guidance=7.5, max_batch=16, height=size, width=size)
+    trace = TraceConfig(seeds=(0,), steps=STEPS, guidance=7.5, max_batch=16, height=size, width=size, bootstrap=0)
     scorer = ImageMeanScorer()
     _, seconds, peak = timed(
         device, lambda: causal_trace(model, PROMPT, "cat", "cat", scorer=scorer, sites=picked, config=trace)
