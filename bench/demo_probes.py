@@ -38,7 +38,7 @@ from diffloc.tracing.config import TraceConfig
 def text_spans(model: LoadedModel, suite: EvalSuite, scorer, case: ConceptCase) -> None:
     """Score the corrupted run with each restored span (one prompt, seed 0)."""
     prompt = case.prompts[0]
-    config = TraceConfig(seeds=(0,), steps=suite.steps, guidance=suite.guidance, max_batch=suite.max_batch)
+    config = TraceConfig(seeds=(0,), steps=suite.steps, guidance=suite.guidance, max_batch=suite.max_batch, bootstrap=0)
     noise = calibrate_noise(model, prompt, case.concept, case.attribute, scorer=scorer, config=config)
     start, end = model.adapter.find_subject(model.pipe, prompt, case.concept)
     spec = model.adapter.text_encoders(model.pipe)[0]

@@ -227,7 +227,9 @@ def main() -> None:
         from diffloc.tracing.config import LocoGenConfig
         from diffloc.tracing.locogen import locogen_search
 
-        sweep = LocoGenConfig(seeds=(0, 1), window=2, mode=mode, steps=args.steps, guidance=args.guidance, max_batch=32)
+        sweep = LocoGenConfig(
+            seeds=(0, 1), window=2, mode=mode, steps=args.steps, guidance=args.guidance, max_batch=32, bootstrap=0
+        )
         found = locogen_search(
             model, [prompt], target_prompt, attribute, scorer=scorer_for("shapesworld", None), config=sweep
         )

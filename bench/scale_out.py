@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     style = next(iter(STYLES))
     prompts = [f"a red {shape} in the style of {style}" for shape in SHAPES][: args.prompts]
-    config = TraceConfig(seeds=tuple(range(args.seeds)), steps=args.steps, guidance=4.0, max_batch=32)
+    config = TraceConfig(seeds=tuple(range(args.seeds)), steps=args.steps, guidance=4.0, max_batch=32, bootstrap=0)
     model = load(args.model, device=args.device)
     scorer = DetectorScorer()
     sweep = {"scorer": scorer, "sites": args.sites, "config": config}

@@ -120,7 +120,7 @@ def main() -> None:
     if args.model.startswith("tiny-"):
         prompt, subject, target = "a house in the style of van gogh", "van gogh", "a painting"
     gen = GenerationConfig(steps=args.steps, guidance=7.5)
-    config = TraceConfig(seeds=(0,), steps=args.steps, guidance=7.5, max_batch=args.max_batch)
+    config = TraceConfig(seeds=(0,), steps=args.steps, guidance=7.5, max_batch=args.max_batch, bootstrap=0)
     sites = [s.name for s in model.sites.select("unet.*")]
     subject_range = model.adapter.find_subject(model.pipe, prompt, subject)
     noise = embedding_noise(model, config)
@@ -131,7 +131,9 @@ def main() -> None:
     ours_t, ours_m = measured(lambda: causal_trace(model, prompt, subject, "x", scorer=scorer, config=config))
     n_runs = len(sites) + 2 + (len(sites) + 1) // (args.max_batch - 1)  # clean repeats once per extra batch
     plain_t, plain_m = measured(lambda: plain_rows(model, prompt, n_runs, args.max_batch, gen))
-    lg_config = LocoGenConfig(seeds=(0,), steps=args.steps, guidance=7.5, max_batch=args.max_batch, window=2)
+    lg_config = LocoGenConfig(
+        seeds=(0,), steps=args.steps, guidance=7.5, max_batch=args.max_batch, window=2, bootstrap=0
+    )
     windows = windows_for(model, lg_config)
     lref_t, lref_m = measured(lambda: reference_locogen(model, prompt, target, windows, gen))
     lours_t, lours_m = measured(lambda: locogen(model, prompt, target, "x", scorer=scorer, config=lg_config))
