@@ -68,7 +68,15 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     assert [c["site"] for c in case["controls"]] == ["unet.res.0", "unet.sattn.0"]
     assert all(abs(c["effect"]) < 1e-4 for c in case["controls"]) and not case["controls_flagged"]
     assert all(len(ci) == 2 and ci[0] <= ci[1] for ci in case["unet_top_interval"])
-    assert case["selection"]["validation_items"] == 3  # the held-out prompt × the trace seeds
+    # the held-out prompt × the trace seeds choose τ, unless the corruption does not lower the tiny random CLIP's
+    # score on them (package versions initialise it differently): then no sites are called causal, and the
+    # report says why instead of the demo failing
+    validation = json.loads((out / "trace" / "style-vg" / "unet" / "result.json").read_text())
+    if case["selection"] is None:
+        assert "corruption did not lower the attribute" in page
+        assert validation["meta"]["validation_prompts"]
+    else:
+        assert case["selection"]["validation_items"] == 3
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     spans = re.findall(r'<span data-key="([^"]+)">([^<]+)</span>', page)

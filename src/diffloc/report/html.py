@@ -102,6 +102,9 @@ def _localization_details(entry: dict[str, Any], key: str) -> str:
             f"items, balanced accuracy {_num(selection['validation_accuracy'], sk + '.validation_accuracy', 2)}"
             f"): {html.escape(causal)}{more}.</p>"
         )
+    else:
+        parts.append("<p class=muted>Causal sites: none selected (no validation items, or the corruption did not "
+                     "lower the attribute on them, so no threshold separates clean from corrupted).</p>")  # fmt: skip
     return "".join(parts)
 
 

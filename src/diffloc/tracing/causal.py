@@ -183,10 +183,19 @@ def _validation_jobs(
 
 
 def _selection(labels: list[str], items: list[dict[str, Any]], validated: list[dict[str, Any]]) -> dict | None:
+    """The causal-site selection, or ``None`` without validation items or when the corruption does not lower the
+    attribute on them (no threshold separates clean from corrupted there; logged as a warning, since the trace's
+    effects are still measured, only no sites can be called causal)."""
     if not validated:
         return None
     restored = np.asarray([it["scores"] for it in items], float)
-    return select_sites(labels, restored, validated, items).to_dict()
+    try:
+        return select_sites(labels, restored, validated, items).to_dict()
+    except ConfigError as exc:
+        if "does not lower" not in str(exc):
+            raise
+        logger.warning("no causal sites selected: %s", exc)
+        return None
 
 
 def causal_trace(
