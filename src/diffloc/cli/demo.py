@@ -12,9 +12,9 @@ from diffloc.cli.model_args import (
     add_max_batch_argument,
     add_model_arguments,
     check_model_arguments,
+    fit_max_batch,
     load_model,
     placeholder_max_batch,
-    resolve_max_batch,
 )
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import (
@@ -68,8 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from diffloc.demo import DemoConfig, run_demo
@@ -94,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
         model = load_model(args)
-        config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+        config = fit_max_batch(args, config, model)
         scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
                             device=model.device)  # fmt: skip
         start = time.perf_counter()

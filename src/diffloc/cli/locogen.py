@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from diffloc.atomic import check_writable_dir
-from diffloc.cli.model_args import load_model
+from diffloc.cli.model_args import fit_max_batch, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
-from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
 from diffloc.validate import count_arg
 
 

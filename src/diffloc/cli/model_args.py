@@ -8,7 +8,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
+
+#: a frozen config dataclass with ``max_batch`` and ``guidance`` fields (sweep, trace, LocoGen and demo configs)
+_Config = TypeVar("_Config")
 
 #: ``--max-batch auto``: the batch is chosen from the device's free memory after loading the model.
 AUTO = "auto"
@@ -84,3 +88,8 @@ def resolve_max_batch(args: argparse.Namespace, model: Any, *, guidance: float) 
     choice = auto_max_batch(model, cfg=guidance > 1.0)
     print(f"--max-batch auto: {choice.runs} runs per batch ({choice.describe()})")
     return choice.runs
+
+
+def fit_max_batch(args: argparse.Namespace, config: _Config, model: Any) -> _Config:
+    """``config`` with ``--max-batch auto`` resolved for the loaded model (unchanged for a number)."""
+    return replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))  # type: ignore[type-var, attr-defined]

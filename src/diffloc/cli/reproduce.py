@@ -16,9 +16,9 @@ from diffloc.cli.model_args import (
     add_max_batch_argument,
     add_model_arguments,
     check_model_arguments,
+    fit_max_batch,
     load_model,
     placeholder_max_batch,
-    resolve_max_batch,
 )
 from diffloc.cli.scale_args import add_scale_arguments, executor_from_args
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_seeds_argument, seeds_of
@@ -55,8 +55,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
-    from dataclasses import replace
-
     from diffloc.demo import DemoConfig, run_demo
     from diffloc.eval.scorers import ClipScorer
     from diffloc.eval.suite import load_suite, shipped_suite_path
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     with executor_from_args(args) as executor:
         model = load_model(args)
-        config = replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))
+        config = fit_max_batch(args, config, model)
         scorer = ClipScorer.from_dir(args.clip, allow_pickle=args.allow_bin, device=model.device)
         summary = run_demo(model, suite, scorer, out, config=config, executor=executor)
     for name, entry in summary["cases"].items():

@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from diffloc.cli.model_args import (
     add_max_batch_argument,
     add_model_arguments,
     check_model_arguments,
     placeholder_max_batch,
-    resolve_max_batch,
 )
 from diffloc.cli.scale_args import add_scale_arguments
 from diffloc.errors import ConfigError
 from diffloc.models.weight_files import check_clip_weights
 from diffloc.validate import check_model_steps, check_noise, count_arg, guidance_arg, seed_arg, steps_arg
-
-if TYPE_CHECKING:
-    from diffloc.tracing.config import SweepConfig
 
 
 def add_seeds_argument(
@@ -47,9 +41,6 @@ def add_seeds_argument(
 def seeds_of(args: argparse.Namespace) -> tuple[int, ...]:
     """The seeds given, else the command's default."""
     return tuple(args.seeds) if args.seeds else tuple(args.seeds_default)
-
-
-_Config = TypeVar("_Config", bound="SweepConfig")
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -130,8 +121,3 @@ def sweep_kwargs(args: argparse.Namespace) -> dict[str, object]:
     if args.clip is not None:
         check_clip_weights(args.clip, allow_pickle=args.allow_bin)
     return fields
-
-
-def fit_max_batch(args: argparse.Namespace, config: _Config, model: Any) -> _Config:
-    """``config`` with ``--max-batch auto`` resolved for the loaded model (unchanged for a number)."""
-    return replace(config, max_batch=resolve_max_batch(args, model, guidance=config.guidance))

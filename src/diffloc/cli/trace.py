@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffloc.atomic import check_writable_dir, write_json_atomic
-from diffloc.cli.model_args import load_model
+from diffloc.cli.model_args import fit_max_batch, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
-from diffloc.cli.sweep_args import add_sweep_arguments, fit_max_batch, noise_value, sweep_kwargs
+from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.sites import TEXT_STATE_KINDS
