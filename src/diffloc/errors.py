@@ -34,6 +34,11 @@ class ConfigError(DifflocError):
     """A configuration value is out of range or a config file has unknown/missing keys."""
 
 
+class InseparableItemsError(ConfigError):
+    """The corruption does not lower the attribute on a trace's validation items, so no causal-site threshold
+    separates clean from corrupted there."""
+
+
 class CheckpointError(DifflocError):
     """A weights file is missing, truncated, corrupted, or contains non-finite values."""
 

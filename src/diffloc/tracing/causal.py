@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
-from diffloc.errors import ConfigError, PromptError, UnknownSiteError
+from diffloc.errors import ConfigError, InseparableItemsError, PromptError, UnknownSiteError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.sites import TEXT_STATE_KINDS, SiteKind
@@ -191,9 +191,7 @@ def _selection(labels: list[str], items: list[dict[str, Any]], validated: list[d
     restored = np.asarray([it["scores"] for it in items], float)
     try:
         return select_sites(labels, restored, validated, items).to_dict()
-    except ConfigError as exc:
-        if "does not lower" not in str(exc):
-            raise
+    except InseparableItemsError as exc:
         logger.warning("no causal sites selected: %s", exc)
         return None
 

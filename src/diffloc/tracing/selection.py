@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from diffloc.errors import ConfigError
+from diffloc.errors import ConfigError, InseparableItemsError
 
 RULE = (
     "tau: the score threshold that best separates validation items' clean from corrupted images (highest "
@@ -75,13 +75,14 @@ def choose_threshold(clean: Sequence[float], corrupted: Sequence[float]) -> tupl
     """``(tau, balanced accuracy)``: the threshold separating clean (>= τ) from corrupted (< τ) scores best.
 
     Raises:
-        ConfigError: no items, or the corruption does not lower the mean score (nothing to separate).
+        ConfigError: no items.
+        InseparableItemsError: the corruption does not lower the mean score (nothing to separate).
     """
     pos, neg = np.asarray(clean, float), np.asarray(corrupted, float)
     if not len(pos) or len(pos) != len(neg):
         raise ConfigError(f"threshold needs paired clean and corrupted scores, got {len(pos)} and {len(neg)}")
     if not pos.mean() > neg.mean():
-        raise ConfigError(
+        raise InseparableItemsError(
             f"on the validation items the corruption does not lower the attribute (clean {pos.mean():.3f}, "
             f"corrupted {neg.mean():.3f}); no threshold can separate them — use more noise"
         )
