@@ -132,6 +132,27 @@ def test_text_trace_grid_and_full_restore(tiny_model):
     assert abs(result.clean_score - result.corrupt_score) > 1e-4
 
 
+def test_text_trace_skips_only_states_the_corruption_cannot_reach(tiny_model):
+    """On a left-to-right encoder (CLIP) the states before the subject are not generated; every cell still reads
+    what generating it gives. T5 (IF) attends both ways and skips nothing."""
+    from diffloc.models.text_sites import attends_left_only
+
+    config = TraceConfig(noise=2.0, **FAST)
+    kwargs = dict(scorer=PixelScorer(), config=config)
+    fast = trace_text(tiny_model, PROMPT, "van gogh", "x", **kwargs)
+    full = trace_text(tiny_model, PROMPT, "van gogh", "x", skip_unreached=False, **kwargs)
+    causal = tiny_model.family != "if"
+    assert attends_left_only(tiny_model.pipe.text_encoder) is causal
+    assert fast.meta["unreached_tokens"] == (fast.subject_range[0] if causal else 0) and fast.subject_range[0] > 2
+    assert full.meta["unreached_tokens"] == 0
+    np.testing.assert_allclose(fast.scores, full.scores, atol=1e-5)
+    # the skipped cells are the corrupted run's own score; some reached cells differ from it
+    start = fast.subject_range[0]
+    if causal:
+        assert np.all(fast.scores[:, :, :start] == fast.corrupt_score)
+    assert np.nanmax(np.abs(full.scores[:, :, start:] - full.corrupt_score)) > 1e-6
+
+
 def test_locogen_windows_and_modes(tiny_model, tmp_path):
     n_xattn = len(tiny_model.sites.select("unet.xattn.*"))
     m = max(2, n_xattn // 2)  # SD-XL's 70 layers: fewer windows keep the test fast

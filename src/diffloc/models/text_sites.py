@@ -77,3 +77,17 @@ def text_sites(encoder: nn.Module, prefix: str, component: str) -> list[Site]:
         f"text encoder {type(encoder).__name__} of {component!r} has no CLIP ('encoder.layers.N') or T5 "
         "('encoder.block.N') layer structure"
     )
+
+
+#: ``config.model_type`` of text encoders whose self-attention is causal (each token reads only earlier ones)
+_LEFT_TO_RIGHT = frozenset({"clip_text_model"})
+
+
+def attends_left_only(encoder: nn.Module) -> bool:
+    """Whether every state of ``encoder`` at a position depends only on the tokens up to that position.
+
+    True for CLIP's text encoders (causal mask); False for T5 (bidirectional) and for any encoder this table
+    does not know, so a caller that skips work on this promise only ever skips it where it holds.
+    """
+    config = getattr(encoder, "config", None)
+    return getattr(config, "model_type", None) in _LEFT_TO_RIGHT

@@ -333,6 +333,7 @@ def trace_text(
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
     executor: Executor | None = None,
+    skip_unreached: bool = True,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 
@@ -343,6 +344,12 @@ def trace_text(
     are restored during encoding, before any latent exists, so ``config.restore_from`` does not apply (the
     result records ``encoding``). Items are the prompt × ``config.seeds``; ``validation_prompts`` choose the
     causal-state threshold as in :func:`causal_trace`.
+
+    When every text encoder attends left to right (CLIP), a state at a token before the subject is the same in
+    the clean and the corrupted encoding, so restoring it cannot change the run: those cells are not generated
+    and hold the item's corrupted score (``meta["unreached_tokens"]`` counts them; on the demo's prompts they
+    are 30-60% of the grid). ``skip_unreached=False`` generates them anyway. T5 attends both ways, and nothing
+    is skipped there.
 
     Returns:
         :class:`TraceResult` (``kind="text"``) with scores ``(n_kinds, n_layers, n_tokens)`` (the prompt's
@@ -375,18 +382,22 @@ def trace_text(
     ]
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
+    unreached = subject_range[0] if skip_unreached and _left_to_right(model) else 0
+    computed = [index for index, (_, _, pos, _) in enumerate(grid) if spans[pos][0] >= unreached]
     jobs = [
         Job(
             spec=_item_spec(
                 model, weights, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
-                states=[label for label, _ in states], spans=spans, noise=noise,
+                states=[label for label, _ in states], spans=spans, noise=noise, unreached=unreached,
                 config={k: v for k, v in config.item_dict().items() if k != "restore_from"},
             ),
-            runs=len(grid) + 2,
+            runs=len(computed) + 2,
             compute=partial(
-                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, subject_range, config, seed),
-                restores=[Restore(sites=(site,), source=0, positions=spans[pos]) for _, _, pos, site in grid],
-                attribute=attribute, config=config,
+                _restore_cells, cells=computed, size=len(grid), compute=partial(
+                    _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, subject_range, config, seed),
+                    restores=[Restore(sites=(grid[i][3],), source=0, positions=spans[grid[i][2]]) for i in computed],
+                    attribute=attribute, config=config,
+                ),
             ),
         )
         for seed in config.seeds
@@ -419,12 +430,33 @@ def trace_text(
             "model": model.source, "family": model.family, "prompts": [prompt], "subject": subject,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(), "restore_from": "encoding",
             "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
-            "items_computed": store.computed, "items_reused": store.reused,
+            "items_computed": store.computed, "items_reused": store.reused, "unreached_tokens": unreached,
         },
     )  # fmt: skip
     if out is not None:
         result.save(out)
     return result
+
+
+def _left_to_right(model: LoadedModel) -> bool:
+    """Whether every text encoder of the model attends only to earlier tokens."""
+    from diffloc.models.text_sites import attends_left_only
+
+    return all(
+        attends_left_only(getattr(model.pipe, spec.component)) for spec in model.adapter.text_encoders(model.pipe)
+    )
+
+
+def _restore_cells(
+    compute: Callable[..., dict[str, Any]], cells: Sequence[int], size: int, **kwargs: Any
+) -> dict[str, Any]:
+    """An item whose restores ran for ``cells`` of a ``size``-cell grid only; every other cell cannot differ
+    from the corrupted run and gets its score."""
+    item = compute(**kwargs)
+    scores = [item["corrupted"]] * size
+    for cell, score in zip(cells, item["scores"], strict=True):
+        scores[cell] = score
+    return {**item, "scores": scores}
 
 
 def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -> torch.Tensor:
