@@ -59,7 +59,8 @@ def load_world() -> World:
 def locogen_window(world: World, case: ConceptCase, cache: Path = LOCOGEN_CACHE) -> WindowResult:
     """The case's LocoGen window exactly as ``diffloc demo`` finds it (its first two prompts × the demo's trace
     seeds; window sizes 2, 4, 8, 16 until one controls the attribute); sweeps resume from ``cache``."""
-    demo = DemoConfig(guidance=world.suite.guidance, max_batch=world.suite.max_batch)
+    # 20 steps, the suite's own: the committed results were measured there
+    demo = DemoConfig(guidance=world.suite.guidance, max_batch=world.suite.max_batch, steps=20)
     attribute = case.target_attribute if case.mode == "update" else case.attribute
     config = LocoGenConfig(seeds=demo.trace_seeds, window=demo.locogen_window, mode=case.mode, steps=demo.steps,
                            guidance=demo.guidance, max_batch=demo.max_batch, bootstrap=demo.bootstrap)  # fmt: skip

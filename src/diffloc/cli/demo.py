@@ -41,7 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped ShapesWorld suite)")
     add_scorer_arguments(parser)
     parser.add_argument("--out", default="demo-out", help="output directory (default demo-out/)")
-    parser.add_argument("--steps", type=steps_arg, default=20, help="denoising steps for tracing (default 20)")
+    parser.add_argument(
+        "--steps",
+        type=steps_arg,
+        default=10,
+        help="denoising steps of the localization stages; evaluation uses the suite's (default 10)",
+    )
     add_seeds_argument(parser, default=(0, 1), help="seeds for tracing and LocoGen (evaluation uses the suite's)",
                        aliases=("--trace-seeds",))  # fmt: skip
     parser.add_argument(
