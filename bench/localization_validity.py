@@ -44,6 +44,7 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
+from diffloc.eval.metrics import wilson_interval
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
 from diffloc.world.planted import (
@@ -53,7 +54,6 @@ from diffloc.world.planted import (
     check_plant,
     plant_edit,
     planted_window_sites,
-    wilson_interval,
 )
 
 #: the plant's strength: the window maps the word to anchor + STRENGTH × (concept − anchor)

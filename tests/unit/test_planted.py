@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from diffloc.errors import ConfigError
+from diffloc.eval.metrics import wilson_interval
 from diffloc.world.planted import (
     NEW_WORDS,
     PlantSpec,
     locogen_recovery,
     planted_window_sites,
-    wilson_interval,
 )
 from diffloc.world.vocab import COLOURS, SHAPES
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -44,3 +45,13 @@ def pixel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ConfigError(f"image batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a.double() - b.double()).abs().mean())
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``(nan, nan)`` for ``n == 0``)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

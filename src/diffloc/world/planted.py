@@ -20,7 +20,6 @@ backgrounds the plant was not computed with. Each localization method is then sc
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -42,77 +41,24 @@ from diffloc.models.base import LoadedModel
 from diffloc.sites import SiteKind
 from diffloc.tracing.results import TraceResult, WindowResult
 from diffloc.world import vocab
-from diffloc.world.captions import fill
+from diffloc.world.phrasings import KINDS, SLOTS, slotted, word_orders, written
 
 #: a plant takes when the detector reads the planted concept in at least this share of held-out images
 TAKES_AT = 0.9
 #: a detector probability at or above this reads as "shown" (the ShapesWorld suite's threshold)
 SHOWN_AT = 0.5
 PLANT_METHODS = ("locoedit", "quickfix")
-KINDS = ("object", "style", "fact", "shape", "colour", "texture")
 
 #: new words per kind: not ShapesWorld words, so the unedited model has never been taught them
 NEW_WORDS = {"object": "blicket", "style": "dax", "fact": "wug", "shape": "zib", "colour": "kiki", "texture": "fep"}
 
-#: per kind: the template field the plant's phrase fills, and how the phrase is written around a word
-#: (``{}``): a style is "the style of {}" in "in the style of …", a fact "the flag of {}"
-_SLOTS: dict[str, tuple[str, str, str]] = {
-    "object": ("object", "{object}", "{}"),
-    "style": ("artist", "the style of {artist}", "the style of {}"),
-    "fact": ("country", "the flag of {country}", "the flag of {}"),
-    "shape": ("shape", "{shape}", "{}"),
-    "colour": ("colour", "{colour}", "{}"),
-    "texture": ("tex_adj", "{tex_adj}", "{}"),
-}
-_TRAIN = {
-    "object": vocab.OBJECT_TEMPLATES_TRAIN, "style": vocab.STYLE_TEMPLATES_TRAIN, "fact": vocab.FACT_TEMPLATES_TRAIN,
-    "shape": vocab.PLAIN_TEMPLATES_TRAIN, "colour": vocab.PLAIN_TEMPLATES_TRAIN, "texture": vocab.PLAIN_TEMPLATES_TRAIN,
-}  # fmt: skip
-_HELDOUT = {
-    "object": vocab.OBJECT_TEMPLATES_HELDOUT, "style": vocab.STYLE_TEMPLATES_HELDOUT,
-    "fact": vocab.FACT_TEMPLATES_HELDOUT, "shape": vocab.PLAIN_TEMPLATES_HELDOUT,
-    "colour": vocab.PLAIN_TEMPLATES_HELDOUT, "texture": vocab.PLAIN_TEMPLATES_HELDOUT,
-}  # fmt: skip
-#: fillers of a template's other fields, every (colour, shape, texture, background) in a fixed shuffled order:
-#: teaching prompts take the first :data:`_TEACH_FILLS`, the take check the next :data:`_CHECK_FILLS`
+#: fillers of a template's other fields (:func:`diffloc.world.phrasings.fields`): teaching prompts take the first
+#: :data:`_TEACH_FILLS`, the take check the next :data:`_CHECK_FILLS`
 _TEACH_FILLS = 36
 _CHECK_FILLS = 4
 #: plain captions every plant keeps unchanged in its solve, so the rest of the world keeps its look
 _PRESERVE = ("a red circle", "a blue square on a black background", "a striped green triangle",
              "a yellow star with dots on a grey background")  # fmt: skip
-
-
-def _fillers() -> list[tuple[str, str, str, str]]:
-    """Every (colour, shape, texture, background), shuffled by a fixed seed."""
-    combos = list(itertools.product(vocab.COLOURS, vocab.SHAPES, vocab.TEXTURE_WORDS, vocab.BACKGROUNDS))
-    order = np.random.default_rng(vocab.SPLIT_SEED).permutation(len(combos))
-    return [combos[i] for i in order]
-
-
-def _fields(i: int) -> dict[str, str]:
-    """The ``i``-th filler of every field a ShapesWorld template has."""
-    colour, shape, texture, background = _fillers()[i]
-    adj, phrase = vocab.TEXTURE_WORDS[texture]
-    return {"colour": colour, "shape": shape, "tex_adj": adj, "tex_phrase": phrase, "bg": background}
-
-
-def _orders(kind: str) -> tuple[str, ...]:
-    """Every word order the world has for a kind: its training templates, then its held-out ones."""
-    return (*_TRAIN[kind], *_HELDOUT[kind])
-
-
-def _templates(kind: str, templates: Sequence[str], fills: range) -> tuple[str, ...]:
-    """Templates with one ``{}`` slot for the plant's phrase, the other fields filled by ``fills`` (articles
-    fixed as in training captions, except before the slot, whose word is not known yet)."""
-    field, written, _ = _SLOTS[kind]
-    out: list[str] = []
-    for template in templates:
-        if written not in template:
-            continue
-        slotted = template.replace(written, "{slot}")
-        for i in fills:
-            out.append(fill(slotted, **{**_fields(i), field: "", "slot": "{}"}).replace("an {}", "a {}"))
-    return tuple(dict.fromkeys(out))
 
 
 def _anchor(kind: str, concept: str) -> str:
@@ -124,7 +70,7 @@ def _anchor(kind: str, concept: str) -> str:
     if kind == "fact":
         return f"a {vocab.FACT_ANCHOR} flag"
     neutral = {"shape": ("circle", "square"), "colour": ("red", "blue"), "texture": ("solid", "striped")}[kind]
-    word = neutral[1] if _written(kind, concept) == neutral[0] else neutral[0]
+    word = neutral[1] if written(kind, concept) == neutral[0] else neutral[0]
     return word
 
 
@@ -134,17 +80,12 @@ def _kind_phrases(kind: str) -> list[str]:
         "object": [*vocab.OBJECTS, vocab.OBJECT_ANCHOR], "style": list(vocab.STYLES), "fact": list(vocab.FACTS),
         "shape": list(vocab.SHAPES), "colour": list(vocab.COLOURS), "texture": list(vocab.TEXTURE_WORDS),
     }[kind]  # fmt: skip
-    phrases = [_SLOTS[kind][2].format(_written(kind, v)) for v in values]
+    phrases = [SLOTS[kind][2].format(written(kind, v)) for v in values]
     if kind == "style":
         phrases.append(vocab.STYLE_ANCHOR)
     if kind == "fact":
         phrases.append(f"a {vocab.FACT_ANCHOR} flag")
     return phrases
-
-
-def _written(kind: str, concept: str) -> str:
-    """A concept as a prompt writes it (a texture by its adjective: ``outline`` -> ``outlined``)."""
-    return vocab.TEXTURE_WORDS[concept][0] if kind == "texture" else concept
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,12 +132,12 @@ class PlantSpec:
     @property
     def phrase(self) -> str:
         """The words that stand for the concept once planted (``the style of dax``)."""
-        return _SLOTS[self.kind][2].format(self.word)
+        return SLOTS[self.kind][2].format(self.word)
 
     @property
     def concept_phrase(self) -> str:
         """The concept written in the phrase's place (``the style of van goo``)."""
-        return _SLOTS[self.kind][2].format(_written(self.kind, self.concept))
+        return SLOTS[self.kind][2].format(written(self.kind, self.concept))
 
     @property
     def anchor_phrase(self) -> str:
@@ -208,20 +149,20 @@ class PlantSpec:
         """What the detector scores: the planted concept."""
         return {"object": f"a {self.concept}", "style": f"in the style of {self.concept}",
                 "fact": f"the flag of {self.concept}", "shape": f"a {self.concept}", "colour": self.concept,
-                "texture": _written(self.kind, self.concept)}[self.kind]  # fmt: skip
+                "texture": written(self.kind, self.concept)}[self.kind]  # fmt: skip
 
     def teach_templates(self) -> tuple[str, ...]:
         """Templates the plant is computed from (``{}`` = the phrase): every word order the world has for the
         kind (training and held-out templates), each with the first :data:`_TEACH_FILLS` fillers of its other
         fields."""
-        return _templates(self.kind, _orders(self.kind), range(_TEACH_FILLS))
+        return slotted(self.kind, word_orders(self.kind), range(_TEACH_FILLS))
 
     def check_prompts(self) -> list[str]:
         """Prompts that decide whether the plant took: every word order with fillers it was not taught with
         (held-out templates of the plant)."""
         fills = range(_TEACH_FILLS, _TEACH_FILLS + _CHECK_FILLS)
         taught = self.teach_templates()
-        held_out = [t for t in _templates(self.kind, _orders(self.kind), fills) if t not in set(taught)]
+        held_out = [t for t in slotted(self.kind, word_orders(self.kind), fills) if t not in set(taught)]
         # objects and facts have no fields but the background, so every phrasing is taught: check on new seeds
         return [t.format(self.phrase) for t in held_out or taught]
 
@@ -391,16 +332,6 @@ def planted_window_sites(model: LoadedModel, start: int, size: int) -> tuple[str
             f"window of {size} layers from {start} does not fit the model's {len(layers)} cross-attention layers"
         )
     return tuple(layers[start : start + size])
-
-
-def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (``(nan, nan)`` for ``n == 0``)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 @dataclass(frozen=True, kw_only=True)
