@@ -508,6 +508,31 @@ def _output_cases() -> list[Case]:
     return [Case(name, argv, words, setup) for name, argv, words, setup in specs]
 
 
+def _shapesworld_update(tmp: Path) -> None:
+    """A saved Diff-QuickFix edit of the shipped model that updates trelania's flag to quelland's."""
+    from diffloc.editing.registry import compute_edit
+    from diffloc.editing.requests import EditRequest
+    from diffloc.models.registry import load
+
+    request = EditRequest(concepts=("trelania",), targets=("quelland",))
+    compute_edit(load("shapesworld"), request, method="quickfix").save(tmp / "update")
+
+
+def _audit_cases() -> list[Case]:
+    audit = ("audit", "{edit}", "--out", "{tmp}/a")
+    return [
+        Case("audit-budget-zero", (*audit, "--budget", "0"), ("--budget", "0")),
+        Case("audit-attack-unknown", (*audit, "--attacks", "paraphrase,revive"), ("revive", "paraphrase")),
+        Case("audit-edit-of-another-model", (*audit, "--model", "shapesworld"), ("differs from the base",)),
+        Case(
+            "audit-update-without-attribute",
+            ("audit", "{tmp}/update", "--out", "{tmp}/a"),
+            ("updates", "trelania", "--attribute"),
+            _shapesworld_update,
+        ),
+    ]
+
+
 def _other_cases() -> list[Case]:
     return [
         Case(
@@ -558,5 +583,6 @@ CASES: list[Case] = [
     *_suite_cases(),
     *_edit_cases(),
     *_output_cases(),
+    *_audit_cases(),
     *_other_cases(),
 ]

@@ -20,7 +20,7 @@ from typing import NoReturn
 from diffloc import __version__
 from diffloc.errors import DifflocError, SweepIncomplete
 
-COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "demo", "reproduce", "world")
+COMMAND_MODULES = ("sites", "generate", "trace", "locogen", "edit", "eval", "audit", "demo", "reproduce", "world")
 
 
 class OneLineParser(argparse.ArgumentParser):

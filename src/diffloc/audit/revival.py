@@ -1,0 +1,162 @@
+"""Attacks on the edited weights: take part of the edit back, or fine-tune the edited model a little.
+
+* ``revert``: what an attacker who reads the edit file can do — move the edited layers a fraction of the way
+  back to their base values (``base + (1 - f) × change``), nothing else touched.
+* ``finetune``: ordinary fine-tuning of the edited model's denoiser for a few steps on captions and images that
+  do not show the concept (ShapesWorld renders them), the text encoder frozen: does the concept come back on
+  its own?
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from diffloc.audit.target import AuditTarget
+from diffloc.editing.edit import Edit
+from diffloc.errors import ConfigError
+from diffloc.models.base import LoadedModel
+from diffloc.world import vocab
+
+logger = logging.getLogger(__name__)
+
+#: fine-tuning examples drawn per step (the pool is reused when a run takes more steps)
+_POOL = 512
+_CAPTION_DROPOUT = 0.1
+
+
+def reverted(edit: Edit, fraction: float) -> Edit:
+    """``edit`` with ``fraction`` of its weight change taken back (1: the base weights, 0: the edit itself).
+
+    Raises:
+        ConfigError: ``fraction`` outside [0, 1], or the edit adds parameters the base does not have.
+    """
+    if not 0 <= fraction <= 1:
+        raise ConfigError(f"revert fraction must be in [0, 1], got {fraction!r}")
+    weights: dict[str, torch.Tensor] = {}
+    for key, new in edit.weights.items():
+        base = edit.originals.get(key)
+        if base is None:
+            raise ConfigError(f"the revert attack needs every base value; this edit adds {key}")
+        weights[key] = (new.double() - fraction * (new.double() - base.double())).to(new.dtype)
+    return replace(edit, weights=weights)
+
+
+def _denoiser(model: LoadedModel) -> torch.nn.Module:
+    return model.pipe.unet
+
+
+def _shows(scene: Any, caption: str, target: AuditTarget) -> bool:
+    """Whether a ShapesWorld training example shows (or names) the erased concept."""
+    if target.concept in caption:
+        return True
+    if target.kind == "style":
+        return bool(scene.style == vocab.STYLES[target.concept])
+    if target.kind == "object":
+        return (scene.shape, scene.colour, scene.texture) == tuple(vocab.OBJECTS[target.concept])
+    return bool(scene.fact == target.concept)
+
+
+def clean_examples(target: AuditTarget, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """``n`` ShapesWorld training captions and their images (``(n, 3, H, W)`` in [-1, 1]) that neither name nor
+    show the erased concept."""
+    from diffloc.world.captions import training_examples
+    from diffloc.world.render import render_batch
+
+    kept: list[Any] = []
+    draw = 0
+    while len(kept) < n:
+        batch = training_examples(2 * n, seed + draw)
+        kept += [e for e in batch if not _shows(e.scene, e.caption, target)]
+        draw += 1
+    kept = kept[:n]
+    pixels = render_batch([e.scene for e in kept], [e.seed for e in kept])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return [e.caption for e in kept], images
+
+
+def _denoising_loss(
+    denoiser: torch.nn.Module, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """The training loss of one batch: noise at random timesteps, predict what the scheduler's
+    ``prediction_type`` asks for (the noise, or the velocity)."""
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    wanted = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    return torch.nn.functional.mse_loss(denoiser(noisy, t, encoder_hidden_states=cond).sample, wanted)
+
+
+def finetune_revival(
+    model: LoadedModel,
+    target: AuditTarget,
+    *,
+    checkpoints: Sequence[int],
+    lr: float,
+    batch: int,
+    seed: int,
+    measure: Callable[[], dict[str, Any]],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fine-tune the model's denoiser as it is now (the edit applied), calling ``measure()`` after each number of
+    steps in ``checkpoints``; the denoiser's weights and ``requires_grad`` flags are restored bit-exactly after.
+
+    Raises:
+        ConfigError: the model is not a ShapesWorld model (no images to fine-tune on).
+    """
+    if target.kind is None:
+        raise ConfigError("the fine-tune attack renders ShapesWorld images; it needs a ShapesWorld model and concept")
+    pipe = model.pipe
+    denoiser = _denoiser(model)
+    captions, images = clean_examples(target, _POOL, seed)
+    params = list(denoiser.parameters())
+    snapshot = [p.detach().clone() for p in params]
+    flags = [p.requires_grad for p in params]
+    was_training = denoiser.training
+    device, dtype = params[0].device, params[0].dtype
+    results: list[dict[str, Any]] = []
+    try:
+        with torch.no_grad():
+            vae = pipe.vae
+            latents = torch.cat([vae.encode(images[i : i + 64].to(device, vae.dtype)).latent_dist.mean
+                                 for i in range(0, len(images), 64)]) * vae.config.scaling_factor  # fmt: skip
+            context = model.adapter.encode(pipe, captions).hidden.detach()
+            empty = model.adapter.encode(pipe, [""]).hidden.detach()
+        scheduler = pipe.scheduler
+        steps_total = max(checkpoints)
+        generator = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        denoiser.train()
+        step = 0
+        for goal in sorted(set(checkpoints)):
+            with torch.enable_grad():
+                while step < goal:
+                    idx = torch.randint(0, len(captions), (batch,), generator=generator)
+                    cond = context[idx].clone()
+                    cond[torch.rand(batch, generator=generator) < _CAPTION_DROPOUT] = empty[0]
+                    loss = _denoising_loss(denoiser, scheduler, latents[idx].to(dtype), cond, generator)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    step += 1
+                    if progress is not None:
+                        progress(step, steps_total)
+            denoiser.train(was_training)
+            with torch.inference_mode():
+                results.append({"steps": goal, "loss": float(loss.detach()), **measure()})
+            denoiser.train()
+    finally:
+        with torch.no_grad():
+            for p, old, flag in zip(params, snapshot, flags, strict=True):
+                p.copy_(old)
+                p.grad = None
+                p.requires_grad_(flag)
+        denoiser.train(was_training)
+    return results

@@ -1,0 +1,68 @@
+"""Erasure audits on the shipped ShapesWorld model: every attack runs, leaves no trace, and repeats exactly."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from diffloc.audit import AuditConfig, AuditReport, audit
+from diffloc.editing.registry import compute_edit
+from diffloc.editing.requests import EditRequest
+from diffloc.eval.scorers import DetectorScorer
+from diffloc.models.registry import load
+
+FAST = AuditConfig(seeds=(0,), steps=6, guidance=4.0, prompts=2, budget=2, finetune_batch=4)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load("shapesworld"), DetectorScorer()
+
+
+def _weights(model) -> str:
+    digest = hashlib.sha256()
+    for component in ("unet", "text_encoder", "vae"):
+        for name, tensor in getattr(model.pipe, component).state_dict().items():
+            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_an_audit_runs_every_attack_and_leaves_model_and_edit_as_they_were(world, tmp_path):
+    model, scorer = world
+    request = EditRequest(concepts=("flumox",), targets=("thing",), templates=("{}", "a picture of a {}"),
+                          default_templates=False)  # fmt: skip
+    compute_edit(model, request, method="quickfix").save(tmp_path / "edit")
+    from diffloc.editing.edit import Edit
+
+    edit = Edit.load(tmp_path / "edit")
+    weights, files = _weights(model), _files(tmp_path / "edit")
+    grads = {n: p.requires_grad for n, p in model.pipe.unet.named_parameters()}
+    first = audit(model, edit, scorer=scorer, config=FAST, out=tmp_path / "a")
+    assert _weights(model) == weights and _files(tmp_path / "edit") == files
+    assert {n: p.requires_grad for n, p in model.pipe.unet.named_parameters()} == grads
+    assert not model.pipe.unet._forward_hooks and not model.pipe.unet._forward_pre_hooks
+    assert [a.name for a in first.attacks] == ["paraphrase", "spelling", "description", "revert", "finetune"]
+    for attack in first.attacks:
+        entries = [attack.edited, attack.unedited, *attack.rows]
+        for entry in (e for e in entries if e is not None):
+            low, high = entry["interval"]
+            assert entry["n"] == len(attack.prompts) * len(FAST.seeds) and low <= entry["asr"] <= high
+    # the edit's own phrasings are not among the attack's
+    assert not {"flumox", "a picture of a flumox"} & set(first.attack("paraphrase").prompts)
+    # taking the whole edit back is the unedited model: the same images, the same hits
+    revert, paraphrase = first.attack("revert"), first.attack("paraphrase")
+    assert revert.rows[-1]["fraction"] == 1.0 and revert.rows[-1]["hits"] == paraphrase.unedited["hits"]
+    assert [row["steps"] for row in first.attack("finetune").rows] == [1, 2]
+    # a fixed seed gives the same audit twice, and the saved report reads back
+    again = ("spelling", "finetune")
+    second = audit(model, edit, scorer=scorer, config=replace(FAST, attacks=again))
+    assert [second.attack(a).to_dict() for a in again] == [first.attack(a).to_dict() for a in again]
+    loaded = AuditReport.load(tmp_path / "a")
+    assert loaded.to_dict() == first.to_dict()
