@@ -1,10 +1,12 @@
 """Findings, not mechanics, on the shipped ShapesWorld model: controls read ~0 under the mediation-correct restore
-source (and not under the trajectory one)."""
+source (and not under the trajectory one), and planted associations are found where they were planted (a text
+layer by the text trace, a window of cross-attention layers by LocoGen)."""
 
 from __future__ import annotations
 
 import pytest
 
+from diffloc.engine.generate import GenerationConfig
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
@@ -48,3 +50,27 @@ def test_a_planted_text_layer_is_recovered(shapesworld):
     assert check["takes"] and check["base"] < 0.1, check
     answers = ask_plant(shapesworld, spec, edit, scorer=DetectorScorer(), config=config, check=check)
     assert answers["text_trace"]["recovered"], answers["text_trace"]["top"]
+
+
+def test_a_planted_cross_attention_window_is_recovered_by_locogen(shapesworld):
+    """'fep' planted by LocoEdit to mean the outline texture in cross-attention layers 0-3 (the other twelve read
+    it as 'solid'), as bench/localization_validity.py plants it: the planted model draws the outline where the
+    unedited one does not, and of every window of four layers LocoGen's best is the planted one."""
+    from diffloc.tracing.config import LocoGenConfig
+    from diffloc.tracing.locogen import locogen
+    from diffloc.world.planted import PlantSpec, locogen_recovery, plant_edit, planted_window_sites, shown_rate
+
+    spec = PlantSpec(kind="texture", concept="outline", sites=planted_window_sites(shapesworld, 0, 4))
+    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+    prompt = "a fep purple cross on a grey background"
+    sampling = GenerationConfig(steps=SAMPLING["steps"], guidance=SAMPLING["guidance"])
+    scorer = DetectorScorer()
+    assert shown_rate(shapesworld, [prompt], spec.attribute, scorer=scorer, seeds=(0, 1), config=sampling)["rate"] == 0
+    with edit.applied(shapesworld):
+        shown = shown_rate(shapesworld, [prompt], spec.attribute, scorer=scorer, seeds=(0, 1), config=sampling)
+        assert shown["rate"] == 1.0, shown
+        config = LocoGenConfig(seeds=(0, 1), window=4, mode="remove", bootstrap=0, **SAMPLING)
+        result = locogen(shapesworld, prompt, spec.locogen_target(prompt), spec.attribute, scorer=scorer,
+                         config=config)  # fmt: skip
+    recovery = locogen_recovery(result, spec.sites)
+    assert recovery["exact"], (result.best_sites, result.scores)
