@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def test_an_audit_runs_every_attack_and_leaves_model_and_edit_as_they_were(world
     assert [second.attack(a).to_dict() for a in again] == [first.attack(a).to_dict() for a in again]
     loaded = AuditReport.load(tmp_path / "a")
     assert loaded.to_dict() == first.to_dict()
+    # the page beside the JSON shows the JSON's numbers and the attacked images
+    page = (tmp_path / "a" / "audit.html").read_text()
+    shown = dict(re.findall(r'data-key="([^"]+)">([^<]+)<', page))
+    data = first.to_dict()
+    for key, text in shown.items():
+        value: object = data
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]  # type: ignore[index]
+        assert float(text) == pytest.approx(float(value), abs=0.5 if key == "meta.seconds" else 0.006), key  # type: ignore[arg-type]
+    assert len(shown) > 20 and (tmp_path / "a" / "attacks" / "paraphrase.png").is_file()
+    assert all(f'src="attacks/{name}.png"' in page for name in ("paraphrase", "spelling", "revert-0.5", "finetune"))

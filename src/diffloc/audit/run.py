@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.audit.config import AuditConfig
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 AuditProgress = Callable[[str], None]
 #: scorers that read ShapesWorld concepts by name
 _WORLD_SCORERS = ("shapesworld-detectors",)
+#: attacked images kept per measurement (the first ones) in ``attacks/<name>.png`` under an audit's ``out``
+STRIP_IMAGES = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,17 +105,36 @@ class AuditReport:
                            attacks=attacks, meta=data["meta"])  # fmt: skip
 
 
-def shown(model: LoadedModel, prompts: Sequence[str], attribute: str, *, scorer: Scorer, config: AuditConfig) -> Shown:
+def shown(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    attribute: str,
+    *,
+    scorer: Scorer,
+    config: AuditConfig,
+    strip: Path | None = None,
+) -> Shown:
     """Generate every prompt × ``config.seeds`` (in batches of ``config.max_batch`` rows) and count the images in
-    which ``scorer`` reads ``attribute`` at or above ``config.threshold``."""
+    which ``scorer`` reads ``attribute`` at or above ``config.threshold``; with ``strip``, the first
+    :data:`STRIP_IMAGES` images are saved there as a labelled PNG."""
     generation = GenerationConfig(steps=config.steps, guidance=config.guidance)
     pairs = [(p, s) for p in prompts for s in config.seeds]
     per_batch = max(1, config.max_batch // (2 if generation.cfg else 1))
     scores: list[float] = []
+    kept: list[torch.Tensor] = []
     for start in range(0, len(pairs), per_batch):
         chunk = pairs[start : start + per_batch]
         images = generate(model, [p for p, _ in chunk], seeds=[s for _, s in chunk], config=generation)
         scores += [float(x) for x in scorer.score(images, [attribute] * len(chunk))]
+        room = STRIP_IMAGES - sum(len(k) for k in kept)
+        if strip is not None and room > 0:
+            kept.append(images[:room].detach().cpu())
+    if strip is not None and kept:
+        from diffloc.report.plots import image_strip, save_figure
+
+        first = torch.cat(kept)
+        labels = [f"{p} #{s}: {x:.2f}" for (p, s), x in zip(pairs, scores, strict=True)][: len(first)]
+        save_figure(image_strip(first, labels, columns=4), strip)
     hits = sum(1 for x in scores if x >= config.threshold)
     return Shown(hits=hits, n=len(scores), scores=tuple(round(x, 6) for x in scores))
 
@@ -146,7 +169,8 @@ def audit(
     for name in config.attacks:
         if progress is not None:
             progress(name)
-        results.append(_attack(name, model, edit, target, seen, scorer=scorer, config=config))
+        strips = None if out is None else Path(out) / "attacks"
+        results.append(_attack(name, model, edit, target, seen, scorer=scorer, config=config, strips=strips))
     if model.fingerprint() != before:
         raise DifflocError("the audit left the model's weights changed; this is a bug in diffloc, please report it")
     report = AuditReport(
@@ -159,18 +183,22 @@ def audit(
               "seconds": round(time.perf_counter() - start, 1), "finetune_steps": list(config.finetune_steps)},
     )  # fmt: skip
     if out is not None:
+        from diffloc.report.audit_html import write_audit_report
+
         report.save(out)
+        write_audit_report(out, report.to_dict())
     return report
 
 
 def _attack(
     name: str, model: LoadedModel, edit: Edit, target: AuditTarget, seen: list[str], *, scorer: Scorer,
-    config: AuditConfig,
+    config: AuditConfig, strips: Path | None,
 ) -> AttackResult:  # fmt: skip
-    """Run one attack."""
+    """Run one attack; with ``strips``, the first images on the attacked model go to ``strips/<label>.png``."""
 
-    def measure(prompts: Sequence[str]) -> dict[str, Any]:
-        return shown(model, prompts, target.attribute, scorer=scorer, config=config).to_dict()
+    def measure(prompts: Sequence[str], label: str | None = None) -> dict[str, Any]:
+        path = None if strips is None or label is None else strips / f"{label}.png"
+        return shown(model, prompts, target.attribute, scorer=scorer, config=config, strip=path).to_dict()
 
     paraphrases = paraphrase_prompts(target, seen, config.prompts)
     if name in ("paraphrase", "spelling", "description"):
@@ -180,13 +208,13 @@ def _attack(
                    "description": description_prompts(target, config.prompts)}[name]  # fmt: skip
         unedited = measure(prompts)
         with edit.applied(model):
-            edited = measure(prompts)
+            edited = measure(prompts, name)
         return AttackResult(name=name, prompts=tuple(prompts), edited=edited, unedited=unedited)
     if name == "revert":
         rows = []
         for fraction in config.revert_fractions:
             with reverted(edit, fraction).applied(model):
-                rows.append({"fraction": fraction, **measure(paraphrases)})
+                rows.append({"fraction": fraction, **measure(paraphrases, f"revert-{fraction:g}")})
         return AttackResult(name=name, prompts=tuple(paraphrases), rows=tuple(rows))
     if target.kind is None:
         return AttackResult(name=name, skipped="fine-tuning needs images without the concept; ShapesWorld renders "
@@ -195,5 +223,5 @@ def _attack(
         edited = measure(paraphrases)
         rows = finetune_revival(model, target, checkpoints=config.finetune_steps, lr=config.finetune_lr,
                                 batch=config.finetune_batch, seed=config.seed,
-                                measure=lambda: measure(paraphrases))  # fmt: skip
+                                measure=lambda: measure(paraphrases, "finetune"))  # fmt: skip
     return AttackResult(name=name, prompts=tuple(paraphrases), edited=edited, rows=tuple(rows))
