@@ -91,6 +91,10 @@ def test_revert_moves_the_edited_tensors_back_by_the_fraction():
         torch.testing.assert_close(half, (new.double() + base.double()) / 2)
     with pytest.raises(ConfigError, match="fraction"):
         reverted(edit, 1.5)
+    # a parameter the edit adds (a bias the layer did not have) goes back towards zero, what its absence computes
+    added = Edit(method="neurons", family="sd1", weights={"unet.x.bias": torch.full((3,), 2.0)},
+                 originals={"unet.x.bias": None})  # fmt: skip
+    assert torch.equal(reverted(added, 0.25).weights["unet.x.bias"], torch.full((3,), 1.5))
 
 
 def test_finetune_data_never_shows_the_erased_concept():

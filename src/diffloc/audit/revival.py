@@ -32,17 +32,19 @@ _CAPTION_DROPOUT = 0.1
 def reverted(edit: Edit, fraction: float) -> Edit:
     """``edit`` with ``fraction`` of its weight change taken back (1: the base weights, 0: the edit itself).
 
+    A parameter the edit adds (a neuron edit's bias where the layer had none) is taken back towards zero, which is
+    what its absence computes.
+
     Raises:
-        ConfigError: ``fraction`` outside [0, 1], or the edit adds parameters the base does not have.
+        ConfigError: ``fraction`` outside [0, 1].
     """
     if not 0 <= fraction <= 1:
         raise ConfigError(f"revert fraction must be in [0, 1], got {fraction!r}")
     weights: dict[str, torch.Tensor] = {}
     for key, new in edit.weights.items():
-        base = edit.originals.get(key)
-        if base is None:
-            raise ConfigError(f"the revert attack needs every base value; this edit adds {key}")
-        weights[key] = (new.double() - fraction * (new.double() - base.double())).to(new.dtype)
+        original = edit.originals.get(key)
+        base = torch.zeros_like(new, dtype=torch.float64) if original is None else original.double()
+        weights[key] = (new.double() - fraction * (new.double() - base)).to(new.dtype)
     return replace(edit, weights=weights)
 
 
