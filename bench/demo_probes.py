@@ -23,7 +23,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
-from diffloc.demo import edit_templates
 from diffloc.editing import EditRequest, QuickFixConfig, compute_edit
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.eval.scorers import scorer_for
@@ -33,6 +32,7 @@ from diffloc.models.registry import load
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.calibrate import calibrate_noise
 from diffloc.tracing.config import TraceConfig
+from diffloc.workflows.demo import edit_templates
 
 
 def text_spans(model: LoadedModel, suite: EvalSuite, scorer, case: ConceptCase) -> None:

@@ -22,7 +22,7 @@ Measured with the shipped detectors on the *held-out* prompts of ``diffloc.world
   below (``fact_update_template_check``) and every cross-attention layer (``fact_update_all_layers``).
 
 LocoEdit's sites: each concept's LocoGen window (the smallest whose prompt *swap* controls the concept), widened by
-``diffloc.editing.search.locoedit_search`` until the *edit* generalizes: computed without one edit template and
+``diffloc.workflows.widening.locoedit_search`` until the *edit* generalizes: computed without one edit template and
 checked on the concept in that template, it must move the concept 90% of the way (averaged over 8 such folds;
 seeds 100 and 101; no held-out prompt is used); ``--no-widen`` edits the LocoGen window as found.
 
@@ -240,8 +240,8 @@ def main() -> None:
         """LocoEdit on the LocoGen window widened until the edit generalizes (``--no-widen``: as found)."""
         if args.no_widen:
             return compute_edit(model, request, method="locoedit", config=loco_config)
-        from diffloc.editing.search import WidenConfig, locoedit_search
         from diffloc.eval.scorers import scorer_for
+        from diffloc.workflows.widening import WidenConfig, locoedit_search
 
         edit = locoedit_search(
             model, request, loco_config, attribute=attribute, mode=mode, scorer=scorer_for("shapesworld", None),
@@ -347,8 +347,8 @@ def main() -> None:
         )
         return row
 
-    from diffloc.editing.search import WidenConfig, widen_window
     from diffloc.tracing.locogen import xattn_layers
+    from diffloc.workflows.widening import WidenConfig, widen_window
 
     layers_all = xattn_layers(model)
 

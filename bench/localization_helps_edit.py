@@ -44,11 +44,11 @@ from shapesworld_suite import (
 )
 
 from diffloc.atomic import write_json_atomic
-from diffloc.demo import DemoConfig
 from diffloc.editing import LocoEditConfig, compute_edit, preservation_statistics
 from diffloc.eval.measure import measure
 from diffloc.eval.suite import ConceptCase, evaluate
 from diffloc.tracing.locogen import xattn_layers
+from diffloc.workflows.demo import DemoConfig
 
 OUT = Path("docs/data/localization_helps_edit.json")
 RANDOM_WINDOWS = 5

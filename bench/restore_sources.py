@@ -33,7 +33,6 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
-from diffloc.demo import DemoConfig
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.eval.suite import load_suite, shipped_suite_path
@@ -42,6 +41,7 @@ from diffloc.tracing.calibrate import calibrate_noise
 from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import TraceResult, json_values
+from diffloc.workflows.demo import DemoConfig
 
 OUT = Path("docs/data/restore_sources.json")
 

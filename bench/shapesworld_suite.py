@@ -23,7 +23,6 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch
 
 from diffloc.atomic import write_json_atomic
-from diffloc.demo import DemoConfig, edit_templates
 from diffloc.editing import EditRequest
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, load_suite, shipped_suite_path
@@ -32,6 +31,7 @@ from diffloc.models.registry import load
 from diffloc.tracing.config import LocoGenConfig
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import WindowResult
+from diffloc.workflows.demo import DemoConfig, edit_templates
 
 #: LocoGen sweeps, shared by the benchmarks (each item is keyed by the model's weights and the sweep settings)
 LOCOGEN_CACHE = Path("runs/shapesworld-locogen")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from diffloc.demo import DemoConfig, run_demo
 from diffloc.errors import ConfigError
 from diffloc.eval.scorers import ClipScorer
 from diffloc.eval.suite import load_suite
+from diffloc.workflows.demo import DemoConfig, run_demo
 
 SUITE = """
 seeds: [0]
@@ -145,7 +145,7 @@ def test_report_flags_a_trace_whose_corruption_did_nothing(demo_run):
 
 
 def test_edit_templates_are_the_concept_alone_then_the_case_prompts(demo_run):
-    from diffloc.demo import edit_templates
+    from diffloc.workflows.demo import edit_templates
 
     _, suite, _, _, out, _ = demo_run
     (case,) = suite.cases
@@ -266,7 +266,7 @@ def test_demo_killed_mid_way_resumes_without_recomputing(tmp_path, tiny_clip_dir
 def test_outputs_of_another_run_are_not_reused(demo_run, caplog):
     from dataclasses import replace
 
-    from diffloc.demo import _same_run, run_key
+    from diffloc.workflows.demo import _same_run, run_key
 
     model, suite, scorer, config, out, _ = demo_run
     key = run_key(model, suite, scorer, config)

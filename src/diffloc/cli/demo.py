@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from tqdm import tqdm
 
-    from diffloc.demo import DemoConfig, run_demo
     from diffloc.editing.locoedit import edited_layers
     from diffloc.eval.scorers import scorer_for
     from diffloc.eval.suite import load_suite, shipped_suite_path
+    from diffloc.workflows.demo import DemoConfig, run_demo
 
     suite_path = Path(args.suite) if args.suite else shipped_suite_path("shapesworld")
     suite = load_suite(suite_path)

@@ -121,7 +121,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--positions", choices=("subject", "subject+eos"), default="subject",
         help="map the last subject token only (reference) or also the EOS/padding positions after it",
     )  # fmt: skip
-    widen = loco.add_argument_group("widening (diffloc.editing.search): grow the window until the edit works")
+    widen = loco.add_argument_group("widening (diffloc.workflows.widening): grow the window until the edit works")
     widen.add_argument(
         "--widen", metavar="ATTRIBUTE", default=None,
         help="scorer text of what the edit must remove or bring (e.g. 'in the style of van goo'); tries windows of "
@@ -283,10 +283,10 @@ def _widened(args: argparse.Namespace, model: Any, request: Any, config: Any) ->
 
     With ``--stats`` the file's statistics serve the final edit (the leave-one-template-out folds need their own).
     """
-    from diffloc.editing.search import WidenConfig, locoedit_search
     from diffloc.engine.generate import GenerationConfig
     from diffloc.eval.scorers import scorer_for
     from diffloc.models.registry import default_guidance
+    from diffloc.workflows.widening import WidenConfig, locoedit_search
 
     scorer = scorer_for(args.model, args.clip, detectors=args.detectors, allow_pickle=args.allow_bin,
                         device=model.device)  # fmt: skip

@@ -55,9 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the protocol."""
-    from diffloc.demo import DemoConfig, run_demo
     from diffloc.eval.scorers import ClipScorer
     from diffloc.eval.suite import load_suite, shipped_suite_path
+    from diffloc.workflows.demo import DemoConfig, run_demo
 
     suite_path = Path(args.suite) if args.suite else shipped_suite_path("van-gogh")
     suite = load_suite(suite_path)

@@ -1,7 +1,8 @@
 """Scorers: ``score(images, texts) -> (n,)`` — how much each image shows its text.
 
-Tracing and evaluation only see this protocol, so ShapesWorld's exact detectors and a CLIP score are
-interchangeable. :func:`scorer_for` picks the default for a model.
+Tracing and evaluation only see the :class:`~diffloc.scoring.Scorer` protocol (re-exported here), so
+ShapesWorld's exact detectors and a CLIP score are interchangeable. :func:`scorer_for` picks the default for a
+model.
 """
 
 from __future__ import annotations
@@ -9,28 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from diffloc.engine.finite import check_scores
 from diffloc.errors import ConfigError, ModelLoadError
 from diffloc.models.weight_files import check_clip_weights
+from diffloc.scoring import Scorer
 
-
-@runtime_checkable
-class Scorer(Protocol):
-    """Anything that scores images against texts."""
-
-    name: str
-
-    def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """Score ``(n,)`` of image ``i`` against ``texts[i]``; images ``(n, 3, H, W)`` in ``[0, 1]``."""
-        ...
-
-    def check(self, text: str) -> None:
-        """Raise a :class:`~diffloc.errors.DifflocError` if ``text`` is not something this scorer can score."""
-        ...
+__all__ = ["ClipScorer", "DetectorScorer", "Scorer", "scorer_for"]
 
 
 class DetectorScorer:

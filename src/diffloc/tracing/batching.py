@@ -8,8 +8,8 @@ import torch
 
 from diffloc.engine.generate import GenerationConfig, generate_runs
 from diffloc.engine.interventions import Run, extra_rows
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.config import SweepConfig
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from diffloc.engine.interventions import CorruptTokens, Run
 from diffloc.errors import ConfigError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _prompts, embedding_noise
 from diffloc.tracing.config import TraceConfig

@@ -28,8 +28,8 @@ import torch
 
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError, InseparableItemsError, PromptError, UnknownSiteError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.sites import TEXT_STATE_KINDS, SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from diffloc.errors import ConfigError, DifflocError
 
 if TYPE_CHECKING:
-    from diffloc.eval.scorers import Scorer
     from diffloc.models.base import LoadedModel
+    from diffloc.scoring import Scorer
     from diffloc.tracing.store import ItemStore, PendingJob
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from diffloc.engine.interventions import Run, SwapContext
 from diffloc.errors import ConfigError, PromptError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
@@ -46,7 +46,7 @@ def xattn_layers(model: LoadedModel) -> list[str]:
 
 
 def check_window_search(sizes: Sequence[int], min_effect: float) -> None:
-    """Validate the settings of a window search (LocoGen's, or LocoEdit's in ``diffloc.editing.search``).
+    """Validate the settings of a window search (LocoGen's, or LocoEdit's in ``diffloc.workflows.widening``).
 
     Raises:
         ConfigError: empty ``sizes``, a size that is not an integer >= 1, or ``min_effect`` outside (0, 1].

@@ -20,8 +20,8 @@ from diffloc.tracing.executors import WorkerSetup, check_same_weights
 from diffloc.tracing.store import ItemFn, ItemStore
 
 if TYPE_CHECKING:
-    from diffloc.eval.scorers import Scorer
     from diffloc.models.base import LoadedModel
+    from diffloc.scoring import Scorer
     from diffloc.tracing.store import PendingJob
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from diffloc.atomic import write_json_atomic
 from diffloc.errors import ConfigError, SweepIncomplete
 
 if TYPE_CHECKING:
-    from diffloc.eval.scorers import Scorer
     from diffloc.models.base import LoadedModel
+    from diffloc.scoring import Scorer
     from diffloc.tracing.executors import Executor
 
 logger = logging.getLogger(__name__)

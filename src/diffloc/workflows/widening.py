@@ -33,8 +33,8 @@ from diffloc.editing.preserved import PreservedStatistics
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, UnknownSiteError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.locogen import check_window_search, moved_enough, xattn_layers
 from diffloc.validate import check_count, check_seeds
 

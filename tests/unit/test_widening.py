@@ -1,4 +1,4 @@
-"""LocoEdit window widening (``diffloc.editing.search``): window geometry and the stopping rule."""
+"""LocoEdit window widening (``diffloc.workflows.widening``): window geometry and the stopping rule."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 
 from diffloc.editing import EditRequest, LocoEditConfig, preservation_statistics
 from diffloc.editing.locoedit import projection_linear, projection_sites
-from diffloc.editing.search import WidenConfig, folds, locoedit_search, widen_window, xattn_layers
 from diffloc.engine.generate import GenerationConfig
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
+from diffloc.workflows.widening import WidenConfig, folds, locoedit_search, widen_window, xattn_layers
 
 LAYERS = [f"unet.xattn.{i}" for i in range(16)]
 
