@@ -110,10 +110,10 @@ def run_esd(
             x_t = a.sqrt() * x0[rows] + (1 - a).sqrt() * noise
             c_rows, u_rows = cond.take(rows.tolist()), uncond.take(rows.tolist())
             with torch.no_grad():
-                e_c = frozen(x_t, t, **adapter.unet_kwargs(c_rows)).sample
-                e_u = frozen(x_t, t, **adapter.unet_kwargs(u_rows)).sample
+                e_c = frozen(x_t, t, **adapter.denoiser_kwargs(c_rows)).sample
+                e_u = frozen(x_t, t, **adapter.denoiser_kwargs(u_rows)).sample
                 target = e_u - config.eta * (e_c - e_u)
-            pred = unet(x_t, t, **adapter.unet_kwargs(c_rows)).sample
+            pred = unet(x_t, t, **adapter.denoiser_kwargs(c_rows)).sample
             loss = torch.nn.functional.mse_loss(pred, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -174,9 +174,9 @@ def esd_step_seconds(model: LoadedModel, prompt: str, seed: int = 0) -> float:
     try:
         start = time.perf_counter()
         with torch.no_grad():
-            e_c = frozen(x_t, t, **adapter.unet_kwargs(cond)).sample
-            e_u = frozen(x_t, t, **adapter.unet_kwargs(uncond)).sample
-        pred = unet(x_t, t, **adapter.unet_kwargs(cond)).sample
+            e_c = frozen(x_t, t, **adapter.denoiser_kwargs(cond)).sample
+            e_u = frozen(x_t, t, **adapter.denoiser_kwargs(uncond)).sample
+        pred = unet(x_t, t, **adapter.denoiser_kwargs(cond)).sample
         loss = torch.nn.functional.mse_loss(pred, e_u - (e_c - e_u))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

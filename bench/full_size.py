@@ -107,7 +107,7 @@ def bench(family: str, dtype_name: str, device: torch.device, size: int) -> list
     _, lat_h, lat_w = model.adapter.latent_shape(model.pipe, size, size)
     latents = torch.randn(rows, 4, lat_h, lat_w, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.inference_mode():
-        call = lambda: model.pipe.unet(latents, 999, **model.adapter.unet_kwargs(cond)).sample  # noqa: E731
+        call = lambda: model.denoiser(latents, 999, **model.adapter.denoiser_kwargs(cond)).sample  # noqa: E731
         _, seconds, peak = timed(device, call)
         row(family, dtype_name, f"UNet forward, {rows} rows", seconds, peak, rows * est.row_bytes / 2**20)
         ratios.append(rows * est.row_bytes / 2**20 / peak)

@@ -20,6 +20,11 @@ Naming scheme (indices are 0-based, in forward execution order within their kind
 ``text.mlp.i``      MLP output of layer ``i``
 ``text2.*``         the same for SD-XL's second text encoder
 =================  =========================================================================
+
+Every site has a *role*: ``denoiser`` (a module of the network that predicts the noise) or ``text`` (a text
+encoder). Code selects sites by role and kind (:meth:`SiteRegistry.denoiser_sites`,
+:meth:`SiteRegistry.text_sites`), never by a name prefix: names are stable identifiers for users and saved
+results, and only a family's site table decides them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from diffloc.errors import UnknownSiteError, close_matches, one_of
+
+
+class SiteRole(StrEnum):
+    """Which network a site belongs to: the denoiser (UNet, transformer) or a text encoder."""
+
+    DENOISER = "denoiser"
+    TEXT = "text"
 
 
 class SiteKind(StrEnum):
@@ -50,6 +62,21 @@ class SiteKind(StrEnum):
     def channel_dim(self) -> int:
         """Dimension holding channels in this site's output: 1 for conv feature maps, else last."""
         return 1 if self is SiteKind.RES else -1
+
+    @property
+    def role(self) -> SiteRole:
+        """The network sites of this kind belong to."""
+        return SiteRole.TEXT if self in _TEXT_KINDS else SiteRole.DENOISER
+
+    @property
+    def is_projection(self) -> bool:
+        """Whether this is a key/value projection sub-site of a cross-attention layer (``.k``/``.v``)."""
+        return self in (SiteKind.XATTN_K, SiteKind.XATTN_V)
+
+
+_TEXT_KINDS = frozenset({SiteKind.TEXT_EMBED, SiteKind.TEXT_LAYER, SiteKind.TEXT_ATTN, SiteKind.TEXT_MLP})
+#: Kinds that read the text context inside the denoiser: a cross-attention layer and its key/value projections.
+CROSS_ATTENTION_KINDS = frozenset({SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V})
 
 
 #: The text-encoder states a text trace restores: ``text.layer.N`` (the layer's output), ``.attn``, ``.mlp``.
@@ -79,9 +106,21 @@ class Site:
     resolution: int = 0
 
     @property
+    def role(self) -> SiteRole:
+        """``denoiser`` or ``text`` (decided by :attr:`kind`)."""
+        return self.kind.role
+
+    @property
     def full_path(self) -> str:
         """``component.module_path``: the module's path from the pipeline."""
         return f"{self.component}.{self.module_path}"
+
+
+def short_label(label: str) -> str:
+    """A label for plots and tables without the network prefix of its site names: ``unet.xattn.8`` gives
+    ``xattn.8``, a group ``unet.res.1+unet.res.2`` gives ``res.1+res.2``; a label that is no site name
+    (``clean``) is unchanged."""
+    return "+".join(part.split(".", 1)[1] if part.count(".") >= 2 else part for part in label.split("+"))
 
 
 class SiteRegistry(Sequence[Site]):
@@ -124,6 +163,31 @@ class SiteRegistry(Sequence[Site]):
         except KeyError:
             hint = close_matches(name, self._by_name) or f"; valid sites include {one_of(self.names, 8)}"
             raise UnknownSiteError(f"unknown site {name!r}{hint}") from None
+
+    def of_role(
+        self, role: SiteRole, kind: SiteKind | Iterable[SiteKind] | None = None, *, projections: bool = False
+    ) -> list[Site]:
+        """Sites of ``role`` in execution order, of the kind(s) ``kind`` when given.
+
+        Without ``kind`` the key/value projection sub-sites (``.k``/``.v``) are left out unless ``projections``
+        is true, as a ``unet.*`` glob leaves them out; a ``kind`` naming them selects them.
+        """
+        kinds = {kind} if isinstance(kind, SiteKind) else None if kind is None else set(kind)
+        return [
+            s
+            for s in self._sites
+            if s.role is role and (s.kind in kinds if kinds is not None else projections or not s.kind.is_projection)
+        ]
+
+    def denoiser_sites(
+        self, kind: SiteKind | Iterable[SiteKind] | None = None, *, projections: bool = False
+    ) -> list[Site]:
+        """The denoiser's sites (``kind=SiteKind.XATTN``: its cross-attention layers); see :meth:`of_role`."""
+        return self.of_role(SiteRole.DENOISER, kind, projections=projections)
+
+    def text_sites(self, kind: SiteKind | Iterable[SiteKind] | None = None) -> list[Site]:
+        """The text encoders' sites, every encoder in order; see :meth:`of_role`."""
+        return self.of_role(SiteRole.TEXT, kind)
 
     def select(self, spec: str | Sequence[str] | Callable[[Site], bool]) -> list[Site]:
         """Select sites by glob (``"unet.xattn.*"``), comma list, list of names/globs, or predicate.

@@ -9,9 +9,10 @@ from diffusers import UNet2DConditionModel
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.engine.hooks import patch
 from diffloc.errors import UnknownSiteError
+from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
 from diffloc.models.full_configs import full_size_unet_config
 from diffloc.models.unet_sites import unet_sites
-from diffloc.sites import SiteKind
+from diffloc.sites import SiteKind, SiteRole, short_label
 
 REAL_COUNTS = {  # (xattn, sattn, ff, res) of the real checkpoints (paper-algorithms.md section 1)
     "sd1": (16, 16, 16, 22),
@@ -51,7 +52,7 @@ def test_full_size_sdxl_layer_indices():
 
 
 def test_full_size_if_uses_add_kv_projections():
-    sites = unet_sites(_meta_unet("if"), kv_names=("add_k_proj", "add_v_proj"))
+    sites = unet_sites(_meta_unet("if"), DeepFloydIFAdapter.site_table)
     xattn = [s for s in sites if s.kind is SiteKind.XATTN]
     assert xattn, "IF-I has joint attention layers"
     assert all(s.module_path.endswith(".attentions." + s.module_path.rsplit(".", 1)[-1]) for s in xattn)
@@ -61,9 +62,7 @@ def test_full_size_if_uses_add_kv_projections():
 
 def test_tiny_counts_equal_full_size(tiny_model):
     tiny = [s for s in tiny_model.sites if s.component == "unet"]
-    assert _counts(tiny) == _counts(
-        unet_sites(_meta_unet(tiny_model.family), kv_names=tiny_model.adapter.kv_projection_names())
-    )
+    assert _counts(tiny) == _counts(unet_sites(_meta_unet(tiny_model.family), tiny_model.adapter.site_table))
 
 
 def test_site_order_equals_execution_order(tiny_model):
@@ -104,3 +103,24 @@ def test_unknown_site_errors_name_close_matches(tiny_sd1):
         tiny_sd1.sites.select("unet.cross.*")
     with pytest.raises(UnknownSiteError, match="empty site selection"):
         tiny_sd1.sites.select("")
+
+
+def test_role_helpers_select_what_the_name_globs_did(tiny_model):
+    sites = tiny_model.sites
+    names = lambda chosen: [s.name for s in chosen]  # noqa: E731
+    assert names(sites.denoiser_sites()) == names(sites.select("unet.*"))
+    assert names(sites.denoiser_sites(SiteKind.XATTN)) == names(sites.select("unet.xattn.*"))
+    assert names(sites.denoiser_sites(SiteKind.XATTN_K)) == names(sites.select("unet.xattn.*.k"))
+    assert names(sites.denoiser_sites(projections=True)) == [s.name for s in sites if s.name.startswith("unet.")]
+    assert names(sites.text_sites()) == [s.name for s in sites if s.name.split(".")[0] in ("text", "text2")]
+    assert names(sites.text_sites(SiteKind.TEXT_EMBED)) == names(sites.select("text*.embed"))
+    assert {s.role for s in sites.denoiser_sites(projections=True)} == {SiteRole.DENOISER}
+    assert all(s.component == tiny_model.adapter.denoiser_component for s in sites.denoiser_sites(projections=True))
+    assert tiny_model.denoiser is getattr(tiny_model.pipe, tiny_model.adapter.denoiser_component)
+
+
+def test_short_label_drops_the_network_prefix_of_site_names():
+    assert short_label("unet.xattn.8") == "xattn.8"
+    assert short_label("unet.xattn.8.k") == "xattn.8.k"
+    assert short_label("unet.res.1+unet.res.2") == "res.1+res.2"
+    assert short_label("clean") == "clean"

@@ -190,7 +190,7 @@ def test_bad_inputs(tiny_sd1):
         locogen(tiny_sd1, PROMPT, "a painting", "x", scorer=scorer, config=LocoGenConfig(window=17, **FAST))
     with pytest.raises(UnknownSiteError, match="empty site selection"):
         causal_trace(tiny_sd1, PROMPT, "van gogh", "x", scorer=scorer, sites=[], config=TraceConfig(**FAST))
-    with pytest.raises(UnknownSiteError, match="UNet tracing takes UNet sites"):
+    with pytest.raises(UnknownSiteError, match="denoiser tracing takes denoiser sites"):
         causal_trace(tiny_sd1, PROMPT, "van gogh", "x", scorer=scorer, sites="text.attn.0", config=TraceConfig(**FAST))
     with pytest.raises(ConfigError, match="noise must be a finite number >= 0, got -1"):
         TraceConfig(noise=-1.0)

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "family": model.family,
         "device": str(model.device),
-        "dtype": str(model.pipe.unet.dtype).removeprefix("torch."),
+        "dtype": str(model.dtype).removeprefix("torch."),
         "steps": config.steps,
         "guidance": config.guidance,
         "height": int(images.shape[2]),

@@ -55,7 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="seeds of the validation items (default: --seeds)",
         )  # fmt: skip
         if target == "unet":
-            sub.add_argument("--sites", default="unet.*", help="UNet sites/globs, comma-separated (default unet.*)")
+            sub.add_argument(
+                "--sites", default=None,
+                help="denoiser sites/globs, comma-separated (default: every denoiser layer, unet.* on a UNet)",
+            )  # fmt: skip
             sub.add_argument(
                 "--restore-from", choices=RESTORE_SOURCES, default="same-latent",
                 help="where a restore reads the clean value: same-latent (default; the clean text on the restored "
@@ -112,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
             )
         with progress_bar(f"trace {args.target}", unit="run") as progress:
             if args.target == "unet":
+                sites = None if args.sites is None else args.sites.split(",")
                 result = causal_trace(
-                    model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=args.sites.split(","),
+                    model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=sites,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
                     executor=executor,
                 )  # fmt: skip
@@ -132,8 +136,9 @@ def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
     """``trace.png`` (and for the UNet ``strip.png``: the first item's clean, corrupted and best restored runs)."""
     from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, save_figure
     from diffloc.tracing.causal import first_item_images
+    from diffloc.tracing.results import DENOISER_TRACE
 
-    if result.kind == "unet":
+    if result.kind == DENOISER_TRACE:
         save_figure(plot_unet_trace(result), out / "trace.png")
         images = first_item_images(model, result)
         labels = ["clean", "corrupted", *(name for name, _ in result.top(images.shape[0] - 2, include_controls=False))]
@@ -146,11 +151,13 @@ def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
 
 def summary_lines(result: TraceResult) -> list[str]:
     """What a trace found, in a few lines: scores, top sites with intervals, controls, selection."""
+    from diffloc.tracing.results import DENOISER_TRACE
+
     lines = [
         f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
         f"restore source: {result.restore_from}"
     ]
-    if result.kind == "unet":
+    if result.kind == DENOISER_TRACE:
         effect = result.indirect_effect
         top = []
         for name, value in result.top(5, include_controls=False):

@@ -39,20 +39,13 @@ from diffloc.editing.edit import Edit
 from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest, PromptPair
 from diffloc.editing.states import EncodedPrompt, context_at_subjects, context_pairs, context_rows, encode_pairs
+from diffloc.editors import POSITIONS, TARGET_MODES
 from diffloc.errors import ConfigError, EditError, UnknownSiteError
-from diffloc.models.base import LoadedModel
+from diffloc.models.base import LoadedModel, cross_attention_example
 from diffloc.sites import Site, SiteKind
 from diffloc.validate import check_positive
 
 logger = logging.getLogger(__name__)
-
-IF_NOTE = (
-    "DeepFloyd IF: LocoEdit is applied, but the ICML 2024 paper reports it is limited on IF because the T5 "
-    "encoder is bidirectional (subject states depend on the whole prompt)."
-)
-TARGET_MODES = ("bare", "template")
-POSITIONS = ("subject", "subject+eos")
-SDXL_NOTE = "SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change."
 
 
 def site_names(sites: Any) -> tuple[str, ...]:
@@ -123,8 +116,8 @@ def projection_sites(model: LoadedModel, names: tuple[str, ...]) -> list[Site]:
                 chosen[site.name] = site
             else:
                 raise UnknownSiteError(
-                    f"site {site.name!r} is a {site.kind} site; LocoEdit edits cross-attention sites "
-                    "'unet.xattn.N' (or one projection 'unet.xattn.N.k' / '.v')"
+                    f"site {site.name!r} is a {site.kind} site; LocoEdit edits cross-attention sites"
+                    f"{cross_attention_example(model.sites)} (or one projection '.k' / '.v')"
                 )
     order = {s.name: i for i, s in enumerate(model.sites)}
     return sorted(chosen.values(), key=lambda s: order[s.name])
@@ -257,11 +250,7 @@ def compute_locoedit(
         weights[key] = solved[i]
         originals[key] = current[i].clone()
     solve_seconds = time.perf_counter() - solve_start
-    notes = []
-    if model.family == "if":
-        notes.append(IF_NOTE)
-    if model.family == "sdxl":
-        notes.append(SDXL_NOTE)
+    notes = list(model.adapter.edit_caveats("locoedit"))
     stats = {
         "sites": [p.name for p in projections],
         "key_value_pairs": int(concept_states.shape[0]),

@@ -54,7 +54,8 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 def state_fingerprint(model: LoadedModel) -> Fingerprint:
     """(name, storage address, in-place version) of every parameter that text states are read through.
 
-    That is every text encoder of the pipeline and, for IF, the UNet's ``encoder_hid_proj``. Costs
+    That is every text encoder of the pipeline and the denoiser's context projection, where it has one (IF's
+    ``unet.encoder_hid_proj``). Costs
     microseconds (no tensor data is read).
     """
     return tuple((name, param.data_ptr(), int(param._version)) for name, param in _read_through(model))
@@ -63,9 +64,9 @@ def state_fingerprint(model: LoadedModel) -> Fingerprint:
 def _read_through(model: LoadedModel) -> list[tuple[str, torch.Tensor]]:
     pipe = model.pipe
     modules = [(spec.component, getattr(pipe, spec.component)) for spec in model.adapter.text_encoders(pipe)]
-    projection = getattr(pipe.unet, "encoder_hid_proj", None)
+    projection = model.adapter.context_projection(pipe)
     if projection is not None:
-        modules.append(("unet.encoder_hid_proj", projection))
+        modules.append(projection)
     return [(f"{prefix}.{name}", p) for prefix, module in modules for name, p in module.named_parameters()]
 
 

@@ -12,7 +12,7 @@ import torch
 from diffloc.engine.batch import BatchLayout
 from diffloc.engine.finite import check_images, check_latents, check_text_states
 from diffloc.engine.hooks import patch
-from diffloc.engine.interventions import Intervention, Restore, Run, compile_runs, unet_hooks
+from diffloc.engine.interventions import Intervention, Restore, Run, compile_runs, denoiser_hooks
 from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import DECODE_BATCH, Conditioning, LoadedModel
 from diffloc.validate import check_count, check_guidance, check_image_side, check_model_steps, check_seed, check_steps
@@ -126,12 +126,11 @@ def sample(
     layout = BatchLayout(runs=len(cond), cfg=config.cfg, shadows=len(shadow_follows))
     default_h, default_w = adapter.default_size(pipe)
     height, width = config.height or default_h, config.width or default_w
-    unet = pipe.unet
     check_model_steps(model, config.steps)  # more steps than the schedule has are refused, never extrapolated
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(config.steps, device=unet.device)
+    scheduler.set_timesteps(config.steps, device=model.device)
     shape = adapter.latent_shape(pipe, height, width)
-    latents = initial_latents(shape, seeds, unet.device, unet.dtype) * scheduler.init_noise_sigma
+    latents = initial_latents(shape, seeds, model.device, model.dtype) * scheduler.init_noise_sigma
     if layout.cfg:
         uncond = uncond if uncond is not None else adapter.encode_unconditional(pipe, len(cond))
         batch_cond = Conditioning.cat([uncond, cond])
@@ -141,16 +140,16 @@ def sample(
         batch_cond = Conditioning.cat([batch_cond, shadow_cond])
     batch_cond = adapter.for_size(batch_cond, height, width)
     follows = torch.as_tensor(list(shadow_follows), dtype=torch.long, device=latents.device)
-    kwargs = adapter.unet_kwargs(batch_cond)
+    kwargs = adapter.denoiser_kwargs(batch_cond)
     step_kwargs = _scheduler_step_kwargs(scheduler, seeds)
-    in_channels = int(unet.config.in_channels)
+    in_channels = adapter.in_channels(pipe)
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
         x = torch.cat([latents, latents]) if layout.cfg else latents
         if layout.shadows:
             x = torch.cat([x, latents[follows]])
         x = scheduler.scale_model_input(x, t)
-        noise = unet(x, t, **kwargs).sample[: layout.guided_rows]
+        noise = adapter.predict_noise(pipe, x, t, kwargs)[: layout.guided_rows]
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         check_latents(latents, step=i + 1, steps=len(timesteps), guidance=config.guidance)
@@ -205,7 +204,7 @@ def generate_runs(
         swap_context = {p: swapped[i] for i, p in enumerate(plan.swap_prompts)}
     layout = BatchLayout(runs=len(runs), cfg=config.cfg, shadows=len(plan.shadows))
     shadow_cond = encoded.take([plan.text_rows[s.text_of] for s in plan.shadows]) if plan.shadows else None
-    outputs, inputs = unet_hooks(model, plan, layout, swap_context)
+    outputs, inputs = denoiser_hooks(model, plan, layout, swap_context)
     with patch(model, outputs=outputs, inputs=inputs):
         return sample(
             model, cond, seeds=[r.seed for r in runs], config=config, progress=progress,
@@ -216,11 +215,11 @@ def generate_runs(
 def attention_context(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Text states as cross-attention layers receive them.
 
-    A UNet with an ``encoder_hid_proj`` (DeepFloyd IF's ``text_proj``) projects the text encoder's output
-    once before its blocks; context swaps must feed attention layers the projected states.
+    A denoiser with a context projection (DeepFloyd IF's ``encoder_hid_proj``, a ``text_proj``) projects the
+    text encoder's output once before its blocks; context swaps must feed attention layers the projected states.
     """
-    projection = getattr(model.pipe.unet, "encoder_hid_proj", None)
-    return projection(hidden) if projection is not None else hidden
+    projection = model.adapter.context_projection(model.pipe)
+    return projection[1](hidden) if projection is not None else hidden
 
 
 def generate(

@@ -32,10 +32,8 @@ from diffloc.engine.hooks import InputHook, OutputHook, primary, with_primary
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.base import LoadedModel
-from diffloc.sites import Site, SiteKind
+from diffloc.sites import CROSS_ATTENTION_KINDS, Site, SiteKind, SiteRole
 from diffloc.validate import generator_seed
-
-_TEXT_KINDS = {SiteKind.TEXT_EMBED, SiteKind.TEXT_LAYER, SiteKind.TEXT_ATTN, SiteKind.TEXT_MLP}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,18 +146,18 @@ class CompiledBatch:
     text_prompts: list[str]  # prompts of the text batch
     text_outputs: dict[str, OutputHook]
     swap_prompts: list[str]  # distinct prompts that must be encoded for SwapContext
-    unet_ops: dict[str, list[tuple[str, int, Any]]]  # site -> [(op, run, payload)]
-    unet_swaps: dict[str, list[tuple[int, str]]]  # site -> [(run, prompt)]
+    denoiser_ops: dict[str, list[tuple[str, int, Any]]]  # site -> [(op, run, payload)]
+    denoiser_swaps: dict[str, list[tuple[int, str]]]  # site -> [(run, prompt)]
     shadows: list[Shadow] = field(default_factory=list)  # same-latent restore sources, in row order
 
 
 def extra_rows(model: LoadedModel, run: Run) -> int:
-    """Shadow rows ``run`` adds to a batch: one when it restores a UNet site ``same-latent``, else 0."""
+    """Shadow rows ``run`` adds to a batch: one when it restores a denoiser site ``same-latent``, else 0."""
     return int(
         any(
             isinstance(iv, Restore)
             and iv.restore_from == "same-latent"
-            and any(model.site(name).kind not in _TEXT_KINDS for name in iv.sites)
+            and any(model.site(name).role is SiteRole.DENOISER for name in iv.sites)
             for iv in run.interventions
         )
     )
@@ -188,7 +186,7 @@ def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | 
 
 
 def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
-    """Validate runs and plan text encoding and UNet hooks.
+    """Validate runs and plan text encoding and denoiser hooks.
 
     Raises:
         UnknownSiteError: an intervention names a missing site or a site of the wrong kind.
@@ -200,7 +198,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
     for run in runs:
         text_level = any(
             isinstance(iv, CorruptTokens)
-            or (isinstance(iv, Restore) and any(model.site(s).kind in _TEXT_KINDS for s in iv.sites))
+            or (isinstance(iv, Restore) and any(model.site(s).role is SiteRole.TEXT for s in iv.sites))
             for iv in run.interventions
         )
         if not text_level and run.prompt in plain_row:
@@ -213,8 +211,8 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
 
     text_ops: dict[str, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]] = defaultdict(list)
     noise_ops: dict[str, list[tuple[int, CorruptTokens]]] = defaultdict(list)
-    unet_ops: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
-    unet_swaps: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    denoiser_ops: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
+    denoiser_swaps: dict[str, list[tuple[int, str]]] = defaultdict(list)
     swap_prompts: list[str] = []
     shadows: dict[Shadow, int] = {}
     embed_sites = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
@@ -231,25 +229,25 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                     continue  # a run restored from itself is unchanged
                 for name in iv.sites:
                     site = model.site(name)
-                    if site.kind in _TEXT_KINDS:
+                    if site.role is SiteRole.TEXT:
                         text_ops[site.name].append(
                             (torch.tensor([text_rows[r]]), torch.tensor([text_rows[iv.source]]), iv.positions)
                         )
                         continue
-                    if iv.positions is not None and site.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V):
+                    if iv.positions is not None and not site.kind.is_projection:
                         raise ConfigError(f"token positions apply to text and .k/.v sites, not {site.name!r}")
                     source: tuple[str, int] = ("run", iv.source)
                     if iv.restore_from == "same-latent":
                         shadow = Shadow(follows=r, text_of=iv.source)
                         source = ("shadow", shadows.setdefault(shadow, len(shadows)))
-                    unet_ops[site.name].append(("restore", r, (source, iv.positions)))
+                    denoiser_ops[site.name].append(("restore", r, (source, iv.positions)))
             elif isinstance(iv, SwapContext):
                 for name in iv.sites:
                     site = model.site(name)
-                    if site.kind not in (SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V):
+                    if site.kind not in CROSS_ATTENTION_KINDS:
                         raise UnknownSiteError(
                             f"site {name!r} is a {site.kind} site; "
-                            "context swaps need 'unet.xattn.N' or 'unet.xattn.N.k|v'"
+                            "context swaps need a cross-attention site or one of its .k/.v projections"
                         )
                     if site.kind is not SiteKind.XATTN:
                         parent = model.module(name.rsplit(".", 1)[0])
@@ -258,12 +256,12 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                                 f"site {name!r}: this attention normalizes its context, swap the whole layer "
                                 f"{name.rsplit('.', 1)[0]!r} instead of one projection"
                             )
-                    unet_swaps[site.name].append((r, iv.prompt))
+                    denoiser_swaps[site.name].append((r, iv.prompt))
                 if iv.prompt not in swap_prompts:
                     swap_prompts.append(iv.prompt)
             elif isinstance(iv, SetChannels):
                 site = model.site(iv.site)
-                unet_ops[site.name].append(("set", r, iv))
+                denoiser_ops[site.name].append(("set", r, iv))
             else:  # pragma: no cover - typing guards this
                 raise ConfigError(f"unknown intervention {iv!r}")
 
@@ -271,7 +269,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
     for name in set(text_ops) | set(noise_ops):
         text_outputs[name] = _text_hook(text_ops.get(name, []), noise_ops.get(name, []), name)
     return CompiledBatch(
-        text_rows, text_prompts, text_outputs, swap_prompts, dict(unet_ops), dict(unet_swaps), list(shadows)
+        text_rows, text_prompts, text_outputs, swap_prompts, dict(denoiser_ops), dict(denoiser_swaps), list(shadows)
     )
 
 
@@ -301,19 +299,19 @@ def _text_hook(
     return hook
 
 
-def unet_hooks(
+def denoiser_hooks(
     model: LoadedModel,
     plan: CompiledBatch,
     layout: BatchLayout,
     swap_context: dict[str, torch.Tensor],
 ) -> tuple[dict[str, OutputHook], dict[str, InputHook]]:
-    """Build one output hook per UNet site with restore/set ops and one input hook per swapped site."""
+    """Build one output hook per denoiser site with restore/set ops and one input hook per swapped site."""
     outputs: dict[str, OutputHook] = {}
-    for name, ops in plan.unet_ops.items():
+    for name, ops in plan.denoiser_ops.items():
         site = model.site(name)
-        outputs[name] = _unet_output_hook(site, ops, layout)
+        outputs[name] = _denoiser_output_hook(site, ops, layout)
     inputs: dict[str, InputHook] = {}
-    for name, swaps in plan.unet_swaps.items():
+    for name, swaps in plan.denoiser_swaps.items():
         rows = layout.cond_rows([r for r, _ in swaps])
         values = torch.stack([swap_context[p] for _, p in swaps])  # (n, tokens, dim)
         inputs[name] = _swap_hook(rows, values, whole_layer=model.site(name).kind is SiteKind.XATTN)
@@ -326,7 +324,7 @@ def _source_row(layout: BatchLayout, source: tuple[str, int]) -> torch.Tensor:
     return torch.tensor([layout.shadow(index) if kind == "shadow" else layout.cond(index)], dtype=torch.long)
 
 
-def _unet_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: BatchLayout) -> OutputHook:
+def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: BatchLayout) -> OutputHook:
     restores = [
         (layout.cond_rows([r]), _source_row(layout, source), positions)
         for op, r, (source, positions) in ((o, r, p) for o, r, p in ops if o == "restore")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from diffloc.errors import ConfigError, PromptError
-from diffloc.sites import Site, SiteKind, SiteRegistry
+from diffloc.sites import CROSS_ATTENTION_KINDS, Site, SiteKind, SiteRegistry
 
 #: Images per VAE decode call by default (see :meth:`ModelAdapter.decode`).
 DECODE_BATCH = 4
@@ -44,12 +44,12 @@ def decode_dtype(vae: nn.Module) -> Iterator[torch.dtype]:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Text conditioning for a batch of rows, as the UNet consumes it.
+    """Text conditioning for a batch of rows, as the denoiser consumes it.
 
     Attributes:
         hidden: ``(rows, tokens, dim)`` encoder hidden states fed to cross-attention.
         added: per-row extra inputs (SD-XL: ``text_embeds`` ``(rows, d)``, ``time_ids`` ``(rows, 6)``),
-            passed to the UNet as ``added_cond_kwargs``.
+            passed to a UNet as ``added_cond_kwargs``.
     """
 
     hidden: torch.Tensor
@@ -99,19 +99,14 @@ class ModelAdapter(ABC):
         """The pipeline's text encoders in the order their outputs are combined."""
 
     def build_sites(self, pipe: Any) -> SiteRegistry:
-        """Build the site table: text encoders first, then the UNet in execution order."""
+        """Build the site table: text encoders first, then the denoiser in execution order."""
         from diffloc.models.text_sites import text_sites
-        from diffloc.models.unet_sites import unet_sites
 
         sites: list[Site] = []
         for spec in self.text_encoders(pipe):
             sites.extend(text_sites(getattr(pipe, spec.component), spec.prefix, spec.component))
-        sites.extend(unet_sites(pipe.unet, kv_names=self.kv_projection_names()))
+        sites.extend(self.denoiser_sites(pipe))
         return SiteRegistry(sites)
-
-    def kv_projection_names(self) -> tuple[str, str]:
-        """Attribute names of the text key/value projections inside a cross-attention module."""
-        return ("to_k", "to_v")
 
     # -- text ------------------------------------------------------------------------------------
     def max_tokens(self, pipe: Any, spec: TextEncoderSpec) -> int:
@@ -201,7 +196,7 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def encode(self, pipe: Any, prompts: Sequence[str]) -> Conditioning:
-        """Encode prompts into UNet conditioning (one row per prompt)."""
+        """Encode prompts into denoiser conditioning (one row per prompt)."""
 
     def encode_unconditional(self, pipe: Any, rows: int) -> Conditioning:
         """Conditioning of the empty prompt for classifier-free guidance, ``rows`` copies."""
@@ -211,39 +206,71 @@ class ModelAdapter(ABC):
         """``cond`` adjusted to the image size being sampled (SD-XL's size time ids); most families: unchanged."""
         return cond
 
-    # -- UNet ------------------------------------------------------------------------------------
+    # -- denoiser --------------------------------------------------------------------------------
+    #: pipeline attribute holding the denoiser (``unet``; a diffusion transformer's ``transformer``)
+    denoiser_component: str = ""
+
+    def denoiser(self, pipe: Any) -> Any:
+        """The network that predicts the noise (a diffusers model: an ``nn.Module`` with ``config``, ``device``,
+        ``dtype``)."""
+        return getattr(pipe, self.denoiser_component)
+
+    @abstractmethod
+    def denoiser_sites(self, pipe: Any) -> list[Site]:
+        """The denoiser's sites in execution order (its block structure's site table)."""
+
+    @abstractmethod
+    def denoiser_kwargs(self, cond: Conditioning) -> dict[str, Any]:
+        """Keyword arguments of a denoiser call for this conditioning (built once per batch)."""
+
+    @abstractmethod
+    def predict_noise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, kwargs: Mapping[str, Any]) -> torch.Tensor:
+        """The denoiser's prediction for input ``x`` at timestep ``t`` (``kwargs`` from :meth:`denoiser_kwargs`)."""
+
+    def context_projection(self, pipe: Any) -> tuple[str, nn.Module] | None:
+        """The module projecting the text encoder's output once before the denoiser's attention layers read it
+        (DeepFloyd IF's ``encoder_hid_proj``) with its pipeline-level path, or ``None`` when there is none."""
+        return None
+
+    @abstractmethod
+    def in_channels(self, pipe: Any) -> int:
+        """Channels of the denoiser's input (and of each half of its output)."""
+
+    @abstractmethod
+    def sample_size(self, pipe: Any) -> int:
+        """Side length of the denoiser's default input, in latent cells."""
+
+    @abstractmethod
+    def row_elements(self, pipe: Any, latent_height: int, latent_width: int) -> int:
+        """Activation elements one batch row of a denoiser call holds at its peak (see
+        :mod:`diffloc.models.memory`)."""
+
+    @abstractmethod
     def text_in_time_embedding(self, pipe: Any) -> bool:
-        """Whether text reaches the UNet's time embedding (SD-XL's pooled ``text_time``, IF's ``text``), and so
-        every ResNet, not only the cross-attention layers."""
-        config = pipe.unet.config
-        return any("text" in str(config.get(key) or "") for key in ("addition_embed_type", "class_embed_type"))
+        """Whether text reaches the denoiser's time embedding (SD-XL's pooled ``text_time``, IF's ``text``), and
+        so every block, not only the cross-attention layers."""
+
+    def edit_caveats(self, method: str) -> tuple[str, ...]:
+        """What a user should know about an edit made by ``method`` on this family (saved in the edit's notes)."""
+        return ()
 
     def text_blind_sites(self, pipe: Any, sites: SiteRegistry) -> list[str]:
-        """UNet sites that cannot read the text at a denoising step: those that run before the first
+        """Denoiser sites that cannot read the text at a denoising step: those that run before the first
         cross-attention (in execution order), when no text reaches the time embedding. Restoring one on the
         restored run's own latent changes nothing, so they are the controls of a causal trace.
         """
         if self.text_in_time_embedding(pipe):
             return []
         blind: list[str] = []
-        for site in sites:
-            if site.component != "unet":
-                continue
-            if site.kind in (SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V):
+        for site in sites.denoiser_sites(projections=True):
+            if site.kind in CROSS_ATTENTION_KINDS:
                 break
             blind.append(site.name)
         return blind
 
-    def unet_kwargs(self, cond: Conditioning) -> dict[str, Any]:
-        """Keyword arguments of a UNet call for this conditioning."""
-        kwargs: dict[str, Any] = {"encoder_hidden_states": cond.hidden}
-        if cond.added:
-            kwargs["added_cond_kwargs"] = dict(cond.added)
-        return kwargs
-
     def default_size(self, pipe: Any) -> tuple[int, int]:
         """Default image ``(height, width)`` in pixels."""
-        side = int(pipe.unet.config.sample_size) * self.pixels_per_latent(pipe)
+        side = self.sample_size(pipe) * self.pixels_per_latent(pipe)
         return side, side
 
     def pixels_per_latent(self, pipe: Any) -> int:
@@ -251,9 +278,9 @@ class ModelAdapter(ABC):
         return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
-        """``(channels, h, w)`` of the UNet's input for an image of this size."""
+        """``(channels, h, w)`` of the denoiser's input for an image of this size."""
         f = self.pixels_per_latent(pipe)
-        return int(pipe.unet.config.in_channels), height // f, width // f
+        return self.in_channels(pipe), height // f, width // f
 
     def decode(self, pipe: Any, latents: torch.Tensor, *, batch: int = DECODE_BATCH) -> torch.Tensor:
         """Latents -> images ``(n, 3, H, W)`` in ``[0, 1]``, float32, decoded ``batch`` images at a time.
@@ -298,9 +325,19 @@ class LoadedModel:
         return self.adapter.family
 
     @property
+    def denoiser(self) -> Any:
+        """The network that predicts the noise (the UNet of the UNet families)."""
+        return self.adapter.denoiser(self.pipe)
+
+    @property
     def device(self) -> torch.device:
-        """Device of the UNet."""
-        return self.pipe.unet.device
+        """Device of the denoiser."""
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Parameter dtype of the denoiser."""
+        return self.denoiser.dtype
 
     def weight_sums(self) -> dict[str, tuple[float, float, int]]:
         """Per parameter (``component.name``): sum, squared sum (float64) and number of values."""
@@ -346,17 +383,23 @@ class LoadedModel:
         """The ``.k`` and ``.v`` sites of a cross-attention site."""
         s = self.site(site)
         if s.kind is not SiteKind.XATTN:
-            raise_not_xattn(s)
+            raise_not_xattn(s, self.sites)
         return self.sites.get(f"{s.name}.k"), self.sites.get(f"{s.name}.v")
 
 
-def raise_not_xattn(site: Site) -> None:
-    """Raise the standard error for a non-cross-attention site where one is required."""
+def raise_not_xattn(site: Site, sites: SiteRegistry) -> None:
+    """Raise the standard error for a non-cross-attention site where one is required (naming one of ``sites``)."""
     from diffloc.errors import UnknownSiteError
 
     raise UnknownSiteError(
-        f"site {site.name!r} is a {site.kind} site; a cross-attention site 'unet.xattn.N' is required"
+        f"site {site.name!r} is a {site.kind} site; a cross-attention site{cross_attention_example(sites)} is required"
     )
+
+
+def cross_attention_example(sites: SiteRegistry) -> str:
+    """`` such as 'unet.xattn.0'``: the first cross-attention site of ``sites`` for an error message (or ``""``)."""
+    layers = sites.denoiser_sites(SiteKind.XATTN)
+    return f" such as {layers[0].name!r}" if layers else ""
 
 
 def _subject_starts(prompt: str, subject: str) -> list[int]:

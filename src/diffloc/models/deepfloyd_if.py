@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from diffloc.models.base import DECODE_BATCH, Conditioning, ModelAdapter, TextEncoderSpec
+from diffloc.models.base import DECODE_BATCH, Conditioning, TextEncoderSpec
+from diffloc.models.unet import UNetAdapter
+from diffloc.models.unet_sites import UNET_BLOCKS
 
 #: IFPipeline.encode_prompt pads and truncates T5 prompts to this many tokens.
 IF_MAX_TOKENS = 77
+#: What an edit means on IF, per method (saved in the edit's notes).
+IF_EDIT_CAVEATS: dict[str, tuple[str, ...]] = {
+    "locoedit": (
+        "DeepFloyd IF: LocoEdit is applied, but the ICML 2024 paper reports it is limited on IF because the T5 "
+        "encoder is bidirectional (subject states depend on the whole prompt).",
+    ),
+}
 
 
-class DeepFloydIFAdapter(ModelAdapter):
+class DeepFloydIFAdapter(UNetAdapter):
     """IF stage I (64×64 pixels). The UNet predicts noise and a learned variance (6 channels).
 
     Cross-attention sites are IF's joint attention modules; their text keys/values are
@@ -27,8 +37,10 @@ class DeepFloydIFAdapter(ModelAdapter):
     def text_encoders(self, pipe: Any) -> list[TextEncoderSpec]:
         return [TextEncoderSpec("text", "text_encoder", "tokenizer")]
 
-    def kv_projection_names(self) -> tuple[str, str]:
-        return ("add_k_proj", "add_v_proj")
+    site_table = replace(UNET_BLOCKS, kv_names=("add_k_proj", "add_v_proj"))
+
+    def edit_caveats(self, method: str) -> tuple[str, ...]:
+        return IF_EDIT_CAVEATS.get(method, ())
 
     def max_tokens(self, pipe: Any, spec: TextEncoderSpec) -> int:
         return IF_MAX_TOKENS

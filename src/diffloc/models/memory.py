@@ -193,8 +193,8 @@ def estimate(
     default_h, default_w = adapter.default_size(pipe)
     height, width = height or default_h, width or default_w
     _, lat_h, lat_w = adapter.latent_shape(pipe, height, width)
-    unet_dtype = next(pipe.unet.parameters()).dtype
-    row = unet_row_elements(dict(pipe.unet.config), lat_h, lat_w) * _itemsize(unet_dtype)
+    dtype = next(adapter.denoiser(pipe).parameters()).dtype
+    row = adapter.row_elements(pipe, lat_h, lat_w) * _itemsize(dtype)
     image = upcast = 0
     vae = getattr(pipe, "vae", None)
     if vae is not None:

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from diffloc.models.base import Conditioning, ModelAdapter, TextEncoderSpec
+from diffloc.models.base import Conditioning, TextEncoderSpec
+from diffloc.models.unet import UNetAdapter
 
 
-class StableDiffusionAdapter(ModelAdapter):
+class StableDiffusionAdapter(UNetAdapter):
     """SD-1.x / SD-2.x: one CLIP text encoder, ``last_hidden_state`` as the context.
 
     SD-1 and SD-2 share one code path; the family label comes from the UNet config (SD-2 uses linear
@@ -27,7 +28,8 @@ class StableDiffusionAdapter(ModelAdapter):
     @classmethod
     def detect_family(cls, pipe: Any) -> str:
         """``sd2`` when the UNet uses linear projections (SD-2.x), else ``sd1``."""
-        return "sd2" if bool(getattr(pipe.unet.config, "use_linear_projection", False)) else "sd1"
+        config = getattr(pipe, cls.denoiser_component).config
+        return "sd2" if bool(getattr(config, "use_linear_projection", False)) else "sd1"
 
     def text_encoders(self, pipe: Any) -> list[TextEncoderSpec]:
         return [TextEncoderSpec("text", "text_encoder", "tokenizer")]
@@ -39,5 +41,5 @@ class StableDiffusionAdapter(ModelAdapter):
         return Conditioning(hidden)
 
     def text_state(self, pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
-        """The context tensor the UNet reads (``last_hidden_state``)."""
+        """The context tensor the denoiser reads (``last_hidden_state``)."""
         return self.encode(pipe, prompts).hidden

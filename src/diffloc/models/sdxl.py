@@ -7,10 +7,16 @@ from typing import Any
 
 import torch
 
-from diffloc.models.base import Conditioning, ModelAdapter, TextEncoderSpec
+from diffloc.models.base import Conditioning, TextEncoderSpec
+from diffloc.models.unet import UNetAdapter
+
+#: What an edit means on SD-XL, per method (saved in the edit's notes).
+SDXL_EDIT_CAVEATS: dict[str, tuple[str, ...]] = {
+    "locoedit": ("SD-XL: the pooled text embedding (text_embeds) is untouched; only cross-attention K/V change.",),
+}
 
 
-class StableDiffusionXLAdapter(ModelAdapter):
+class StableDiffusionXLAdapter(UNetAdapter):
     """SD-XL base: context = concat of both encoders' penultimate hidden states; pooled from encoder 2.
 
     The pooled embedding (``text_embeds``) and the time ids travel in ``Conditioning.added``, so every
@@ -19,6 +25,9 @@ class StableDiffusionXLAdapter(ModelAdapter):
 
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline",)
+
+    def edit_caveats(self, method: str) -> tuple[str, ...]:
+        return SDXL_EDIT_CAVEATS.get(method, ())
 
     def text_encoders(self, pipe: Any) -> list[TextEncoderSpec]:
         specs = []

@@ -1,4 +1,4 @@
-"""A pipeline's module structure from its config files alone: the UNet and text encoders built on the
+"""A pipeline's module structure from its config files alone: the denoiser and text encoders built on the
 ``meta`` device, so the site table of a multi-gigabyte checkpoint costs no weight reads and no memory."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from diffloc.models.base import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-#: The components the site table is built from.
-STRUCTURAL_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+#: The text encoders the site table is built from (with the family adapter's denoiser).
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
 
 def _meta_component(path: Path, name: str, library: str, class_name: str) -> Any:
@@ -47,7 +47,7 @@ def _meta_component(path: Path, name: str, library: str, class_name: str) -> Any
 
 
 def load_structure(path: Path, *, family: str | None = None, source: str | None = None) -> LoadedModel:
-    """The pipeline at ``path`` with its UNet and text encoders on the ``meta`` device (configs only).
+    """The pipeline at ``path`` with its denoiser and text encoders on the ``meta`` device (configs only).
 
     Good for everything that needs names and shapes — the site table, the family — and nothing that
     computes: the returned model has no weights and no tokenizer, VAE or scheduler.
@@ -60,17 +60,17 @@ def load_structure(path: Path, *, family: str | None = None, source: str | None 
     from diffloc.models.sd import StableDiffusionAdapter
 
     class_name = pipeline_class_name(path)
-    adapter_for(class_name, family)  # unsupported classes fail before anything is built
+    denoiser = adapter_for(class_name, family).denoiser_component  # unsupported classes fail before anything is built
     index = json.loads((path / "model_index.json").read_text())
     parts: dict[str, Any] = {}
-    for name in STRUCTURAL_COMPONENTS:
+    for name in (denoiser, *TEXT_COMPONENTS):
         spec = index.get(name)
         if isinstance(spec, list) and len(spec) == 2 and spec[0] is not None:
             parts[name] = _meta_component(path, name, str(spec[0]), str(spec[1]))
         elif name in index:
             parts[name] = None
-    if parts.get("unet") is None:
-        raise ModelLoadError(f"{str(path)!r} has no UNet; diffloc needs a UNet-based pipeline")
+    if parts.get(denoiser) is None:
+        raise ModelLoadError(f"{str(path)!r} has no {denoiser}; its {class_name} needs one to denoise")
     pipe = SimpleNamespace(**parts, components=parts)
     if family is None and class_name in StableDiffusionAdapter.pipeline_classes:
         family = StableDiffusionAdapter.detect_family(pipe)

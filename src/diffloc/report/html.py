@@ -13,7 +13,8 @@ from typing import Any
 
 from diffloc.atomic import write_atomic
 from diffloc.eval.suite import EvalSuite
-from diffloc.tracing.results import negligible_gap
+from diffloc.sites import short_label
+from diffloc.tracing.results import DENOISER_TRACE, negligible_gap
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.4}
@@ -130,7 +131,7 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
                 "indirect effects divide by a near-zero gap and are not meaningful; try a larger --noise.</p>"
             )
     parts.append(_localization_details(entry, key))
-    parts.append(_img(out, f"trace/{name}/unet/trace.png", "UNet causal trace"))
+    parts.append(_img(out, f"trace/{name}/{DENOISER_TRACE}/trace.png", "UNet causal trace"))
     parts.append(_img(out, f"trace/{name}/text/trace.png", "text-encoder causal trace"))
     loco = entry["locogen"]
     parts.append(
@@ -215,10 +216,10 @@ def _summary_section(summary: dict[str, Any]) -> str:
     for name, entry in cases.items():
         key = f"cases.{name}"
         sites = ", ".join(
-            f"{html.escape(site.removeprefix('unet.'))} {_num(effect, f'{key}.unet_top.{i}.1', 2)}"
+            f"{html.escape(short_label(site))} {_num(effect, f'{key}.unet_top.{i}.1', 2)}"
             for i, (site, effect) in enumerate(entry["unet_top"][:3])
         )
-        window = ", ".join(s.removeprefix("unet.") for s in entry["locogen"]["best_sites"])
+        window = ", ".join(short_label(s) for s in entry["locogen"]["best_sites"])
         cells = [f"<td class=l><a href='#{html.escape(name)}'>{html.escape(name)}</a></td>",
                  f"<td class=l>{sites}</td>", f"<td class=l>{html.escape(window)}</td>"]  # fmt: skip
         target = "target" if entry["mode"] == "update" else "concept"

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from diffloc.atomic import write_atomic
+from diffloc.sites import short_label
 from diffloc.tracing.results import TraceResult, WindowResult
 
 _KIND_COLOURS = {"res": "#4c72b0", "sattn": "#dd8452", "xattn": "#55a868", "ff": "#c44e52"}
@@ -28,7 +29,7 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
 
 
 def plot_unet_trace(result: TraceResult) -> Figure:
-    """Indirect effect of restoring each UNet site (bars coloured by kind, in execution order)."""
+    """Indirect effect of restoring each denoiser site (bars coloured by kind, in execution order)."""
     effect = result.indirect_effect
     kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]
     figure = Figure(figsize=(max(6.0, 0.16 * len(effect) + 2), 3.8))
@@ -52,7 +53,7 @@ def plot_unet_trace(result: TraceResult) -> Figure:
     if result.controls:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="control (text-blind)"))
     ax.set_xticks(range(len(effect)))  # every bar named: the reader looks for a layer by name
-    ax.set_xticklabels([label.replace("unet.", "") for label in result.labels], rotation=90, fontsize=6)
+    ax.set_xticklabels([short_label(label) for label in result.labels], rotation=90, fontsize=6)
     ax.set_xlim(-0.6, len(effect) - 0.4)
     _from_zero(ax, [*effect, 1.0, *([] if errors is None else (effect + errors[1]).tolist())])
     ax.set_ylabel("indirect effect\n(restored − corr) / (clean − corr)")
@@ -116,7 +117,7 @@ def plot_windows(result: WindowResult) -> Figure:
     ax.axhline(result.original_score, color="black", ls="--", lw=0.8, label="original (no swap)")
     best = result.best_index
     ax.scatter([starts[best]], [result.scores[best]], s=140, facecolors="none", edgecolors="#c44e52", lw=2,
-               label=f"chosen: {', '.join(s.replace('unet.', '') for s in result.best_sites)}")  # fmt: skip
+               label=f"chosen: {', '.join(short_label(s) for s in result.best_sites)}")  # fmt: skip
     ax.set_xlabel("first cross-attention layer of the window")
     ax.set_ylabel("attribute score")
     _from_zero(ax, [*result.scores, result.original_score, *([] if result.interval is None else result.interval[1])])
@@ -148,7 +149,7 @@ def image_strip(images: torch.Tensor, labels: Sequence[str], *, columns: int = 1
     n = images.shape[0]
     rows = (n + columns - 1) // columns
     cols = min(columns, n)
-    wrapped = [textwrap.fill(label.replace("unet.", ""), _LABEL_WIDTH) for label in labels]
+    wrapped = [textwrap.fill(short_label(label), _LABEL_WIDTH) for label in labels]
     lines = max((label.count("\n") + 1 for label in wrapped), default=1)
     figure = Figure(figsize=(1.7 * cols, (1.6 + 0.14 * lines) * rows))
     for i in range(n):

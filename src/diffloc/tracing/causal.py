@@ -30,11 +30,11 @@ from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError, InseparableItemsError, PromptError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.scoring import Scorer
-from diffloc.sites import TEXT_STATE_KINDS, SiteKind
+from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
-from diffloc.tracing.results import TraceResult
+from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.selection import check_disjoint, select_sites
 from diffloc.tracing.statistics import check_items, effect_interval
 from diffloc.tracing.store import Job, run_jobs
@@ -101,8 +101,11 @@ def _item_spec(
     }  # fmt: skip
 
 
-def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
-    """Expand a site selection into restore groups: globs give one group per site; a nested list is one group."""
+def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]] | None) -> list[tuple[str, ...]]:
+    """Expand a site selection into restore groups: globs give one group per site; a nested list is one group;
+    ``None`` is every denoiser layer (no ``.k``/``.v`` projection sub-sites), one group each."""
+    if sites is None:
+        return [(s.name,) for s in model.sites.denoiser_sites()]
     groups: list[tuple[str, ...]] = []
     entries = [sites] if isinstance(sites, str) else list(sites)
     for entry in entries:
@@ -112,11 +115,18 @@ def _site_groups(model: LoadedModel, sites: str | Sequence[str | Sequence[str]])
             names = tuple(s.name for s in model.sites.select(list(entry)))
             groups.append(names)
     if not groups:
-        raise UnknownSiteError("empty site selection; e.g. 'unet.*' or 'unet.xattn.*'")
-    bad = [name for group in groups for name in group if model.site(name).component != "unet"]
+        raise UnknownSiteError(f"empty site selection; e.g. {_example_globs(model)}")
+    bad = [name for group in groups for name in group if model.site(name).role is not SiteRole.DENOISER]
     if bad:
-        raise UnknownSiteError(f"UNet tracing takes UNet sites; got {bad[0]!r} (use trace_text for text sites)")
+        raise UnknownSiteError(f"denoiser tracing takes denoiser sites; got {bad[0]!r} (use trace_text for text sites)")
     return groups
+
+
+def _example_globs(model: LoadedModel) -> str:
+    """Two example selections of the model's denoiser sites, e.g. ``'unet.*' or 'unet.xattn.*'``."""
+    names = [s.name for s in model.sites.denoiser_sites()]
+    prefix = names[0].split(".")[0] if names else "<denoiser>"
+    return f"'{prefix}.*' or '{prefix}.xattn.*'"
 
 
 def _with_controls(model: LoadedModel, groups: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -203,14 +213,14 @@ def causal_trace(
     attribute: str,
     *,
     scorer: Scorer,
-    sites: str | Sequence[str | Sequence[str]] = "unet.*",
+    sites: str | Sequence[str | Sequence[str]] | None = None,
     config: TraceConfig | None = None,
     validation_prompts: Sequence[str] = (),
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
     executor: Executor | None = None,
 ) -> TraceResult:
-    """Trace which UNet sites carry the attribute.
+    """Trace which denoiser (UNet) sites carry the attribute.
 
     For each prompt and seed (an *item*): one clean run, one corrupted run (noise on the subject tokens), and
     one restored run per site (corrupted, with that site's clean output restored at every step, from the
@@ -222,7 +232,8 @@ def causal_trace(
         subject: the words to corrupt, e.g. ``"van gogh"``.
         attribute: the text the scorer measures, e.g. ``"in the style of van gogh"``.
         scorer: image scorer (ShapesWorld detectors, CLIP …).
-        sites: UNet site names/globs (default every res/sattn/xattn/ff layer), each restored alone; an entry
+        sites: denoiser site names/globs (default ``None``: every res/sattn/xattn/ff layer, as ``unet.*`` on a
+            UNet), each restored alone; an entry
             that is itself a list of names/globs is restored as one group (label ``a+b+…``).
         config: sweep settings (seeds, noise, ``restore_from``, intervals, validation seeds).
         validation_prompts: prompts whose items (with ``config.validation_seeds``) choose the causal-site
@@ -232,12 +243,12 @@ def causal_trace(
         executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
 
     Returns:
-        :class:`TraceResult` (``kind="unet"``) with intervals, controls and (given validation prompts) the
-        causal-site selection.
+        :class:`TraceResult` (``kind=DENOISER_TRACE``, saved as ``"unet"``) with intervals, controls and (given
+        validation prompts) the causal-site selection.
 
     Raises:
         PromptError: subject missing from a prompt, empty prompts.
-        UnknownSiteError: empty or non-UNet site selection.
+        UnknownSiteError: empty selection, or a site that is not the denoiser's.
         ConfigError: too few items for an interval, validation items that overlap the test items, bad settings.
         DifflocError: an attribute the scorer cannot score.
         SweepIncomplete: ``executor`` is one shard and other shards' items are still missing.
@@ -254,7 +265,7 @@ def causal_trace(
     jobs = [
         Job(
             spec=_item_spec(
-                model, weights, "unet", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
+                model, weights, DENOISER_TRACE, prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
                 sites=[list(g) for g in groups], noise=noise, config=config.item_dict(),
             ),
             runs=len(groups) + 2,
@@ -267,12 +278,12 @@ def causal_trace(
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
-    jobs += _validation_jobs(model, weights, "unet", validation, subject, attribute, scorer, config)
+    jobs += _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
     all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(all_items) - len(validation)], all_items[len(all_items) - len(validation) :]
     labels = ["+".join(g) for g in groups]
     result = TraceResult(
-        kind="unet",
+        kind=DENOISER_TRACE,
         scores=np.mean([it["scores"] for it in items], axis=0),
         labels=labels,
         clean_score=float(np.mean([it["clean"] for it in items])),
@@ -387,7 +398,7 @@ def trace_text(
     jobs = [
         Job(
             spec=_item_spec(
-                model, weights, "text", prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
+                model, weights, TEXT_TRACE, prompt, seed, subject=subject, attribute=attribute, scorer=scorer.name,
                 states=[label for label, _ in states], spans=spans, noise=noise, unreached=unreached,
                 config={k: v for k, v in config.item_dict().items() if k != "restore_from"},
             ),
@@ -402,7 +413,7 @@ def trace_text(
         )
         for seed in config.seeds
     ]  # fmt: skip
-    jobs += _validation_jobs(model, weights, "text", validation, subject, attribute, scorer, config)
+    jobs += _validation_jobs(model, weights, TEXT_TRACE, validation, subject, attribute, scorer, config)
     all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(config.seeds)], all_items[len(config.seeds) :]
 
@@ -415,7 +426,7 @@ def trace_text(
     interval = _interval(items, config)
     cell_labels = [f"{site}@{tokens[pos]}#{pos}" for _, _, pos, site in grid]
     result = TraceResult(
-        kind="text",
+        kind=TEXT_TRACE,
         scores=as_cube(np.mean([it["scores"] for it in items], axis=0)),
         labels=[label for label, _ in states],
         tokens=tokens,

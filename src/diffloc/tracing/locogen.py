@@ -26,6 +26,7 @@ from diffloc.engine.interventions import Run, SwapContext
 from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import LoadedModel
 from diffloc.scoring import Scorer
+from diffloc.sites import SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
@@ -41,8 +42,8 @@ REFERENCE_WINDOW = 3
 
 
 def xattn_layers(model: LoadedModel) -> list[str]:
-    """Names of the model's cross-attention sites in execution order (``unet.xattn.0`` …)."""
-    return [s.name for s in model.sites.select("unet.xattn.*")]
+    """Names of the denoiser's cross-attention sites in execution order (``unet.xattn.0`` … on a UNet)."""
+    return [s.name for s in model.sites.denoiser_sites(SiteKind.XATTN)]
 
 
 def check_window_search(sizes: Sequence[int], min_effect: float) -> None:

@@ -15,6 +15,12 @@ from diffloc import __version__
 from diffloc.atomic import write_bytes_atomic, write_json_atomic
 from diffloc.errors import DifflocError
 
+#: ``TraceResult.kind`` of a trace of denoiser sites. The value names the first denoiser diffloc traced and is
+#: what result files (and the keys of resumable items) hold, for every family: results saved before other
+#: denoisers existed keep loading, and old items keep matching.
+DENOISER_TRACE = "unet"
+#: ``TraceResult.kind`` of a text-encoder trace.
+TEXT_TRACE = "text"
 #: a trace whose corrupted score is within this fraction of its clean one measured nothing: its indirect effects
 #: divide by a near-zero gap
 NEGLIGIBLE_GAP = 0.05
@@ -124,7 +130,7 @@ class TraceResult:
     @property
     def restore_from(self) -> str:
         """Where restores read their clean value (``same-latent``, ``trajectory``; ``encoding`` for text)."""
-        return str(self.meta.get("restore_from", "trajectory" if self.kind == "unet" else "encoding"))
+        return str(self.meta.get("restore_from", "trajectory" if self.kind == DENOISER_TRACE else "encoding"))
 
     @property
     def indirect_effect(self) -> np.ndarray:
@@ -137,7 +143,7 @@ class TraceResult:
     @property
     def control_effects(self) -> dict[str, float]:
         """Indirect effect of each control site."""
-        if self.kind != "unet":
+        if self.kind != DENOISER_TRACE:
             return {}
         effect = self.indirect_effect
         return {label: float(effect[self.labels.index(label)]) for label in self.controls if label in self.labels}
@@ -149,7 +155,7 @@ class TraceResult:
 
     def top(self, k: int = 5, *, include_controls: bool = True) -> list[tuple[str, float]]:
         """The ``k`` sites (``unet``) with the highest indirect effect."""
-        if self.kind != "unet":
+        if self.kind != DENOISER_TRACE:
             raise DifflocError("top() ranks UNet sites; for text traces read indirect_effect[kind, layer, token]")
         effect = self.indirect_effect
         order = [int(i) for i in np.argsort(-effect, kind="stable")]
@@ -188,10 +194,10 @@ class TraceResult:
     @classmethod
     def load(cls, directory: str | Path) -> TraceResult:
         """Load a result written by :meth:`save` (also by versions that wrote no intervals or controls)."""
-        meta, arrays = _load(directory, ("unet", "text"))
+        meta, arrays = _load(directory, (DENOISER_TRACE, TEXT_TRACE))
         extra = dict(meta["meta"])
         extra.setdefault(
-            "restore_from", meta.get("restore_from", "trajectory" if meta["kind"] == "unet" else "encoding")
+            "restore_from", meta.get("restore_from", "trajectory" if meta["kind"] == DENOISER_TRACE else "encoding")
         )
         return cls(
             kind=meta["kind"],

@@ -39,7 +39,7 @@ from diffloc.errors import ConfigError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.sites import SiteKind
-from diffloc.tracing.results import TraceResult, WindowResult
+from diffloc.tracing.results import DENOISER_TRACE, TraceResult, WindowResult
 from diffloc.world import vocab
 from diffloc.world.phrasings import KINDS, SLOTS, slotted, word_orders, written
 
@@ -386,6 +386,7 @@ def ask_plant(
     from diffloc.tracing.calibrate import calibrate_noise
     from diffloc.tracing.causal import causal_trace, trace_text
     from diffloc.tracing.config import LocoGenConfig, TraceConfig
+    from diffloc.tracing.locogen import xattn_layers
 
     sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch,
              "bootstrap": config.bootstrap}  # fmt: skip
@@ -404,7 +405,7 @@ def ask_plant(
         noise = calibrate_noise(model, prompts, spec.word, spec.attribute, scorer=scorer, config=trace_config)
         answers["noise"] = noise.to_dict()
         for source in config.restore_sources:
-            result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites="unet.xattn.*",
+            result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites=xattn_layers(model),
                                   config=replace(trace_config, noise=noise.noise, restore_from=source))  # fmt: skip
             answers[f"unet_trace/{source}"] = _answer(result, unet_trace_recovery(result, spec.sites))
         windows = _locogen_each(model, spec, prompts, scorer=scorer, config=LocoGenConfig(
@@ -422,7 +423,7 @@ def _answer(result: TraceResult | WindowResult, recovery: dict[str, Any]) -> dic
         out["original"] = result.original_score
         return out
     out["clean"], out["corrupted"] = result.clean_score, result.corrupt_score
-    if result.kind == "unet":
+    if result.kind == DENOISER_TRACE:
         out["effects"] = {label: float(v) for label, v in zip(result.labels, result.indirect_effect, strict=True)}
         out["control_effects"] = result.control_effects
     return out
