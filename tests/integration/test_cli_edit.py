@@ -8,21 +8,25 @@ import pytest
 
 from diffloc.cli.main import main
 from diffloc.editing import Edit
+from diffloc.editors import EDITORS
 
 
 def _edit(tmp_path, *args: str) -> int:
     return main(["edit", *args, "--model", "tiny-sd1", "--concept", "cat", "--target", "dog"])
 
 
-@pytest.mark.parametrize(
-    "method, extra",
-    [
-        ("quickfix", ["--preserve", "house", "--template", "a drawing of {}"]),
-        ("locoedit", ["--sites", "unet.xattn.8,unet.xattn.9", "--lam-v", "0.1"]),
-        ("neurons", ["--sites", "unet.xattn.8", "--top-n", "5", "--ablation", "zero"]),
-    ],
-)
-def test_edit_writes_a_loadable_artifact(tmp_path, capsys, method, extra):
+#: arguments beyond the editor table's own (sites where an editor takes them), per method
+EXTRA = {
+    "quickfix": ["--preserve", "house", "--template", "a drawing of {}"],
+    "locoedit": ["--lam-v", "0.1"],
+    "neurons": ["--top-n", "5", "--ablation", "zero"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(EDITORS))
+def test_edit_writes_a_loadable_artifact(tmp_path, capsys, method):
+    sites = ["--sites", "unet.xattn.8,unet.xattn.9"] if EDITORS[method].takes_sites else []
+    extra = [*sites, *EXTRA.get(method, [])]
     out = tmp_path / method
     assert _edit(tmp_path, method, *extra, "--out", str(out)) == 0
     edit = Edit.load(out)

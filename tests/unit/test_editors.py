@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,9 @@ from diffloc.editing import EditRequest, LocoEditConfig, NeuronConfig, QuickFixC
 from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.editing.neurons import z_scores
 from diffloc.editing.quickfix import IF_NOTE
+from diffloc.editing.registry import get_method
 from diffloc.editing.states import context_at_subjects, encode_context, subject_positions
+from diffloc.editors import EDITORS
 from diffloc.engine.hooks import record
 from diffloc.errors import ConfigError, DifflocError, PromptError, UnknownSiteError
 from diffloc.models.registry import load
@@ -21,15 +24,32 @@ REQUEST = EditRequest(concepts=("cat",), targets=("dog",))
 XATTN = "unet.xattn.1"
 
 
+#: settings the tiny models need beyond an editor's defaults (their projections have fewer than 50 channels)
+TINY_SETTINGS = {"neurons": {"top_n": 3}}
+
+
 def _config(method: str):
-    return {
-        "quickfix": QuickFixConfig(),
-        "locoedit": LocoEditConfig(sites=(XATTN,)),
-        "neurons": NeuronConfig(sites=(XATTN,), top_n=3),
-    }[method]
+    """The method's config from the editor table: its defaults, one cross-attention site where it takes sites."""
+    spec = EDITORS[method]
+    sites = {"sites": (XATTN,)} if spec.takes_sites else {}
+    return get_method(method).config_class(**sites, **TINY_SETTINGS.get(method, {}))
 
 
-@pytest.mark.parametrize("method", ["quickfix", "locoedit", "neurons"])
+@pytest.mark.parametrize("method", sorted(EDITORS))
+def test_the_editor_table_agrees_with_each_config_class(method):
+    entry, spec = get_method(method), EDITORS[method]
+    assert entry.spec is spec and entry.summary == spec.summary
+    names = {f.name for f in fields(entry.config_class)}
+    assert spec.takes_sites == ("sites" in names)
+    assert spec.weighs_preservation == ("preserve_weight" in names)
+    assert (spec.statistics is None) == (entry.statistics is None)
+    defaults = {f.name: f.default for f in fields(entry.config_class)}
+    for option in spec.options:
+        assert option.field in names, option.flag
+        assert option.default == defaults[option.field], option.flag
+
+
+@pytest.mark.parametrize("method", sorted(EDITORS))
 def test_every_method_on_every_family(tiny_model, method):
     before = model_hashes(tiny_model)
     edit = compute_edit(tiny_model, REQUEST, method=method, config=_config(method))

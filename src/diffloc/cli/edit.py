@@ -29,8 +29,9 @@ from diffloc.cli.model_args import add_model_arguments, check_model_arguments, l
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments
 from diffloc.cli.tables import format_table
+from diffloc.editors import EDITORS, EditorOption
 from diffloc.errors import ConfigError, DifflocError
-from diffloc.validate import count_arg, guidance_arg, positive_arg, steps_arg
+from diffloc.validate import guidance_arg, positive_arg, steps_arg
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -75,53 +76,21 @@ def _sites(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--window", help="a saved LocoGen result directory: edit its best window")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``diffloc edit`` and its sub-commands."""
-    parser = subparsers.add_parser(
-        "edit",
-        help="compute a closed-form edit (quickfix, locoedit, neurons) or show a saved one",
-        description="Compute model edits as revertible, saveable artifacts, or describe a saved edit.",
-    )
-    sub = parser.add_subparsers(dest="edit_command", metavar="METHOD")
-
-    quickfix = sub.add_parser("quickfix", help="Diff-QuickFix: edit the text encoder's layer-0 attention output")
-    _common(quickfix)
-    quickfix.add_argument(
-        "--lam",
-        type=positive_arg("lam", "ridge strength"),
-        default=0.01,
-        help="ridge strength lambda > 0 (default 0.01)",
-    )
-    quickfix.add_argument("--no-eos", action="store_true", help="map only the last subject token, not EOS/padding")
-    quickfix.add_argument(
-        "--faithful", action="store_true", help="reference-notebook mode: out_proj bias inside the targets"
-    )
-    quickfix.set_defaults(func=run_compute, method="quickfix")
-
-    loco = sub.add_parser("locoedit", help="LocoEdit: edit cross-attention K/V of localized layers")
-    _common(loco)
-    _sites(loco)
-    loco.add_argument(
-        "--lam-k",
-        type=positive_arg("lam_k", "ridge strength"),
-        default=0.01,
-        help="ridge strength for keys (default 0.01)",
-    )
-    loco.add_argument(
-        "--lam-v",
-        type=positive_arg("lam_v", "ridge strength"),
-        default=0.01,
-        help="ridge strength for values (default 0.01)",
-    )
-    loco.add_argument(
-        "--target-mode", choices=("bare", "template"), default="bare",
-        help="values from the target alone (bare, reference) or the target in the key's template",
+def _add_option(parser: argparse.ArgumentParser, option: EditorOption) -> None:
+    """An editor's option as an argparse option, stored under its config field."""
+    if option.switch:
+        action = "store_false" if option.default else "store_true"
+        parser.add_argument(option.flag, dest=option.field, action=action, help=option.help)
+        return
+    parser.add_argument(
+        option.flag, dest=option.field, type=option.parse or str, choices=option.choices, default=option.default,
+        help=option.help,
     )  # fmt: skip
-    loco.add_argument(
-        "--positions", choices=("subject", "subject+eos"), default="subject",
-        help="map the last subject token only (reference) or also the EOS/padding positions after it",
-    )  # fmt: skip
-    widen = loco.add_argument_group("widening (diffloc.workflows.widening): grow the window until the edit works")
+
+
+def _widen_arguments(parser: argparse.ArgumentParser) -> None:
+    """LocoEdit's window widening (:mod:`diffloc.workflows.widening`)."""
+    widen = parser.add_argument_group("widening (diffloc.workflows.widening): grow the window until the edit works")
     widen.add_argument(
         "--widen", metavar="ATTRIBUTE", default=None,
         help="scorer text of what the edit must remove or bring (e.g. 'in the style of van goo'); tries windows of "
@@ -136,22 +105,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="CFG scale of the check (default: the model's — 4 for shapesworld — else 7.5)",
     )
     add_scorer_arguments(widen)
-    loco.set_defaults(func=run_compute, method="locoedit")
 
-    neurons = sub.add_parser("neurons", help="ablate the K/V channels that best separate concept from target")
-    _common(neurons)
-    _sites(neurons)
-    neurons.add_argument(
-        "--top-n", type=count_arg("top_n"), default=50, help="channels ablated per projection (default 50)"
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``diffloc edit`` and its sub-commands."""
+    parser = subparsers.add_parser(
+        "edit",
+        help=f"compute a closed-form edit ({', '.join(EDITORS)}) or show a saved one",
+        description="Compute model edits as revertible, saveable artifacts, or describe a saved edit.",
     )
-    neurons.add_argument("--ablation", choices=("mean", "zero"), default="mean", help="replacement value")
-    neurons.add_argument(
-        "--mode", choices=("weights", "paper"), default="weights",
-        help="weights (default): channels read at the subject token, ablated in the weights (an edit directory); "
-        "paper: read at the last padding slot, ablated in the conditional branch while generating (--out is a "
-        "JSON intervention file for 'diffloc generate/eval --ablation')",
-    )  # fmt: skip
-    neurons.set_defaults(func=run_compute, method="neurons")
+    sub = parser.add_subparsers(dest="edit_command", metavar="METHOD")
+
+    for entry in EDITORS.values():  # one sub-command per editor of the table, with its options
+        editor = sub.add_parser(entry.name, help=entry.cli_help or entry.summary)
+        _common(editor)
+        if entry.takes_sites:
+            _sites(editor)
+        for option in entry.options:
+            _add_option(editor, option)
+        if entry.name == "locoedit":
+            _widen_arguments(editor)
+        editor.set_defaults(func=run_compute, method=entry.name)
 
     show = sub.add_parser("show", help="describe a saved edit or neuron ablation: what it touches, sizes, base hash")
     show.add_argument("edit_dir", help="edit directory, or a neuron ablation file (from --mode paper)")
@@ -189,20 +163,14 @@ def _site_spec(args: argparse.Namespace) -> Any:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from diffloc.editing import LocoEditConfig, NeuronConfig, QuickFixConfig
+    from diffloc.editing.registry import get_method
 
-    if args.method == "quickfix":
-        return QuickFixConfig(
-            lam=args.lam, use_eos=not args.no_eos, faithful=args.faithful, preserve_weight=args.preserve_weight
-        )
-    if args.method == "locoedit":
-        return LocoEditConfig(
-            sites=_site_spec(args), lam_k=args.lam_k, lam_v=args.lam_v, target_mode=args.target_mode,
-            positions=args.positions, preserve_weight=args.preserve_weight,
-        )  # fmt: skip
-    if args.preserve_weight != 1.0:
-        raise ConfigError("--preserve-weight applies to quickfix and locoedit (a neuron edit solves nothing)")
-    return NeuronConfig(sites=_site_spec(args), top_n=args.top_n, ablation=args.ablation, mode=args.mode)
+    entry = EDITORS[args.method]
+    if not entry.weighs_preservation and args.preserve_weight != 1.0:
+        weighing = ", ".join(name for name, each in EDITORS.items() if each.weighs_preservation)
+        raise ConfigError(f"--preserve-weight applies to {weighing} (a {entry.name} edit solves nothing)")
+    values = vars(args) | ({"sites": _site_spec(args)} if entry.takes_sites else {})
+    return get_method(entry.name).config_class(**entry.config_kwargs(values))
 
 
 def run_compute(args: argparse.Namespace) -> int:
@@ -222,8 +190,9 @@ def run_compute(args: argparse.Namespace) -> int:
     )
     config = _config(args)  # validate before loading the model
     if args.stats is not None:
-        if args.method == "neurons":
-            raise ConfigError("--stats applies to quickfix and locoedit (a neuron edit preserves nothing)")
+        if EDITORS[args.method].statistics is None:
+            preserving = ", ".join(name for name, each in EDITORS.items() if each.statistics is not None)
+            raise ConfigError(f"--stats applies to {preserving} (a {args.method} edit preserves nothing)")
         if not request.preserve and not request.preserve_prompts:
             raise ConfigError("--stats needs a preservation set: add --preserve or --preserve-prompt")
         if not Path(args.stats).is_file():

@@ -44,14 +44,14 @@ from diffloc.editing.edit import Edit, tensor_hash
 from diffloc.editing.locoedit import projection_linear, projection_sites, site_names
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
 from diffloc.editing.states import context_at_subjects, padded_context
+from diffloc.editors import ABLATIONS, NEURON_MODES
 from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site
 
 logger = logging.getLogger(__name__)
 
-ABLATIONS = ("mean", "zero")
-MODES = ("weights", "paper")
+MODES = NEURON_MODES
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,36 +1,38 @@
 """The editing entry point :func:`compute_edit` and the registry of editing methods.
 
 Each method is a small module with a frozen config dataclass and a ``compute(model, request, config) -> Edit``
-function. Methods register here by name; :func:`compute_edit` validates the name and the config type. Methods
-with a preservation set also give a ``statistics(model, request, config)`` function, whose result
+function, listed in the editor table :data:`diffloc.editors.EDITORS` (which the command line reads too); the
+table's entries are resolved into :data:`METHODS` here, by name; :func:`compute_edit` validates the name and the
+config type. Methods with a preservation set also give a ``statistics(model, request, config)`` function, whose result
 (:func:`preservation_statistics`) ``compute`` accepts as a fourth argument.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from diffloc.editing.edit import Edit
-from diffloc.editing.locoedit import LocoEditConfig, compute_locoedit, locoedit_statistics
-from diffloc.editing.neurons import NeuronConfig, compute_neurons
 from diffloc.editing.preserved import PreservedStatistics
-from diffloc.editing.quickfix import QuickFixConfig, compute_quickfix, quickfix_statistics
 from diffloc.editing.requests import EditRequest
+from diffloc.editors import EDITORS, EditorSpec
 from diffloc.errors import ConfigError, close_matches, one_of
 from diffloc.models.base import LoadedModel
 
 
 @dataclass(frozen=True)
 class EditMethod:
-    """A registered editing method: its config class, compute function and (optional) statistics function."""
+    """A registered editing method: its config class, compute function and (optional) statistics function, and
+    the :class:`~diffloc.editors.EditorSpec` it was made from (``None`` for one registered in code only)."""
 
     name: str
     config_class: type
     compute: Callable[..., Edit]
     summary: str
     statistics: Callable[[LoadedModel, EditRequest, Any], PreservedStatistics] | None = None
+    spec: EditorSpec | None = None
 
 
 METHODS: dict[str, EditMethod] = {}
@@ -41,25 +43,17 @@ def register_method(method: EditMethod) -> None:
     METHODS[method.name] = method
 
 
-register_method(
-    EditMethod(
-        "quickfix",
-        QuickFixConfig,
-        compute_quickfix,
-        "Diff-QuickFix: text encoder layer-0 attention output",
-        quickfix_statistics,
+def _resolve(spec: EditorSpec) -> EditMethod:
+    """The :class:`EditMethod` of a table entry (its module imported)."""
+    module = importlib.import_module(spec.module)
+    statistics = None if spec.statistics is None else getattr(module, spec.statistics)
+    return EditMethod(
+        spec.name, getattr(module, spec.config), getattr(module, spec.compute), spec.summary, statistics, spec
     )
-)
-register_method(
-    EditMethod(
-        "locoedit",
-        LocoEditConfig,
-        compute_locoedit,
-        "LocoEdit: cross-attention K/V of localized layers",
-        locoedit_statistics,
-    )
-)
-register_method(EditMethod("neurons", NeuronConfig, compute_neurons, "neuron ablation in cross-attention K/V"))
+
+
+for _spec in EDITORS.values():
+    register_method(_resolve(_spec))
 
 
 def get_method(name: str) -> EditMethod:
@@ -149,7 +143,8 @@ def preservation_statistics(
     """
     entry, config = _checked(request, method, config)
     if entry.statistics is None:
-        raise ConfigError(f"method {method!r} has no preservation set; valid: quickfix, locoedit")
+        valid = one_of([name for name, entry in METHODS.items() if entry.statistics is not None])
+        raise ConfigError(f"method {method!r} has no preservation set; valid: {valid}")
     if not request.preserve and not request.preserve_prompts:
         raise ConfigError("the request preserves nothing (no preserve= concepts or preserve_prompts=); no statistics")
     return entry.statistics(model, request, config)
