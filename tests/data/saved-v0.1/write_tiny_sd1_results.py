@@ -1,26 +1,14 @@
 """Write a UNet trace, a text trace and a LocoGen result on tiny-sd1 with a pixel test scorer into ``argv[1]``."""
 
 import sys
+from pathlib import Path
 
 import torch
 
 import diffloc
-from diffloc.errors import ConfigError
 
-
-class PixelScorer:
-    """The image projected on a fixed random unit direction (deterministic; measures nothing)."""
-
-    name = "pixel-test"
-
-    def score(self, images, texts):
-        flat = images.flatten(1).double()
-        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return (flat @ (direction / direction.norm())).float()
-
-    def check(self, text):
-        if not text.strip():
-            raise ConfigError("empty attribute text")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit"))
+from test_tracing import PixelScorer  # the deterministic test scorer: the image on a fixed random direction
 
 
 def main(out: str) -> None:
