@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffloc.report.plots import image_strip, plot_unet_trace, plot_windows
+from diffloc.report.plots import image_strip, plot_denoiser_trace, plot_windows
 from diffloc.tracing.results import TraceResult, WindowResult
 
 LABELS = [f"unet.{kind}.{i}" for i in range(20) for kind in ("res", "sattn", "xattn", "ff")]
@@ -17,7 +17,7 @@ def _trace(scores):
 
 
 def test_every_unet_bar_is_labelled():
-    figure = plot_unet_trace(_trace(np.linspace(0.1, 0.8, len(LABELS))))
+    figure = plot_denoiser_trace(_trace(np.linspace(0.1, 0.8, len(LABELS))))
     ax = figure.axes[0]
     shown = [t.get_text() for t in ax.get_xticklabels()]
     assert shown == [label.removeprefix("unet.") for label in LABELS]
@@ -26,7 +26,7 @@ def test_every_unet_bar_is_labelled():
 
 
 def test_a_negative_effect_stays_visible():
-    ax = plot_unet_trace(_trace([0.5, -0.3, 0.2])).axes[0]
+    ax = plot_denoiser_trace(_trace([0.5, -0.3, 0.2])).axes[0]
     assert ax.get_ylim()[0] < -0.3
 
 

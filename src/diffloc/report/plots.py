@@ -28,7 +28,7 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
     return write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
 
 
-def plot_unet_trace(result: TraceResult) -> Figure:
+def plot_denoiser_trace(result: TraceResult) -> Figure:
     """Indirect effect of restoring each denoiser site (bars coloured by kind, in execution order)."""
     effect = result.indirect_effect
     kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]

@@ -28,7 +28,7 @@ from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, SweepIncomplete
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
 from diffloc.models.base import LoadedModel
-from diffloc.report.plots import image_strip, plot_text_trace, plot_unet_trace, plot_windows, save_figure
+from diffloc.report.plots import image_strip, plot_denoiser_trace, plot_text_trace, plot_windows, save_figure
 from diffloc.scoring import Scorer
 from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
@@ -293,7 +293,7 @@ def _run_case(
             validation_prompts=validation, out=base / "unet",
             progress=lambda d, t: tick(f"{case.name}: trace unet", (d, t)), executor=executor)))  # fmt: skip
     if unet is not None:
-        save_figure(plot_unet_trace(unet), base / "unet" / "trace.png")
+        save_figure(plot_denoiser_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
     start = time.perf_counter()
