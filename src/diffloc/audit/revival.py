@@ -19,7 +19,7 @@ import torch
 from diffloc.audit.target import AuditTarget
 from diffloc.editing.edit import Edit
 from diffloc.errors import ConfigError
-from diffloc.models.base import LoadedModel
+from diffloc.models.base import Conditioning, LoadedModel
 from diffloc.world import vocab
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ def reverted(edit: Edit, fraction: float) -> Edit:
         base = torch.zeros_like(new, dtype=torch.float64) if original is None else original.double()
         weights[key] = (new.double() - fraction * (new.double() - base)).to(new.dtype)
     return replace(edit, weights=weights)
-
-
-def _denoiser(model: LoadedModel) -> torch.nn.Module:
-    return model.pipe.unet
 
 
 def _shows(scene: Any, caption: str, target: AuditTarget) -> bool:
@@ -82,7 +78,7 @@ def clean_examples(target: AuditTarget, n: int, seed: int) -> tuple[list[str], t
 
 
 def _denoising_loss(
-    denoiser: torch.nn.Module, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator
+    model: LoadedModel, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """The training loss of one batch: noise at random timesteps, predict what the scheduler's
     ``prediction_type`` asks for (the noise, or the velocity)."""
@@ -90,7 +86,8 @@ def _denoising_loss(
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     wanted = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    return torch.nn.functional.mse_loss(denoiser(noisy, t, encoder_hidden_states=cond).sample, wanted)
+    kwargs = model.adapter.denoiser_kwargs(Conditioning(cond))
+    return torch.nn.functional.mse_loss(model.adapter.predict_noise(model.pipe, noisy, t, kwargs), wanted)
 
 
 def finetune_revival(
@@ -113,7 +110,7 @@ def finetune_revival(
     if target.kind is None:
         raise ConfigError("the fine-tune attack renders ShapesWorld images; it needs a ShapesWorld model and concept")
     pipe = model.pipe
-    denoiser = _denoiser(model)
+    denoiser = model.denoiser
     captions, images = clean_examples(target, _POOL, seed)
     params = list(denoiser.parameters())
     snapshot = [p.detach().clone() for p in params]
@@ -142,7 +139,7 @@ def finetune_revival(
                     idx = torch.randint(0, len(captions), (batch,), generator=generator)
                     cond = context[idx].clone()
                     cond[torch.rand(batch, generator=generator) < _CAPTION_DROPOUT] = empty[0]
-                    loss = _denoising_loss(denoiser, scheduler, latents[idx].to(dtype), cond, generator)
+                    loss = _denoising_loss(model, scheduler, latents[idx].to(dtype), cond, generator)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
