@@ -46,11 +46,11 @@ from diffloc.audit import AuditConfig, audit
 from diffloc.editing import Edit, NeuronConfig, compute_edit
 from diffloc.editing.locoedit import LocoEditConfig
 from diffloc.editing.quickfix import QuickFixConfig
-from diffloc.editing.search import WidenConfig, locoedit_search
 from diffloc.engine.generate import GenerationConfig
 from diffloc.eval.measure import measure
 from diffloc.eval.suite import ConceptCase, evaluate
 from diffloc.tracing.locogen import xattn_layers
+from diffloc.workflows.widening import WidenConfig, locoedit_search
 
 AUDIT = AuditConfig(seeds=(0, 1), steps=20, guidance=4.0, prompts=8, budget=100)
 ARMS = ("quickfix", "locoedit-locogen", "locoedit-widened", "neurons", "esd")
@@ -72,7 +72,7 @@ def esd_edit(world: World, case: ConceptCase) -> tuple[Edit, dict[str, Any]]:
     model, generation = world.model, GenerationConfig(steps=20, guidance=world.suite.guidance)
     prompts = [t.format(case.concept) for t in edit_request(case).templates]
     keys = [f"{p.full_path}.weight" for p in projection_sites(model, tuple(xattn_layers(model)))]
-    params = dict(model.pipe.unet.named_parameters())
+    params = dict(model.denoiser.named_parameters())
     base = {k: params[k.removeprefix("unet.")].detach().clone() for k in keys}
 
     def gone() -> bool:
