@@ -45,6 +45,10 @@ class DetectorScorer:
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return check_scores(self._impl.score(images, list(texts)).float(), texts, self.name)
 
+    def score_grad(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """:meth:`score` as a differentiable function of ``images`` (for attribution patching)."""
+        return check_scores(self._impl.score_grad(images, list(texts)).float(), texts, self.name)
+
     def check(self, text: str) -> None:
         from diffloc.world.captions import parse_caption
 
@@ -112,6 +116,16 @@ class ClipScorer:
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        return self._similarity(images, texts)
+
+    def score_grad(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """:meth:`score` as a differentiable function of ``images`` (CLIP's weights stay frozen)."""
+        from diffloc.differentiable import frozen_parameters
+
+        with frozen_parameters([self.model]):
+            return self._similarity(images, texts)
+
+    def _similarity(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         if len(texts) != images.shape[0]:
             raise ConfigError(f"got {images.shape[0]} images but {len(texts)} texts; pass one text per image")
         device = next(self.model.parameters()).device

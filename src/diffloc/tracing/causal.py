@@ -35,6 +35,7 @@ from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
+from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
 from diffloc.tracing.selection import check_disjoint, select_sites
 from diffloc.tracing.statistics import check_items, effect_interval
 from diffloc.tracing.store import Job, run_jobs
@@ -219,6 +220,8 @@ def causal_trace(
     out: str | Path | None = None,
     progress: ProgressFn | None = None,
     executor: Executor | None = None,
+    method: str = "exact",
+    top_k: int = 8,
 ) -> TraceResult:
     """Trace which denoiser (UNet) sites carry the attribute.
 
@@ -241,10 +244,15 @@ def causal_trace(
         out: directory for resumable per-item results and the final result (``None``: keep nothing on disk).
         progress: called with (runs done, runs total).
         executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
+        method: ``"exact"`` (one restored run per site), ``"attribution"`` (every site and step estimated from
+            one backward pass per item, :mod:`diffloc.tracing.attribution`; needs a differentiable scorer and
+            autograd on) or ``"screen"`` (estimated, then the ``top_k`` highest restored exactly).
+        top_k: sites ``screen`` confirms exactly.
 
     Returns:
         :class:`TraceResult` (``kind=DENOISER_TRACE``, saved as ``"unet"``) with intervals, controls and (given
-        validation prompts) the causal-site selection.
+        validation prompts) the causal-site selection; ``exact_mask`` marks which scores are estimates,
+        ``step_effects`` holds the attribution's site × step map.
 
     Raises:
         PromptError: subject missing from a prompt, empty prompts.
@@ -259,9 +267,23 @@ def causal_trace(
     check_items(len(prompt_list) * len(config.seeds), config.intervals)
     scorer.check(attribute)
     groups, controls = _with_controls(model, _site_groups(model, sites))
+    labels = ["+".join(g) for g in groups]
+    check_gradient_method(scorer, method, top_k, len(labels))
     ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p in prompt_list}
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
+    validation_jobs = _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
+    if method != "exact":
+        estimated = estimate_unet(
+            _sweep(model, weights, subject, attribute, scorer, config, prompt_list, ranges, noise, validation_jobs,
+                   out, progress, executor),
+            groups, labels, method, top_k,
+        )  # fmt: skip
+        return _result(model, DENOISER_TRACE, estimated, labels, ranges[prompt_list[0]], noise, config, controls, meta={
+            "prompts": prompt_list, "subject": subject, "attribute": attribute, "scorer": scorer.name,
+            "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
+            "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
+        }, out=out)  # fmt: skip
     jobs = [
         Job(
             spec=_item_spec(
@@ -278,10 +300,9 @@ def causal_trace(
         for prompt in prompt_list
         for seed in config.seeds
     ]  # fmt: skip
-    jobs += _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
+    jobs += validation_jobs
     all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(all_items) - len(validation)], all_items[len(all_items) - len(validation) :]
-    labels = ["+".join(g) for g in groups]
     result = TraceResult(
         kind=DENOISER_TRACE,
         scores=np.mean([it["scores"] for it in items], axis=0),
@@ -299,7 +320,59 @@ def causal_trace(
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),
             "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
             "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
-            "items_computed": store.computed, "items_reused": store.reused,
+            "items_computed": store.computed, "items_reused": store.reused, "method": "exact",
+        },
+    )  # fmt: skip
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def _sweep(
+    model: LoadedModel, weights: str, subject: str, attribute: str, scorer: Scorer, config: TraceConfig,
+    prompts: list[str], ranges: dict[str, tuple[int, int]], noise: dict[str, float], validation: list[Job],
+    out: str | Path | None, progress: ProgressFn | None, executor: Executor | None,
+) -> Sweep:  # fmt: skip
+    """What a gradient-method trace shares with this module's exact trace (item keys, the exact item function)."""
+    spec = partial(
+        _item_spec, model, weights, subject=subject, attribute=attribute, scorer=scorer.name, noise=noise,
+        config=config.item_dict(),
+    )  # fmt: skip
+
+    def exact(prompt: str, seed: int, corrupt: CorruptTokens, restores: Sequence[Restore]) -> Any:
+        return partial(
+            _restore_item, prompt=prompt, seed=seed, corrupt=corrupt, restores=list(restores), attribute=attribute,
+            config=config,
+        )  # fmt: skip
+
+    return Sweep(
+        model=model, scorer=scorer, attribute=attribute, config=config, spec=spec, exact=exact,
+        items=[(p, s, corruption(model, ranges[p], config, s)) for p in prompts for s in config.seeds],
+        validation=validation, out=out, progress=progress, executor=executor,
+    )  # fmt: skip
+
+
+def _result(
+    model: LoadedModel, kind: str, estimated: Estimated, labels: list[str], subject_range: tuple[int, int],
+    noise: dict[str, float], config: TraceConfig, controls: list[str], *, meta: dict[str, Any],
+    out: str | Path | None, shape: Callable[[np.ndarray], np.ndarray] = np.asarray, tokens: Sequence[str] = (),
+    cell_labels: list[str] | None = None,
+) -> TraceResult:  # fmt: skip
+    """The result of a gradient-method trace, summarized like an exact one (``shape`` lays scores out)."""
+    items = estimated.items
+    clean, corrupted = float(np.mean([it["clean"] for it in items])), float(np.mean([it["corrupted"] for it in items]))
+    interval = _interval(items, config)
+    result = TraceResult(
+        kind=kind, scores=shape(np.mean([it["scores"] for it in items], axis=0)), labels=labels,
+        tokens=list(tokens), clean_score=clean, corrupt_score=corrupted, subject_range=subject_range,
+        noise=next(iter(noise.values())), items=items, interval=None if interval is None else shape(interval),
+        controls=controls, selection=_selection(cell_labels or labels, items, estimated.validated),
+        exact_mask=shape(estimated.exact_mask.astype(float)) == 1,
+        step_effects=step_effects(estimated, clean, corrupted),
+        meta={
+            "model": model.source, "family": model.family, "config": config.to_dict(), "noise_per_encoder": noise,
+            "items_computed": estimated.store.computed, "items_reused": estimated.store.reused, **meta,
+            **estimated.meta,
         },
     )  # fmt: skip
     if out is not None:
@@ -345,6 +418,8 @@ def trace_text(
     progress: ProgressFn | None = None,
     executor: Executor | None = None,
     skip_unreached: bool = True,
+    method: str = "exact",
+    top_k: int = 8,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 
@@ -354,7 +429,8 @@ def trace_text(
     shipped ShapesWorld model they alone carry the concept back, where no single real token does. Text states
     are restored during encoding, before any latent exists, so ``config.restore_from`` does not apply (the
     result records ``encoding``). Items are the prompt × ``config.seeds``; ``validation_prompts`` choose the
-    causal-state threshold as in :func:`causal_trace`.
+    causal-state threshold as in :func:`causal_trace`. ``method`` and ``top_k`` as in :func:`causal_trace`: the
+    attribution estimates every layer × token × kind from one backward pass per item.
 
     When every text encoder attends left to right (CLIP), a state at a token before the subject is the same in
     the clean and the corrupted encoding, so restoring it cannot change the run: those cells are not generated
@@ -391,10 +467,32 @@ def trace_text(
         for pos in range(len(spans))
         if f"{prefix}.{layer}" in model.sites
     ]
+    check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
     unreached = subject_range[0] if skip_unreached and _left_to_right(model) else 0
     computed = [index for index, (_, _, pos, _) in enumerate(grid) if spans[pos][0] >= unreached]
+    validation_jobs = _validation_jobs(model, weights, TEXT_TRACE, validation, subject, attribute, scorer, config)
+    cell_labels = [f"{site}@{tokens[pos]}#{pos}" for _, _, pos, site in grid]
+
+    def as_cube(values: np.ndarray) -> np.ndarray:
+        cube = np.full((*values.shape[:-1], len(states), n_layers, len(spans)), np.nan)
+        for index, (ki, layer, pos, _) in enumerate(grid):
+            cube[..., ki, layer, pos] = values[..., index]
+        return cube
+
+    if method != "exact":
+        estimated = estimate_text(
+            _sweep(model, weights, subject, attribute, scorer, config, [prompt], {prompt: subject_range}, noise,
+                   validation_jobs, out, progress, executor),
+            [(site, pos) for _, _, pos, site in grid], spans, cell_labels, method, top_k,
+        )  # fmt: skip
+        return _result(model, TEXT_TRACE, estimated, [label for label, _ in states], subject_range, noise, config, [],
+            meta={
+                "prompts": [prompt], "subject": subject, "attribute": attribute, "scorer": scorer.name,
+                "restore_from": "encoding", "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
+            }, out=out, shape=as_cube, tokens=tokens, cell_labels=cell_labels,
+        )  # fmt: skip
     jobs = [
         Job(
             spec=_item_spec(
@@ -413,18 +511,10 @@ def trace_text(
         )
         for seed in config.seeds
     ]  # fmt: skip
-    jobs += _validation_jobs(model, weights, TEXT_TRACE, validation, subject, attribute, scorer, config)
+    jobs += validation_jobs
     all_items, store = run_jobs(jobs, out, progress, model=model, scorer=scorer, executor=executor)
     items, validated = all_items[: len(config.seeds)], all_items[len(config.seeds) :]
-
-    def as_cube(values: np.ndarray) -> np.ndarray:
-        cube = np.full((*values.shape[:-1], len(states), n_layers, len(spans)), np.nan)
-        for index, (ki, layer, pos, _) in enumerate(grid):
-            cube[..., ki, layer, pos] = values[..., index]
-        return cube
-
     interval = _interval(items, config)
-    cell_labels = [f"{site}@{tokens[pos]}#{pos}" for _, _, pos, site in grid]
     result = TraceResult(
         kind=TEXT_TRACE,
         scores=as_cube(np.mean([it["scores"] for it in items], axis=0)),
@@ -442,6 +532,7 @@ def trace_text(
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(), "restore_from": "encoding",
             "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "items_computed": store.computed, "items_reused": store.reused, "unreached_tokens": unreached,
+            "method": "exact",
         },
     )  # fmt: skip
     if out is not None:

@@ -106,6 +106,11 @@ class TraceResult:
             ``same-latent`` restore source their effect is 0 by construction; a larger one flags the trace.
         selection: causal-site selection (rule, threshold τ chosen on validation items, both item sets, the
             sites above τ on the test items), or ``None`` when no validation items were given.
+        exact_mask: ``True`` where a score was measured by an exact restore, ``False`` where it is an attribution
+            estimate (same shape as ``scores``); ``None``: every score is exact (``meta["method"]`` says how the
+            trace was made).
+        step_effects: ``(n_sites, n_steps)`` estimated indirect effect of restoring each site at each denoising
+            step alone (UNet attribution; the steps of a site sum to its estimate), or ``None``.
     """
 
     kind: str
@@ -121,11 +126,25 @@ class TraceResult:
     interval: np.ndarray | None = None
     controls: list[str] = field(default_factory=list)
     selection: dict[str, Any] | None = None
+    exact_mask: np.ndarray | None = None
+    step_effects: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
         """Number of (prompt, seed) items the means are taken over."""
         return len(self.items)
+
+    @property
+    def method(self) -> str:
+        """How the scores were made: ``exact``, ``attribution`` (all estimates) or ``screen`` (estimates, the top
+        sites confirmed exactly)."""
+        return str(self.meta.get("method", "exact"))
+
+    @property
+    def marks(self) -> np.ndarray:
+        """``"exact"`` or ``"estimate"`` for every score (same shape as ``scores``)."""
+        exact = np.ones(np.shape(self.scores), bool) if self.exact_mask is None else np.asarray(self.exact_mask, bool)
+        return np.where(exact, "exact", "estimate")
 
     @property
     def restore_from(self) -> str:
@@ -185,10 +204,16 @@ class TraceResult:
             "scores": json_values(self.scores),
             "indirect_effect": json_values(self.indirect_effect),
             "interval": json_values(self.interval),
+            "method": self.method,
+            "marks": self.marks.tolist(),
+            "step_effects": json_values(self.step_effects),
         }
         arrays = {"scores": np.asarray(self.scores), "indirect_effect": self.indirect_effect}
-        if self.interval is not None:
-            arrays["interval"] = np.asarray(self.interval)
+        for name, value in (("interval", self.interval), ("step_effects", self.step_effects)):
+            if value is not None:
+                arrays[name] = np.asarray(value)
+        if self.exact_mask is not None:
+            arrays["exact_mask"] = np.asarray(self.exact_mask, bool)
         return _save(directory, meta, arrays)
 
     @classmethod
@@ -213,6 +238,8 @@ class TraceResult:
             interval=arrays.get("interval"),
             controls=list(meta.get("controls", [])),
             selection=meta.get("selection"),
+            exact_mask=arrays.get("exact_mask"),
+            step_effects=arrays.get("step_effects"),
         )
 
 

@@ -339,12 +339,29 @@ class DetectorScorer:
             ConfigError: a different number of images and texts.
             PromptError: a text is empty or names nothing ShapesWorld knows.
         """
-        from diffloc.world.captions import parse_caption
+        return _joint(detect(images, self.detector), texts)
 
-        probs = detect(images, self.detector)
-        n = next(iter(probs.values())).shape[0]
-        if len(texts) != n:
-            raise ConfigError(f"got {n} images but {len(texts)} texts; pass one text per image")
-        rows = [label_probability({k: v[i : i + 1] for k, v in probs.items()}, parse_caption(t)) for i, t in
-                enumerate(texts)]  # fmt: skip
-        return torch.cat(rows)
+    def score_grad(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """:meth:`score` as a differentiable function of ``images`` (the detector's weights stay frozen).
+
+        Raises:
+            ConfigError, PromptError: as :meth:`score`.
+        """
+        from diffloc.differentiable import frozen_parameters
+
+        device = next(self.detector.parameters()).device
+        with frozen_parameters([self.detector]):
+            logits = self.detector(as_tensor(images).to(device))
+        return _joint({name: value.softmax(-1) for name, value in logits.items()}, texts)
+
+
+def _joint(probs: dict[str, torch.Tensor], texts: Sequence[str]) -> torch.Tensor:
+    """Probability ``(n,)`` that image ``i`` shows every label ``texts[i]`` asks for."""
+    from diffloc.world.captions import parse_caption
+
+    n = next(iter(probs.values())).shape[0]
+    if len(texts) != n:
+        raise ConfigError(f"got {n} images but {len(texts)} texts; pass one text per image")
+    rows = [label_probability({k: v[i : i + 1] for k, v in probs.items()}, parse_caption(t)) for i, t in
+            enumerate(texts)]  # fmt: skip
+    return torch.cat(rows)

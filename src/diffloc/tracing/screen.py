@@ -1,0 +1,180 @@
+"""The gradient methods of the trace API: ``attribution`` (every restore estimated) and ``screen`` (every restore
+estimated, the ``top_k`` highest confirmed by exact restores).
+
+Items are computed and stored like an exact trace's (resumable, under their own kind), and come back in the
+same form (``clean``, ``corrupted``, ``scores`` per restore), so :func:`~diffloc.tracing.causal.causal_trace` and
+:func:`~diffloc.tracing.causal.trace_text` summarize them with the same code. Which scores are estimates is
+returned as a mask (:attr:`TraceResult.exact_mask`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffloc.differentiable import check_autograd, require_gradient_scorer
+from diffloc.engine.interventions import CorruptTokens, Restore
+from diffloc.errors import ConfigError
+from diffloc.eval.scorers import Scorer
+from diffloc.models.base import LoadedModel
+from diffloc.tracing.attribution import check_method, estimate_text_item, estimate_unet_item
+from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.executors import Executor
+from diffloc.tracing.store import ItemStore, Job, run_jobs
+
+#: ``spec(kind, prompt, seed, **extra)``: what defines one stored item (the trace's own spec function)
+SpecFn = Callable[..., dict[str, object]]
+#: ``compute(restores) -> partial`` of the exact trace's item function for one item's restores
+ExactFn = Callable[[Sequence[Restore]], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """What a gradient-method trace shares with the exact one: the model, scorer, settings and the storage.
+
+    Attributes:
+        items: ``(prompt, seed, corruption)`` of every test item, in order.
+        spec: builds the stored-item key (the exact trace's, so keys name the model, weights and settings).
+        exact: builds the exact item function for a list of restores (``screen``'s confirmation).
+        validation: the exact trace's validation jobs (clean and corrupted runs only; they choose τ).
+    """
+
+    model: LoadedModel
+    scorer: Scorer
+    attribute: str
+    config: TraceConfig
+    items: list[tuple[str, int, CorruptTokens]]
+    spec: SpecFn
+    exact: Callable[[str, int, CorruptTokens, Sequence[Restore]], Any]
+    validation: list[Job] = field(default_factory=list)
+    out: str | Path | None = None
+    progress: Callable[[int, int], None] | None = None
+    executor: Executor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimated:
+    """Items of a gradient-method trace, in the exact trace's form, and what marks them."""
+
+    items: list[dict[str, Any]]
+    validated: list[dict[str, Any]]
+    store: ItemStore
+    exact_mask: np.ndarray  # (n_restores,) True where an exact restore measured the score
+    step_deltas: np.ndarray | None  # (n_restores, steps) mean estimated score change per step (UNet)
+    meta: dict[str, Any]
+
+
+def check_gradient_method(scorer: Scorer, method: str, top_k: int, n_restores: int) -> None:
+    """Refuse what a gradient method cannot do, before any work: one line each.
+
+    Raises:
+        ConfigError: unknown method, ``top_k`` < 1 or above the number of restores (screen), a scorer without
+            ``score_grad``, or autograd off in the calling context.
+    """
+    check_method(method, top_k)
+    if method == "exact":
+        return
+    if method == "screen" and top_k > n_restores:
+        raise ConfigError(f"top_k {top_k} exceeds the {n_restores} traced sites; give top_k <= {n_restores}")
+    require_gradient_scorer(scorer, method)
+    check_autograd(method)
+
+
+def estimate_unet(
+    sweep: Sweep, groups: Sequence[Sequence[str]], labels: Sequence[str], method: str, top_k: int
+) -> Estimated:
+    """Attribution items of a UNet trace (every group, per step), and for ``screen`` the top ``top_k`` groups
+    restored exactly."""
+    jobs = [
+        Job(
+            spec=sweep.spec("unet-attribution", prompt, seed, sites=[list(g) for g in groups]),
+            runs=2,
+            compute=partial(
+                estimate_unet_item, prompt=prompt, seed=seed, corrupt=corrupt, groups=[tuple(g) for g in groups],
+                attribute=sweep.attribute, config=sweep.config,
+            ),
+        )
+        for prompt, seed, corrupt in sweep.items
+    ]  # fmt: skip
+    items, validated, store = _run(sweep, jobs)
+    steps = np.mean([it.pop("step_deltas") for it in items], axis=0)
+    restores = [Restore(sites=tuple(g), source=0, restore_from=sweep.config.restore_from) for g in groups]
+    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, "unet", steps)
+
+
+def estimate_text(
+    sweep: Sweep, cells: Sequence[tuple[str, int]], spans: Sequence[tuple[int, int]], labels: Sequence[str],
+    method: str, top_k: int,
+) -> Estimated:  # fmt: skip
+    """Attribution items of a text trace (every site × token span), and for ``screen`` the top ``top_k`` cells
+    restored exactly."""
+    jobs = [
+        Job(
+            spec=sweep.spec("text-attribution", prompt, seed, cells=[list(c) for c in cells], spans=list(spans)),
+            runs=2,
+            compute=partial(
+                estimate_text_item, prompt=prompt, seed=seed, corrupt=corrupt, cells=list(cells), spans=list(spans),
+                attribute=sweep.attribute, config=sweep.config,
+            ),
+        )
+        for prompt, seed, corrupt in sweep.items
+    ]  # fmt: skip
+    items, validated, store = _run(sweep, jobs)
+    restores = [Restore(sites=(site,), source=0, positions=spans[span]) for site, span in cells]
+    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, "text", None)
+
+
+def _run(sweep: Sweep, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], ItemStore]:
+    all_items, store = run_jobs(
+        [*jobs, *sweep.validation], sweep.out, sweep.progress, model=sweep.model, scorer=sweep.scorer,
+        executor=sweep.executor,
+    )  # fmt: skip
+    return all_items[: len(jobs)], all_items[len(jobs) :], store
+
+
+def _confirm(
+    sweep: Sweep, items: list[dict[str, Any]], validated: list[dict[str, Any]], store: ItemStore,
+    labels: Sequence[str], restores: Sequence[Restore], method: str, top_k: int, kind: str,
+    steps: np.ndarray | None,
+) -> Estimated:  # fmt: skip
+    """For ``screen``: restore the ``top_k`` restores with the highest mean estimate exactly, on every item, and
+    write their measured scores over the estimates (the estimates stay in each item's ``estimates``)."""
+    mask = np.zeros(len(labels), bool)
+    meta: dict[str, Any] = {"method": method}
+    for item in items:
+        item["estimates"] = list(item["scores"])
+    if method == "screen":
+        mean = np.mean([it["scores"] for it in items], axis=0)
+        top = [int(i) for i in np.argsort(-mean, kind="stable")[:top_k]]
+        jobs = [
+            Job(
+                spec=sweep.spec(f"{kind}-screen", prompt, seed, confirmed=[labels[i] for i in top]),
+                runs=len(top) + 2,
+                compute=sweep.exact(prompt, seed, corrupt, [restores[i] for i in top]),
+            )
+            for prompt, seed, corrupt in sweep.items
+        ]
+        exact_items, exact_store = run_jobs(
+            jobs, sweep.out, sweep.progress, model=sweep.model, scorer=sweep.scorer, executor=sweep.executor
+        )
+        for item, exact in zip(items, exact_items, strict=True):
+            for j, i in enumerate(top):
+                item["scores"][i] = exact["scores"][j]
+        mask[top] = True
+        store.computed += exact_store.computed
+        store.reused += exact_store.reused
+        meta.update(top_k=top_k, confirmed=[labels[i] for i in top])
+    return Estimated(items=items, validated=validated, store=store, exact_mask=mask, step_deltas=steps, meta=meta)
+
+
+def step_effects(estimated: Estimated, clean: float, corrupted: float) -> np.ndarray | None:
+    """The mean per-step score changes normalized like the indirect effect (by the clean - corrupted gap)."""
+    if estimated.step_deltas is None:
+        return None
+    gap = clean - corrupted
+    return np.zeros_like(estimated.step_deltas) if abs(gap) < 1e-12 else estimated.step_deltas / gap
