@@ -16,6 +16,7 @@ from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwarg
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.sites import TEXT_STATE_KINDS
+from diffloc.tracing.methods import DEFAULT_TOP_K, METHODS, check_method
 from diffloc.validate import seed_arg
 
 if TYPE_CHECKING:
@@ -54,6 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--validation-seeds", type=seed_arg, nargs="+", default=None,
             help="seeds of the validation items (default: --seeds)",
         )  # fmt: skip
+        sub.add_argument(
+            "--method", choices=METHODS, default="exact",
+            help="exact (default: one restored run per site), attribution (every site estimated from one backward "
+            "pass per item; needs a differentiable scorer) or screen (estimated, the --top-k highest restored exactly)",
+        )  # fmt: skip
+        sub.add_argument(
+            "--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+            help=f"sites --method screen restores exactly (default {DEFAULT_TOP_K})",
+        )  # fmt: skip
         if target == "unet":
             sub.add_argument(
                 "--sites", default=None,
@@ -79,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.selection import check_disjoint
     from diffloc.tracing.statistics import check_items
 
+    check_method(args.method, args.top_k)
     auto = args.noise == "auto"
     extra: dict[str, object] = {}
     if args.target == "unet":
@@ -119,13 +130,13 @@ def run(args: argparse.Namespace) -> int:
                 result = causal_trace(
                     model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=sites,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-                    executor=executor,
+                    executor=executor, method=args.method, top_k=args.top_k,
                 )  # fmt: skip
             else:
                 result = trace_text(
                     model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-                    executor=executor,
+                    executor=executor, method=args.method, top_k=args.top_k,
                 )  # fmt: skip
     _write_plots(model, result, out)
     print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")
@@ -155,15 +166,22 @@ def summary_lines(result: TraceResult) -> list[str]:
 
     lines = [
         f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
-        f"restore source: {result.restore_from}"
+        f"restore source: {result.restore_from}  method: {result.method}"
     ]
+    if result.method != "exact":
+        confirmed = result.meta.get("confirmed") or []
+        lines.append(
+            "scores are attribution estimates (first-order), "
+            + (f"except {len(confirmed)} confirmed exactly: {', '.join(confirmed)}" if confirmed else "none exact")
+        )
     if result.kind == DENOISER_TRACE:
         effect = result.indirect_effect
         top = []
         for name, value in result.top(5, include_controls=False):
             i = result.labels.index(name)
             ci = "" if result.interval is None else f" [{result.interval[0, i]:.2f}, {result.interval[1, i]:.2f}]"
-            top.append(f"{name} {value:.2f}{ci}")
+            estimate = " (estimate)" if result.marks[i] == "estimate" else ""
+            top.append(f"{name} {value:.2f}{ci}{estimate}")
         lines.append("top sites (indirect effect, 95% interval): " + ", ".join(top))
         if result.controls:
             controls = ", ".join(f"{c} {effect[result.labels.index(c)]:.3f}" for c in result.controls)

@@ -4,7 +4,8 @@ Everywhere else generation runs under ``torch.inference_mode``. Here the latents
 whatever the caller makes differentiable (a probe added to a site's output, the text states), and every
 denoiser call is wrapped in a non-reentrant :func:`torch.utils.checkpoint.checkpoint`: the forward keeps only
 each call's inputs and recomputes its activations during the backward pass, so memory grows with the number of
-steps (and whatever the caller stores per site and step), not with the whole unrolled graph.
+steps (and whatever the caller stores per site and step), not with the whole unrolled graph. The decoder runs
+once at the end, outside a checkpoint.
 
 Hooks a caller needs during a step are given per step index (``step_hooks(index)``) and installed *inside* the
 checkpointed call, so the recomputation in the backward pass sees exactly the same hooks; every one is removed
@@ -127,7 +128,9 @@ def sample_with_grad(
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
         check_latents(latents, step=index + 1, steps=len(timesteps), guidance=config.guidance)
-    images = checkpoint(partial(adapter.decode, pipe, batch=config.decode_batch), latents, use_reentrant=False)
+    # Decoded once, outside a checkpoint: the decoder may change its own dtype while it runs (``force_upcast``),
+    # which a recomputation in the backward pass would not reproduce. Its graph is one image's decoder activations.
+    images = adapter.decode(pipe, latents, batch=config.decode_batch)
     check_images(images.detach())
     return images
 

@@ -26,21 +26,29 @@ class DetectorScorer:
     """ShapesWorld detectors: probability that the image shows every label the text asks for.
 
     Texts are parsed as ShapesWorld captions or fragments ("in the style of van goo", "a zorblin",
-    "the flag of zorbia", "a red circle").
+    "the flag of zorbia", "a red circle"). With ``log_probability`` the score is the joint log-probability, which
+    does not saturate where the probability reads exactly 0 or 1 in float32 (attribution's gradients need that).
     """
 
     name = "shapesworld-detectors"
 
-    def __init__(self, detector: Any | None = None, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, detector: Any | None = None, *, device: str | torch.device | None = None, log_probability: bool = False
+    ) -> None:
         from diffloc.world.detectors import DetectorScorer as _Impl
 
-        self._impl = _Impl(detector, device=device)
+        self._impl = _Impl(detector, device=device, log_probability=log_probability)
         self._shipped = detector is None
+        self.log_probability = log_probability
+        if log_probability:
+            self.name = "shapesworld-detectors-logp"
 
     def reference(self) -> Callable[[], DetectorScorer] | None:
         """How another process rebuilds this scorer (the shipped detectors, on that process's CPU), or ``None``
         for detectors given as an object."""
-        return DetectorScorer if self._shipped else None
+        if not self._shipped:
+            return None
+        return partial(DetectorScorer, log_probability=True) if self.log_probability else DetectorScorer
 
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return check_scores(self._impl.score(images, list(texts)).float(), texts, self.name)

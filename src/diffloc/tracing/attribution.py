@@ -37,22 +37,6 @@ from diffloc.models.base import Conditioning, LoadedModel
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
 
-#: the methods of the trace API: restore each site exactly, estimate every site by attribution, or estimate
-#: every site and confirm the top k exactly
-METHODS = ("exact", "attribution", "screen")
-
-
-def check_method(method: str, top_k: int) -> None:
-    """Refuse an unknown method or a screen size below 1 (one line each).
-
-    Raises:
-        ConfigError: ``method`` is not one of :data:`METHODS`, or ``top_k`` < 1.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"top_k must be an integer >= 1 (sites the screen confirms exactly), got {top_k!r}")
-
 
 def _encode(model: LoadedModel, runs: Sequence[Run], hooks: dict[str, OutputHook] | None = None) -> Conditioning:
     """Conditioning of ``runs`` (their text-level interventions applied), one row per run; ``hooks`` are extra

@@ -34,6 +34,7 @@ from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.methods import DEFAULT_TOP_K
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
 from diffloc.tracing.selection import check_disjoint, select_sites
@@ -221,7 +222,7 @@ def causal_trace(
     progress: ProgressFn | None = None,
     executor: Executor | None = None,
     method: str = "exact",
-    top_k: int = 8,
+    top_k: int = DEFAULT_TOP_K,
 ) -> TraceResult:
     """Trace which denoiser (UNet) sites carry the attribute.
 
@@ -419,7 +420,7 @@ def trace_text(
     executor: Executor | None = None,
     skip_unreached: bool = True,
     method: str = "exact",
-    top_k: int = 8,
+    top_k: int = DEFAULT_TOP_K,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
 

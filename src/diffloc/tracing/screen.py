@@ -22,9 +22,10 @@ from diffloc.engine.interventions import CorruptTokens, Restore
 from diffloc.errors import ConfigError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
-from diffloc.tracing.attribution import check_method, estimate_text_item, estimate_unet_item
+from diffloc.tracing.attribution import estimate_text_item, estimate_unet_item
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.methods import check_method
 from diffloc.tracing.store import ItemStore, Job, run_jobs
 
 #: ``spec(kind, prompt, seed, **extra)``: what defines one stored item (the trace's own spec function)

@@ -329,17 +329,24 @@ class DetectorScorer:
     probability of all labels the text asks for.
     """
 
-    def __init__(self, detector: Detector | None = None, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, detector: Detector | None = None, *, device: str | torch.device | None = None,
+        log_probability: bool = False,
+    ) -> None:  # fmt: skip
         self.detector = on_device(detector if detector is not None else shipped_detector(), device)
+        self.log_probability = log_probability
 
     def score(self, images, texts: Sequence[str]) -> torch.Tensor:
-        """Probability ``(n,)`` that image ``i`` shows ``texts[i]``.
+        """Probability ``(n,)`` that image ``i`` shows ``texts[i]`` (its natural log with ``log_probability``).
 
         Raises:
             ConfigError: a different number of images and texts.
             PromptError: a text is empty or names nothing ShapesWorld knows.
         """
-        return _joint(detect(images, self.detector), texts)
+        if not self.log_probability:
+            return _joint(detect(images, self.detector), texts)
+        with torch.no_grad():
+            return self.score_grad(images, texts).cpu()
 
     def score_grad(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """:meth:`score` as a differentiable function of ``images`` (the detector's weights stay frozen).
@@ -352,16 +359,24 @@ class DetectorScorer:
         device = next(self.detector.parameters()).device
         with frozen_parameters([self.detector]):
             logits = self.detector(as_tensor(images).to(device))
+        if self.log_probability:
+            return _joint({name: value.log_softmax(-1) for name, value in logits.items()}, texts, log=True)
         return _joint({name: value.softmax(-1) for name, value in logits.items()}, texts)
 
 
-def _joint(probs: dict[str, torch.Tensor], texts: Sequence[str]) -> torch.Tensor:
-    """Probability ``(n,)`` that image ``i`` shows every label ``texts[i]`` asks for."""
+def _joint(probs: dict[str, torch.Tensor], texts: Sequence[str], *, log: bool = False) -> torch.Tensor:
+    """Probability ``(n,)`` that image ``i`` shows every label ``texts[i]`` asks for; with ``log``, ``probs`` hold
+    log-probabilities and the result is the joint log-probability (a sum, which does not saturate at 0 or 1)."""
     from diffloc.world.captions import parse_caption
 
     n = next(iter(probs.values())).shape[0]
     if len(texts) != n:
         raise ConfigError(f"got {n} images but {len(texts)} texts; pass one text per image")
-    rows = [label_probability({k: v[i : i + 1] for k, v in probs.items()}, parse_caption(t)) for i, t in
-            enumerate(texts)]  # fmt: skip
+    rows = []
+    for i, text in enumerate(texts):
+        labels = parse_caption(text)
+        if log:
+            rows.append(sum((probs[a][i : i + 1, class_index(a, v)] for a, v in labels.items()), torch.zeros(1)))
+        else:
+            rows.append(label_probability({k: v[i : i + 1] for k, v in probs.items()}, labels))
     return torch.cat(rows)

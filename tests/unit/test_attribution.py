@@ -1,0 +1,215 @@
+"""Attribution patching and the screen: agreement with exact patching where restores act linearly, a gradient path
+that leaves the model as it found it, the estimate/exact marks, and the refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from diffloc.cli.main import main
+from diffloc.engine.hooks import installed_hook_count
+from diffloc.errors import ConfigError
+from diffloc.eval.scorers import DetectorScorer
+from diffloc.tracing.causal import causal_trace, trace_text
+from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.results import TraceResult
+
+PROMPT = "a red circle in the style of van gogh"
+SUBJECT = "van gogh"
+ATTRIBUTE = "a blue diamond"  # absent from the images: its log-probability is a smooth (unsaturated) logit margin
+#: noise small enough that a restore moves each site's activation a little: the score is then linear in it
+LINEAR = TraceConfig(seeds=(0,), steps=3, guidance=4.0, noise=0.005, bootstrap=0, max_batch=80)
+RELATIVE = 0.05
+
+
+def _changes(result: TraceResult) -> np.ndarray:
+    return np.nan_to_num(np.asarray(result.scores, float) - result.corrupt_score).ravel()
+
+
+def assert_agree(exact: TraceResult, estimated: TraceResult, share: float = 0.1) -> int:
+    """Estimated and exact score changes agree to :data:`RELATIVE` on every restore whose exact change is at least
+    ``share`` of the largest; returns how many were compared."""
+    want, got = _changes(exact), _changes(estimated)
+    big = np.abs(want) >= share * np.abs(want).max()
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got[big], want[big], rtol=RELATIVE, atol=0)
+    return int(big.sum())
+
+
+def _subset(result: TraceResult, keep: list[int]) -> TraceResult:
+    return replace(result, scores=np.asarray(result.scores)[keep], labels=[result.labels[i] for i in keep])
+
+
+@pytest.fixture(scope="module")
+def logp():
+    return DetectorScorer(log_probability=True)
+
+
+def _frozen_state(model):
+    flags = {
+        f"{name}.{p_name}": (param.requires_grad, param.grad is None)
+        for name, component in model.pipe.components.items()
+        if isinstance(component, torch.nn.Module)
+        for p_name, param in component.named_parameters()
+    }
+    return model.fingerprint(), flags, installed_hook_count(model)
+
+
+def test_unet_attribution_equals_exact_patching_where_restores_are_linear(tiny_sd1, logp):
+    kwargs = dict(scorer=logp, sites="unet.*", config=LINEAR)
+    exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs)
+    estimated = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="attribution", **kwargs)
+    assert estimated.labels == exact.labels
+    assert estimated.clean_score == pytest.approx(exact.clean_score, abs=1e-4)
+    assert estimated.corrupt_score == pytest.approx(exact.corrupt_score, abs=1e-4)
+    assert assert_agree(exact, estimated) >= 10
+    steps = estimated.step_effects
+    assert steps is not None and steps.shape[0] == len(exact.labels) and steps.shape[1] >= LINEAR.steps
+    np.testing.assert_allclose(steps.sum(1), estimated.indirect_effect, rtol=1e-6, atol=1e-9)
+    controls = [estimated.labels.index(c) for c in estimated.controls]
+    assert np.abs(estimated.indirect_effect[controls]).max() < 1e-3  # text-blind: nothing to restore on the same latent
+
+
+def test_trajectory_attribution_matches_trajectory_patching(tiny_sd1, logp):
+    config = TraceConfig(**{**LINEAR.to_dict(), "restore_from": "trajectory"})
+    kwargs = dict(scorer=logp, sites="unet.xattn.*", config=config)
+    exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs)
+    estimated = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="attribution", **kwargs)
+    assert estimated.restore_from == "trajectory"
+    # The controls (text-blind, before the first cross-attention) carry only the clean trajectory's latent under this
+    # source; restoring the UNet's first layer perturbs everything after it, and first order misses ~6-11% of that
+    # effect at every noise from 5e-4 to 8e-3 (not shrinking like a curvature term). Compared: the sites that read text.
+    keep = [i for i, label in enumerate(exact.labels) if label not in exact.controls]
+    assert assert_agree(_subset(exact, keep), _subset(estimated, keep)) >= 5
+
+
+def test_text_attribution_equals_exact_patching_where_restores_are_linear(tiny_sd1, logp):
+    exact = trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR)
+    estimated = trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, method="attribution")
+    assert estimated.scores.shape == exact.scores.shape
+    assert np.array_equal(np.isnan(estimated.scores), np.isnan(exact.scores))
+    # Text restores move the score by 1e-4..5e-3 here, and a float32 sampling chain measures an exact restore to
+    # about 1e-5: only the larger cells are measured well enough to hold either method to 5%.
+    assert assert_agree(exact, estimated, share=0.4) >= 3
+
+
+def test_the_gradient_path_leaves_weights_flags_and_hooks_as_before(tiny_sd1, logp):
+    before = _frozen_state(tiny_sd1)
+    causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, sites="unet.xattn.*", config=LINEAR,
+                 method="attribution")  # fmt: skip
+    trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, method="attribution")
+    assert _frozen_state(tiny_sd1) == before
+    assert before[2] == 0
+
+
+def test_an_error_inside_the_gradient_path_restores_everything(tiny_sd1):
+    class Failing(DetectorScorer):
+        def score_grad(self, images, texts):
+            raise RuntimeError("scorer failed")
+
+    before = _frozen_state(tiny_sd1)
+    with pytest.raises(RuntimeError, match="scorer failed"):
+        causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=Failing(log_probability=True), sites="unet.xattn.0",
+                     config=LINEAR, method="attribution")  # fmt: skip
+    assert _frozen_state(tiny_sd1) == before
+
+
+def test_screen_confirms_the_top_k_exactly_and_marks_every_score(tiny_sd1, logp, tmp_path):
+    kwargs = dict(scorer=logp, sites="unet.xattn.*", config=LINEAR)
+    exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs)
+    screen = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="screen", top_k=3, out=tmp_path, **kwargs)
+    confirmed = screen.meta["confirmed"]
+    assert len(confirmed) == 3 and screen.method == "screen"
+    marks = dict(zip(screen.labels, screen.marks, strict=True))
+    assert {name for name, mark in marks.items() if mark == "exact"} == set(confirmed)
+    for name in confirmed:  # the confirmed sites carry the exact trace's numbers
+        i, j = screen.labels.index(name), exact.labels.index(name)
+        assert screen.scores[i] == pytest.approx(exact.scores[j], abs=1e-4)
+    loaded = TraceResult.load(tmp_path)
+    assert loaded.method == "screen" and loaded.meta["confirmed"] == confirmed
+    assert np.array_equal(loaded.marks, screen.marks) and np.array_equal(loaded.exact_mask, screen.exact_mask)
+    np.testing.assert_array_equal(loaded.step_effects, screen.step_effects)
+    np.testing.assert_array_equal(loaded.scores, screen.scores)
+
+
+def test_exact_results_mark_every_score_exact(tiny_sd1, logp, tmp_path):
+    result = trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, out=tmp_path)
+    loaded = TraceResult.load(tmp_path)
+    assert result.method == loaded.method == "exact" and loaded.step_effects is None
+    assert set(loaded.marks.ravel()) == {"exact"}
+
+
+def test_text_screen_marks_the_confirmed_cells(tiny_sd1, logp, tmp_path):
+    screen = trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, method="screen", top_k=2,
+                        out=tmp_path)  # fmt: skip
+    assert int((screen.marks == "exact").sum()) == 2 and len(screen.meta["confirmed"]) == 2
+    assert np.array_equal(TraceResult.load(tmp_path).marks, screen.marks)
+
+
+class _Opaque:
+    """A scorer with no gradient (a stand-in for any black-box scorer)."""
+
+    name = "opaque"
+
+    def score(self, images, texts):
+        return images.mean(dim=(1, 2, 3))
+
+    def check(self, text):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "attribution", "scorer": _Opaque()}, "scorer 'opaque' has no score_grad"),
+        ({"method": "screen", "top_k": 0}, "top_k must be an integer >= 1"),
+        ({"method": "screen", "top_k": -2}, "top_k must be an integer >= 1"),
+        ({"method": "screen", "top_k": 99}, "top_k 99 exceeds the 18 traced sites"),
+        ({"method": "gradient"}, "method must be one of exact, attribution, screen"),
+    ],
+)
+def test_bad_gradient_settings_are_refused_in_one_line(tiny_sd1, logp, kwargs, message):
+    kwargs = {"scorer": logp, **kwargs}
+    with pytest.raises(ConfigError, match=message) as info:
+        causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, sites="unet.xattn.*", config=LINEAR, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("method", ["attribution", "screen"])
+def test_autograd_off_is_refused_instead_of_returning_zeros(tiny_sd1, logp, context, method):
+    with context(), pytest.raises(ConfigError, match="autograd is off"):
+        causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, sites="unet.xattn.*", config=LINEAR,
+                     method=method)  # fmt: skip
+    with context(), pytest.raises(ConfigError, match="autograd is off"):
+        trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, method=method)
+
+
+def test_text_screen_refuses_more_cells_than_the_grid_has(tiny_sd1, logp):
+    with pytest.raises(ConfigError, match=r"top_k 100000 exceeds the \d+ traced sites"):
+        trace_text(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, config=LINEAR, method="screen", top_k=100000)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--method", "screen", "--top-k", "0"], "top_k must be an integer >= 1"),
+    (["--method", "screen", "--top-k", "500"], "top_k 500 exceeds the 18 traced sites"),
+])  # fmt: skip
+def test_cli_refuses_bad_screen_sizes_in_one_line(tmp_path, tiny_clip_dir, capsys, flags, message):
+    code = main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", SUBJECT, "--attribute",
+                 "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.*", "--out", str(tmp_path),
+                 "--seeds", "0", "--steps", "2", "--bootstrap", "0", *flags])  # fmt: skip
+    err = capsys.readouterr().err.strip().split("\r")[-1]  # after the progress bar, cleared
+    assert code == 1 and err.startswith("diffloc: error:") and message in err and "\n" not in err
+
+
+def test_cli_screen_with_a_clip_scorer_writes_marked_results(tmp_path, tiny_clip_dir, capsys):
+    code = main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", SUBJECT, "--attribute",
+                 "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.*", "--out", str(tmp_path),
+                 "--seeds", "0", "--steps", "2", "--bootstrap", "0", "--method", "screen", "--top-k", "2"])  # fmt: skip
+    assert code == 0
+    result = TraceResult.load(tmp_path)
+    assert result.method == "screen" and int((result.marks == "exact").sum()) == 2
+    assert "method: screen" in capsys.readouterr().out
