@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
     """``trace.png`` (and for the UNet ``strip.png``: the first item's clean, corrupted and best restored runs)."""
-    from diffloc.report.plots import image_strip, plot_denoiser_trace, plot_text_trace, save_figure
+    from diffloc.report.plots import image_strip, plot_denoiser_trace, plot_step_effects, plot_text_trace, save_figure
     from diffloc.tracing.causal import first_item_images
     from diffloc.tracing.results import DENOISER_TRACE
 
@@ -154,6 +154,8 @@ def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
         images = first_item_images(model, result)
         labels = ["clean", "corrupted", *(name for name, _ in result.top(images.shape[0] - 2, include_controls=False))]
         save_figure(image_strip(images, labels), out / "strip.png")
+        if result.step_effects is not None:
+            save_figure(plot_step_effects(result), out / "steps.png")
     else:
         save_figure(plot_text_trace(result), out / "trace.png")
     for line in summary_lines(result):

@@ -63,11 +63,19 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     ax.set_title(
         f"UNet causal trace: '{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
-        f"restore from {result.restore_from}{interval}){flag}",
+        f"restore from {result.restore_from}{interval}{_method_note(result)}){flag}",
         fontsize=9, pad=22,
     )  # fmt: skip
     ax.legend(handles=handles, fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
     return figure
+
+
+def _method_note(result: TraceResult) -> str:
+    """How the scores were made, when not all exact (attribution estimates, a screen's confirmed sites)."""
+    if result.method == "exact":
+        return ""
+    exact = int((result.marks == "exact").sum())
+    return f"; {result.method}: estimates" + (f", {exact} confirmed exactly" if exact else "")
 
 
 def plot_text_trace(result: TraceResult) -> Figure:
@@ -99,6 +107,7 @@ def plot_text_trace(result: TraceResult) -> Figure:
         f"Text-encoder causal trace ('*' = subject tokens; clean {result.clean_score:.3f}, "
         f"corrupted {result.corrupt_score:.3f}; {result.n_items} items"
         + ("; red: strongest cell, 95% interval" if result.interval is not None else "")
+        + _method_note(result)
         + ")",
         fontsize=9,
     )
@@ -158,4 +167,37 @@ def image_strip(images: torch.Tensor, labels: Sequence[str], *, columns: int = 1
         ax.set_title(wrapped[i], fontsize=7, linespacing=1.1)
         ax.axis("off")
     figure.subplots_adjust(wspace=0.08, hspace=0.1 + 0.08 * lines)
+    return figure
+
+
+def plot_step_effects(result: TraceResult, *, limit: int = 24) -> Figure:
+    """Site × step heat map of an attribution trace: the estimated indirect effect of restoring each site at one
+    denoising step alone (a row sums to the site's estimate). Shows the ``limit`` sites with the largest
+    |estimate| (controls excluded), in execution order.
+
+    Raises:
+        DifflocError: the result holds no site × step map (an exact trace, or a text trace).
+    """
+    from diffloc.errors import DifflocError
+
+    if result.step_effects is None:
+        raise DifflocError("this result has no site × step map; trace with method 'attribution' or 'screen'")
+    steps = np.asarray(result.step_effects, float)  # (sites, steps)
+    candidates = [i for i, label in enumerate(result.labels) if label not in result.controls]
+    largest = sorted(candidates, key=lambda i: -abs(float(steps[i].sum())))[:limit]
+    rows = sorted(largest)
+    data = steps[rows]
+    figure = Figure(figsize=(max(5.0, 0.3 * steps.shape[1] + 3), 0.26 * len(rows) + 1.6))
+    ax = figure.add_subplot()
+    bound = float(np.abs(data).max()) or 1.0
+    image = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([result.labels[i].replace("unet.", "") for i in rows], fontsize=7)
+    ax.set_xlabel("denoising step (0 = noisiest)")
+    ax.set_title(
+        f"Attribution by step: '{result.meta.get('subject', '')}' → {result.meta.get('attribute', '')!r} "
+        f"(estimates, {result.n_items} items; restore from {result.restore_from})",
+        fontsize=9,
+    )  # fmt: skip
+    figure.colorbar(image, ax=ax, label="estimated indirect effect")
     return figure
