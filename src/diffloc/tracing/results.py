@@ -173,11 +173,19 @@ class TraceResult:
         return any(abs(v) > CONTROL_LIMIT for v in self.control_effects.values())
 
     def top(self, k: int = 5, *, include_controls: bool = True) -> list[tuple[str, float]]:
-        """The ``k`` sites (``unet``) with the highest indirect effect."""
+        """The ``k`` sites (``unet``) with the highest indirect effect.
+
+        In a screen (some scores exact, the rest estimates) the sites it confirmed exactly come first, by their
+        measured effect: the screen ranked them above every other site, and an estimate beside a measurement is
+        not comparable (a first-order estimate overshoots where the score saturates).
+        """
         if self.kind != DENOISER_TRACE:
             raise DifflocError("top() ranks UNet sites; for text traces read indirect_effect[kind, layer, token]")
         effect = self.indirect_effect
         order = [int(i) for i in np.argsort(-effect, kind="stable")]
+        if self.exact_mask is not None:
+            exact = np.asarray(self.exact_mask, bool).ravel()
+            order = [i for i in order if exact[i]] + [i for i in order if not exact[i]]
         if not include_controls:
             order = [i for i in order if self.labels[i] not in self.controls]
         return [(self.labels[i], float(effect[i])) for i in order[:k]]
