@@ -128,8 +128,9 @@ def test_screen_confirms_the_top_k_exactly_and_marks_every_score(tiny_sd1, logp,
     for name in confirmed:  # the confirmed sites carry the exact trace's numbers
         i, j = screen.labels.index(name), exact.labels.index(name)
         assert screen.scores[i] == pytest.approx(exact.scores[j], abs=1e-4)
-    assert [name for name, _ in screen.top(3)] == sorted(confirmed, key=lambda n: -screen.indirect_effect[
-        screen.labels.index(n)])  # the confirmed sites lead, by their measured effect
+    assert [name for name, _ in screen.top(3)] == sorted(
+        confirmed, key=lambda n: -screen.indirect_effect[screen.labels.index(n)]
+    )  # the confirmed sites lead, by their measured effect
     loaded = TraceResult.load(tmp_path)
     assert loaded.method == "screen" and loaded.meta["confirmed"] == confirmed
     assert np.array_equal(loaded.marks, screen.marks) and np.array_equal(loaded.exact_mask, screen.exact_mask)
