@@ -149,7 +149,7 @@ def estimate_unet_item(
                 clean_values.setdefault(name, []).append(seen[name][0])
 
         def hooks(index: int) -> dict[str, OutputHook]:
-            alpha = torch.zeros(len(sites), dtype=torch.float32, requires_grad=True)
+            alpha = torch.zeros(len(sites), dtype=torch.float32, device=model.device, requires_grad=True)
             alphas.append(alpha)
             return {name: _probe(row, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
 
@@ -192,15 +192,15 @@ def estimate_text_item(
     clean_run, corrupt_run = _item_runs(prompt, seed, corrupt)
     clean_score, _ = _clean_run(model, clean_run, gen, [], scorer, attribute)
     advance(1)
-    span_of = torch.full((spans[-1][1],), -1, dtype=torch.long)
+    span_of = torch.full((spans[-1][1],), -1, dtype=torch.long, device=model.device)
     for index, (start, end) in enumerate(spans):
         span_of[start:end] = index
     with gradient_scope(model):
-        alpha = torch.zeros((len(sites), len(spans)), dtype=torch.float32, requires_grad=True)
+        alpha = torch.zeros((len(sites), len(spans)), dtype=torch.float32, device=model.device, requires_grad=True)
         rows = compile_runs(model, [clean_run, corrupt_run]).text_rows
         clean_row, corrupt_row = rows
 
-        weights = torch.where(span_of >= 0, alpha[:, span_of.clamp(min=0)], torch.zeros(()))  # (sites, tokens)
+        weights = torch.where(span_of >= 0, alpha[:, span_of.clamp(min=0)], 0.0)  # (sites, tokens)
         probes = {name: _probe(corrupt_row, weights[j], clean_row=clean_row) for j, name in enumerate(sites)}
         with _token_check(model, sites, len(span_of)):
             cond = _encode(model, [clean_run, corrupt_run], probes)
