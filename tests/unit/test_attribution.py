@@ -220,7 +220,7 @@ def test_cli_screen_with_a_clip_scorer_writes_marked_results(tmp_path, tiny_clip
 
 def test_the_step_heatmap_renders_from_a_saved_attribution_result(tiny_sd1, logp, tmp_path):
     from diffloc.errors import DifflocError
-    from diffloc.report.plots import plot_step_effects, plot_unet_trace, save_figure
+    from diffloc.report.plots import plot_denoiser_trace, plot_step_effects, save_figure
 
     causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, sites="unet.xattn.*", config=LINEAR,
                  method="attribution", out=tmp_path)  # fmt: skip
@@ -228,7 +228,7 @@ def test_the_step_heatmap_renders_from_a_saved_attribution_result(tiny_sd1, logp
     figure = plot_step_effects(loaded, limit=5)
     assert len(figure.axes[0].get_yticklabels()) == 5
     assert save_figure(figure, tmp_path / "steps.png").stat().st_size > 0
-    assert "attribution: estimates" in plot_unet_trace(loaded).axes[0].get_title()
+    assert "attribution: estimates" in plot_denoiser_trace(loaded).axes[0].get_title()
     exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, sites="unet.xattn.0", config=LINEAR)
     with pytest.raises(DifflocError, match="no site × step map"):
         plot_step_effects(exact)

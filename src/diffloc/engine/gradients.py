@@ -41,12 +41,13 @@ BeforeStep = Callable[[int, torch.Tensor, Any], None]
 
 def denoiser(model: LoadedModel) -> Any:
     """The model's denoiser network (the one place this module reaches it)."""
-    return model.pipe.unet
+    return model.denoiser
 
 
 def predict(model: LoadedModel, x: torch.Tensor, t: Any, cond: Conditioning) -> torch.Tensor:
     """One denoiser call: the prediction for model input ``x`` at timestep ``t`` under ``cond``."""
-    return denoiser(model)(x, t, **model.adapter.unet_kwargs(cond)).sample
+    adapter = model.adapter
+    return adapter.predict_noise(model.pipe, x, t, adapter.denoiser_kwargs(cond))
 
 
 def sample_size(model: LoadedModel, config: GenerationConfig) -> tuple[int, int]:
@@ -116,7 +117,7 @@ def sample_with_grad(
         cond = Conditioning.cat([uncond, cond])
     cond = adapter.for_size(cond, height, width)
     step_kwargs = _scheduler_step_kwargs(scheduler, seeds)
-    in_channels = int(net.config.in_channels)
+    in_channels = adapter.in_channels(pipe)
     timesteps = scheduler.timesteps
     for index, t in enumerate(timesteps):
         if before_step is not None:

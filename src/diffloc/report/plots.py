@@ -192,7 +192,7 @@ def plot_step_effects(result: TraceResult, *, limit: int = 24) -> Figure:
     bound = float(np.abs(data).max()) or 1.0
     image = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([result.labels[i].replace("unet.", "") for i in rows], fontsize=7)
+    ax.set_yticklabels([short_label(result.labels[i]) for i in rows], fontsize=7)
     ax.set_xlabel("denoising step (0 = noisiest)")
     ax.set_title(
         f"Attribution by step: '{result.meta.get('subject', '')}' → {result.meta.get('attribute', '')!r} "

@@ -32,8 +32,8 @@ from diffloc.engine.gradients import gradient_scope, predict, sample_size, sampl
 from diffloc.engine.hooks import OutputHook, patch, primary, record, with_primary
 from diffloc.engine.interventions import CorruptTokens, Run, compile_runs
 from diffloc.errors import ConfigError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import Conditioning, LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
 

@@ -20,12 +20,13 @@ import numpy as np
 from diffloc.differentiable import check_autograd, require_gradient_scorer
 from diffloc.engine.interventions import CorruptTokens, Restore
 from diffloc.errors import ConfigError
-from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
+from diffloc.scoring import Scorer
 from diffloc.tracing.attribution import estimate_text_item, estimate_unet_item
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.methods import check_method
+from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE
 from diffloc.tracing.store import ItemStore, Job, run_jobs
 
 #: ``spec(kind, prompt, seed, **extra)``: what defines one stored item (the trace's own spec function)
@@ -105,7 +106,7 @@ def estimate_unet(
     items, validated, store = _run(sweep, jobs)
     steps = np.mean([it.pop("step_deltas") for it in items], axis=0)
     restores = [Restore(sites=tuple(g), source=0, restore_from=sweep.config.restore_from) for g in groups]
-    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, "unet", steps)
+    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, DENOISER_TRACE, steps)
 
 
 def estimate_text(
@@ -127,7 +128,7 @@ def estimate_text(
     ]  # fmt: skip
     items, validated, store = _run(sweep, jobs)
     restores = [Restore(sites=(site,), source=0, positions=spans[span]) for site, span in cells]
-    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, "text", None)
+    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, TEXT_TRACE, None)
 
 
 def _run(sweep: Sweep, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], ItemStore]:
