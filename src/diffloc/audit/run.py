@@ -165,12 +165,15 @@ def audit(
     scorer.check(target.attribute)
     before = model.fingerprint()
     seen = [t.format(target.concept) for t in edit.request.get("templates", ()) if "{}" in t]
+    paraphrases = paraphrase_prompts(target, seen, config.prompts)
+    strips = None if out is None else Path(out) / "attacks"
+    edited: dict[tuple[str, ...], dict[str, Any]] = {}  # the edited model's measurement per prompt set, made once
     results = []
     for name in config.attacks:
         if progress is not None:
             progress(name)
-        strips = None if out is None else Path(out) / "attacks"
-        results.append(_attack(name, model, edit, target, seen, scorer=scorer, config=config, strips=strips))
+        results.append(_attack(name, model, edit, target, paraphrases, scorer=scorer, config=config, strips=strips,
+                               edited=edited))  # fmt: skip
     if model.fingerprint() != before:
         raise DifflocError("the audit left the model's weights changed; this is a bug in diffloc, please report it")
     report = AuditReport(
@@ -191,25 +194,33 @@ def audit(
 
 
 def _attack(
-    name: str, model: LoadedModel, edit: Edit, target: AuditTarget, seen: list[str], *, scorer: Scorer,
-    config: AuditConfig, strips: Path | None,
+    name: str, model: LoadedModel, edit: Edit, target: AuditTarget, paraphrases: list[str], *, scorer: Scorer,
+    config: AuditConfig, strips: Path | None, edited: dict[tuple[str, ...], dict[str, Any]],
 ) -> AttackResult:  # fmt: skip
-    """Run one attack; with ``strips``, the first images on the attacked model go to ``strips/<label>.png``."""
+    """Run one attack; with ``strips``, the first images on the attacked model go to ``strips/<label>.png``.
+    ``edited`` holds the edited model's measurement of each prompt set already made (the fine-tune attack starts
+    from the paraphrase attack's), and receives the ones this attack makes."""
 
     def measure(prompts: Sequence[str], label: str | None = None) -> dict[str, Any]:
         path = None if strips is None or label is None else strips / f"{label}.png"
         return shown(model, prompts, target.attribute, scorer=scorer, config=config, strip=path).to_dict()
 
-    paraphrases = paraphrase_prompts(target, seen, config.prompts)
+    def measure_edited(prompts: Sequence[str], label: str | None = None) -> dict[str, Any]:
+        """The measurement with the edit applied by the caller, reused when this prompt set was measured."""
+        key = tuple(prompts)
+        if key not in edited:
+            edited[key] = measure(prompts, label)
+        return edited[key]
+
     if name in ("paraphrase", "spelling", "description"):
-        if name == "description" and description_gap(target) is not None:
-            return AttackResult(name=name, skipped=description_gap(target))
+        if name == "description" and (gap := description_gap(target)) is not None:
+            return AttackResult(name=name, skipped=gap)
         prompts = {"paraphrase": paraphrases, "spelling": spelling_prompts(target, config.prompts),
                    "description": description_prompts(target, config.prompts)}[name]  # fmt: skip
         unedited = measure(prompts)
         with edit.applied(model):
-            edited = measure(prompts, name)
-        return AttackResult(name=name, prompts=tuple(prompts), edited=edited, unedited=unedited)
+            after = measure_edited(prompts, name)
+        return AttackResult(name=name, prompts=tuple(prompts), edited=after, unedited=unedited)
     if name == "revert":
         rows = []
         for fraction in config.revert_fractions:
@@ -220,8 +231,8 @@ def _attack(
         return AttackResult(name=name, skipped="fine-tuning needs images without the concept; ShapesWorld renders "
                                                "them, other models have none shipped")  # fmt: skip
     with edit.applied(model):
-        edited = measure(paraphrases)
+        after = measure_edited(paraphrases)
         rows = finetune_revival(model, target, checkpoints=config.finetune_steps, lr=config.finetune_lr,
                                 batch=config.finetune_batch, seed=config.seed,
                                 measure=lambda: measure(paraphrases, "finetune"))  # fmt: skip
-    return AttackResult(name=name, prompts=tuple(paraphrases), edited=edited, rows=tuple(rows))
+    return AttackResult(name=name, prompts=tuple(paraphrases), edited=after, rows=tuple(rows))
