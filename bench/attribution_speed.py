@@ -2,7 +2,8 @@
 
 Run: ``python bench/attribution_speed.py [--out FILE]`` (single-threaded; a few minutes on an idle machine).
 
-On the shipped ShapesWorld model, for each case of the shipped suite (its first prompt, seeds 0 and 1, the
+On the shipped ShapesWorld model, for each case of the shipped suite (its first ``--prompts`` prompts × seeds 0
+and 1, the
 corruption at ``--noise-multiplier`` × the token-embedding std, every UNet site, ``same-latent`` restores), the UNet
 trace is made three ways on the same items:
 
@@ -42,6 +43,7 @@ from diffloc.eval.scorers import DetectorScorer
 from diffloc.eval.suite import load_suite, shipped_suite_path
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
+from diffloc.tracing.agreement import agreement, top_sites
 from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import TraceResult
@@ -54,44 +56,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1 (ties broken by position; effects are continuous)."""
-    out = np.empty(len(values))
-    out[np.argsort(values, kind="stable")] = np.arange(len(values))
-    return out
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two vectors."""
-    ra, rb = ranks(a), ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def top_sites(result: TraceResult, k: int = 5) -> list[str]:
-    """The ``k`` sites with the highest indirect effect, controls excluded."""
-    return [name for name, _ in result.top(k, include_controls=False)]
-
-
 def compare(results: dict[str, TraceResult], seconds: dict[str, float]) -> dict[str, Any]:
     """Speed and agreement of each method against exact."""
     exact = results["exact"]
-    want = set(top_sites(exact))
-    text_sites = [i for i, name in enumerate(exact.labels) if name not in exact.controls]
-    out: dict[str, Any] = {"exact_top5": sorted(want)}
+    out: dict[str, Any] = {"exact_top5": top_sites(exact)}
     for method in METHODS:
-        result = results[method]
+        agree = agreement(exact, results[method])
         out[method] = {
             "seconds": round(seconds[method], 2),
             "speedup": round(seconds["exact"] / seconds[method], 2),
-            "top5": top_sites(result),
-            "top5_recall": len(want & set(top_sites(result))) / len(want),
-            "spearman": spearman(result.indirect_effect[text_sites], exact.indirect_effect[text_sites]),
-            "exact_scores": int((result.marks == "exact").sum()),
+            "top5": agree["top"],
+            "top5_recall": agree["top_recall"],
+            "spearman": agree["spearman"],
+            "exact_scores": int((results[method].marks == "exact").sum()),
         }
     return out
 
 
-def run_case(model: Any, prompt: str, subject: str, attribute: str, config: TraceConfig, top_k: int) -> dict:
+def run_case(
+    model: Any, prompt: str | list[str], subject: str, attribute: str, config: TraceConfig, top_k: int
+) -> dict:
     """The three traces of one case (gradient methods first, so the RSS peak after them excludes exact's)."""
     scorer = DetectorScorer(log_probability=True)
     results: dict[str, TraceResult] = {}
@@ -125,7 +109,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20, as the demo)")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10, as the demo localizes)")
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per case, × seeds 0 and 1 (default 2)")
     parser.add_argument("--noise-multiplier", type=float, default=12.0, help="corruption, × embedding std (12)")
     parser.add_argument("--top-k", type=int, default=8, help="sites the screen confirms exactly (default 8)")
     parser.add_argument("--cases", type=int, default=3, help="ShapesWorld suite cases to trace (default all 3)")
@@ -139,7 +124,7 @@ def main() -> int:
     print(f"{'case':22s} {'method':12s} {'time':>10s} {'vs exact':>7s}")
     cases = {}
     for case in suite.cases[: args.cases]:
-        entry = run_case(model, case.prompts[0], case.concept, case.attribute, config, args.top_k)
+        entry = run_case(model, list(case.prompts[: args.prompts]), case.concept, case.attribute, config, args.top_k)
         cases[case.name] = entry
         print_row(case.name, entry)
     totals = {m: sum(c[m]["seconds"] for c in cases.values()) for m in METHODS}
@@ -164,7 +149,8 @@ def main() -> int:
     print_row(f"tiny-sdxl ({sdxl['sites']} sites)", sdxl)
     out = {
         "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]), "steps": args.steps,
-        "noise_multiplier": args.noise_multiplier, "top_k": args.top_k, "scorer": "shapesworld-detectors-logp",
+        "noise_multiplier": args.noise_multiplier, "top_k": args.top_k, "prompts": args.prompts, "seeds": [0, 1],
+        "scorer": "shapesworld-detectors-logp",
         "cases": cases, "shapesworld": summary, "peak_rss_mib_after_gradient_path": rss, "tiny_sdxl": sdxl,
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip

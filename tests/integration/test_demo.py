@@ -11,6 +11,7 @@ import pytest
 from diffloc.errors import ConfigError
 from diffloc.eval.scorers import ClipScorer
 from diffloc.eval.suite import load_suite
+from diffloc.tracing.results import TraceResult
 from diffloc.workflows.demo import DemoConfig, run_demo
 
 SUITE = """
@@ -61,7 +62,7 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     page = (out / "report.html").read_text()
     for needle in ("UNet causal trace", "text-encoder causal trace", "LocoGen window", "quickfix", "locoedit",
                    "specificity", "Timings", "95% interval", "control: unet.res.0", "control: unet.sattn.0",
-                   "same-latent", "Causal sites"):  # fmt: skip
+                   "same-latent", "Causal sites", "site × step map"):  # fmt: skip
         assert needle in page
     case = summary["cases"]["style-vg"]
     assert case["unet_items"] == 3 and case["restore_from"] == "same-latent"
@@ -77,6 +78,12 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
         assert validation["meta"]["validation_prompts"]
     else:
         assert case["selection"]["validation_items"] == 3
+    steps = case["step_map"]
+    assert steps["items"] == 3 and steps["restore_from"] == "same-latent" and 0 <= steps["top_recall"] <= 1
+    mapped = TraceResult.load(out / "trace" / "style-vg" / "attribution")
+    exact = TraceResult.load(out / "trace" / "style-vg" / "unet")
+    assert mapped.method == "attribution" and mapped.labels == exact.labels
+    assert mapped.step_effects.shape[0] == len(mapped.labels) and mapped.step_effects.shape[1] >= 2  # calls ≥ steps
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     spans = re.findall(r'<span data-key="([^"]+)">([^<]+)</span>', page)
@@ -225,6 +232,7 @@ def test_report_in_a_real_headless_browser(demo_run, tmp_path):
     assert found, dom.stderr[-2000:]
     result = json.loads(found.group(1).replace("&quot;", '"'))
     assert result["images"] >= 5 and result["broken"] == [] and result["errors"] == []
+    assert 'src="trace/style-vg/attribution/steps.png"' in (out / "report.html").read_text()  # the timestep map
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1200,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip

@@ -4,6 +4,7 @@ that leaves the model as it found it, the estimate/exact marks, and the refusals
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -94,6 +95,24 @@ def test_text_attribution_equals_exact_patching_where_restores_are_linear(tiny_s
     # Text restores move the score by 1e-4..5e-3 here, and a float32 sampling chain measures an exact restore to
     # about 1e-5: only the larger cells are measured well enough to hold either method to 5%.
     assert assert_agree(exact, estimated, share=0.4) >= 3
+
+
+@pytest.mark.parametrize("trace", ["unet", "text"])
+def test_items_estimated_in_one_batch_equal_items_estimated_alone(tiny_sd1, logp, trace):
+    """Items share one corrupted chain and one backward pass; each item's estimates are still its own."""
+    config = TraceConfig(**{**LINEAR.to_dict(), "seeds": (0, 1, 2), "noise": 0.3})
+    # a text trace takes one prompt (its items are the seeds); a UNet trace takes several
+    prompts = [PROMPT, "a green square in the style of van gogh"] if trace == "unet" else PROMPT
+    run = partial(causal_trace, sites="unet.xattn.*") if trace == "unet" else trace_text
+    together = run(tiny_sd1, prompts, SUBJECT, ATTRIBUTE, scorer=logp, config=config, method="attribution")
+    alone = run(tiny_sd1, prompts, SUBJECT, ATTRIBUTE, scorer=logp, config=replace(config, max_batch=2),
+                method="attribution")  # fmt: skip
+    assert len(together.items) == len(alone.items) == (6 if trace == "unet" else 3)
+    for a, b in zip(together.items, alone.items, strict=True):
+        assert (a["prompt"], a["seed"]) == (b["prompt"], b["seed"])
+        np.testing.assert_allclose(np.nan_to_num(a["scores"]), np.nan_to_num(b["scores"]), rtol=1e-3, atol=1e-4)
+    spread = np.ptp([np.nan_to_num(it["scores"]) for it in together.items], axis=0)
+    assert spread.max() > 1e-3  # the items differ, so a mixed-up batch would show
 
 
 def test_the_gradient_path_leaves_weights_flags_and_hooks_as_before(tiny_sd1, logp):

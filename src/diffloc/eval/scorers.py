@@ -50,6 +50,15 @@ class DetectorScorer:
             return None
         return partial(DetectorScorer, log_probability=True) if self.log_probability else DetectorScorer
 
+    def with_log_probability(self) -> DetectorScorer:
+        """The same detectors scoring the log-probability (what attribution differentiates: a probability
+        saturates at 0 and 1, where its gradient vanishes)."""
+        if self.log_probability:
+            return self
+        other = DetectorScorer(self._impl.detector, log_probability=True)
+        other._shipped = self._shipped
+        return other
+
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return check_scores(self._impl.score(images, list(texts)).float(), texts, self.name)
 

@@ -109,6 +109,22 @@ def _localization_details(entry: dict[str, Any], key: str) -> str:
     return "".join(parts)
 
 
+def _step_map(out: Path, name: str, entry: dict[str, Any], key: str) -> str:
+    """The attribution's site × step map of a case, with how far its per-site sums agree with the exact trace."""
+    sites = ", ".join(entry["exact_top"])
+    return (
+        "<h4>When in the denoising chain: the site × step map (estimates)</h4>"
+        f"<p>Attribution patching ({html.escape(entry['scorer'])}, restores from "
+        f"{html.escape(entry['restore_from'])}, {_num(entry['items'], key + '.items')} items) estimates the effect "
+        "of restoring each site at one step alone; exact patching of every site at every step would cost a "
+        "sampling chain each. Against the exact trace above, its per-site sums have Spearman correlation "
+        f"{_num(entry['spearman'], key + '.spearman', 2)} over {_num(entry['sites'], key + '.sites')} sites, and "
+        f"its top {entry['k']} hold {_num(entry['top_recall'], key + '.top_recall', 2)} of the exact top "
+        f"{entry['k']} ({html.escape(sites)}).</p>"
+        + _img(out, f"trace/{name}/attribution/steps.png", "site × step attribution map")
+    )
+
+
 def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
     key = f"cases.{name}"
     parts = [f"<h2 id='{html.escape(name)}'>{html.escape(name)}: {html.escape(entry['mode'])} "
@@ -132,6 +148,8 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
             )
     parts.append(_localization_details(entry, key))
     parts.append(_img(out, f"trace/{name}/{DENOISER_TRACE}/trace.png", "UNet causal trace"))
+    if entry.get("step_map"):
+        parts.append(_step_map(out, name, entry["step_map"], f"{key}.step_map"))
     parts.append(_img(out, f"trace/{name}/text/trace.png", "text-encoder causal trace"))
     loco = entry["locogen"]
     parts.append(

@@ -37,6 +37,9 @@ from diffloc.scoring import Scorer
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
 
+#: one item of a trace: its prompt, its seed and the corruption of its subject
+Item = tuple[str, int, CorruptTokens]
+
 
 def _encode(model: LoadedModel, runs: Sequence[Run], hooks: dict[str, OutputHook] | None = None) -> Conditioning:
     """Conditioning of ``runs`` (their text-level interventions applied), one row per run; ``hooks`` are extra
@@ -47,8 +50,11 @@ def _encode(model: LoadedModel, runs: Sequence[Run], hooks: dict[str, OutputHook
     return encoded.take(plan.text_rows)
 
 
-def _item_runs(prompt: str, seed: int, corrupt: CorruptTokens) -> tuple[Run, Run]:
-    return Run(prompt=prompt, seed=seed, label="clean"), Run(prompt=prompt, seed=seed, interventions=(corrupt,))
+def _item_runs(items: Sequence[Item]) -> tuple[list[Run], list[Run]]:
+    """The clean run and the corrupted run of every item."""
+    clean = [Run(prompt=prompt, seed=seed, label="clean") for prompt, seed, _ in items]
+    corrupt = [Run(prompt=prompt, seed=seed, interventions=(noise,)) for prompt, seed, noise in items]
+    return clean, corrupt
 
 
 def _grad(probe: torch.Tensor) -> torch.Tensor:
@@ -56,22 +62,27 @@ def _grad(probe: torch.Tensor) -> torch.Tensor:
     return probe.grad if probe.grad is not None else torch.zeros_like(probe)
 
 
-def _probe(row: int, weight: torch.Tensor, *, clean: torch.Tensor | None = None, clean_row: int = 0) -> OutputHook:
-    """An output hook that adds ``weight * (clean - out[row])`` (difference detached) to row ``row``; the clean
-    value is ``clean``, or row ``clean_row`` of the same output.
+def _probe(
+    rows: Sequence[int], weight: torch.Tensor, *, clean: torch.Tensor | None = None, clean_rows: Sequence[int] = ()
+) -> OutputHook:
+    """An output hook that adds ``weight[i] * (clean[i] - out[rows[i]])`` (difference detached) to each row of
+    ``rows``; the clean values are ``clean`` (one row per entry of ``rows``), or rows ``clean_rows`` of the same
+    output.
 
-    ``weight`` is zero (a scalar, or one value per token), so the run is unchanged; its gradient is the first-order
-    effect of writing the clean value.
+    ``weight`` is zero (``(len(rows),)``, or ``(len(rows), tokens)``), so the run is unchanged; its gradient is the
+    first-order effect of writing the clean value into each row.
     """
+    index = list(rows)
+    sources = list(clean_rows)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         out = primary(output)
-        here = out[row : row + 1]
-        source = out[clean_row : clean_row + 1] if clean is None else clean.to(device=out.device, dtype=out.dtype)
+        here = out[index]
+        source = out[sources] if clean is None else clean.to(device=out.device, dtype=out.dtype)
         delta = (source - here).detach()
         scale = weight.to(device=out.device, dtype=out.dtype)
-        scale = scale.view(*scale.shape, *([1] * (delta.ndim - 1 - scale.ndim))) if scale.ndim else scale
-        return with_primary(output, torch.cat([out[:row], here + scale * delta, out[row + 1 :]]))
+        scale = scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim)))
+        return with_primary(output, out.index_put((torch.as_tensor(index, device=out.device),), here + scale * delta))
 
     return hook
 
@@ -91,56 +102,60 @@ def _token_check(model: LoadedModel, sites: Sequence[str], tokens: int) -> Itera
         yield
 
 
-def _backward(model: LoadedModel, scorer: Scorer, images: torch.Tensor, attribute: str) -> float:
-    """Score the corrupted image differentiably, run the backward pass, return the corrupted score."""
-    score = require_gradient_scorer(scorer, "attribution").score_grad(images, [attribute])[0]
-    score.backward()
-    return float(score.detach())
+def _backward(model: LoadedModel, scorer: Scorer, images: torch.Tensor, attribute: str) -> list[float]:
+    """Score the corrupted images differentiably, run one backward pass for all of them (their rows are
+    independent, so each probe's gradient is its own item's), return the corrupted scores."""
+    scores = require_gradient_scorer(scorer, "attribution").score_grad(images, [attribute] * len(images))
+    scores.sum().backward()
+    return [float(v) for v in scores.detach()]
 
 
-def _clean_run(
-    model: LoadedModel, run: Run, config: GenerationConfig, sites: Sequence[str], scorer: Scorer, attribute: str
-) -> tuple[float, dict[str, list[torch.Tensor]]]:
-    """The clean run's score and (for ``sites``) its conditional-row activation at every step."""
+def _clean_runs(
+    model: LoadedModel, runs: Sequence[Run], config: GenerationConfig, sites: Sequence[str], scorer: Scorer,
+    attribute: str,
+) -> tuple[list[float], dict[str, list[torch.Tensor]]]:  # fmt: skip
+    """The clean runs' scores and (for ``sites``) their conditional rows' activations at every step."""
     with record(model, sites) as seen:
-        images = generate_runs(model, [run], config=config)
-    row = BatchLayout(runs=1, cfg=config.cfg).cond(0)
+        images = generate_runs(model, runs, config=config)
+    layout = BatchLayout(runs=len(runs), cfg=config.cfg)
+    rows = [layout.cond(i) for i in range(len(runs))]
     # clones made outside inference mode: the probes multiply them into the autograd graph
-    values = {name: [v[row : row + 1].clone() for v in seen.get(name, [])] for name in sites}
-    return float(scorer.score(images, [attribute])[0]), values
+    values = {name: [v[rows].clone() for v in seen.get(name, [])] for name in sites}
+    return [float(v) for v in scorer.score(images, [attribute] * len(runs))], values
 
 
-def estimate_unet_item(
+def estimate_unet_items(
     model: LoadedModel,
     scorer: Scorer,
     advance: Callable[[int], None],
     *,
-    prompt: str,
-    seed: int,
-    corrupt: CorruptTokens,
+    items: Sequence[Item],
     groups: Sequence[Sequence[str]],
     attribute: str,
     config: TraceConfig,
 ) -> dict[str, Any]:
-    """Estimate, for one (prompt, seed), the restored score of every UNet site group, per step.
+    """Estimate, for a batch of items (prompt, seed, corruption), the restored score of every UNet site group, per
+    step: one clean batch, one corrupted batch with autograd and one backward pass for all of them.
 
     Returns:
-        The item: ``clean`` and ``corrupted`` scores (measured), ``scores`` (corrupted + estimated change per
-        group, the sum of its sites' estimates) and ``step_deltas`` (groups × steps, the estimate per step).
+        ``{"items": [...]}``, per item: ``clean`` and ``corrupted`` scores (measured), ``scores`` (corrupted +
+        estimated change per group, the sum of its sites' estimates) and ``step_deltas`` (groups × steps).
     """
     gen = generation_config(config)
+    n = len(items)
     sites = list(dict.fromkeys(name for group in groups for name in group))
-    clean_run, corrupt_run = _item_runs(prompt, seed, corrupt)
+    clean_runs, corrupt_runs = _item_runs(items)
     trajectory = config.restore_from == "trajectory"
-    clean_score, clean_values = _clean_run(model, clean_run, gen, sites if trajectory else [], scorer, attribute)
-    advance(1)
+    clean_scores, clean_values = _clean_runs(model, clean_runs, gen, sites if trajectory else [], scorer, attribute)
+    advance(n)
     with torch.no_grad():
-        cond = _encode(model, [clean_run, corrupt_run])
+        cond = _encode(model, [*clean_runs, *corrupt_runs])
     height, width = sample_size(model, gen)
-    clean_cond = model.adapter.for_size(cond.take([0]), height, width)
-    row = BatchLayout(runs=1, cfg=gen.cfg).cond(0)
+    clean_cond = model.adapter.for_size(cond.take(range(n)), height, width)
+    layout = BatchLayout(runs=n, cfg=gen.cfg)
+    rows = [layout.cond(i) for i in range(n)]
     with gradient_scope(model):
-        alphas: list[torch.Tensor] = []  # one probe vector per denoiser call (some schedulers call it more often)
+        alphas: list[torch.Tensor] = []  # one (sites, items) probe per denoiser call (some schedulers call it more)
 
         def same_latent(index: int, x: torch.Tensor, t: Any) -> None:
             with torch.no_grad(), record(model, sites) as seen:
@@ -149,67 +164,70 @@ def estimate_unet_item(
                 clean_values.setdefault(name, []).append(seen[name][0])
 
         def hooks(index: int) -> dict[str, OutputHook]:
-            alpha = torch.zeros(len(sites), dtype=torch.float32, device=model.device, requires_grad=True)
+            alpha = torch.zeros((len(sites), n), dtype=torch.float32, device=model.device, requires_grad=True)
             alphas.append(alpha)
-            return {name: _probe(row, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
+            return {name: _probe(rows, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
 
         images = sample_with_grad(
-            model, cond.take([1]), seeds=[seed], config=gen, step_hooks=hooks,
+            model, cond.take(range(n, 2 * n)), seeds=[seed for _, seed, _ in items], config=gen, step_hooks=hooks,
             before_step=None if trajectory else same_latent,
         )  # fmt: skip
         corrupted = _backward(model, scorer, images, attribute)
-    advance(1)
-    grads = torch.stack([_grad(a) for a in alphas], dim=1)  # (sites, steps)
+    advance(n)
+    grads = torch.stack([_grad(a) for a in alphas], dim=2)  # (sites, items, steps)
     index = {name: j for j, name in enumerate(sites)}
-    step_deltas = [grads[[index[n] for n in group]].sum(0).double().tolist() for group in groups]
-    return {
-        "prompt": prompt, "seed": seed, "clean": clean_score, "corrupted": corrupted,
-        "scores": [corrupted + sum(d) for d in step_deltas], "step_deltas": step_deltas,
-    }  # fmt: skip
+    out = []
+    for i, (prompt, seed, _) in enumerate(items):
+        step_deltas = [grads[[index[s] for s in group], i].sum(0).double().tolist() for group in groups]
+        out.append({
+            "prompt": prompt, "seed": seed, "clean": clean_scores[i], "corrupted": corrupted[i],
+            "scores": [corrupted[i] + sum(d) for d in step_deltas], "step_deltas": step_deltas,
+        })  # fmt: skip
+    return {"items": out}
 
 
-def estimate_text_item(
+def estimate_text_items(
     model: LoadedModel,
     scorer: Scorer,
     advance: Callable[[int], None],
     *,
-    prompt: str,
-    seed: int,
-    corrupt: CorruptTokens,
+    items: Sequence[Item],
     cells: Sequence[tuple[str, int]],
     spans: Sequence[tuple[int, int]],
     attribute: str,
     config: TraceConfig,
 ) -> dict[str, Any]:
-    """Estimate, for one (prompt, seed), the restored score of every text-encoder cell (site, token span).
+    """Estimate, for a batch of items, the restored score of every text-encoder cell (site, token span).
 
     Returns:
-        The item: ``clean`` and ``corrupted`` scores (measured) and ``scores`` (corrupted + estimated change,
-        one per cell in ``cells`` order).
+        ``{"items": [...]}``, per item: ``clean`` and ``corrupted`` scores (measured) and ``scores`` (corrupted +
+        estimated change, one per cell in ``cells`` order).
     """
     gen = generation_config(config)
+    n = len(items)
     sites = list(dict.fromkeys(site for site, _ in cells))
-    clean_run, corrupt_run = _item_runs(prompt, seed, corrupt)
-    clean_score, _ = _clean_run(model, clean_run, gen, [], scorer, attribute)
-    advance(1)
+    clean_runs, corrupt_runs = _item_runs(items)
+    clean_scores, _ = _clean_runs(model, clean_runs, gen, [], scorer, attribute)
+    advance(n)
     span_of = torch.full((spans[-1][1],), -1, dtype=torch.long, device=model.device)
     for index, (start, end) in enumerate(spans):
         span_of[start:end] = index
     with gradient_scope(model):
-        alpha = torch.zeros((len(sites), len(spans)), dtype=torch.float32, device=model.device, requires_grad=True)
-        rows = compile_runs(model, [clean_run, corrupt_run]).text_rows
-        clean_row, corrupt_row = rows
-
-        weights = torch.where(span_of >= 0, alpha[:, span_of.clamp(min=0)], 0.0)  # (sites, tokens)
-        probes = {name: _probe(corrupt_row, weights[j], clean_row=clean_row) for j, name in enumerate(sites)}
+        alpha = torch.zeros((len(sites), n, len(spans)), dtype=torch.float32, device=model.device, requires_grad=True)
+        text_rows = compile_runs(model, [*clean_runs, *corrupt_runs]).text_rows
+        clean_rows, corrupt_rows = text_rows[:n], text_rows[n:]
+        weights = torch.where(span_of >= 0, alpha[:, :, span_of.clamp(min=0)], 0.0)  # (sites, items, tokens)
+        probes = {name: _probe(corrupt_rows, weights[j], clean_rows=clean_rows) for j, name in enumerate(sites)}
         with _token_check(model, sites, len(span_of)):
-            cond = _encode(model, [clean_run, corrupt_run], probes)
-        images = sample_with_grad(model, cond.take([1]), seeds=[seed], config=gen)
+            cond = _encode(model, [*clean_runs, *corrupt_runs], probes)
+        images = sample_with_grad(model, cond.take(range(n, 2 * n)), seeds=[seed for _, seed, _ in items], config=gen)
         corrupted = _backward(model, scorer, images, attribute)
-    advance(1)
+    advance(n)
     grads = _grad(alpha)
     position = {name: j for j, name in enumerate(sites)}
-    return {
-        "prompt": prompt, "seed": seed, "clean": clean_score, "corrupted": corrupted,
-        "scores": [corrupted + float(grads[position[site], span]) for site, span in cells],
-    }  # fmt: skip
+    rows = []
+    for i, (prompt, seed, _) in enumerate(items):
+        scores = [corrupted[i] + float(grads[position[site], i, span]) for site, span in cells]
+        rows.append({"prompt": prompt, "seed": seed, "clean": clean_scores[i], "corrupted": corrupted[i],
+                     "scores": scores})  # fmt: skip
+    return {"items": rows}

@@ -22,7 +22,7 @@ from diffloc.engine.interventions import CorruptTokens, Restore
 from diffloc.errors import ConfigError
 from diffloc.models.base import LoadedModel
 from diffloc.scoring import Scorer
-from diffloc.tracing.attribution import estimate_text_item, estimate_unet_item
+from diffloc.tracing.attribution import Item, estimate_text_items, estimate_unet_items
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.methods import check_method
@@ -94,15 +94,18 @@ def estimate_unet(
     restored exactly."""
     jobs = [
         Job(
-            spec=sweep.spec("unet-attribution", prompt, seed, sites=[list(g) for g in groups]),
-            runs=2,
+            spec=_batch_spec(sweep, "unet-attribution", batch, sites=[list(g) for g in groups]),
+            runs=2 * len(batch),
             compute=partial(
-                estimate_unet_item, prompt=prompt, seed=seed, corrupt=corrupt, groups=[tuple(g) for g in groups],
-                attribute=sweep.attribute, config=sweep.config,
+                estimate_unet_items,
+                items=batch,
+                groups=[tuple(g) for g in groups],
+                attribute=sweep.attribute,
+                config=sweep.config,
             ),
         )
-        for prompt, seed, corrupt in sweep.items
-    ]  # fmt: skip
+        for batch in _batches(sweep)
+    ]
     items, validated, store = _run(sweep, jobs)
     steps = np.mean([it.pop("step_deltas") for it in items], axis=0)
     restores = [Restore(sites=tuple(g), source=0, restore_from=sweep.config.restore_from) for g in groups]
@@ -117,26 +120,45 @@ def estimate_text(
     restored exactly."""
     jobs = [
         Job(
-            spec=sweep.spec("text-attribution", prompt, seed, cells=[list(c) for c in cells], spans=list(spans)),
-            runs=2,
+            spec=_batch_spec(sweep, "text-attribution", batch, cells=[list(c) for c in cells], spans=list(spans)),
+            runs=2 * len(batch),
             compute=partial(
-                estimate_text_item, prompt=prompt, seed=seed, corrupt=corrupt, cells=list(cells), spans=list(spans),
-                attribute=sweep.attribute, config=sweep.config,
+                estimate_text_items,
+                items=batch,
+                cells=list(cells),
+                spans=list(spans),
+                attribute=sweep.attribute,
+                config=sweep.config,
             ),
         )
-        for prompt, seed, corrupt in sweep.items
-    ]  # fmt: skip
+        for batch in _batches(sweep)
+    ]
     items, validated, store = _run(sweep, jobs)
     restores = [Restore(sites=(site,), source=0, positions=spans[span]) for site, span in cells]
     return _confirm(sweep, items, validated, store, labels, restores, method, top_k, TEXT_TRACE, None)
 
 
+def _batches(sweep: Sweep) -> list[list[Item]]:
+    """The test items in batches of at most ``max_batch // 2`` (at least 1): each batch is one corrupted sampling
+    chain with autograd and one backward pass, whose rows (×2 with guidance) and stored site values grow with it."""
+    size = max(1, sweep.config.max_batch // 2)
+    return [sweep.items[i : i + size] for i in range(0, len(sweep.items), size)]
+
+
+def _batch_spec(sweep: Sweep, kind: str, batch: Sequence[Item], **extra: object) -> dict[str, object]:
+    """The stored key of one batch: the trace's spec of its first item, naming every (prompt, seed) it holds."""
+    prompt, seed, _ = batch[0]
+    return sweep.spec(kind, prompt, seed, batch=[[p, s] for p, s, _ in batch], **extra)
+
+
 def _run(sweep: Sweep, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], ItemStore]:
+    """Run the estimate batches and the validation items; the batches come back as their items, in order."""
     all_items, store = run_jobs(
         [*jobs, *sweep.validation], sweep.out, sweep.progress, model=sweep.model, scorer=sweep.scorer,
         executor=sweep.executor,
     )  # fmt: skip
-    return all_items[: len(jobs)], all_items[len(jobs) :], store
+    items = [item for batch in all_items[: len(jobs)] for item in batch["items"]]
+    return items, all_items[len(jobs) :], store
 
 
 def _confirm(

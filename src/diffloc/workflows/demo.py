@@ -2,7 +2,8 @@
 
 Stages (each skipped on rerun when its outputs exist; sweeps also resume item by item):
 
-1. ``trace/<case>/unet`` and ``trace/<case>/text`` — causal tracing of the UNet and text encoder;
+1. ``trace/<case>/unet`` and ``trace/<case>/text`` — causal tracing of the UNet and text encoder, and
+   ``trace/<case>/attribution`` — the UNet trace's site × step map, estimated by attribution patching;
 2. ``locogen/<case>`` — the cross-attention window that controls the attribute;
 3. ``edits/<case>/<method>`` — Diff-QuickFix and LocoEdit (on the LocoGen window, widened until the edit
    generalizes) as saved Edit artifacts;
@@ -28,7 +29,14 @@ from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, SweepIncomplete
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
 from diffloc.models.base import LoadedModel
-from diffloc.report.plots import image_strip, plot_denoiser_trace, plot_text_trace, plot_windows, save_figure
+from diffloc.report.plots import (
+    image_strip,
+    plot_denoiser_trace,
+    plot_step_effects,
+    plot_text_trace,
+    plot_windows,
+    save_figure,
+)
 from diffloc.scoring import Scorer
 from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
@@ -36,6 +44,7 @@ from diffloc.tracing.executors import Executor, ShardExecutor
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
 from diffloc.validate import check_count, check_noise, check_positive, check_seeds
+from diffloc.workflows.step_map import STEP_MAP_DIR, step_map, step_map_entry
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +94,9 @@ class DemoConfig:
     locoedit_widen: bool = True
     #: weight of the suite's preserved concepts/captions in both editors' solves (UCE's scale)
     preserve_weight: float = 10.0
+    #: estimate the UNet trace's site × step map by attribution patching (one backward pass per batch of the
+    #: trace's items; :mod:`diffloc.workflows.step_map`), where the scorer is differentiable
+    step_map: bool = True
 
     def __post_init__(self) -> None:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
@@ -296,6 +308,16 @@ def _run_case(
         save_figure(plot_denoiser_trace(unet), base / "unet" / "trace.png")
     timings[f"{case.name}/trace-unet"] = 0.0 if reused else time.perf_counter() - start
     tick("trace unet")
+    if config.step_map and unet is not None:
+        start = time.perf_counter()
+        steps_dir = base / STEP_MAP_DIR
+        step_config = TraceConfig(seeds=config.trace_seeds, noise=noise, restore_from=config.restore_from, **sweep)
+        mapped, reused = _cached(shared["reuse"], steps_dir, "result.json", TraceResult.load, lambda: _sweep(
+            shared, lambda: step_map(model, unet, scorer, step_config, steps_dir, executor=executor)))  # fmt: skip
+        if mapped is not None:
+            save_figure(plot_step_effects(mapped), steps_dir / "steps.png")
+            entry["step_map"] = step_map_entry(unet, mapped)
+        timings[f"{case.name}/step-map"] = 0.0 if reused else time.perf_counter() - start
     start = time.perf_counter()
     text_noise = noise
     if config.noise == "auto":
