@@ -11,7 +11,8 @@ are generated, never typed, and can be checked without rerunning anything::
 Tables: the corruption calibration per case; where each attribute is (UNet top sites with 95% intervals, the
 causal sites selected on validation items, the controls, the best single text-encoder state, the LocoGen window
 search); the edits (own and held-out prompts before -> after, neighbours kept, pixel change on unrelated
-prompts); and the UNet trace of every case under both restore sources.
+prompts); the demo's attribution step maps against its exact traces; the UNet trace of every case under both
+restore sources; and attribution patching against exact patching (``docs/data/attribution_speed.json``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BAR = 0.8  # a site "recovers" the attribute when its indirect effect is at leas
 KEPT = 0.9  # a neighbour is "kept" when its retention is at least this
 DEMO_DATA = Path("docs/data/demo")
 RESTORE_DATA = Path("docs/data/restore_sources.json")
+ATTRIBUTION_DATA = Path("docs/data/attribution_speed.json")
 
 
 def _fmt(value: Any) -> str:
@@ -187,6 +189,35 @@ def _layers(sites: list[str] | None) -> str:
     return f"xattn.{xattn[0]}" if len(xattn) == 1 else f"xattn.{min(xattn)}–{max(xattn)}"
 
 
+def step_map_table(summary: dict[str, Any]) -> str:
+    """The demo's attribution step maps against its exact UNet traces, per case."""
+    rows = ["| case | items | Spearman (per-site effects) | top-5 recall | exact top 5 | attribution top 5 |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, case in summary["cases"].items():
+        step = case.get("step_map")
+        if not step:
+            continue
+        rows.append(f"| {name} | {step['items']} | {_fmt(step['spearman'])} | {_fmt(step['top_recall'])} | "
+                    f"{', '.join(_short(s) for s in step['exact_top'])} | "
+                    f"{', '.join(_short(s) for s in step['top'])} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def attribution_speed_table(data: dict[str, Any]) -> str:
+    """bench/attribution_speed.py's comparison: time, speed-up, agreement per case and method, and in total."""
+    rows = ["| case | method | seconds | vs exact | top-5 recall | Spearman | exact scores |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, case in [*data["cases"].items(), (f"tiny-sdxl ({data['tiny_sdxl']['sites']} sites)", data["tiny_sdxl"])]:
+        for method in ("exact", "attribution", "screen"):
+            m = case[method]
+            rows.append(f"| {name} | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | {_fmt(m['top5_recall'])} | "
+                        f"{_fmt(m['spearman'])} | {m['exact_scores']}/{case['sites']} |")  # fmt: skip
+    for method, m in data["shapesworld"].items():
+        rows.append(f"| **ShapesWorld, all** | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | "
+                    f"{_fmt(m['top5_recall'])} | {_fmt(m['spearman'])} | |")  # fmt: skip
+    return "\n".join(rows)
+
+
 def keep_demo_data(run: Path, target: Path) -> None:
     """Copy what the tables read from a demo run (``summary.json``, each trace's and LocoGen's ``result.json``,
     the noise calibrations; no images, no per-item files) into ``target``, replacing its previous contents."""
@@ -214,6 +245,12 @@ def main() -> None:
         default=RESTORE_DATA,
         help=f"bench/restore_sources.py's output (default {RESTORE_DATA}; skipped if absent)",
     )
+    parser.add_argument(
+        "--attribution",
+        type=Path,
+        default=ATTRIBUTION_DATA,
+        help=f"bench/attribution_speed.py's output (default {ATTRIBUTION_DATA}; skipped if absent)",
+    )
     parser.add_argument("--keep", type=Path, default=None, metavar="RUN",
                         help=f"first copy the JSON files of demo run RUN (summary, traces, LocoGen, noise) into "
                         f"{DEMO_DATA}, replacing what is there, then print from the copy")  # fmt: skip
@@ -225,9 +262,14 @@ def main() -> None:
     print("### Corruption calibration\n\n" + calibration_table(summary) + "\n")
     print("### Where the attribute is\n\n" + location_table(summary, args.run) + "\n")
     print("### Edits\n\n" + edits_table(summary))
+    if any(case.get("step_map") for case in summary["cases"].values()):
+        print("\n### Step maps against the exact trace\n\n" + step_map_table(summary))
     if args.restore_sources.is_file():
         data = json.loads(args.restore_sources.read_text())
         print("\n### Restore sources\n\n" + restore_sources_table(data))
+    if args.attribution.is_file():
+        data = json.loads(args.attribution.read_text())
+        print("\n### Attribution against exact patching\n\n" + attribution_speed_table(data))
 
 
 if __name__ == "__main__":

@@ -58,13 +58,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument(
             "--method", choices=METHODS, default="exact",
             help="exact (default: one restored run per site), attribution (every site estimated from one backward "
-            "pass per item; needs a differentiable scorer) or screen (estimated, the --top-k highest restored exactly)",
+            "pass per batch of items; needs a differentiable scorer) or screen (estimated, the --top-k highest "
+            "restored exactly)",
         )  # fmt: skip
         sub.add_argument(
             "--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
             help=f"sites --method screen restores exactly (default {DEFAULT_TOP_K})",
         )  # fmt: skip
         if target == "unet":
+            sub.add_argument(
+                "--no-attention-fix", dest="attention_fix", action="store_false",
+                help="estimate cross-attention key sites (.k) to first order through the softmax, without AtP*'s "
+                "fix (the layer's exact output with the clean keys); gradient methods only",
+            )  # fmt: skip
             sub.add_argument(
                 "--sites", default=None,
                 help="denoiser sites/globs, comma-separated (default: every denoiser layer, unet.* on a UNet)",
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 result = causal_trace(
                     model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=sites,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-                    executor=executor, method=args.method, top_k=args.top_k,
+                    executor=executor, method=args.method, top_k=args.top_k, attention_fix=args.attention_fix,
                 )  # fmt: skip
             else:
                 result = trace_text(

@@ -36,6 +36,7 @@ from diffloc.models.base import Conditioning, LoadedModel
 from diffloc.scoring import Scorer
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.key_fix import with_key_fix
 
 #: one item of a trace: its prompt, its seed and the corruption of its subject
 Item = tuple[str, int, CorruptTokens]
@@ -133,9 +134,13 @@ def estimate_unet_items(
     groups: Sequence[Sequence[str]],
     attribute: str,
     config: TraceConfig,
+    attention_fix: bool = True,
 ) -> dict[str, Any]:
     """Estimate, for a batch of items (prompt, seed, corruption), the restored score of every UNet site group, per
     step: one clean batch, one corrupted batch with autograd and one backward pass for all of them.
+
+    With ``attention_fix`` a cross-attention key site is estimated through its attention layer's exact output
+    with the clean keys (AtP*'s saturation fix, :mod:`diffloc.tracing.key_fix`) instead of through the softmax.
 
     Returns:
         ``{"items": [...]}``, per item: ``clean`` and ``corrupted`` scores (measured), ``scores`` (corrupted +
@@ -166,7 +171,11 @@ def estimate_unet_items(
         def hooks(index: int) -> dict[str, OutputHook]:
             alpha = torch.zeros((len(sites), n), dtype=torch.float32, device=model.device, requires_grad=True)
             alphas.append(alpha)
-            return {name: _probe(rows, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
+            probes = {name: _probe(rows, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
+            if not attention_fix:
+                return probes
+            weights = {name: alpha[j] for j, name in enumerate(sites)}
+            return with_key_fix(model, rows, probes, weights, {name: clean_values[name][index] for name in sites})
 
         images = sample_with_grad(
             model, cond.take(range(n, 2 * n)), seeds=[seed for _, seed, _ in items], config=gen, step_hooks=hooks,

@@ -223,6 +223,7 @@ def causal_trace(
     executor: Executor | None = None,
     method: str = "exact",
     top_k: int = DEFAULT_TOP_K,
+    attention_fix: bool = True,
 ) -> TraceResult:
     """Trace which denoiser (UNet) sites carry the attribute.
 
@@ -249,6 +250,8 @@ def causal_trace(
             one backward pass per item, :mod:`diffloc.tracing.attribution`; needs a differentiable scorer and
             autograd on) or ``"screen"`` (estimated, then the ``top_k`` highest restored exactly).
         top_k: sites ``screen`` confirms exactly.
+        attention_fix: (gradient methods) estimate cross-attention key sites through their layer's exact output
+            with the clean keys, not through the softmax (AtP*'s saturation fix; :mod:`diffloc.tracing.key_fix`).
 
     Returns:
         :class:`TraceResult` (``kind=DENOISER_TRACE``, saved as ``"unet"``) with intervals, controls and (given
@@ -278,7 +281,7 @@ def causal_trace(
         estimated = estimate_unet(
             _sweep(model, weights, subject, attribute, scorer, config, prompt_list, ranges, noise, validation_jobs,
                    out, progress, executor),
-            groups, labels, method, top_k,
+            groups, labels, method, top_k, attention_fix=attention_fix,
         )  # fmt: skip
         return _result(model, DENOISER_TRACE, estimated, labels, ranges[prompt_list[0]], noise, config, controls, meta={
             "prompts": prompt_list, "subject": subject, "attribute": attribute, "scorer": scorer.name,

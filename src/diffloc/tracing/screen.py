@@ -25,6 +25,7 @@ from diffloc.scoring import Scorer
 from diffloc.tracing.attribution import Item, estimate_text_items, estimate_unet_items
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.key_fix import ATTENTION_FIX, fixed_key_sites
 from diffloc.tracing.methods import check_method
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE
 from diffloc.tracing.store import ItemStore, Job, run_jobs
@@ -88,13 +89,16 @@ def check_gradient_method(scorer: Scorer, method: str, top_k: int, n_restores: i
 
 
 def estimate_unet(
-    sweep: Sweep, groups: Sequence[Sequence[str]], labels: Sequence[str], method: str, top_k: int
-) -> Estimated:
+    sweep: Sweep, groups: Sequence[Sequence[str]], labels: Sequence[str], method: str, top_k: int,
+    *, attention_fix: bool = True,
+) -> Estimated:  # fmt: skip
     """Attribution items of a UNet trace (every group, per step), and for ``screen`` the top ``top_k`` groups
-    restored exactly."""
+    restored exactly. ``attention_fix``: estimate key sites through their layer's exact output
+    (:mod:`diffloc.tracing.key_fix`); the fixes applied are recorded in ``meta["attribution_fixes"]``."""
+    fixed = bool(fixed_key_sites(sweep.model, [name for group in groups for name in group])) and attention_fix
     jobs = [
         Job(
-            spec=_batch_spec(sweep, "unet-attribution", batch, sites=[list(g) for g in groups]),
+            spec=_batch_spec(sweep, "unet-attribution", batch, sites=[list(g) for g in groups], fixes=fixed),
             runs=2 * len(batch),
             compute=partial(
                 estimate_unet_items,
@@ -102,6 +106,7 @@ def estimate_unet(
                 groups=[tuple(g) for g in groups],
                 attribute=sweep.attribute,
                 config=sweep.config,
+                attention_fix=attention_fix,
             ),
         )
         for batch in _batches(sweep)
@@ -109,7 +114,9 @@ def estimate_unet(
     items, validated, store = _run(sweep, jobs)
     steps = np.mean([it.pop("step_deltas") for it in items], axis=0)
     restores = [Restore(sites=tuple(g), source=0, restore_from=sweep.config.restore_from) for g in groups]
-    return _confirm(sweep, items, validated, store, labels, restores, method, top_k, DENOISER_TRACE, steps)
+    estimated = _confirm(sweep, items, validated, store, labels, restores, method, top_k, DENOISER_TRACE, steps)
+    estimated.meta["attribution_fixes"] = [ATTENTION_FIX] if fixed else []
+    return estimated
 
 
 def estimate_text(

@@ -1,0 +1,103 @@
+"""AtP*'s attention-saturation fix for key sites: where attribution linearizes through a softmax.
+
+Attribution patching estimates a restore as ``< a_clean - a_corrupt, d score / d a >``. For a cross-attention
+*key* site (``….xattn.N.k``) the restored value enters a softmax: first order through it is poor exactly where a
+restore matters, when one subject token's keys move the attention weights far (the softmax saturates; Kramár et
+al. 2024, "AtP*"). The fix computes the attention layer's output with the clean keys exactly (one more call of
+that attention module, without gradients) and linearizes only from there on:
+
+    < attn(q, k_clean, v) - attn(q, k_corrupt, v),  d score / d attn_out >.
+
+Value (``.v``) sites need no fix (the attention output is linear in the values), nor do output sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffloc.engine.hooks import OutputHook, patch, primary, with_primary
+from diffloc.models.base import LoadedModel
+from diffloc.sites import SiteKind
+
+#: the fix's name in results (``meta["attribution_fixes"]``)
+ATTENTION_FIX = "attention-saturation"
+
+
+def fixed_key_sites(model: LoadedModel, sites: Sequence[str]) -> dict[str, str]:
+    """``{key site: its attention layer's site}`` for the key sites among ``sites`` (the ones the fix applies to)."""
+    return {
+        name: name.rsplit(".", 1)[0] for name in sites if model.site(name).kind is SiteKind.XATTN_K
+    }  # fmt: skip
+
+
+def _write_rows(rows: Sequence[int], values: torch.Tensor) -> OutputHook:
+    """An output hook that replaces rows ``rows`` of the output by ``values``."""
+    index = list(rows)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        out = primary(output)
+        where = torch.as_tensor(index, device=out.device)
+        return with_primary(output, out.index_put((where,), values.to(device=out.device, dtype=out.dtype)))
+
+    return hook
+
+
+def key_fix_hook(
+    model: LoadedModel,
+    rows: Sequence[int],
+    terms: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+    inner: OutputHook | None = None,
+) -> OutputHook:
+    """An output hook on an attention layer adding, for each ``(key site, weight, clean keys)`` of ``terms``,
+    ``weight[i] * (out_with_clean_keys - out)[rows[i]]`` (difference detached, ``weight`` zero): its gradient is
+    the fixed estimate of restoring that key site. ``inner`` (the layer's own probe) is applied as well.
+    """
+    index = list(rows)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        out = primary(output)
+        deltas = []
+        for key_site, _, clean in terms:
+            # forward() itself, not the module call: this layer's own hooks (this one) must not run again
+            with torch.no_grad(), patch(model, outputs={key_site: _write_rows(index, clean)}):
+                fixed = primary(module.forward(*args, **kwargs))
+            deltas.append((fixed[index] - out[index]).detach())
+        if inner is not None:
+            output = inner(module, args, kwargs, output)
+            out = primary(output)
+        here = out[index]
+        for (_, weight, _), delta in zip(terms, deltas, strict=True):
+            scale = weight.to(device=out.device, dtype=out.dtype)
+            here = here + scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim))) * delta
+        where = torch.as_tensor(index, device=out.device)
+        return with_primary(output, out.index_put((where,), here))
+
+    return hook
+
+
+def with_key_fix(
+    model: LoadedModel,
+    rows: Sequence[int],
+    probes: Mapping[str, OutputHook],
+    weights: Mapping[str, torch.Tensor],
+    clean: Mapping[str, torch.Tensor],
+) -> dict[str, OutputHook]:
+    """``probes`` with every key site's probe replaced by the fixed estimate on its attention layer.
+
+    Args:
+        probes: site name -> the plain attribution probe (key sites included; they are dropped here).
+        weights: site name -> its zero probe weights (one per row).
+        clean: site name -> the value a restore would write at this step.
+    """
+    keys = fixed_key_sites(model, list(probes))
+    hooks = {name: hook for name, hook in probes.items() if name not in keys}
+    by_layer: dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    for key_site, layer in keys.items():
+        by_layer.setdefault(layer, []).append((key_site, weights[key_site], clean[key_site]))
+    for layer, terms in by_layer.items():
+        hooks[layer] = key_fix_hook(model, rows, terms, inner=hooks.get(layer))
+    return hooks
