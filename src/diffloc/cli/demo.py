@@ -60,6 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=count_arg("bootstrap", low=0), default=2000,
         help="bootstrap resamples of the 95%% intervals over items (each trace needs at least 3 items); 0: none",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-step-map", dest="step_map", action="store_false",
+        help="skip the site × step map (attribution patching on the UNet trace's items, one backward pass per "
+        "batch; runs where the scorer is differentiable)",
+    )  # fmt: skip
     add_max_batch_argument(parser, default=32)
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         seeds["text_seeds"] = tuple(args.text_seeds)
     config = DemoConfig(steps=args.steps, max_batch=placeholder_max_batch(args), guidance=suite.guidance,
                         noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap,
-                        **seeds)  # fmt: skip
+                        step_map=args.step_map, **seeds)  # fmt: skip
     config.check_items(suite)
     check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")
