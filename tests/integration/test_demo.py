@@ -62,7 +62,7 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
     page = (out / "report.html").read_text()
     for needle in ("UNet causal trace", "text-encoder causal trace", "LocoGen window", "quickfix", "locoedit",
                    "specificity", "Timings", "95% interval", "control: unet.res.0", "control: unet.sattn.0",
-                   "same-latent", "Causal sites", "site × step map"):  # fmt: skip
+                   "same-latent", "Causal sites", "site × step map", "Does the removed concept come back"):  # fmt: skip
         assert needle in page
     case = summary["cases"]["style-vg"]
     assert case["unet_items"] == 3 and case["restore_from"] == "same-latent"
@@ -78,6 +78,13 @@ def test_report_has_every_section_and_matches_the_json(demo_run):
         assert validation["meta"]["validation_prompts"]
     else:
         assert case["selection"]["validation_items"] == 3
+    audits = case["audit"]
+    assert set(audits) == {"quickfix", "locoedit"}
+    assert {a for a in audits["quickfix"]} == {"paraphrase", "spelling", "description", "revert"}
+    paraphrase = audits["quickfix"]["paraphrase"]
+    assert paraphrase["edited"]["n"] == paraphrase["unedited"]["n"] > 0
+    assert [row["fraction"] for row in audits["locoedit"]["revert"]["rows"]] == [0.5, 1.0]
+    assert (out / "audit" / "style-vg" / "quickfix" / "audit.html").is_file()
     steps = case["step_map"]
     assert steps["items"] == 3 and steps["restore_from"] == "same-latent" and 0 <= steps["top_recall"] <= 1
     mapped = TraceResult.load(out / "trace" / "style-vg" / "attribution")

@@ -65,6 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="skip the site × step map (attribution patching on the UNet trace's items, one backward pass per "
         "batch; runs where the scorer is differentiable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-audit", dest="audit", action="store_false",
+        help="skip the small audit of every edit (prompt attacks and location revival; 'diffloc audit' is the "
+        "full one)",
+    )  # fmt: skip
     add_max_batch_argument(parser, default=32)
     parser.add_argument(
         "--noise", type=noise_value, default="auto",
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         seeds["text_seeds"] = tuple(args.text_seeds)
     config = DemoConfig(steps=args.steps, max_batch=placeholder_max_batch(args), guidance=suite.guidance,
                         noise=args.noise, restore_from=args.restore_from, bootstrap=args.bootstrap,
-                        step_map=args.step_map, **seeds)  # fmt: skip
+                        step_map=args.step_map, audit=args.audit, **seeds)  # fmt: skip
     config.check_items(suite)
     check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")

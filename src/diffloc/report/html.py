@@ -203,7 +203,47 @@ def _case_section(out: Path, name: str, entry: dict[str, Any]) -> str:
         parts.append(f"<table><tr><th class=l>specificity ({html.escape(method)}): neighbour</th><th>before</th>"
                      f"<th>after</th></tr>{rows}</table>")  # fmt: skip
         parts.append(_img(out, f"eval/{name}/{method}-grid.png", f"before/after images ({method})"))
+    if entry.get("audit"):
+        parts.append(_audit_section(name, entry["audit"], f"{key}.audit"))
     return "\n".join(parts)
+
+
+def _asr(value: dict[str, Any] | None, key: str) -> str:
+    """``ASR [low, high] (n)`` of one measured attack, with data keys."""
+    if not value:
+        return "—"
+    return (f"{_num(value['asr'], key + '.asr', 2)} {_interval_text(value['interval'], key + '.interval')} "
+            f"(n = {_num(value['n'], key + '.n')})")  # fmt: skip
+
+
+def _audit_section(name: str, audits: dict[str, Any], key: str) -> str:
+    """Per edit and attack: how often the removed concept comes back (ASR with its 95% Wilson interval)."""
+    rows = []
+    for method, attacks in audits.items():
+        for attack, result in attacks.items():
+            k = f"{key}.{method}.{attack}"
+            link = f"<a href='audit/{html.escape(name)}/{html.escape(method)}/audit.html'>{html.escape(method)}</a>"
+            if "skipped" in result:
+                rows.append(f"<tr><td class=l>{link}</td><td class=l>{html.escape(attack)}</td>"
+                            f"<td class=l colspan=2>skipped: {html.escape(result['skipped'])}</td></tr>")  # fmt: skip
+            elif "rows" in result:
+                for i, row in enumerate(result["rows"]):
+                    label = f"{attack} ({row['fraction']:g} of the change taken back)"
+                    rows.append(f"<tr><td class=l>{link}</td><td class=l>{html.escape(label)}</td>"
+                                f"<td>{_asr(row, f'{k}.rows.{i}')}</td><td>—</td></tr>")  # fmt: skip
+            else:
+                rows.append(f"<tr><td class=l>{link}</td><td class=l>{html.escape(attack)}</td>"
+                            f"<td>{_asr(result['edited'], k + '.edited')}</td>"
+                            f"<td>{_asr(result['unedited'], k + '.unedited')}</td></tr>")  # fmt: skip
+    return (
+        "<h3>Does the removed concept come back? (a small audit)</h3>"
+        "<p>Attack success rate (ASR): the share of attacked images in which the scorer reads the concept the edit "
+        "removed, with its 95% Wilson interval; on the unedited model the same prompts show how often they draw the "
+        "concept at all. The full audit (fine-tune revival, the learned prompt) is <code>diffloc audit</code>.</p>"
+        "<table><tr><th class=l>edit</th><th class=l>attack</th><th>ASR, edited</th><th>ASR, unedited</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 #: One line per number the report shows.
@@ -218,6 +258,8 @@ METRIC_DEFINITIONS = (
     ("specificity", "mean retention of the neighbouring concepts' detection rates, after / before (capped at 1): "
      "1 = the edit left them alone."),
     ("fidelity", "mean absolute pixel change on unrelated prompts at equal seeds: 0 = identical images."),
+    ("ASR", "attack success rate of an audit: the share of attacked images in which the scorer reads the concept "
+     "the edit removed (0 = no attack brought it back)."),
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ Stages (each skipped on rerun when its outputs exist; sweeps also resume item by
 3. ``edits/<case>/<method>`` — Diff-QuickFix and LocoEdit (on the LocoGen window, widened until the edit
    generalizes) as saved Edit artifacts;
 4. ``eval/<case>/<method>.json`` — efficacy, generalization, specificity, fidelity;
+   ``audit/<case>/<method>`` — does the removed concept come back under the cheap attacks (a small budget);
 5. ``report.html`` + ``summary.json``.
 """
 
@@ -18,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
+from diffloc.audit.run import AuditReport
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, SweepIncomplete
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
@@ -44,6 +47,7 @@ from diffloc.tracing.executors import Executor, ShardExecutor
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
 from diffloc.validate import check_count, check_noise, check_positive, check_seeds
+from diffloc.workflows.demo_audit import audit_demo_edit, audit_entry, demo_audit_config
 from diffloc.workflows.step_map import STEP_MAP_DIR, step_map, step_map_entry
 
 logger = logging.getLogger(__name__)
@@ -97,6 +101,9 @@ class DemoConfig:
     #: estimate the UNet trace's site × step map by attribution patching (one backward pass per batch of the
     #: trace's items; :mod:`diffloc.workflows.step_map`), where the scorer is differentiable
     step_map: bool = True
+    #: audit every edit with the cheap attacks (prompt attacks and location revival, a few prompts;
+    #: :mod:`diffloc.workflows.demo_audit`)
+    audit: bool = True
 
     def __post_init__(self) -> None:
         from diffloc.editing.locoedit import POSITIONS, TARGET_MODES
@@ -405,6 +412,16 @@ def _run_case(
             _before_after_grid(model, edit, suite, case, grid_path)
         timings[f"{case.name}/eval-{method}"] = 0.0 if reused else time.perf_counter() - start
         tick(f"eval {method}")
+    if config.audit:
+        budget = demo_audit_config(config.trace_seeds, config.steps, config.guidance, config.max_batch)
+        for method, edit in edits.items():
+            audit_dir = out / "audit" / case.name / method
+            start = time.perf_counter()
+            report, reused = _cached(shared["reuse"], audit_dir, "audit.json", AuditReport.load, partial(
+                audit_demo_edit, model, edit, scorer=scorer, attribute=case.attribute, config=budget,
+                out=audit_dir))  # fmt: skip
+            entry.setdefault("audit", {})[method] = audit_entry(report)
+            timings[f"{case.name}/audit-{method}"] = 0.0 if reused else time.perf_counter() - start
     entry.update(trace_entry(unet, text))
     best = windows.best_index
     entry["locogen"] = {"best_sites": windows.best_sites, "best_score": windows.best_score,
