@@ -21,6 +21,13 @@ Naming scheme (indices are 0-based, in forward execution order within their kind
 ``text2.*``         the same for SD-XL's second text encoder
 =================  =========================================================================
 
+Joint-attention transformers (SD3, FLUX; :mod:`diffloc.models.mmdit_sites`) name their blocks
+``transformer.joint.i`` (image stream out of joint block ``i``), ``transformer.joint_context.i`` (its text
+stream), ``transformer.attn.i`` (the joint attention's image-stream output) with ``.k``/``.v`` (its text-side
+``add_k_proj``/``add_v_proj``), ``transformer.ff.i`` / ``transformer.ff_context.i`` (image / text MLP),
+``transformer.context`` (``context_embedder``: the text stream entering block 0) and FLUX's single-stream
+``transformer.single.i`` / ``transformer.single_context.i``.
+
 Every site has a *role*: ``denoiser`` (a module of the network that predicts the noise) or ``text`` (a text
 encoder). Code selects sites by role and kind (:meth:`SiteRegistry.denoiser_sites`,
 :meth:`SiteRegistry.text_sites`), never by a name prefix: names are stable identifiers for users and saved
@@ -57,6 +64,16 @@ class SiteKind(StrEnum):
     TEXT_LAYER = "text_layer"
     TEXT_ATTN = "text_attn"
     TEXT_MLP = "text_mlp"
+    # joint-attention transformers (SD3, FLUX): see diffloc.models.mmdit_sites
+    CONTEXT = "context"
+    JOINT = "joint"
+    JOINT_CONTEXT = "joint_context"
+    ATTN = "attn"
+    ATTN_K = "attn_k"
+    ATTN_V = "attn_v"
+    FF_CONTEXT = "ff_context"
+    SINGLE = "single"
+    SINGLE_CONTEXT = "single_context"
 
     @property
     def channel_dim(self) -> int:
@@ -70,10 +87,22 @@ class SiteKind(StrEnum):
 
     @property
     def is_projection(self) -> bool:
-        """Whether this is a key/value projection sub-site of a cross-attention layer (``.k``/``.v``)."""
-        return self in (SiteKind.XATTN_K, SiteKind.XATTN_V)
+        """Whether this is a key/value projection sub-site of an attention layer reading text (``.k``/``.v``)."""
+        return self in (SiteKind.XATTN_K, SiteKind.XATTN_V) or self in JOINT_PROJECTION_KINDS
+
+    @property
+    def output_index(self) -> int:
+        """Which element of a module's tuple output is this site's tensor (a joint block returns the text
+        stream first and the image stream second; see :data:`IMAGE_STREAM_KINDS`)."""
+        return 1 if self in IMAGE_STREAM_KINDS else 0
 
 
+#: Text-side key/value projections of joint attention (``add_k_proj``/``add_v_proj``; ``transformer.attn.N.k``).
+JOINT_PROJECTION_KINDS = frozenset({SiteKind.ATTN_K, SiteKind.ATTN_V})
+#: Block outputs whose image stream is the second element of the block's ``(text, image)`` output.
+IMAGE_STREAM_KINDS = frozenset({SiteKind.JOINT, SiteKind.SINGLE})
+#: Denoiser sites whose output is the text stream of a joint-attention transformer, one row per token.
+TEXT_STREAM_KINDS = frozenset({SiteKind.CONTEXT, SiteKind.JOINT_CONTEXT, SiteKind.FF_CONTEXT, SiteKind.SINGLE_CONTEXT})
 _TEXT_KINDS = frozenset({SiteKind.TEXT_EMBED, SiteKind.TEXT_LAYER, SiteKind.TEXT_ATTN, SiteKind.TEXT_MLP})
 #: Kinds that read the text context inside the denoiser: a cross-attention layer and its key/value projections.
 CROSS_ATTENTION_KINDS = frozenset({SiteKind.XATTN, SiteKind.XATTN_K, SiteKind.XATTN_V})

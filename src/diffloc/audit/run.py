@@ -19,7 +19,7 @@ from diffloc.audit.prompts import description_gap, description_prompts, paraphra
 from diffloc.audit.revival import finetune_revival, reverted
 from diffloc.audit.target import AuditTarget, audit_target
 from diffloc.editing.edit import Edit
-from diffloc.engine.generate import GenerationConfig, generate
+from diffloc.engine.generate import GenerationConfig, classifier_free, generate
 from diffloc.errors import DifflocError
 from diffloc.eval.metrics import wilson_interval
 from diffloc.eval.scorers import Scorer
@@ -119,7 +119,7 @@ def shown(
     :data:`STRIP_IMAGES` images are saved there as a labelled PNG."""
     generation = GenerationConfig(steps=config.steps, guidance=config.guidance)
     pairs = [(p, s) for p in prompts for s in config.seeds]
-    per_batch = max(1, config.max_batch // (2 if generation.cfg else 1))
+    per_batch = max(1, config.max_batch // (2 if classifier_free(model, generation) else 1))
     scores: list[float] = []
     kept: list[torch.Tensor] = []
     for start in range(0, len(pairs), per_batch):

@@ -48,8 +48,16 @@ class GenerationConfig:
 
     @property
     def cfg(self) -> bool:
-        """Whether classifier-free guidance is used."""
+        """Whether classifier-free guidance is used (a guidance-embedded model never uses it: see
+        :func:`classifier_free`)."""
         return self.guidance > 1.0
+
+
+def classifier_free(model: LoadedModel, config: GenerationConfig) -> bool:
+    """Whether sampling ``model`` with ``config`` runs classifier-free guidance's unconditional rows: when the
+    guidance scale is above 1, unless the model embeds the guidance scale (FLUX.1-dev), which then reaches the
+    denoiser as an input and the batch holds conditional rows only."""
+    return config.cfg and not model.adapter.guidance_embedded(model.pipe)
 
 
 def initial_latents(
@@ -123,14 +131,14 @@ def sample(
         raise ConfigError(f"{len(seeds)} seeds for {len(cond)} runs; give one seed per run")
     if len(shadow_follows) != (0 if shadow_cond is None else len(shadow_cond)):
         raise ConfigError(f"{len(shadow_follows)} shadow rows need as many rows of shadow conditioning")
-    layout = BatchLayout(runs=len(cond), cfg=config.cfg, shadows=len(shadow_follows))
+    layout = BatchLayout(runs=len(cond), cfg=classifier_free(model, config), shadows=len(shadow_follows))
     default_h, default_w = adapter.default_size(pipe)
     height, width = config.height or default_h, config.width or default_w
     check_model_steps(model, config.steps)  # more steps than the schedule has are refused, never extrapolated
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(config.steps, device=model.device)
     shape = adapter.latent_shape(pipe, height, width)
-    latents = initial_latents(shape, seeds, model.device, model.dtype) * scheduler.init_noise_sigma
+    adapter.set_timesteps(pipe, scheduler, config.steps, shape, model.device)
+    latents = initial_latents(shape, seeds, model.device, model.dtype) * adapter.initial_noise_scale(scheduler)
     if layout.cfg:
         uncond = uncond if uncond is not None else adapter.encode_unconditional(pipe, len(cond))
         batch_cond = Conditioning.cat([uncond, cond])
@@ -140,7 +148,7 @@ def sample(
         batch_cond = Conditioning.cat([batch_cond, shadow_cond])
     batch_cond = adapter.for_size(batch_cond, height, width)
     follows = torch.as_tensor(list(shadow_follows), dtype=torch.long, device=latents.device)
-    kwargs = adapter.denoiser_kwargs(batch_cond)
+    kwargs = {**adapter.denoiser_kwargs(batch_cond), **adapter.guidance_kwargs(pipe, layout.size, config.guidance)}
     step_kwargs = _scheduler_step_kwargs(scheduler, seeds)
     in_channels = adapter.in_channels(pipe)
     timesteps = scheduler.timesteps
@@ -148,7 +156,7 @@ def sample(
         x = torch.cat([latents, latents]) if layout.cfg else latents
         if layout.shadows:
             x = torch.cat([x, latents[follows]])
-        x = scheduler.scale_model_input(x, t)
+        x = adapter.scale_model_input(scheduler, x, t)
         noise = adapter.predict_noise(pipe, x, t, kwargs)[: layout.guided_rows]
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
@@ -202,7 +210,7 @@ def generate_runs(
     if plan.swap_prompts:
         swapped = attention_context(model, adapter.encode(pipe, plan.swap_prompts).hidden)
         swap_context = {p: swapped[i] for i, p in enumerate(plan.swap_prompts)}
-    layout = BatchLayout(runs=len(runs), cfg=config.cfg, shadows=len(plan.shadows))
+    layout = BatchLayout(runs=len(runs), cfg=classifier_free(model, config), shadows=len(plan.shadows))
     shadow_cond = encoded.take([plan.text_rows[s.text_of] for s in plan.shadows]) if plan.shadows else None
     outputs, inputs = denoiser_hooks(model, plan, layout, swap_context)
     with patch(model, outputs=outputs, inputs=inputs):

@@ -27,7 +27,13 @@ from torch.utils.checkpoint import checkpoint
 from diffloc.differentiable import check_autograd, frozen_parameters
 from diffloc.engine.batch import BatchLayout
 from diffloc.engine.finite import check_images, check_latents
-from diffloc.engine.generate import GenerationConfig, _guide, _scheduler_step_kwargs, initial_latents
+from diffloc.engine.generate import (
+    GenerationConfig,
+    _guide,
+    _scheduler_step_kwargs,
+    classifier_free,
+    initial_latents,
+)
 from diffloc.engine.hooks import OutputHook, patch
 from diffloc.errors import ConfigError
 from diffloc.models.base import Conditioning, LoadedModel
@@ -44,10 +50,12 @@ def denoiser(model: LoadedModel) -> Any:
     return model.denoiser
 
 
-def predict(model: LoadedModel, x: torch.Tensor, t: Any, cond: Conditioning) -> torch.Tensor:
-    """One denoiser call: the prediction for model input ``x`` at timestep ``t`` under ``cond``."""
+def predict(model: LoadedModel, x: torch.Tensor, t: Any, cond: Conditioning, guidance: float) -> torch.Tensor:
+    """One denoiser call: the prediction for model input ``x`` at timestep ``t`` under ``cond`` (``guidance``
+    reaches only a guidance-embedded denoiser, see :meth:`~diffloc.models.base.ModelAdapter.guidance_embedded`)."""
     adapter = model.adapter
-    return adapter.predict_noise(model.pipe, x, t, adapter.denoiser_kwargs(cond))
+    kwargs = {**adapter.denoiser_kwargs(cond), **adapter.guidance_kwargs(model.pipe, x.shape[0], guidance)}
+    return adapter.predict_noise(model.pipe, x, t, kwargs)
 
 
 def sample_size(model: LoadedModel, config: GenerationConfig) -> tuple[int, int]:
@@ -101,16 +109,17 @@ def sample_with_grad(
     pipe, adapter = model.pipe, model.adapter
     if len(seeds) != len(cond):
         raise ConfigError(f"{len(seeds)} seeds for {len(cond)} runs; give one seed per run")
-    layout = BatchLayout(runs=len(cond), cfg=config.cfg)
+    layout = BatchLayout(runs=len(cond), cfg=classifier_free(model, config))
     height, width = sample_size(model, config)
     net = denoiser(model)
     device = next(net.parameters()).device
     dtype = next(net.parameters()).dtype
     check_model_steps(model, config.steps)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(config.steps, device=device)
-    latents = initial_latents(adapter.latent_shape(pipe, height, width), seeds, device, dtype)
-    latents = latents * scheduler.init_noise_sigma
+    shape = adapter.latent_shape(pipe, height, width)
+    adapter.set_timesteps(pipe, scheduler, config.steps, shape, device)
+    latents = initial_latents(shape, seeds, device, dtype)
+    latents = latents * adapter.initial_noise_scale(scheduler)
     if layout.cfg:
         with torch.no_grad():
             uncond = adapter.encode_unconditional(pipe, len(cond))
@@ -121,10 +130,11 @@ def sample_with_grad(
     timesteps = scheduler.timesteps
     for index, t in enumerate(timesteps):
         if before_step is not None:
-            before_step(index, scheduler.scale_model_input(latents.detach(), t), t)
+            before_step(index, adapter.scale_model_input(scheduler, latents.detach(), t), t)
         x = torch.cat([latents, latents]) if layout.cfg else latents
-        x = scheduler.scale_model_input(x, t)
-        call = partial(_hooked_prediction, model, t=t, cond=cond, hooks=step_hooks(index) if step_hooks else {})
+        x = adapter.scale_model_input(scheduler, x, t)
+        hooks = step_hooks(index) if step_hooks else {}
+        call = partial(_hooked_prediction, model, t=t, cond=cond, hooks=hooks, guidance=config.guidance)
         noise = checkpoint(call, x, use_reentrant=False)
         eps = _guide(noise, layout.cfg, config.guidance, in_channels, scheduler)
         latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
@@ -137,9 +147,15 @@ def sample_with_grad(
 
 
 def _hooked_prediction(
-    model: LoadedModel, x: torch.Tensor, *, t: Any, cond: Conditioning, hooks: Mapping[str, OutputHook]
+    model: LoadedModel,
+    x: torch.Tensor,
+    *,
+    t: Any,
+    cond: Conditioning,
+    hooks: Mapping[str, OutputHook],
+    guidance: float,
 ) -> torch.Tensor:
     """One denoiser call with ``hooks`` installed for exactly its duration (its recomputation installs them
     again)."""
     with patch(model, outputs=hooks):
-        return predict(model, x, t, cond)
+        return predict(model, x, t, cond, guidance)

@@ -18,14 +18,15 @@ OutputHook = Callable[[nn.Module, tuple, dict, Any], Any]
 InputHook = Callable[[nn.Module, tuple, dict], Any]
 
 
-def primary(output: Any) -> torch.Tensor:
-    """The main tensor of a module output (element 0 of a tuple, as CLIP/T5 attention return)."""
-    return output[0] if isinstance(output, tuple) else output
+def primary(output: Any, index: int = 0) -> torch.Tensor:
+    """The main tensor of a module output: element ``index`` of a tuple (0, as CLIP/T5 attention return; a
+    joint-attention block's image stream is 1, :attr:`~diffloc.sites.SiteKind.output_index`), else the output."""
+    return output[index] if isinstance(output, tuple) else output
 
 
-def with_primary(output: Any, tensor: torch.Tensor) -> Any:
-    """``output`` with its main tensor replaced by ``tensor`` (tuple structure kept)."""
-    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+def with_primary(output: Any, tensor: torch.Tensor, index: int = 0) -> Any:
+    """``output`` with its main tensor (element ``index`` of a tuple) replaced by ``tensor`` (structure kept)."""
+    return (*output[:index], tensor, *output[index + 1 :]) if isinstance(output, tuple) else tensor
 
 
 @contextmanager
@@ -66,15 +67,15 @@ def record(model: LoadedModel, sites: Sequence[str | Site]) -> Iterator[dict[str
     """Record each call's main output tensor at ``sites`` (detached copies), keyed by site name."""
     store: dict[str, list[torch.Tensor]] = {}
 
-    def make(name: str) -> OutputHook:
+    def make(name: str, index: int) -> OutputHook:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            store.setdefault(name, []).append(primary(output).detach().clone())
+            store.setdefault(name, []).append(primary(output, index).detach().clone())
 
         return hook
 
     resolved = [model.site(s) for s in sites]
     # Observers run last, so they see every intervention's effect.
-    with patch(model, outputs={s.name: make(s.name) for s in resolved}, first=False):
+    with patch(model, outputs={s.name: make(s.name, s.kind.output_index) for s in resolved}, first=False):
         yield store
 
 

@@ -13,7 +13,8 @@ Interventions:
       (``same-latent``, the default: a *shadow* row) or copied from the source run's own trajectory
       (``trajectory``).
     * :class:`SwapContext` — cross-attention sites read another prompt's text states as their key/value
-      input (LocoGen).
+      input (LocoGen); on a joint-attention block, the block's text-stream input becomes the other prompt's
+      context as it enters the first block (the prompt-injection variant).
     * :class:`SetChannels` — set chosen channels of a site's output to given values (neuron ablation).
 """
 
@@ -32,8 +33,11 @@ from diffloc.engine.hooks import InputHook, OutputHook, primary, with_primary
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.base import LoadedModel
-from diffloc.sites import CROSS_ATTENTION_KINDS, Site, SiteKind, SiteRole
+from diffloc.sites import CROSS_ATTENTION_KINDS, TEXT_STREAM_KINDS, Site, SiteKind, SiteRole
 from diffloc.validate import generator_seed
+
+#: Joint-attention blocks whose text-stream input a :class:`SwapContext` replaces (the prompt-injection variant).
+CONTEXT_READING_BLOCKS = frozenset({SiteKind.JOINT, SiteKind.SINGLE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,11 +54,12 @@ class CorruptTokens:
     std: float
     noise_seed: int = 0
     site_stds: tuple[tuple[str, float], ...] = ()
+    site_positions: tuple[tuple[str, tuple[int, int]], ...] = ()
 
     def __post_init__(self) -> None:
-        start, end = self.positions
-        if not 0 <= start < end:
-            raise ConfigError(f"token range {self.positions} is empty or negative; need 0 <= start < end")
+        for start, end in (self.positions, *(r for _, r in self.site_positions)):
+            if not 0 <= start < end:
+                raise ConfigError(f"token range {(start, end)} is empty or negative; need 0 <= start < end")
         for value in (self.std, *(v for _, v in self.site_stds)):
             if not value >= 0:
                 raise ConfigError(f"noise std {value} must be >= 0")
@@ -62,6 +67,11 @@ class CorruptTokens:
     def std_at(self, site: str) -> float:
         """The noise std used at embedding site ``site``."""
         return dict(self.site_stds).get(site, self.std)
+
+    def positions_at(self, site: str) -> tuple[int, int]:
+        """The token range corrupted at embedding site ``site`` (encoders whose tokenizers differ, as SD3's CLIP
+        and T5, place the subject at different positions: ``site_positions`` gives each its own range)."""
+        return dict(self.site_positions).get(site, self.positions)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,8 +177,8 @@ def _slice_rows(rows: torch.Tensor, positions: tuple[int, int] | None) -> tuple[
     return (rows,) if positions is None else (rows, slice(*positions))
 
 
-def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]) -> OutputHook:
-    """Copy rows from source rows, in place.
+def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]], index: int = 0) -> OutputHook:
+    """Copy rows from source rows, in place (in element ``index`` of a tuple output, see :func:`primary`).
 
     All source rows are read before any row is written, so the result does not depend on op order. The
     module's output is a fresh tensor nobody has read yet, so writing its rows in place is safe and avoids
@@ -176,7 +186,7 @@ def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | 
     """
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        out = primary(output)
+        out = primary(output, index)
         values = [out[_slice_rows(source, positions)].clone() for _, source, positions in ops]
         for (target, _, positions), value in zip(ops, values, strict=True):
             out[_slice_rows(target, positions)] = value
@@ -234,8 +244,10 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                             (torch.tensor([text_rows[r]]), torch.tensor([text_rows[iv.source]]), iv.positions)
                         )
                         continue
-                    if iv.positions is not None and not site.kind.is_projection:
-                        raise ConfigError(f"token positions apply to text and .k/.v sites, not {site.name!r}")
+                    if iv.positions is not None and not (site.kind.is_projection or site.kind in TEXT_STREAM_KINDS):
+                        raise ConfigError(
+                            f"token positions apply to text, text-stream and .k/.v sites, not {site.name!r}"
+                        )
                     source: tuple[str, int] = ("run", iv.source)
                     if iv.restore_from == "same-latent":
                         shadow = Shadow(follows=r, text_of=iv.source)
@@ -244,10 +256,10 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
             elif isinstance(iv, SwapContext):
                 for name in iv.sites:
                     site = model.site(name)
-                    if site.kind not in CROSS_ATTENTION_KINDS:
+                    if site.kind not in CROSS_ATTENTION_KINDS | CONTEXT_READING_BLOCKS:
                         raise UnknownSiteError(
-                            f"site {name!r} is a {site.kind} site; "
-                            "context swaps need a cross-attention site or one of its .k/.v projections"
+                            f"site {name!r} is a {site.kind} site; context swaps need a cross-attention site, one "
+                            "of its .k/.v projections, or a joint-attention block ('transformer.joint.N')"
                         )
                     if site.kind is not SiteKind.XATTN:
                         parent = model.module(name.rsplit(".", 1)[0])
@@ -287,9 +299,9 @@ def _text_hook(
         if noises:
             out = primary(output).clone()
             for row, iv in noises:
-                start, end = iv.positions
+                start, end = iv.positions_at(site_name)
                 if end > out.shape[1]:
-                    raise ConfigError(f"token range {iv.positions} exceeds the {out.shape[1]} encoded tokens")
+                    raise ConfigError(f"token range {(start, end)} exceeds the {out.shape[1]} encoded tokens")
                 gen = torch.Generator(device="cpu").manual_seed(generator_seed(iv.noise_seed * 1000003 + salt))
                 noise = torch.randn((end - start, out.shape[-1]), generator=gen, dtype=torch.float32)
                 out[row, start:end] += (iv.std_at(site_name) * noise).to(out.dtype).to(out.device)
@@ -314,7 +326,8 @@ def denoiser_hooks(
     for name, swaps in plan.denoiser_swaps.items():
         rows = layout.cond_rows([r for r, _ in swaps])
         values = torch.stack([swap_context[p] for _, p in swaps])  # (n, tokens, dim)
-        inputs[name] = _swap_hook(rows, values, whole_layer=model.site(name).kind is SiteKind.XATTN)
+        whole = model.site(name).kind in {SiteKind.XATTN} | CONTEXT_READING_BLOCKS
+        inputs[name] = _swap_hook(rows, values, whole_layer=whole)
     return outputs, inputs
 
 
@@ -329,7 +342,8 @@ def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: B
         (layout.cond_rows([r]), _source_row(layout, source), positions)
         for op, r, (source, positions) in ((o, r, p) for o, r, p in ops if o == "restore")
     ]
-    restore = _restore_hook(restores) if restores else None
+    index = site.kind.output_index
+    restore = _restore_hook(restores, index) if restores else None
     sets = [(layout.cond(r), iv) for op, r, iv in ops if op == "set"]
     dim = site.kind.channel_dim
 
@@ -337,7 +351,7 @@ def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: B
         if restore is not None:
             output = restore(module, args, kwargs, output)
         if sets:
-            out = primary(output)  # fresh module output: edited in place, like restores
+            out = primary(output, index)  # fresh module output: edited in place, like restores
             n_channels = out.shape[dim]
             for row, iv in sets:
                 if max(iv.channels, default=-1) >= n_channels or min(iv.channels, default=0) < 0:

@@ -142,8 +142,23 @@ class ModelAdapter(ABC):
         """
         return self.find_subjects(pipe, [prompt], [subject])[0]
 
-    def find_subjects(self, pipe: Any, prompts: Sequence[str], subjects: Sequence[str]) -> list[tuple[int, int]]:
-        """:meth:`find_subject` for many prompts, with batched tokenizer calls (editing looks up hundreds).
+    def subject_ranges(self, pipe: Any, prompt: str, subject: str) -> dict[str, tuple[int, int]]:
+        """The subject's token range per text encoder, keyed by its embedding site (``text.embed`` …).
+
+        Every encoder of the UNet families shares the first encoder's positions (SD-XL's two CLIP tokenizers
+        agree); a family whose tokenizers differ (SD3's CLIP and T5) looks each range up with its own tokenizer.
+
+        Raises:
+            PromptError: the subject is empty or does not occur in the prompt.
+        """
+        span = self.find_subject(pipe, prompt, subject)
+        return {f"{spec.prefix}.embed": span for spec in self.text_encoders(pipe)}
+
+    def find_subjects(
+        self, pipe: Any, prompts: Sequence[str], subjects: Sequence[str], spec: TextEncoderSpec | None = None
+    ) -> list[tuple[int, int]]:
+        """:meth:`find_subject` for many prompts, with batched tokenizer calls (editing looks up hundreds);
+        positions in the tokens of ``spec``'s tokenizer (default: the first encoder's).
 
         The first candidate occurrence of every subject (whole words first) is checked for all prompts in
         two batched tokenizer calls over distinct strings; only prompts where it does not align with token
@@ -156,7 +171,7 @@ class ModelAdapter(ABC):
             raise PromptError(f"{len(prompts)} prompts but {len(subjects)} subjects; give one subject per prompt")
         if not prompts:
             return []
-        tokenizer = getattr(pipe, self.text_encoders(pipe)[0].tokenizer)
+        tokenizer = getattr(pipe, (spec or self.text_encoders(pipe)[0]).tokenizer)
         lead = _leading_special(tokenizer)
         candidates = [_subject_starts(prompt, subject) for prompt, subject in zip(prompts, subjects, strict=True)]
         lengths = [len(subject.strip()) for subject in subjects]
@@ -227,6 +242,28 @@ class ModelAdapter(ABC):
     def predict_noise(self, pipe: Any, x: torch.Tensor, t: torch.Tensor, kwargs: Mapping[str, Any]) -> torch.Tensor:
         """The denoiser's prediction for input ``x`` at timestep ``t`` (``kwargs`` from :meth:`denoiser_kwargs`)."""
 
+    # -- sampling ------------------------------------------------------------------------------------
+    def set_timesteps(self, pipe: Any, scheduler: Any, steps: int, latent_shape: Sequence[int], device: Any) -> None:
+        """Prepare ``scheduler`` for ``steps`` steps on latents of ``latent_shape`` ``(channels, h, w)``."""
+        scheduler.set_timesteps(steps, device=device)
+
+    def initial_noise_scale(self, scheduler: Any) -> float:
+        """The standard deviation of the first latent (the scheduler's ``init_noise_sigma``)."""
+        return scheduler.init_noise_sigma
+
+    def scale_model_input(self, scheduler: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's input at timestep ``t`` (the scheduler's input scaling)."""
+        return scheduler.scale_model_input(x, t)
+
+    def guidance_embedded(self, pipe: Any) -> bool:
+        """Whether the denoiser takes the guidance scale as an input (FLUX.1-dev's guidance embedding) instead
+        of being guided by classifier-free guidance's two rows."""
+        return False
+
+    def guidance_kwargs(self, pipe: Any, rows: int, guidance: float) -> dict[str, Any]:
+        """Extra denoiser keyword arguments carrying the guidance scale (see :meth:`guidance_embedded`)."""
+        return {}
+
     def context_projection(self, pipe: Any) -> tuple[str, nn.Module] | None:
         """The module projecting the text encoder's output once before the denoiser's attention layers read it
         (DeepFloyd IF's ``encoder_hid_proj``) with its pipeline-level path, or ``None`` when there is none."""
@@ -293,10 +330,13 @@ class ModelAdapter(ABC):
         vae = pipe.vae
         if batch < 1:
             raise ConfigError(f"decode batch must be >= 1, got {batch}")
+        # SD3's and FLUX's VAEs also shift their latents (``shift_factor``); SD's have none
+        shift = getattr(vae.config, "shift_factor", None)
         with decode_dtype(vae) as dtype:
-            parts = [
-                vae.decode(chunk.to(dtype) / vae.config.scaling_factor).sample.float() for chunk in latents.split(batch)
-            ]
+            parts = []
+            for chunk in latents.split(batch):
+                scaled = chunk.to(dtype) / vae.config.scaling_factor
+                parts.append(vae.decode(scaled if shift is None else scaled + shift).sample.float())
         return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
 

@@ -227,3 +227,51 @@ def full_size_unet_config(family: str) -> dict[str, Any]:
         ConfigError: unknown ``family``.
     """
     return copy.deepcopy(FULL_UNET_CONFIGS[check_family(family)])
+
+
+# --- joint-attention transformers (SD3, FLUX.1) -----------------------------------------------------------
+# stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json: 24 joint blocks, 1536 wide.
+_SD3_MEDIUM_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 192,
+}
+# black-forest-labs/FLUX.1-dev, transformer/config.json: 19 double-stream + 38 single-stream blocks, 3072 wide.
+_FLUX1_DEV_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": [16, 56, 56],
+}
+
+FULL_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {"sd3": _SD3_MEDIUM_TRANSFORMER, "flux": _FLUX1_DEV_TRANSFORMER}
+"""Joint-attention family -> published transformer config (SD3-medium, FLUX.1-dev); read through
+:func:`full_size_transformer_config`, which copies."""
+
+
+def full_size_transformer_config(family: str) -> dict[str, Any]:
+    """The published transformer config of ``family`` (``sd3``: SD3-medium, ``flux``: FLUX.1-dev), a fresh copy.
+
+    Raises:
+        ConfigError: not a joint-attention family.
+    """
+    if family not in FULL_TRANSFORMER_CONFIGS:
+        raise ConfigError(
+            f"no transformer config for family {family!r}; valid: {', '.join(FULL_TRANSFORMER_CONFIGS)}"
+            f"{close_matches(str(family), FULL_TRANSFORMER_CONFIGS)}"
+        )
+    return copy.deepcopy(FULL_TRANSFORMER_CONFIGS[family])

@@ -14,6 +14,7 @@ from diffloc.errors import CheckpointError, ConfigError, ModelLoadError, Unsuppo
 from diffloc.models.base import LoadedModel, ModelAdapter
 from diffloc.models.compat import pipeline_dtype_keyword
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
+from diffloc.models.flux import FluxAdapter
 from diffloc.models.placement import (
     check_variant,
     check_weight_files,
@@ -22,12 +23,16 @@ from diffloc.models.placement import (
     weighted_components,
 )
 from diffloc.models.sd import StableDiffusionAdapter
+from diffloc.models.sd3 import StableDiffusion3Adapter
 from diffloc.models.sdxl import StableDiffusionXLAdapter
 from diffloc.models.weight_files import check_pipeline_weights
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("sd1", "sd2", "sdxl", "if")
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "if")
+#: Joint-attention (MMDiT) families: SD3/SD3.5 and FLUX.1.
+MMDIT_FAMILIES = ("sd3", "flux")
+FAMILIES += MMDIT_FAMILIES
 #: ``tiny-<family>`` names a seeded random tiny model of that family's real architecture.
 TINY_PREFIX = "tiny-"
 #: Optional file in a pipeline directory with the sampler settings its model was evaluated at.
@@ -38,6 +43,8 @@ _ADAPTERS: tuple[type[ModelAdapter], ...] = (
     StableDiffusionAdapter,
     StableDiffusionXLAdapter,
     DeepFloydIFAdapter,
+    StableDiffusion3Adapter,
+    FluxAdapter,
 )
 #: Optional components that diffloc never uses; not loading them saves memory and time.
 _SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
@@ -65,7 +72,7 @@ def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
     for cls in _ADAPTERS:
         if class_name in cls.pipeline_classes:
             if cls is StableDiffusionAdapter:
-                if family in ("sdxl", "if"):
+                if family not in ("sd1", "sd2"):
                     raise UnsupportedModelError(f"family {family!r} does not match pipeline class {class_name}")
                 label = family or (
                     StableDiffusionAdapter.detect_family(pipe_or_class) if not isinstance(pipe_or_class, str) else "sd1"
@@ -234,10 +241,12 @@ def load(
         if tiny_family not in FAMILIES:
             raise ModelLoadError(f"unknown tiny model {model!r}; valid: {one_of(TINY_PREFIX + f for f in FAMILIES)}")
         from diffloc.models.tiny import build_tiny_pipeline
+        from diffloc.models.tiny_mmdit import build_tiny_mmdit_pipeline
 
         if variant is not None:
             raise ConfigError(f"variant applies to weight files on disk; {model} is built in-process, drop it")
-        tiny: Any = build_tiny_pipeline(tiny_family)
+        builder = build_tiny_mmdit_pipeline if tiny_family in MMDIT_FAMILIES else build_tiny_pipeline
+        tiny: Any = builder(tiny_family)
         tiny.to(device=target_device, dtype=target_dtype)
         return _wrap(tiny, family, source=model, options={"family": family, "dtype": target_dtype})
 

@@ -258,8 +258,9 @@ def _unet(family: str, seed: int) -> UNet2DConditionModel:
     return _init(seed, family, "unet", lambda: UNet2DConditionModel.from_config(config))
 
 
-def _vae(family: str, seed: int) -> AutoencoderKL:
-    """A 4-level KL autoencoder (spatial factor 8 and 4 latent channels, like every SD VAE)."""
+def _vae(family: str, seed: int, **latent: Any) -> AutoencoderKL:
+    """A 4-level KL autoencoder (spatial factor 8 and 4 latent channels, like every SD VAE; ``latent`` overrides
+    the latent settings: SD3's and FLUX's have 16 channels, a shift and no quantization convolutions)."""
     config = {
         "in_channels": 3,
         "out_channels": 3,
@@ -273,6 +274,7 @@ def _vae(family: str, seed: int) -> AutoencoderKL:
         "sample_size": 128,
         # SD-1/2 latents are scaled by 0.18215; the SD-XL VAE by 0.13025.
         "scaling_factor": 0.13025 if family == "sdxl" else 0.18215,
+        **latent,
     }
     return _init(seed, family, "vae", lambda: AutoencoderKL.from_config(config))
 
@@ -322,7 +324,7 @@ def _if_tokenizer() -> Any:
     return t5_unigram_tokenizer(list(first.items()), model_max_length=77)
 
 
-def _t5_encoder(vocab_size: int, seed: int) -> T5EncoderModel:
+def _t5_encoder(vocab_size: int, seed: int, family: str = "if", component: str = "text_encoder") -> T5EncoderModel:
     # generic PretrainedConfig keys, which T5Config's typed signature does not list
     encoder_only: dict[str, Any] = {"tie_word_embeddings": False, "decoder_start_token_id": 0}
     config = T5Config(
@@ -342,7 +344,7 @@ def _t5_encoder(vocab_size: int, seed: int) -> T5EncoderModel:
         eos_token_id=1,
         **encoder_only,
     )
-    return _init(seed, "if", "text_encoder", lambda: T5EncoderModel(config))
+    return _init(seed, family, component, lambda: T5EncoderModel(config))
 
 
 # --- pipelines --------------------------------------------------------------------------------------------

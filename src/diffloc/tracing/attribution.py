@@ -27,7 +27,7 @@ from torch import nn
 
 from diffloc.differentiable import require_gradient_scorer
 from diffloc.engine.batch import BatchLayout
-from diffloc.engine.generate import GenerationConfig, generate_runs
+from diffloc.engine.generate import GenerationConfig, classifier_free, generate_runs
 from diffloc.engine.gradients import gradient_scope, predict, sample_size, sample_with_grad
 from diffloc.engine.hooks import OutputHook, patch, primary, record, with_primary
 from diffloc.engine.interventions import CorruptTokens, Run, compile_runs
@@ -64,26 +64,33 @@ def _grad(probe: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(
-    rows: Sequence[int], weight: torch.Tensor, *, clean: torch.Tensor | None = None, clean_rows: Sequence[int] = ()
+    rows: Sequence[int],
+    weight: torch.Tensor,
+    *,
+    clean: torch.Tensor | None = None,
+    clean_rows: Sequence[int] = (),
+    element: int = 0,
 ) -> OutputHook:
     """An output hook that adds ``weight[i] * (clean[i] - out[rows[i]])`` (difference detached) to each row of
     ``rows``; the clean values are ``clean`` (one row per entry of ``rows``), or rows ``clean_rows`` of the same
     output.
 
     ``weight`` is zero (``(len(rows),)``, or ``(len(rows), tokens)``), so the run is unchanged; its gradient is the
-    first-order effect of writing the clean value into each row.
+    first-order effect of writing the clean value into each row. ``element`` picks the tensor of a tuple output
+    (see :func:`primary`).
     """
     index = list(rows)
     sources = list(clean_rows)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        out = primary(output)
+        out = primary(output, element)
         here = out[index]
         source = out[sources] if clean is None else clean.to(device=out.device, dtype=out.dtype)
         delta = (source - here).detach()
         scale = weight.to(device=out.device, dtype=out.dtype)
         scale = scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim)))
-        return with_primary(output, out.index_put((torch.as_tensor(index, device=out.device),), here + scale * delta))
+        updated = out.index_put((torch.as_tensor(index, device=out.device),), here + scale * delta)
+        return with_primary(output, updated, element)
 
     return hook
 
@@ -118,7 +125,7 @@ def _clean_runs(
     """The clean runs' scores and (for ``sites``) their conditional rows' activations at every step."""
     with record(model, sites) as seen:
         images = generate_runs(model, runs, config=config)
-    layout = BatchLayout(runs=len(runs), cfg=config.cfg)
+    layout = BatchLayout(runs=len(runs), cfg=classifier_free(model, config))
     rows = [layout.cond(i) for i in range(len(runs))]
     # clones made outside inference mode: the probes multiply them into the autograd graph
     values = {name: [v[rows].clone() for v in seen.get(name, [])] for name in sites}
@@ -157,21 +164,26 @@ def estimate_unet_items(
         cond = _encode(model, [*clean_runs, *corrupt_runs])
     height, width = sample_size(model, gen)
     clean_cond = model.adapter.for_size(cond.take(range(n)), height, width)
-    layout = BatchLayout(runs=n, cfg=gen.cfg)
+    layout = BatchLayout(runs=n, cfg=classifier_free(model, gen))
     rows = [layout.cond(i) for i in range(n)]
     with gradient_scope(model):
         alphas: list[torch.Tensor] = []  # one (sites, items) probe per denoiser call (some schedulers call it more)
 
         def same_latent(index: int, x: torch.Tensor, t: Any) -> None:
             with torch.no_grad(), record(model, sites) as seen:
-                predict(model, x, t, clean_cond)
+                predict(model, x, t, clean_cond, gen.guidance)
             for name in sites:
                 clean_values.setdefault(name, []).append(seen[name][0])
 
         def hooks(index: int) -> dict[str, OutputHook]:
             alpha = torch.zeros((len(sites), n), dtype=torch.float32, device=model.device, requires_grad=True)
             alphas.append(alpha)
-            probes = {name: _probe(rows, alpha[j], clean=clean_values[name][index]) for j, name in enumerate(sites)}
+            probes = {
+                name: _probe(
+                    rows, alpha[j], clean=clean_values[name][index], element=model.site(name).kind.output_index
+                )
+                for j, name in enumerate(sites)
+            }
             if not attention_fix:
                 return probes
             weights = {name: alpha[j] for j, name in enumerate(sites)}

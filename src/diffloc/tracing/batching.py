@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffloc.engine.generate import GenerationConfig, generate_runs
+from diffloc.engine.generate import GenerationConfig, classifier_free, generate_runs
 from diffloc.engine.interventions import Run, extra_rows
 from diffloc.models.base import LoadedModel
 from diffloc.scoring import Scorer
@@ -41,7 +41,7 @@ def score_runs(
     shared_scores: list[float] = []
     run_scores: list[float] = []
     images: list[torch.Tensor] = []
-    chunks = _chunks(model, runs, shared, config.max_batch, gen_config.cfg)
+    chunks = _chunks(model, runs, shared, config.max_batch, classifier_free(model, gen_config))
     for index, chunk in enumerate(chunks):
         batch = [*shared, *chunk]
         out = generate_runs(model, batch, config=gen_config)
