@@ -43,6 +43,22 @@ def tiny_if():
     return _tiny("if")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3():
+    return load("tiny-sd3", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux():
+    return load("tiny-flux", device="cpu")
+
+
+@pytest.fixture(params=("sd3", "flux"))
+def tiny_mmdit(request):
+    """Each joint-attention family's tiny model in turn (SD3, FLUX.1)."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_model(request):
     """Each family's tiny model in turn."""

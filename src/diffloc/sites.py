@@ -25,7 +25,8 @@ Joint-attention transformers (SD3, FLUX; :mod:`diffloc.models.mmdit_sites`) name
 ``transformer.joint.i`` (image stream out of joint block ``i``), ``transformer.joint_context.i`` (its text
 stream), ``transformer.attn.i`` (the joint attention's image-stream output) with ``.k``/``.v`` (its text-side
 ``add_k_proj``/``add_v_proj``), ``transformer.ff.i`` / ``transformer.ff_context.i`` (image / text MLP),
-``transformer.context`` (``context_embedder``: the text stream entering block 0) and FLUX's single-stream
+``transformer.context`` (``context_embedder``: the text stream entering block 0), ``transformer.time_text`` (the
+time embedding with the pooled text added, which modulates every block) and FLUX's single-stream
 ``transformer.single.i`` / ``transformer.single_context.i``.
 
 Every site has a *role*: ``denoiser`` (a module of the network that predicts the noise) or ``text`` (a text
@@ -66,6 +67,7 @@ class SiteKind(StrEnum):
     TEXT_MLP = "text_mlp"
     # joint-attention transformers (SD3, FLUX): see diffloc.models.mmdit_sites
     CONTEXT = "context"
+    TIME_TEXT = "time_text"
     JOINT = "joint"
     JOINT_CONTEXT = "joint_context"
     ATTN = "attn"

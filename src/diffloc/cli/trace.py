@@ -84,6 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument(
                 "--kinds", nargs="+", default=list(TEXT_STATE_KINDS), choices=TEXT_STATE_KINDS, help="state kinds"
             )
+            sub.add_argument(
+                "--encoder", default=None, metavar="PREFIX",
+                help="trace one text encoder on its own tokens (text, text2, text3); required where the encoders "
+                "tokenize differently (SD3, FLUX)",
+            )  # fmt: skip
         sub.set_defaults(func=run)
 
 
@@ -142,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 result = trace_text(
                     model, args.prompt[0], args.subject, args.attribute, scorer=scorer, kinds=args.kinds,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
-                    executor=executor, method=args.method, top_k=args.top_k,
+                    executor=executor, method=args.method, top_k=args.top_k, encoder=args.encoder,
                 )  # fmt: skip
     _write_plots(model, result, out)
     print(f"wrote {out / 'result.json'} and {out / 'trace.png'}")

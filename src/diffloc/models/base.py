@@ -92,6 +92,9 @@ class ModelAdapter(ABC):
     family: str = ""
     #: diffusers pipeline class names this adapter accepts
     pipeline_classes: tuple[str, ...] = ()
+    #: whether every text encoder puts a prompt's tokens at the same positions (SD-XL's two CLIP tokenizers do;
+    #: SD3's CLIP and T5 do not, see :meth:`subject_ranges`)
+    shared_token_positions: bool = True
 
     # -- structure -------------------------------------------------------------------------------
     @abstractmethod

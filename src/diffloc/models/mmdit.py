@@ -52,6 +52,7 @@ class MMDiTAdapter(ModelAdapter):
     """A family whose denoiser is a joint-attention transformer (sites by :data:`site_table`)."""
 
     denoiser_component = "transformer"
+    shared_token_positions = False
     site_table: MMDiTBlockTable = MMDIT_BLOCKS
     #: image pixels per transformer token along one side, over the VAE's factor (FLUX packs 2x2 latents)
     pack: int = 1

@@ -16,9 +16,11 @@ Sites, for joint block ``i`` (0-based, execution order)::
     transformer.joint.i           block output, image stream
     transformer.joint_context.i   block output, text stream (absent where the block has no text output)
 
-``transformer.context`` (``context_embedder``, before block 0) is the text stream entering the first block,
-and FLUX's single blocks give ``transformer.single.i`` / ``transformer.single_context.i``. The table is data
-(:class:`MMDiTBlockTable`); a test checks it against a recording forward pass.
+``transformer.time_text`` (``time_text_embed``: the timestep embedding plus the pooled text, which modulates
+every block of both streams) and ``transformer.context`` (``context_embedder``: the text stream entering the
+first block) run before the blocks; FLUX's single blocks give ``transformer.single.i`` (image tokens) and
+``transformer.single_context.i`` (text tokens). The table is data (:class:`MMDiTBlockTable`); a test checks
+it against a recording forward pass.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class MMDiTBlockTable:
     Attributes:
         prefix: first part of every site name.
         component: pipeline attribute holding the network.
+        time_text: the module adding the pooled text to the timestep embedding.
         context: the module projecting the text encoders' output into the text stream (before block 0).
         joint_blocks, single_blocks: attributes listing the joint and (FLUX) single-stream blocks; they run in
             this order.
@@ -46,6 +49,7 @@ class MMDiTBlockTable:
 
     prefix: str = "transformer"
     component: str = "transformer"
+    time_text: str = "time_text_embed"
     context: str = "context_embedder"
     joint_blocks: str = "transformer_blocks"
     single_blocks: str = "single_transformer_blocks"
@@ -103,7 +107,8 @@ def mmdit_sites(transformer: Any, table: MMDiTBlockTable = MMDIT_BLOCKS, resolut
         )
         return idx
 
-    add(SiteKind.CONTEXT, table.context, "", name=f"{table.prefix}.{SiteKind.CONTEXT.value}")
+    for attr, kind in ((table.time_text, SiteKind.TIME_TEXT), (table.context, SiteKind.CONTEXT)):
+        add(kind, attr, "", name=f"{table.prefix}.{kind.value}")
     for n, (path, block, single) in enumerate(_blocks(transformer, table)):
         if single:
             add(SiteKind.SINGLE, path, path)

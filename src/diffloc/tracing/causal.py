@@ -18,7 +18,7 @@ them (:mod:`diffloc.tracing.selection`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +28,7 @@ import torch
 
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError, InseparableItemsError, PromptError, UnknownSiteError
-from diffloc.models.base import LoadedModel
+from diffloc.models.base import LoadedModel, TextEncoderSpec
 from diffloc.scoring import Scorer
 from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
@@ -74,13 +74,29 @@ def encoder_noise(model: LoadedModel, config: TraceConfig) -> dict[str, float]:
     return {name: first if name == embeds[0] else multiple * _embedding_std(model, name) for name in embeds}
 
 
-def corruption(model: LoadedModel, positions: tuple[int, int], config: TraceConfig, seed: int) -> CorruptTokens:
-    """The subject corruption of one item: noise at ``positions``, each encoder in its own scale."""
+def subject_ranges(model: LoadedModel, prompts: Sequence[str], subject: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per prompt, the subject's token range in each text encoder (by embedding site; see
+    :meth:`~diffloc.models.base.ModelAdapter.subject_ranges`)."""
+    return {p: model.adapter.subject_ranges(model.pipe, p, subject) for p in dict.fromkeys(prompts)}
+
+
+def first_range(ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
+    """The first encoder's range (what a result records as ``subject_range``)."""
+    return next(iter(ranges.values()))
+
+
+def corruption(
+    model: LoadedModel, positions: Mapping[str, tuple[int, int]], config: TraceConfig, seed: int
+) -> CorruptTokens:
+    """The subject corruption of one item: noise at each encoder's subject range ``positions`` (by embedding
+    site), each encoder in its own scale."""
     stds = encoder_noise(model, config)
     first = next(iter(stds.values()))
+    start = first_range(positions)
     return CorruptTokens(
-        positions=positions, std=first, noise_seed=config.noise_seed + seed, site_stds=tuple(stds.items())
-    )
+        positions=start, std=first, noise_seed=config.noise_seed + seed, site_stds=tuple(stds.items()),
+        site_positions=tuple((site, span) for site, span in positions.items() if span != start),
+    )  # fmt: skip
 
 
 def _prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -177,7 +193,7 @@ def _validation_jobs(
     scorer: Scorer, config: TraceConfig,
 ) -> list[Job]:  # fmt: skip
     """Clean + corrupted runs of each validation item (no restores: they only choose the threshold)."""
-    ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p, _ in items}
+    ranges = subject_ranges(model, [p for p, _ in items], subject)
     return [
         Job(
             spec=_item_spec(
@@ -273,7 +289,7 @@ def causal_trace(
     groups, controls = _with_controls(model, _site_groups(model, sites))
     labels = ["+".join(g) for g in groups]
     check_gradient_method(scorer, method, top_k, len(labels))
-    ranges = {p: model.adapter.find_subject(model.pipe, p, subject) for p in prompt_list}
+    ranges = subject_ranges(model, prompt_list, subject)
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
     validation_jobs = _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
@@ -283,7 +299,8 @@ def causal_trace(
                    out, progress, executor),
             groups, labels, method, top_k, attention_fix=attention_fix,
         )  # fmt: skip
-        return _result(model, DENOISER_TRACE, estimated, labels, ranges[prompt_list[0]], noise, config, controls, meta={
+        return _result(model, DENOISER_TRACE, estimated, labels, first_range(ranges[prompt_list[0]]), noise, config,
+                       controls, meta={
             "prompts": prompt_list, "subject": subject, "attribute": attribute, "scorer": scorer.name,
             "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
             "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
@@ -313,7 +330,7 @@ def causal_trace(
         labels=labels,
         clean_score=float(np.mean([it["clean"] for it in items])),
         corrupt_score=float(np.mean([it["corrupted"] for it in items])),
-        subject_range=ranges[prompt_list[0]],
+        subject_range=first_range(ranges[prompt_list[0]]),
         noise=next(iter(noise.values())),
         items=items,
         interval=_interval(items, config),
@@ -325,6 +342,7 @@ def causal_trace(
             "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
             "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "items_computed": store.computed, "items_reused": store.reused, "method": "exact",
+            "subject_ranges": {site: list(span) for site, span in ranges[prompt_list[0]].items()},
         },
     )  # fmt: skip
     if out is not None:
@@ -334,7 +352,7 @@ def causal_trace(
 
 def _sweep(
     model: LoadedModel, weights: str, subject: str, attribute: str, scorer: Scorer, config: TraceConfig,
-    prompts: list[str], ranges: dict[str, tuple[int, int]], noise: dict[str, float], validation: list[Job],
+    prompts: list[str], ranges: dict[str, dict[str, tuple[int, int]]], noise: dict[str, float], validation: list[Job],
     out: str | Path | None, progress: ProgressFn | None, executor: Executor | None,
 ) -> Sweep:  # fmt: skip
     """What a gradient-method trace shares with this module's exact trace (item keys, the exact item function)."""
@@ -424,8 +442,13 @@ def trace_text(
     skip_unreached: bool = True,
     method: str = "exact",
     top_k: int = DEFAULT_TOP_K,
+    encoder: str | None = None,
 ) -> TraceResult:
     """Trace which text-encoder state (kind × layer × token) carries the attribute.
+
+    ``encoder`` (a site prefix: ``text``, ``text2``, ``text3``) traces that encoder only, on its own tokens; the
+    default traces every encoder on the first one's tokens, which families whose tokenizers differ (SD3, FLUX)
+    refuse.
 
     Each restored run corrupts the subject's embeddings, restores one state of the text encoder at one
     token from the clean encoding, and generates with the unmodified UNet. The padding slots after EOS, which
@@ -452,8 +475,9 @@ def trace_text(
     validation = _check_validation([prompt], _prompts(validation_prompts) if validation_prompts else [], config)
     check_items(len(config.seeds), config.intervals)
     scorer.check(attribute)
-    subject_range = model.adapter.find_subject(model.pipe, prompt, subject)
-    spec0 = model.adapter.text_encoders(model.pipe)[0]
+    site_ranges = model.adapter.subject_ranges(model.pipe, prompt, subject)
+    spec0 = traced_encoder(model, encoder)
+    subject_range = site_ranges[f"{spec0.prefix}.embed"]
     tokenizer = getattr(model.pipe, spec0.tokenizer)
     ids = tokenizer(prompt).input_ids
     tokens = [tokenizer.decode([i]).strip() or str(i) for i in ids]
@@ -462,7 +486,7 @@ def trace_text(
     if len(ids) < limit:
         spans.append((len(ids), limit))
         tokens.append(f"<pad ×{limit - len(ids)}>")
-    states = text_state_kinds(model, kinds)
+    states = [st for st in text_state_kinds(model, kinds) if encoder is None or st[1].split(".")[0] == encoder]
     n_layers = 1 + max(s.index for s in model.sites if s.kind is SiteKind.TEXT_LAYER)
     grid = [
         (ki, layer, pos, f"{prefix}.{layer}")
@@ -474,7 +498,7 @@ def trace_text(
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
-    unreached = subject_range[0] if skip_unreached and _left_to_right(model) else 0
+    unreached = subject_range[0] if skip_unreached and _left_to_right(model, encoder) else 0
     computed = [index for index, (_, _, pos, _) in enumerate(grid) if spans[pos][0] >= unreached]
     validation_jobs = _validation_jobs(model, weights, TEXT_TRACE, validation, subject, attribute, scorer, config)
     cell_labels = [f"{site}@{tokens[pos]}#{pos}" for _, _, pos, site in grid]
@@ -487,7 +511,7 @@ def trace_text(
 
     if method != "exact":
         estimated = estimate_text(
-            _sweep(model, weights, subject, attribute, scorer, config, [prompt], {prompt: subject_range}, noise,
+            _sweep(model, weights, subject, attribute, scorer, config, [prompt], {prompt: site_ranges}, noise,
                    validation_jobs, out, progress, executor),
             [(site, pos) for _, _, pos, site in grid], spans, cell_labels, method, top_k,
         )  # fmt: skip
@@ -507,7 +531,7 @@ def trace_text(
             runs=len(computed) + 2,
             compute=partial(
                 _restore_cells, cells=computed, size=len(grid), compute=partial(
-                    _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, subject_range, config, seed),
+                    _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, site_ranges, config, seed),
                     restores=[Restore(sites=(grid[i][3],), source=0, positions=spans[grid[i][2]]) for i in computed],
                     attribute=attribute, config=config,
                 ),
@@ -536,6 +560,7 @@ def trace_text(
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(), "restore_from": "encoding",
             "noise_per_encoder": noise, "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "items_computed": store.computed, "items_reused": store.reused, "unreached_tokens": unreached,
+            "subject_ranges": {site: list(span) for site, span in site_ranges.items()}, "encoder": spec0.prefix,
             "method": "exact",
         },
     )  # fmt: skip
@@ -544,13 +569,36 @@ def trace_text(
     return result
 
 
-def _left_to_right(model: LoadedModel) -> bool:
-    """Whether every text encoder of the model attends only to earlier tokens."""
+def _left_to_right(model: LoadedModel, encoder: str | None = None) -> bool:
+    """Whether every traced text encoder of the model (``encoder``: that one) attends only to earlier tokens."""
     from diffloc.models.text_sites import attends_left_only
 
     return all(
-        attends_left_only(getattr(model.pipe, spec.component)) for spec in model.adapter.text_encoders(model.pipe)
+        attends_left_only(getattr(model.pipe, spec.component))
+        for spec in model.adapter.text_encoders(model.pipe)
+        if encoder is None or spec.prefix == encoder
     )
+
+
+def traced_encoder(model: LoadedModel, encoder: str | None) -> TextEncoderSpec:
+    """The encoder whose tokens a text trace's grid follows: ``encoder`` (a site prefix, ``text2``), or the first.
+
+    Raises:
+        ConfigError: an unknown encoder, or none given where the encoders tokenize differently (SD3's CLIP and
+            T5): their token positions do not line up, so each is traced on its own.
+    """
+    specs = model.adapter.text_encoders(model.pipe)
+    prefixes = [spec.prefix for spec in specs]
+    if encoder is None:
+        if len(specs) > 1 and not model.adapter.shared_token_positions:
+            raise ConfigError(
+                f"the {model.family} text encoders tokenize differently; trace one at a time with encoder= one of "
+                f"{', '.join(prefixes)}"
+            )
+        return specs[0]
+    if encoder not in prefixes:
+        raise ConfigError(f"unknown text encoder {encoder!r}; valid: {', '.join(prefixes)}")
+    return specs[prefixes.index(encoder)]
 
 
 def _restore_cells(
@@ -579,9 +627,11 @@ def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -
     }
     config = TraceConfig(**{**saved, "noise": result.noise, "bootstrap": 0})
     stds = result.meta.get("noise_per_encoder") or {"text.embed": result.noise}
+    spans = {str(k): (int(v[0]), int(v[1])) for k, v in (result.meta.get("subject_ranges") or {}).items()}
     corrupt = CorruptTokens(
         positions=result.subject_range, std=result.noise, noise_seed=config.noise_seed + seed,
         site_stds=tuple((str(k), float(v)) for k, v in stds.items()),
+        site_positions=tuple((k, v) for k, v in spans.items() if v != tuple(result.subject_range)),
     )  # fmt: skip
     restores = [
         Restore(sites=tuple(name.split("+")), source=0, restore_from=result.restore_from)

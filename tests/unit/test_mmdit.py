@@ -1,0 +1,176 @@
+"""What the joint-attention families (SD3, FLUX.1) share: site tables against the real configs, execution order,
+sampling equal to the diffusers pipelines, restores of both streams, per-encoder corruption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
+from diffloc.engine.hooks import patch, record
+from diffloc.engine.interventions import CorruptTokens, Restore, Run
+from diffloc.models.full_configs import full_size_transformer_config
+from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
+from diffloc.models.tiny_mmdit import tiny_transformer_config
+from diffloc.sites import SiteKind, SiteRole
+from diffloc.tracing.causal import corruption, subject_ranges
+from diffloc.tracing.config import TraceConfig
+
+PROMPT = "a red circle in the style of van gogh"
+CFG = GenerationConfig(steps=2, guidance=4.0)
+ROW_ATOL = 1e-5  # rows of one CPU batch agree to ~1e-6 (kernel blocking)
+_CLASSES = {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}
+
+
+def _meta(family: str, config: dict):
+    with torch.device("meta"):
+        return _CLASSES[family].from_config(config)
+
+
+def _counts(sites) -> dict[str, int]:
+    kinds = [s.kind.value for s in sites]
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
+REAL_COUNTS = {
+    # SD3-medium: 24 joint blocks; the last one is context_pre_only (no text output, no text MLP)
+    "sd3": {"attn": 24, "attn_k": 24, "attn_v": 24, "context": 1, "ff": 24, "ff_context": 23, "joint": 24,
+            "joint_context": 23, "time_text": 1},
+    # FLUX.1: 19 double-stream + 38 single-stream blocks
+    "flux": {"attn": 19, "attn_k": 19, "attn_v": 19, "context": 1, "ff": 19, "ff_context": 19, "joint": 19,
+             "joint_context": 19, "single": 38, "single_context": 38, "time_text": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_full_size_site_counts_and_paths(family):
+    sites = mmdit_sites(_meta(family, full_size_transformer_config(family)))
+    assert _counts(sites) == REAL_COUNTS[family]
+    by_name = {s.name: s for s in sites}
+    assert by_name["transformer.attn.5"].module_path == "transformer_blocks.5.attn"
+    assert by_name["transformer.attn.5.k"].module_path == "transformer_blocks.5.attn.add_k_proj"
+    assert by_name["transformer.attn.5.v"].module_path == "transformer_blocks.5.attn.add_v_proj"
+    assert by_name["transformer.ff_context.3"].module_path == "transformer_blocks.3.ff_context"
+    assert by_name["transformer.joint.7"].module_path == "transformer_blocks.7"
+    assert by_name["transformer.context"].module_path == "context_embedder"
+    if family == "sd3":
+        assert "transformer.joint_context.23" not in by_name and "transformer.joint.23" in by_name
+    else:
+        assert by_name["transformer.single.37"].module_path == "single_transformer_blocks.37"
+        assert by_name["transformer.single_context.0"].kind is SiteKind.SINGLE_CONTEXT
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_tiny_config_changes_widths_only(family):
+    full, tiny = full_size_transformer_config(family), tiny_transformer_config(family)
+    depth = ("num_layers", "num_single_layers", "patch_size", "in_channels", "guidance_embeds", "qk_norm")
+    assert {k: full.get(k) for k in depth} == {k: tiny.get(k) for k in depth}
+
+
+def test_tiny_site_table_equals_full_size(tiny_mmdit):
+    family = tiny_mmdit.family
+    full = mmdit_sites(_meta(family, full_size_transformer_config(family)))
+    tiny = tiny_mmdit.sites.denoiser_sites(projections=True)
+    assert [(s.name, s.module_path, s.kind) for s in tiny] == [(s.name, s.module_path, s.kind) for s in full]
+
+
+def test_site_order_equals_execution_order(tiny_mmdit):
+    """A hook on every site records the order their forwards finish (a block's two streams finish together:
+    image stream, then text stream, as the table lists them)."""
+    sites = [s for s in tiny_mmdit.sites if not s.kind.is_projection]
+    seen: list[str] = []
+
+    def make(name):
+        def hook(module, args, kwargs, output):
+            if name not in seen:
+                seen.append(name)
+
+        return hook
+
+    with patch(tiny_mmdit, outputs={s.name: make(s.name) for s in sites}, first=False):
+        generate(tiny_mmdit, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
+    assert seen == [s.name for s in sites]
+
+
+def test_sampling_equals_the_diffusers_pipeline(tiny_mmdit):
+    """The sampler (flow matching, FLUX's packing and guidance embedding) gives the pipeline's own image."""
+    model = tiny_mmdit
+    ours = generate(model, "a red circle", seeds=0, config=GenerationConfig(steps=3, guidance=3.5))
+    latents = initial_latents(model.adapter.latent_shape(model.pipe, 128, 128), [0], model.device, model.dtype)
+    if model.family == "flux":
+        b, c, h, w = latents.shape
+        latents = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+    theirs = model.pipe(
+        "a red circle", num_inference_steps=3, guidance_scale=3.5, latents=latents, output_type="pt", height=128,
+        width=128,
+    ).images  # fmt: skip
+    torch.testing.assert_close(ours, theirs.cpu(), rtol=0, atol=0)
+
+
+def test_text_reaches_the_time_embedding_so_no_controls(tiny_mmdit):
+    assert tiny_mmdit.adapter.text_in_time_embedding(tiny_mmdit.pipe)
+    assert tiny_mmdit.adapter.text_blind_sites(tiny_mmdit.pipe, tiny_mmdit.sites) == []
+
+
+def _corrupt(model, std=2.0):
+    return corruption(model, subject_ranges(model, [PROMPT], "van gogh")[PROMPT], TraceConfig(noise=std), 1)
+
+
+@pytest.mark.parametrize("source", ["same-latent", "trajectory"])
+def test_restoring_every_denoiser_site_gives_the_clean_image(tiny_mmdit, source):
+    sites = tuple(s.name for s in tiny_mmdit.sites.denoiser_sites())
+    corrupt = _corrupt(tiny_mmdit)
+    runs = [
+        Run(prompt=PROMPT, seed=0),
+        Run(prompt=PROMPT, seed=0, interventions=(corrupt,)),
+        Run(prompt=PROMPT, seed=0, interventions=(corrupt, Restore(sites=sites, source=0, restore_from=source))),
+    ]
+    clean, corrupted, restored = generate_runs(tiny_mmdit, runs, config=CFG)
+    assert (clean - corrupted).abs().max() > 100 * ROW_ATOL
+    torch.testing.assert_close(restored, clean, rtol=0, atol=ROW_ATOL)
+
+
+@pytest.mark.parametrize("kind", [SiteKind.JOINT, SiteKind.JOINT_CONTEXT])
+def test_a_restore_writes_the_chosen_stream(tiny_mmdit, kind):
+    """Restoring a block's image stream changes only the image tokens it hands on, its text stream only the text."""
+    site = tiny_mmdit.sites.denoiser_sites(kind)[3]
+    corrupt = _corrupt(tiny_mmdit)
+    runs = [
+        Run(prompt=PROMPT, seed=0),
+        Run(prompt=PROMPT, seed=0, interventions=(corrupt, Restore(sites=(site.name,), source=0, restore_from="trajectory"))),
+    ]  # fmt: skip
+    config = GenerationConfig(steps=1, guidance=1.0)
+    with record(tiny_mmdit, [site.name]) as seen:
+        generate_runs(tiny_mmdit, runs, config=config)
+    clean, restored = seen[site.name][0]
+    torch.testing.assert_close(restored, clean, rtol=0, atol=0)
+    text_tokens = {"sd3": 77 + 256, "flux": 512}[tiny_mmdit.family]
+    assert clean.shape[0] == (8 * 8 if kind is SiteKind.JOINT else text_tokens)  # 16x16 latents, 2x2 per token
+
+
+def test_corruption_lands_on_the_subject_in_each_encoder(tiny_mmdit):
+    model = tiny_mmdit
+    ranges = subject_ranges(model, [PROMPT], "van gogh")[PROMPT]
+    embeds = [s.name for s in model.sites.text_sites(SiteKind.TEXT_EMBED)]
+    assert list(ranges) == embeds
+    t5 = embeds[-1]
+    assert ranges["text.embed"][0] == ranges[t5][0] + 1  # CLIP puts BOS first, T5 does not
+    runs = [Run(prompt=PROMPT, seed=0), Run(prompt=PROMPT, seed=0, interventions=(_corrupt(model),))]
+    with record(model, embeds) as seen:
+        generate_runs(model, runs, config=GenerationConfig(steps=1, guidance=1.0))
+    for name in embeds:
+        out = seen[name][0]
+        changed = (out[1] - out[0]).abs().amax(-1).nonzero().flatten().tolist()
+        start, end = ranges[name]
+        assert changed == list(range(start, end)), name
+
+
+def test_stream_inputs_chain_the_blocks(tiny_mmdit):
+    inputs = stream_inputs(list(tiny_mmdit.sites))
+    assert inputs["transformer.joint.0"] == "transformer.context"
+    assert inputs["transformer.joint.1"] == "transformer.joint_context.0"
+    if tiny_mmdit.family == "flux":
+        assert inputs["transformer.single.0"] == "transformer.joint_context.18"
+        assert inputs["transformer.single.5"] == "transformer.single_context.4"
+    assert all(tiny_mmdit.sites.get(v).role is SiteRole.DENOISER for v in inputs.values())
