@@ -3,19 +3,23 @@ sampling equal to the diffusers pipelines, restores of both streams, per-encoder
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
 from diffloc.engine.hooks import patch, record
-from diffloc.engine.interventions import CorruptTokens, Restore, Run
+from diffloc.engine.interventions import Restore, Run
+from diffloc.errors import ConfigError
 from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
 from diffloc.models.tiny_mmdit import tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
 from diffloc.tracing.causal import corruption, subject_ranges
-from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.locogen import locogen, windows_for
+from diffloc.tracing.results import WindowResult
 
 PROMPT = "a red circle in the style of van gogh"
 CFG = GenerationConfig(steps=2, guidance=4.0)
@@ -174,3 +178,48 @@ def test_stream_inputs_chain_the_blocks(tiny_mmdit):
         assert inputs["transformer.single.0"] == "transformer.joint_context.18"
         assert inputs["transformer.single.5"] == "transformer.single_context.4"
     assert all(tiny_mmdit.sites.get(v).role is SiteRole.DENOISER for v in inputs.values())
+
+
+# --- LocoGen ------------------------------------------------------------------------------------------------
+FAST = {"seeds": (0,), "steps": 2, "guidance": 4.0, "max_batch": 8, "bootstrap": 0}
+
+
+class PixelScorer:
+    """A deterministic test scorer: the image projected on a fixed random unit direction."""
+
+    name = "pixel-test"
+
+    def score(self, images, texts):
+        flat = images.flatten(1).double()
+        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return (flat @ (direction / direction.norm())).float()
+
+    def check(self, text):
+        pass
+
+
+def test_locogen_cross_attention_window_asks_for_the_text_stream(tiny_mmdit, tiny_sd1):
+    with pytest.raises(ConfigError, match=r"no cross-attention layers.*variant 'text-stream'") as info:
+        locogen(tiny_mmdit, PROMPT, "a painting", "x", scorer=PixelScorer(), config=LocoGenConfig(**FAST))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="needs a joint-attention family.*'cross-attention'"):
+        windows_for(tiny_sd1, LocoGenConfig(variant="text-stream", **FAST))
+
+
+@pytest.mark.parametrize("variant", ["text-stream", "prompt-injection"])
+def test_locogen_windows_of_blocks(tiny_mmdit, variant, tmp_path):
+    blocks = [s.name for s in tiny_mmdit.sites.denoiser_sites((SiteKind.JOINT, SiteKind.SINGLE))]
+    m = len(blocks) - 3  # four windows keep the test fast
+    config = LocoGenConfig(window=m, variant=variant, **FAST)
+    result = locogen(tiny_mmdit, PROMPT, "a painting", "x", scorer=PixelScorer(), config=config, out=tmp_path)
+    assert result.windows == [blocks[j : j + m] for j in range(4)]
+    assert result.meta["variant"] == variant and variant.split("-")[0] in result.meta["intervention"]
+    assert ("target" in result.items[0]) == (variant == "text-stream")
+    assert not np.allclose(result.scores, result.original_score, atol=1e-5)
+    assert WindowResult.load(tmp_path).meta["variant"] == variant
+
+
+def test_text_stream_patch_from_the_same_prompt_changes_nothing(tiny_sd3):
+    config = LocoGenConfig(window=8, variant="text-stream", **FAST)
+    result = locogen(tiny_sd3, PROMPT, PROMPT, "x", scorer=PixelScorer(), config=config)
+    np.testing.assert_allclose(result.scores, result.original_score, atol=1e-5)

@@ -9,6 +9,7 @@ from diffloc.cli.model_args import fit_max_batch, load_model
 from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
+from diffloc.tracing.methods import LOCOGEN_VARIANTS
 from diffloc.validate import count_arg
 
 
@@ -29,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("remove", "update"), default="remove", help="remove: lowest score wins")
     parser.add_argument("--preset", choices=("diffloc", "reference"), default="diffloc",
                         help="reference: the released script's windows of 3 shrinking at the end")  # fmt: skip
+    parser.add_argument("--variant", choices=LOCOGEN_VARIANTS, default=LOCOGEN_VARIANTS[0],
+                        help="cross-attention (UNet families); on SD3/FLUX text-stream (activation patching of the "
+                        "text stream entering each block of the window) or prompt-injection")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -39,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
 
-    config = LocoGenConfig(window=args.window, mode=args.mode, preset=args.preset, **sweep_kwargs(args))  # type: ignore[arg-type]
+    settings = {"window": args.window, "mode": args.mode, "preset": args.preset, "variant": args.variant}
+    config = LocoGenConfig(**settings, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:
         model = load_model(args)

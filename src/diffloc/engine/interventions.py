@@ -261,7 +261,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                             f"site {name!r} is a {site.kind} site; context swaps need a cross-attention site, one "
                             "of its .k/.v projections, or a joint-attention block ('transformer.joint.N')"
                         )
-                    if site.kind is not SiteKind.XATTN:
+                    if site.kind.is_projection:
                         parent = model.module(name.rsplit(".", 1)[0])
                         if getattr(parent, "norm_cross", None) is not None:
                             raise ConfigError(

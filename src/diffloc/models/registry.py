@@ -72,7 +72,7 @@ def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
     for cls in _ADAPTERS:
         if class_name in cls.pipeline_classes:
             if cls is StableDiffusionAdapter:
-                if family not in ("sd1", "sd2"):
+                if family is not None and family not in ("sd1", "sd2"):
                     raise UnsupportedModelError(f"family {family!r} does not match pipeline class {class_name}")
                 label = family or (
                     StableDiffusionAdapter.detect_family(pipe_or_class) if not isinstance(pipe_or_class, str) else "sd1"

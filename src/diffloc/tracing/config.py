@@ -8,6 +8,7 @@ from typing import Any
 from diffloc.engine.generate import GenerationConfig
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError
+from diffloc.tracing.methods import LOCOGEN_VARIANTS
 from diffloc.tracing.statistics import IntervalConfig
 from diffloc.validate import check_count, check_int, check_noise, check_seed, check_seeds
 
@@ -115,11 +116,19 @@ class LocoGenConfig(SweepConfig):
             ``"update"`` the highest (facts: the attribute is the new fact).
         preset: ``"diffloc"`` (every window of exactly ``window`` layers) or ``"reference"`` (the released
             LocoGen script: windows of 3 that shrink to the single last layers; ``window`` is ignored).
+        variant: what a window reads from the target prompt (:data:`LOCOGEN_VARIANTS`):
+            ``"cross-attention"`` (LocoGen: the window's cross-attention layers read the target's text states),
+            or on a joint-attention family (SD3, FLUX), whose blocks read text through the text stream,
+            ``"text-stream"`` (activation patching: the text stream entering each block of the window is the
+            one the target prompt has there, on the run's own latent; Staniszewski et al., ICLR 2025) or
+            ``"prompt-injection"`` (each block of the window reads the target's context as it enters the
+            first block, LocoGen's intervention carried over; that work found it ineffective there).
     """
 
     window: int = 2
     mode: str = "remove"
     preset: str = "diffloc"
+    variant: str = "cross-attention"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,3 +137,13 @@ class LocoGenConfig(SweepConfig):
             raise ConfigError(f"mode must be 'remove' or 'update', got {self.mode!r}")
         if self.preset not in ("diffloc", "reference"):
             raise ConfigError(f"preset must be 'diffloc' or 'reference', got {self.preset!r}")
+        if self.variant not in LOCOGEN_VARIANTS:
+            raise ConfigError(f"variant must be one of {', '.join(LOCOGEN_VARIANTS)}, got {self.variant!r}")
+
+    def item_dict(self) -> dict[str, Any]:
+        """As :meth:`SweepConfig.item_dict`; the default variant is left out, so items saved before variants
+        existed keep their keys."""
+        items = super().item_dict()
+        if items.get("variant") == LOCOGEN_VARIANTS[0]:
+            del items["variant"]
+        return items

@@ -22,21 +22,36 @@ from typing import Any
 
 import numpy as np
 
-from diffloc.engine.interventions import Run, SwapContext
+from diffloc.engine.interventions import Intervention, Restore, Run, SwapContext
 from diffloc.errors import ConfigError, PromptError
 from diffloc.models.base import LoadedModel
+from diffloc.models.mmdit_sites import stream_inputs
 from diffloc.scoring import Scorer
 from diffloc.sites import SiteKind
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.causal import _item_spec, _prompts
 from diffloc.tracing.config import LocoGenConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.methods import LOCOGEN_VARIANTS
 from diffloc.tracing.results import WindowResult
 from diffloc.tracing.statistics import check_items, mean_interval
 from diffloc.tracing.store import Job, run_jobs
 
 logger = logging.getLogger(__name__)
 
+#: What each variant's window does, recorded in results.
+VARIANT_DESCRIPTIONS = {
+    "cross-attention": "the window's cross-attention layers read the target prompt's text states as keys/values",
+    "text-stream": (
+        "activation patching: the text stream entering each block of the window is the target prompt's at that "
+        "block, computed on the run's own latent (its pooled text, which modulates the blocks, is the target's "
+        "there and the original's elsewhere)"
+    ),
+    "prompt-injection": (
+        "prompt injection: each block of the window reads the target prompt's context as it enters the first "
+        "block, in place of the text stream earlier blocks computed"
+    ),
+}
 #: Window length of the released LocoGen script (``trace_attn_layer.py``), shrinking to 1 at the end.
 REFERENCE_WINDOW = 3
 
@@ -44,6 +59,40 @@ REFERENCE_WINDOW = 3
 def xattn_layers(model: LoadedModel) -> list[str]:
     """Names of the denoiser's cross-attention sites in execution order (``unet.xattn.0`` … on a UNet)."""
     return [s.name for s in model.sites.denoiser_sites(SiteKind.XATTN)]
+
+
+def window_layers(model: LoadedModel, variant: str = LOCOGEN_VARIANTS[0]) -> list[str]:
+    """The layers a ``variant`` window is made of, in execution order: cross-attention sites, or the blocks of a
+    joint-attention transformer (``transformer.joint.N``, then FLUX's ``transformer.single.N``).
+
+    Raises:
+        ConfigError: the variant does not apply to the model's family (one line naming the one that does).
+    """
+    if variant == LOCOGEN_VARIANTS[0]:
+        layers = xattn_layers(model)
+        if not layers:
+            raise ConfigError(
+                f"the {model.family} denoiser has no cross-attention layers (its text enters through joint "
+                "attention); use variant 'text-stream' (activation patching of the text stream entering a window "
+                "of blocks) or 'prompt-injection'"
+            )
+        return layers
+    blocks = [s.name for s in model.sites.denoiser_sites((SiteKind.JOINT, SiteKind.SINGLE))]
+    if not blocks:
+        raise ConfigError(
+            f"variant {variant!r} needs a joint-attention family (sd3, flux); the {model.family} denoiser reads text "
+            "through cross-attention: use variant 'cross-attention'"
+        )
+    return blocks
+
+
+def window_interventions(model: LoadedModel, window: Sequence[str], target_prompt: str, variant: str) -> Intervention:
+    """The intervention that makes ``window`` read ``target_prompt`` (see :class:`LocoGenConfig` ``variant``);
+    a ``text-stream`` window restores from run 1 of its batch, the target prompt's own run."""
+    if variant == "text-stream":
+        inputs = stream_inputs(list(model.sites))
+        return Restore(sites=tuple(inputs[block] for block in window), source=1, restore_from="same-latent")
+    return SwapContext(sites=tuple(window), prompt=target_prompt)
 
 
 def check_window_search(sizes: Sequence[int], min_effect: float) -> None:
@@ -64,12 +113,13 @@ def windows_for(model: LoadedModel, config: LocoGenConfig) -> list[list[str]]:
     Raises:
         ConfigError: the window is longer than the model's number of cross-attention layers.
     """
-    layers = xattn_layers(model)
+    layers = window_layers(model, config.variant)
     n = len(layers)
     if config.preset == "reference":
         return [layers[j : j + REFERENCE_WINDOW] if j + REFERENCE_WINDOW - 1 < n else [layers[j]] for j in range(n)]
     if config.window > n:
-        raise ConfigError(f"window {config.window} is larger than the model's {n} cross-attention layers; use 1..{n}")
+        noun = "cross-attention layers" if config.variant == LOCOGEN_VARIANTS[0] else "blocks"
+        raise ConfigError(f"window {config.window} is larger than the model's {n} {noun}; use 1..{n}")
     return [layers[j : j + config.window] for j in range(n - config.window + 1)]
 
 
@@ -84,14 +134,22 @@ def _window_item(
     config: LocoGenConfig,
     advance: Callable[[int], None],
 ) -> dict[str, Any]:
-    """Score one (prompt, seed): the original and each window reading the target prompt."""
-    runs = [Run(prompt=prompt, seed=seed, label="original")]
-    runs += [
-        Run(prompt=prompt, seed=seed, interventions=(SwapContext(sites=tuple(w), prompt=target_prompt),))
+    """Score one (prompt, seed): the original and each window reading the target prompt (a ``text-stream`` item
+    also runs the target prompt itself, the source of its patches, and records its score as ``target``)."""
+    shared = [Run(prompt=prompt, seed=seed, label="original")]
+    if config.variant == "text-stream":
+        shared.append(Run(prompt=target_prompt, seed=seed, label="target"))
+    runs = [
+        Run(prompt=prompt, seed=seed, interventions=(window_interventions(model, w, target_prompt, config.variant),))
         for w in windows
     ]
-    _, scores, _ = score_runs(model, runs, attribute=attribute, scorer=scorer, config=config, on_batch=advance)
-    return {"prompt": prompt, "seed": seed, "original": scores[0], "scores": scores[1:]}
+    first, scores, _ = score_runs(
+        model, runs, attribute=attribute, scorer=scorer, config=config, shared=shared, on_batch=advance
+    )
+    item = {"prompt": prompt, "seed": seed, "original": first[0], "scores": scores}
+    if len(first) > 1:
+        item["target"] = first[1]
+    return item
 
 
 def locogen(
@@ -161,7 +219,8 @@ def locogen(
         meta={
             "model": model.source, "family": model.family, "prompts": prompt_list, "target_prompt": target_prompt,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),
-            "pooled_text_from": "original prompt",
+            "pooled_text_from": "original prompt", "variant": config.variant,
+            "intervention": VARIANT_DESCRIPTIONS[config.variant],
             "items_computed": store.computed, "items_reused": store.reused,
         },
     )  # fmt: skip
@@ -212,7 +271,7 @@ def locogen_search(
     """
     config = config or LocoGenConfig()
     check_window_search(sizes, min_effect)
-    layers = len(xattn_layers(model))
+    layers = len(window_layers(model, config.variant))
     tried: list[dict[str, Any]] = []
     result: WindowResult | None = None
     for size in dict.fromkeys(min(m, layers) for m in sizes):

@@ -1,4 +1,5 @@
-"""How a trace measures each restore (a constant the CLI offers without importing torch)."""
+"""How a trace measures each restore, and what a LocoGen window does (constants the CLI offers without importing
+torch)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from diffloc.errors import ConfigError
 METHODS = ("exact", "attribution", "screen")
 #: sites a screen confirms exactly unless told otherwise
 DEFAULT_TOP_K = 8
+#: LocoGen's interventions: cross-attention (UNet families), and the two joint-attention ones (SD3, FLUX); see
+#: :class:`~diffloc.tracing.config.LocoGenConfig`
+LOCOGEN_VARIANTS = ("cross-attention", "text-stream", "prompt-injection")
 
 
 def check_method(method: str, top_k: int) -> None:
