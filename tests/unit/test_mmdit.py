@@ -140,10 +140,8 @@ def test_a_restore_writes_the_chosen_stream(tiny_mmdit, kind):
     """Restoring a block's image stream changes only the image tokens it hands on, its text stream only the text."""
     site = tiny_mmdit.sites.denoiser_sites(kind)[3]
     corrupt = _corrupt(tiny_mmdit)
-    runs = [
-        Run(prompt=PROMPT, seed=0),
-        Run(prompt=PROMPT, seed=0, interventions=(corrupt, Restore(sites=(site.name,), source=0, restore_from="trajectory"))),
-    ]  # fmt: skip
+    restore = Restore(sites=(site.name,), source=0, restore_from="trajectory")
+    runs = [Run(prompt=PROMPT, seed=0), Run(prompt=PROMPT, seed=0, interventions=(corrupt, restore))]
     config = GenerationConfig(steps=1, guidance=1.0)
     with record(tiny_mmdit, [site.name]) as seen:
         generate_runs(tiny_mmdit, runs, config=config)
@@ -202,7 +200,7 @@ def test_locogen_cross_attention_window_asks_for_the_text_stream(tiny_mmdit, tin
     with pytest.raises(ConfigError, match=r"no cross-attention layers.*variant 'text-stream'") as info:
         locogen(tiny_mmdit, PROMPT, "a painting", "x", scorer=PixelScorer(), config=LocoGenConfig(**FAST))
     assert "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="needs a joint-attention family.*'cross-attention'"):
+    with pytest.raises(ConfigError, match=r"needs a joint-attention family.*'cross-attention'"):
         windows_for(tiny_sd1, LocoGenConfig(variant="text-stream", **FAST))
 
 
