@@ -72,6 +72,8 @@ class EditorSpec:
         takes_sites: the config has ``sites`` (``--sites``/``--window`` on the command line).
         weighs_preservation: the config has ``preserve_weight`` (``--preserve-weight``).
         options: the sub-command's own options.
+        families: the model families it is defined for (empty: every family); on another family
+            :func:`~diffloc.editing.registry.compute_edit` refuses it in one line.
     """
 
     name: str
@@ -84,6 +86,7 @@ class EditorSpec:
     takes_sites: bool = False
     weighs_preservation: bool = False
     options: tuple[EditorOption, ...] = ()
+    families: tuple[str, ...] = ()
 
     def config_kwargs(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Config keyword arguments from parsed values by field (``sites``, ``preserve_weight`` where they apply)."""
@@ -104,6 +107,8 @@ def register_editor(spec: EditorSpec) -> None:
 
 
 _RIDGE = "ridge strength"
+#: The joint-attention (MMDiT) families, whose text enters through a text stream rather than cross-attention.
+JOINT_ATTENTION_FAMILIES = ("sd3", "flux")
 register_editor(
     EditorSpec(
         name="quickfix", module="diffloc.editing.quickfix", config="QuickFixConfig", compute="compute_quickfix",
@@ -153,6 +158,38 @@ register_editor(
                          "edit directory); paper: read at the last padding slot, ablated in the conditional branch "
                          "while generating (--out is a JSON intervention file for 'diffloc generate/eval "
                          "--ablation')"),
+        ),
+    )
+)  # fmt: skip
+register_editor(
+    EditorSpec(
+        name="joint-kv", module="diffloc.editing.joint_kv", config="JointKVConfig", compute="compute_joint_kv",
+        summary="LocoEdit on joint attention (SD3, FLUX): text-side K/V of chosen blocks",
+        cli_help="SD3/FLUX: edit add_k_proj/add_v_proj of joint blocks (e.g. a text-stream LocoGen window)",
+        takes_sites=True, weighs_preservation=True, families=JOINT_ATTENTION_FAMILIES,
+        options=(
+            EditorOption(flag="--lam-k", field="lam_k", parse=positive_arg("lam_k", _RIDGE), default=0.01,
+                         help="ridge strength for keys (default 0.01)"),
+            EditorOption(flag="--lam-v", field="lam_v", parse=positive_arg("lam_v", _RIDGE), default=0.01,
+                         help="ridge strength for values (default 0.01)"),
+            EditorOption(flag="--target-mode", field="target_mode", choices=TARGET_MODES, default="bare",
+                         help="values from the target alone (bare) or the target in the key's template"),
+            EditorOption(flag="--key-steps", field="steps", parse=count_arg("key_steps"), default=10,
+                         help="sampling steps whose text-stream keys are recorded (default 10)"),
+        ),
+    )
+)  # fmt: skip
+register_editor(
+    EditorSpec(
+        name="context", module="diffloc.editing.context_edit", config="ContextEditConfig",
+        compute="compute_context_edit", summary="SD3/FLUX: context_embedder, the map into the text stream",
+        cli_help="SD3/FLUX: edit context_embedder, which feeds the text stream of every block",
+        weighs_preservation=True, families=JOINT_ATTENTION_FAMILIES,
+        options=(
+            EditorOption(flag="--lam", field="lam", parse=positive_arg("lam", _RIDGE), default=0.01,
+                         help="ridge strength lambda > 0 (default 0.01)"),
+            EditorOption(flag="--target-mode", field="target_mode", choices=TARGET_MODES, default="bare",
+                         help="values from the target alone (bare) or the target in the key's template"),
         ),
     )
 )  # fmt: skip

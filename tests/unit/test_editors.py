@@ -52,6 +52,11 @@ def test_the_editor_table_agrees_with_each_config_class(method):
 @pytest.mark.parametrize("method", sorted(EDITORS))
 def test_every_method_on_every_family(tiny_model, method):
     before = model_hashes(tiny_model)
+    if EDITORS[method].families and tiny_model.family not in EDITORS[method].families:
+        with pytest.raises(ConfigError, match=f"defined for .* only, not {tiny_model.family}") as info:
+            compute_edit(tiny_model, REQUEST, method=method, config=_config(method))
+        assert "\n" not in str(info.value) and model_hashes(tiny_model) == before
+        return
     edit = compute_edit(tiny_model, REQUEST, method=method, config=_config(method))
     assert model_hashes(tiny_model) == before, "computing an edit changed the model"
     assert edit.family == tiny_model.family and edit.method == method

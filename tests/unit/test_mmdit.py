@@ -8,10 +8,16 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
+from diffloc.editing.edit import Edit
+from diffloc.editing.edit import parameter_hashes as model_hashes
+from diffloc.editing.registry import compute_edit, get_method
+from diffloc.editing.requests import EditRequest
+from diffloc.editing.stream_states import stream_positions
+from diffloc.editors import EDITORS
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
 from diffloc.engine.hooks import patch, record
 from diffloc.engine.interventions import Restore, Run
-from diffloc.errors import ConfigError
+from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
 from diffloc.models.tiny_mmdit import tiny_transformer_config
@@ -221,3 +227,81 @@ def test_text_stream_patch_from_the_same_prompt_changes_nothing(tiny_sd3):
     config = LocoGenConfig(window=8, variant="text-stream", **FAST)
     result = locogen(tiny_sd3, PROMPT, PROMPT, "x", scorer=PixelScorer(), config=config)
     np.testing.assert_allclose(result.scores, result.original_score, atol=1e-5)
+
+
+# --- editors ------------------------------------------------------------------------------------------------
+REQUEST = EditRequest(concepts=("van gogh",), targets=("a painting",), preserve=("monet",))
+
+
+def _edit_config(method: str):
+    sites = {"sites": ("transformer.joint.2", "transformer.attn.5.k")} if EDITORS[method].takes_sites else {}
+    steps = {"steps": 1} if method == "joint-kv" else {}
+    return get_method(method).config_class(**sites, **steps)
+
+
+@pytest.mark.parametrize("method", sorted(m for m, spec in EDITORS.items() if "sd3" in spec.families))
+def test_each_edit_applies_reverts_and_round_trips(tiny_mmdit, method, tmp_path):
+    model = tiny_mmdit
+    before = model_hashes(model)
+    prompt_config = GenerationConfig(steps=1, guidance=1.0)
+    clean = generate(model, PROMPT, config=prompt_config)
+    edit = compute_edit(model, REQUEST, method=method, config=_edit_config(method))
+    assert model_hashes(model) == before, "computing an edit changed the model"
+    assert edit.family == model.family and edit.notes
+    if method == "joint-kv":
+        assert edit.stats["sites"] == [
+            "transformer.attn.2.k", "transformer.attn.2.v", "transformer.attn.5.k"
+        ]  # fmt: skip
+        assert all(k.endswith(("add_k_proj.weight", "add_v_proj.weight")) for k in edit.weights)
+    else:
+        assert list(edit.weights) == ["transformer.context_embedder.weight"]
+    with edit.applied(model):
+        assert model_hashes(model) != before
+        edited = generate(model, PROMPT, config=prompt_config)
+    assert model_hashes(model) == before
+    assert not torch.equal(edited, clean)
+    edit.save(tmp_path / "edit")
+    loaded = Edit.load(tmp_path / "edit")
+    with loaded.applied(model):
+        torch.testing.assert_close(generate(model, PROMPT, config=prompt_config), edited, rtol=0, atol=0)
+    assert model_hashes(model) == before
+
+
+def test_context_edit_maps_the_concept_tokens_onto_the_target(tiny_mmdit):
+    """After the edit, context_embedder gives the concept's last token (each segment) what it gave the target's."""
+    model = tiny_mmdit
+    config = get_method("context").config_class(lam=1e-4)
+    edit = compute_edit(
+        model, EditRequest(concepts=("van gogh",), targets=("a painting",)), method="context", config=config
+    )
+    prompts, subjects = ["van gogh", "a painting"], ["van gogh", "a painting"]
+    positions = stream_positions(model, prompts, subjects)
+    with torch.no_grad():
+        hidden = model.adapter.encode(model.pipe, prompts).hidden
+        layer = model.module("transformer.context")
+        target = layer(hidden[1, positions[1]])
+        before = layer(hidden[0, positions[0]])
+        with edit.applied(model):
+            after = layer(hidden[0, positions[0]])
+    assert (after - target).norm() < 0.05 * (before - target).norm()
+
+
+def test_editors_not_defined_here_say_so_in_one_line(tiny_mmdit, tiny_sd1):
+    with pytest.raises(UnknownSiteError, match=r"joint attention.*'joint-kv'") as info:
+        compute_edit(
+            tiny_mmdit,
+            REQUEST,
+            method="locoedit",
+            config=get_method("locoedit").config_class(sites=("transformer.joint.1",)),
+        )
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="defined for sd3, flux only, not sd1"):
+        compute_edit(tiny_sd1, REQUEST, method="context")
+    if tiny_mmdit.family == "flux":
+        with pytest.raises(UnknownSiteError, match=r"single-stream block.*not defined"):
+            compute_edit(
+                tiny_mmdit,
+                REQUEST,
+                method="joint-kv",
+                config=_edit_config("joint-kv").__class__(sites="transformer.single.0"),
+            )

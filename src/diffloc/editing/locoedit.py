@@ -47,6 +47,11 @@ from diffloc.validate import check_positive
 
 logger = logging.getLogger(__name__)
 
+#: Joint-attention sites (SD3, FLUX), which the ``joint-kv`` editor edits instead.
+JOINT_ATTENTION_KINDS = frozenset(
+    {SiteKind.JOINT, SiteKind.ATTN, SiteKind.ATTN_K, SiteKind.ATTN_V, SiteKind.SINGLE, SiteKind.JOINT_CONTEXT}
+)
+
 
 def site_names(sites: Any) -> tuple[str, ...]:
     """Normalise a site spec: a comma list, a sequence of names/globs, or an object with ``best_sites``."""
@@ -114,6 +119,11 @@ def projection_sites(model: LoadedModel, names: tuple[str, ...]) -> list[Site]:
                     chosen[proj.name] = proj
             elif site.kind in (SiteKind.XATTN_K, SiteKind.XATTN_V):
                 chosen[site.name] = site
+            elif site.kind in JOINT_ATTENTION_KINDS:
+                raise UnknownSiteError(
+                    f"site {site.name!r} is joint attention, which LocoEdit's cross-attention split does not "
+                    "apply to; use the 'joint-kv' editor (text-side K/V of joint blocks) or 'context'"
+                )
             else:
                 raise UnknownSiteError(
                     f"site {site.name!r} is a {site.kind} site; LocoEdit edits cross-attention sites"

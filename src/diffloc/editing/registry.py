@@ -84,6 +84,26 @@ def _checked(request: EditRequest, method: str, config: Any) -> tuple[EditMethod
     return entry, config
 
 
+def applies(spec: EditorSpec, family: str) -> bool:
+    """Whether the editor ``spec`` is defined for ``family``."""
+    return not spec.families or family in spec.families
+
+
+def check_family(entry: EditMethod, model: LoadedModel) -> None:
+    """Refuse (one line) a method on a family it is not defined for (:attr:`EditorSpec.families`).
+
+    Raises:
+        ConfigError: the method is defined for other families only.
+    """
+    if entry.spec is not None and not applies(entry.spec, model.family):
+        families = entry.spec.families
+        defined = [name for name, each in METHODS.items() if each.spec is None or applies(each.spec, model.family)]
+        raise ConfigError(
+            f"edit method {entry.name!r} is defined for {', '.join(families)} only, not {model.family}; "
+            f"for {model.family} use one of {one_of(defined)}"
+        )
+
+
 def compute_edit(
     model: LoadedModel,
     request: EditRequest,
@@ -115,6 +135,7 @@ def compute_edit(
         >>> edit = compute_edit(model, request, method="locoedit", config=LocoEditConfig(sites=("unet.xattn.8",)))
     """
     entry, config = _checked(request, method, config)
+    check_family(entry, model)
     if preserved is None:
         return entry.compute(model, request, config)
     if entry.statistics is None:
@@ -142,6 +163,7 @@ def preservation_statistics(
         ...     edit = compute_edit(model, replace(request, concepts=(concept,)), preserved=stats)
     """
     entry, config = _checked(request, method, config)
+    check_family(entry, model)
     if entry.statistics is None:
         valid = one_of([name for name, entry in METHODS.items() if entry.statistics is not None])
         raise ConfigError(f"method {method!r} has no preservation set; valid: {valid}")
