@@ -22,7 +22,7 @@ from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
 from diffloc.models.tiny_mmdit import tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
-from diffloc.tracing.causal import corruption, subject_ranges
+from diffloc.tracing.causal import causal_trace, corruption, subject_ranges, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
 from diffloc.tracing.locogen import locogen, windows_for
 from diffloc.tracing.results import WindowResult
@@ -305,3 +305,29 @@ def test_editors_not_defined_here_say_so_in_one_line(tiny_mmdit, tiny_sd1):
                 method="joint-kv",
                 config=_edit_config("joint-kv").__class__(sites="transformer.single.0"),
             )
+
+
+# --- causal tracing -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["same-latent", "trajectory"])
+def test_causal_trace_of_both_streams(tiny_mmdit, source):
+    every = [s.name for s in tiny_mmdit.sites.denoiser_sites()]
+    sites = ["transformer.joint.4", "transformer.joint_context.4", "transformer.ff_context.2", every]
+    config = TraceConfig(noise=2.0, restore_from=source, **FAST)
+    result = causal_trace(tiny_mmdit, PROMPT, "van gogh", "x", scorer=PixelScorer(), sites=sites, config=config)
+    assert result.labels[:3] == sites[:3] and result.controls == []
+    assert result.clean_score != pytest.approx(result.corrupt_score, abs=1e-4)
+    assert result.scores[-1] == pytest.approx(result.clean_score, abs=1e-4)  # every site restored: the clean run
+    embeds = [s.name for s in tiny_mmdit.sites.text_sites(SiteKind.TEXT_EMBED)]
+    assert list(result.meta["subject_ranges"]) == embeds
+
+
+def test_text_traces_follow_one_encoders_tokens(tiny_mmdit):
+    t5 = tiny_mmdit.adapter.text_encoders(tiny_mmdit.pipe)[-1].prefix
+    config = TraceConfig(noise=2.0, **FAST)
+    with pytest.raises(ConfigError, match=f"tokenize differently.*{t5}"):
+        trace_text(tiny_mmdit, "van gogh", "van gogh", "x", scorer=PixelScorer(), config=config, kinds=("layer",))
+    result = trace_text(
+        tiny_mmdit, "van gogh", "van gogh", "x", scorer=PixelScorer(), config=config, kinds=("layer",), encoder=t5
+    )
+    assert result.labels == [f"{t5}.layer"] and result.meta["encoder"] == t5
+    assert result.subject_range == (0, 2) and result.tokens[:3] == ["van", "gogh", "</s>"]  # T5: no BOS

@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("remove", "update"), default="remove", help="remove: lowest score wins")
     parser.add_argument("--preset", choices=("diffloc", "reference"), default="diffloc",
                         help="reference: the released script's windows of 3 shrinking at the end")  # fmt: skip
-    parser.add_argument("--variant", choices=LOCOGEN_VARIANTS, default=LOCOGEN_VARIANTS[0],
+    parser.add_argument("--intervention", choices=LOCOGEN_VARIANTS, default=LOCOGEN_VARIANTS[0],
                         help="cross-attention (UNet families); on SD3/FLUX text-stream (activation patching of the "
                         "text stream entering each block of the window) or prompt-injection")  # fmt: skip
     parser.set_defaults(func=run)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
 
-    settings = {"window": args.window, "mode": args.mode, "preset": args.preset, "variant": args.variant}
+    settings = {"window": args.window, "mode": args.mode, "preset": args.preset, "variant": args.intervention}
     config = LocoGenConfig(**settings, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:

@@ -144,7 +144,8 @@ def _example_globs(model: LoadedModel) -> str:
     """Two example selections of the model's denoiser sites, e.g. ``'unet.*' or 'unet.xattn.*'``."""
     names = [s.name for s in model.sites.denoiser_sites()]
     prefix = names[0].split(".")[0] if names else "<denoiser>"
-    return f"'{prefix}.*' or '{prefix}.xattn.*'"
+    kind = SiteKind.XATTN if model.sites.denoiser_sites(SiteKind.XATTN) else SiteKind.JOINT
+    return f"'{prefix}.*' or '{prefix}.{kind.value}.*'"
 
 
 def _with_controls(model: LoadedModel, groups: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], list[str]]:
