@@ -20,7 +20,8 @@ from diffloc.engine.interventions import Restore, Run
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
-from diffloc.models.tiny_mmdit import tiny_transformer_config
+from diffloc.models.registry import load
+from diffloc.models.tiny_mmdit import build_tiny_mmdit_pipeline, tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
 from diffloc.tracing.causal import causal_trace, corruption, subject_ranges, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
@@ -88,7 +89,23 @@ def test_tiny_site_table_equals_full_size(tiny_mmdit):
 def test_site_order_equals_execution_order(tiny_mmdit):
     """A hook on every site records the order their forwards finish (a block's two streams finish together:
     image stream, then text stream, as the table lists them)."""
-    sites = [s for s in tiny_mmdit.sites if not s.kind.is_projection]
+    _check_execution_order(tiny_mmdit)
+
+
+def test_sd35_second_attention_is_a_site_in_execution_order():
+    """SD3.5's blocks 0..12 add an image-only attention (attn2) and RMS-normalise queries and keys."""
+    pipe = build_tiny_mmdit_pipeline("sd3")
+    config = {**tiny_transformer_config("sd3"), "dual_attention_layers": (0, 1, 2), "qk_norm": "rms_norm"}
+    pipe.transformer = SD3Transformer2DModel.from_config(config).eval()
+    model = load(pipe)
+    assert [s.module_path for s in model.sites.denoiser_sites(SiteKind.SATTN)] == [
+        f"transformer_blocks.{i}.attn2" for i in range(3)
+    ]
+    _check_execution_order(model)
+
+
+def _check_execution_order(model) -> None:
+    sites = [s for s in model.sites if not s.kind.is_projection]
     seen: list[str] = []
 
     def make(name):
@@ -98,8 +115,8 @@ def test_site_order_equals_execution_order(tiny_mmdit):
 
         return hook
 
-    with patch(tiny_mmdit, outputs={s.name: make(s.name) for s in sites}, first=False):
-        generate(tiny_mmdit, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
+    with patch(model, outputs={s.name: make(s.name) for s in sites}, first=False):
+        generate(model, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
     assert seen == [s.name for s in sites]
 
 
