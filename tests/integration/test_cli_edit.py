@@ -11,8 +11,8 @@ from diffloc.editing import Edit
 from diffloc.editors import EDITORS
 
 
-def _edit(tmp_path, *args: str) -> int:
-    return main(["edit", *args, "--model", "tiny-sd1", "--concept", "cat", "--target", "dog"])
+def _edit(tmp_path, *args: str, model: str = "tiny-sd1") -> int:
+    return main(["edit", *args, "--model", model, "--concept", "cat", "--target", "dog"])
 
 
 #: arguments beyond the editor table's own (sites where an editor takes them), per method
@@ -20,17 +20,20 @@ EXTRA = {
     "quickfix": ["--preserve", "house", "--template", "a drawing of {}"],
     "locoedit": ["--lam-v", "0.1"],
     "neurons": ["--top-n", "5", "--ablation", "zero"],
+    "joint-kv": ["--key-steps", "1"],
 }
 
 
 @pytest.mark.parametrize("method", sorted(EDITORS))
 def test_edit_writes_a_loadable_artifact(tmp_path, capsys, method):
-    sites = ["--sites", "unet.xattn.8,unet.xattn.9"] if EDITORS[method].takes_sites else []
+    family = EDITORS[method].families[0] if EDITORS[method].families else "sd1"
+    layers = "transformer.joint.8,transformer.joint.9" if family in ("sd3", "flux") else "unet.xattn.8,unet.xattn.9"
+    sites = ["--sites", layers] if EDITORS[method].takes_sites else []
     extra = [*sites, *EXTRA.get(method, [])]
     out = tmp_path / method
-    assert _edit(tmp_path, method, *extra, "--out", str(out)) == 0
+    assert _edit(tmp_path, method, *extra, "--out", str(out), model=f"tiny-{family}") == 0
     edit = Edit.load(out)
-    assert edit.method == method and edit.family == "sd1"
+    assert edit.method == method and edit.family == family
     assert str(out) in capsys.readouterr().out
     assert main(["edit", "show", str(out)]) == 0
     shown = capsys.readouterr().out

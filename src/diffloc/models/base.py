@@ -364,7 +364,7 @@ class LoadedModel:
 
     @property
     def family(self) -> str:
-        """Family name: ``sd1``, ``sd2``, ``sdxl`` or ``if``."""
+        """Family name: ``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3`` or ``flux``."""
         return self.adapter.family
 
     @property

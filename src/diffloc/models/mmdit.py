@@ -38,6 +38,13 @@ MMDIT_EDIT_CAVEATS: dict[str, tuple[str, ...]] = {
 }
 
 
+def mmdit_row_elements(config: Any, image_tokens: int, text_tokens: int) -> int:
+    """Peak activation elements of one batch row of a joint-attention transformer: ``MMDIT_TOKEN_FACTOR`` x its
+    width per token of both streams (``bench/mmdit_full_size.py`` prints it beside measured peaks)."""
+    width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    return MMDIT_TOKEN_FACTOR * width * (image_tokens + text_tokens)
+
+
 def flow_shift(image_tokens: int, config: Any) -> float:
     """The time shift ``mu`` of a flow-matching scheduler with dynamic shifting: linear in the image's token
     count between ``base_shift`` at ``base_image_seq_len`` tokens and ``max_shift`` at ``max_image_seq_len``."""
@@ -129,13 +136,11 @@ class MMDiTAdapter(ModelAdapter):
         return int(pipe.vae.config.sample_size) // self.pixels_per_latent(pipe)
 
     def row_elements(self, pipe: Any, latent_height: int, latent_width: int) -> int:
-        """Peak activation elements of one row: ``MMDIT_TOKEN_FACTOR`` x width per token of both streams."""
-        config = self.denoiser(pipe).config
-        width = int(config.num_attention_heads) * int(config.attention_head_dim)
+        """Peak activation elements of one row (:func:`mmdit_row_elements`)."""
         patch = self.patch_size(pipe)
         image = (latent_height // patch) * (latent_width // patch)
         text = sum(self.max_tokens(pipe, spec) for spec in self.context_encoders(pipe))
-        return MMDIT_TOKEN_FACTOR * width * (image + text)
+        return mmdit_row_elements(self.denoiser(pipe).config, image, text)
 
     def context_encoders(self, pipe: Any) -> list[Any]:
         """The text encoders whose tokens make up the text stream (in sequence order)."""

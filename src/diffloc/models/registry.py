@@ -199,12 +199,12 @@ def load(
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
 
     Args:
-        model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"`` or
-            ``"tiny-if"`` (seeded random tiny models of each real architecture, built in-process, for trying
-            the mechanics); a local diffusers directory; an id present in the local Hugging Face cache; or
-            an already-built diffusers pipeline object.
-        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``); normally inferred from the
-            pipeline class and config.
+        model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"``,
+            ``"tiny-if"``, ``"tiny-sd3"`` or ``"tiny-flux"`` (seeded random tiny models of each real
+            architecture, built in-process, for trying the mechanics); a local diffusers directory; an id present
+            in the local Hugging Face cache; or an already-built diffusers pipeline object.
+        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux``); normally
+            inferred from the pipeline class and config.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` … (``None``/``"auto"``: CUDA when available, else CPU). An
             in-memory pipeline stays where it is unless ``device`` or ``dtype`` is given.
         dtype: parameter dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or the torch dtype; ``None``:
