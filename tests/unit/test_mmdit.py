@@ -17,10 +17,10 @@ from diffloc.editors import EDITORS
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
 from diffloc.engine.hooks import patch, record
 from diffloc.engine.interventions import Restore, Run
-from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.errors import ConfigError, DifflocError, UnknownSiteError
 from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
-from diffloc.models.registry import load
+from diffloc.models.registry import default_guidance, load
 from diffloc.models.tiny_mmdit import build_tiny_mmdit_pipeline, tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
 from diffloc.tracing.causal import causal_trace, corruption, subject_ranges, trace_text
@@ -348,3 +348,29 @@ def test_text_traces_follow_one_encoders_tokens(tiny_mmdit):
     )
     assert result.labels == [f"{t5}.layer"] and result.meta["encoder"] == t5
     assert result.subject_range == (0, 2) and result.tokens[:3] == ["van", "gogh", "</s>"]  # T5: no BOS
+
+
+def test_default_guidance_is_each_pipelines_own(tmp_path):
+    assert default_guidance("tiny-sd3") == 7.0 and default_guidance("tiny-flux") == 3.5
+    assert default_guidance("tiny-flux", 1.0) == 1.0
+
+
+def test_flux_dev_guidance_is_an_input_not_cfg_rows(tiny_flux):
+    """FLUX.1-dev embeds the guidance scale: every denoiser call has one row per run, and the scale changes the
+    image through the embedding."""
+    rows: list[int] = []
+    handle = tiny_flux.denoiser.register_forward_pre_hook(
+        lambda m, a, k: rows.append(k["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        low = generate(tiny_flux, PROMPT, config=GenerationConfig(steps=2, guidance=1.5))
+        high = generate(tiny_flux, PROMPT, config=GenerationConfig(steps=2, guidance=6.0))
+    finally:
+        handle.remove()
+    assert rows == [1, 1, 1, 1] and not torch.equal(low, high)
+
+
+def test_quickfix_on_a_stream_family_is_one_line(tiny_mmdit):
+    with pytest.raises(DifflocError) as info:
+        compute_edit(tiny_mmdit, REQUEST, method="quickfix")
+    assert "tokenize" in str(info.value) and "\n" not in str(info.value)

@@ -39,6 +39,8 @@ TINY_PREFIX = "tiny-"
 SAMPLER_FILE = "diffloc_sampler.json"
 #: Classifier-free guidance of Stable Diffusion's own pipelines, used when a model names none.
 SD_GUIDANCE = 7.5
+#: The guidance of the joint-attention pipelines' defaults: SD3's classifier-free 7.0, FLUX.1-dev's embedded 3.5.
+JOINT_ATTENTION_GUIDANCE = {"sd3": 7.0, "flux": 3.5}
 _ADAPTERS: tuple[type[ModelAdapter], ...] = (
     StableDiffusionAdapter,
     StableDiffusionXLAdapter,
@@ -92,8 +94,9 @@ def default_guidance(model: str | Path, given: float | None = None) -> float:
     the model's default.
 
     The ``guidance`` of the pipeline directory's ``diffloc_sampler.json`` (ShapesWorld ships 4.0, chosen on its
-    validation split; ``diffloc world train`` exports write it), else Stable Diffusion's 7.5 — also for tiny
-    models and sources that do not resolve (loading them reports the error).
+    validation split; ``diffloc world train`` exports write it), else the pipeline's own default for SD3 (7.0)
+    and FLUX.1 (dev: 3.5, embedded; schnell: none), else Stable Diffusion's 7.5 — also for the other tiny models
+    and sources that do not resolve (loading them reports the error).
 
     Raises:
         ConfigError: the file exists but does not hold ``{"guidance": <number >= 0>}``.
@@ -102,14 +105,14 @@ def default_guidance(model: str | Path, given: float | None = None) -> float:
         return given
     text = str(model)
     if text.startswith(TINY_PREFIX):
-        return SD_GUIDANCE
+        return JOINT_ATTENTION_GUIDANCE.get(text[len(TINY_PREFIX) :], SD_GUIDANCE)  # tiny-flux is FLUX.1-dev
     try:
         path = resolve_source(text)
     except ModelLoadError:
         return SD_GUIDANCE
     file = path / SAMPLER_FILE
     if not file.is_file():
-        return SD_GUIDANCE
+        return _pipeline_guidance(path)
     try:
         value = json.loads(file.read_text())["guidance"]
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
@@ -118,6 +121,23 @@ def default_guidance(model: str | Path, given: float | None = None) -> float:
     if not ok:
         raise ConfigError(f'{str(file)!r} must hold {{"guidance": <number >= 0>}}; fix or delete it')
     return float(value)
+
+
+def _pipeline_guidance(path: Path) -> float:
+    """The guidance scale a pipeline directory's own pipeline class samples at by default."""
+    try:
+        class_name = pipeline_class_name(path)
+    except ModelLoadError:
+        return SD_GUIDANCE
+    if class_name == "FluxPipeline":
+        try:
+            embedded = bool(json.loads((path / "transformer" / "config.json").read_text()).get("guidance_embeds"))
+        except (OSError, ValueError):
+            return SD_GUIDANCE
+        return JOINT_ATTENTION_GUIDANCE["flux"] if embedded else 0.0  # schnell is sampled without guidance
+    if class_name == "StableDiffusion3Pipeline":
+        return JOINT_ATTENTION_GUIDANCE["sd3"]
+    return SD_GUIDANCE
 
 
 def resolve_source(model: str | Path) -> Path:

@@ -20,7 +20,13 @@ from diffloc.atomic import write_atomic
 from diffloc.sites import short_label
 from diffloc.tracing.results import TraceResult, WindowResult
 
+#: families whose denoiser is a UNet (titles say "UNet" there)
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "if")
 _KIND_COLOURS = {"res": "#4c72b0", "sattn": "#dd8452", "xattn": "#55a868", "ff": "#c44e52"}
+#: joint-attention transformers (SD3, FLUX): block outputs blue, attention green, MLPs red, text stream purple
+_JOINT_COLOURS = {"joint": "#4c72b0", "single": "#64b5cd", "attn": "#55a868", "sattn": "#dd8452", "ff": "#c44e52",
+                  "joint_context": "#8172b3", "single_context": "#b47cc7", "ff_context": "#937860",
+                  "context": "#da8bc3", "time_text": "#8c8c8c"}  # fmt: skip
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -31,15 +37,17 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
 def plot_denoiser_trace(result: TraceResult) -> Figure:
     """Indirect effect of restoring each denoiser site (bars coloured by kind, in execution order)."""
     effect = result.indirect_effect
-    kinds = [label.split(".")[1] if label.count(".") >= 2 and "+" not in label else "group" for label in result.labels]
+    kinds = [label.split(".")[1] if label.count(".") >= 1 and "+" not in label else "group" for label in result.labels]
+    joint = any(k in _JOINT_COLOURS and k not in _KIND_COLOURS for k in kinds)
     figure = Figure(figsize=(max(6.0, 0.16 * len(effect) + 2), 3.8))
     ax = figure.add_subplot()
     errors = None
     if result.interval is not None:  # asymmetric error bars from the bootstrap interval
         errors = np.abs(np.stack([effect - result.interval[0], result.interval[1] - effect]))
         errors = np.nan_to_num(errors)
+    palette = _JOINT_COLOURS if joint else _KIND_COLOURS
     bars = ax.bar(
-        range(len(effect)), effect, color=[_KIND_COLOURS.get(k, "#8172b3") for k in kinds], width=0.85,
+        range(len(effect)), effect, color=[palette.get(k, "#8172b3") for k in kinds], width=0.85,
         yerr=errors, error_kw={"elinewidth": 0.6, "capsize": 0, "ecolor": "#333333"},
     )  # fmt: skip
     for label, bar in zip(result.labels, bars, strict=True):
@@ -49,7 +57,8 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="clean")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="corrupted")
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color=colour, label=kind) for kind, colour in _KIND_COLOURS.items()]
+    legend = {k: c for k, c in _JOINT_COLOURS.items() if k in kinds} if joint else _KIND_COLOURS
+    handles += [Patch(color=colour, label=kind) for kind, colour in legend.items()]
     if result.controls:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="control (text-blind)"))
     ax.set_xticks(range(len(effect)))  # every bar named: the reader looks for a layer by name
@@ -61,7 +70,8 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
     flag = "  CONTROLS MOVED" if result.controls_flagged else ""
     ax.set_title(
-        f"UNet causal trace: '{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
+        f"{'UNet' if meta.get('family') in UNET_FAMILIES else 'Denoiser'} causal trace: "
+        f"'{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
         f"restore from {result.restore_from}{interval}{_method_note(result)}){flag}",
         fontsize=9, pad=22,
@@ -118,7 +128,9 @@ def plot_windows(result: WindowResult) -> Figure:
     """LocoGen curve: attribute score per window start, the unswapped score, and the chosen window."""
     figure = Figure(figsize=(6.5, 3.2))
     ax = figure.add_subplot()
-    starts = [int(w[0].split(".")[2]) for w in result.windows]
+    blocks = result.meta.get("variant", "cross-attention") != "cross-attention"  # joint-attention windows
+    # block windows run on from the joint into the single-stream blocks: number them in execution order
+    starts = list(range(len(result.windows))) if blocks else [int(w[0].split(".")[2]) for w in result.windows]
     ax.plot(starts, result.scores, marker="o", color="#4c72b0", label="window reads target prompt")
     if result.interval is not None:
         ax.fill_between(starts, result.interval[0], result.interval[1], color="#4c72b0", alpha=0.2,
@@ -127,7 +139,7 @@ def plot_windows(result: WindowResult) -> Figure:
     best = result.best_index
     ax.scatter([starts[best]], [result.scores[best]], s=140, facecolors="none", edgecolors="#c44e52", lw=2,
                label=f"chosen: {', '.join(short_label(s) for s in result.best_sites)}")  # fmt: skip
-    ax.set_xlabel("first cross-attention layer of the window")
+    ax.set_xlabel("first block of the window" if blocks else "first cross-attention layer of the window")
     ax.set_ylabel("attribute score")
     _from_zero(ax, [*result.scores, result.original_score, *([] if result.interval is None else result.interval[1])])
     meta = result.meta
