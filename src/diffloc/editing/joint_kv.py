@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -151,11 +152,6 @@ def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVCo
     start = time.perf_counter()
     groups = joint_projection_sites(model, config.sites)
     readers = {attention: sites[0].name for attention, sites in groups.items()}  # .k and .v read the same input
-    recorded: dict[str, dict[str, torch.Tensor]] = {}
-
-    def states_of(attention: str):
-        return lambda prompts: recorded[attention]
-
     all_prompts = _request_prompts(request, config.target_mode)
     recorded = recorded_inputs(model, readers, all_prompts, config.steps, config.seed)
     weights: dict[str, torch.Tensor] = {}
@@ -163,12 +159,16 @@ def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVCo
     pairs = preserve_rows = 0
     for attention, sites in groups.items():
         keys, targets, preserved, _ = pair_rows(
-            model, request, LOCOEDIT_TEMPLATES, config.target_mode, states_of(attention)
+            model, request, LOCOEDIT_TEMPLATES, config.target_mode, partial(_recorded, recorded[attention])
         )
         pairs, preserve_rows = keys.shape[0], 0 if preserved is None else preserved.shape[0]
-        for site in sites:
-            lam = config.lam_k if site.kind is SiteKind.ATTN_K else config.lam_v
-            solver = SharedInputRidge(keys, targets, lam, K_preserve=preserved, preserve_weight=config.preserve_weight)
+        lams = [config.lam_k if site.kind is SiteKind.ATTN_K else config.lam_v for site in sites]
+        solvers = {
+            lam: SharedInputRidge(keys, targets, lam, K_preserve=preserved, preserve_weight=config.preserve_weight)
+            for lam in dict.fromkeys(lams)
+        }  # one factorization per block and λ serves its .k and .v
+        for site, lam in zip(sites, lams, strict=True):
+            solver = solvers[lam]
             current = projection_linear(model, site).weight.detach()
             key = f"{site.full_path}.weight"
             weights[key] = solver.apply(current)
@@ -185,6 +185,11 @@ def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVCo
         method="joint-kv", family=model.family, weights=weights, originals=originals, request=request.to_dict(),
         config=asdict(config), stats=stats, notes=tuple(model.adapter.edit_caveats("locoedit")),
     )  # fmt: skip
+
+
+def _recorded(states: Mapping[str, torch.Tensor], prompts: Sequence[str]) -> Mapping[str, torch.Tensor]:
+    """The states recorded for a block (a :data:`~diffloc.editing.stream_states.StateReader` over them)."""
+    return states
 
 
 def _request_prompts(request: EditRequest, target_mode: str) -> list[str]:

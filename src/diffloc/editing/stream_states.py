@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from diffloc.editing.requests import EditRequest, PromptPair
+from diffloc.editing.requests import EditRequest
 from diffloc.errors import EditError, PromptError
 from diffloc.models.base import LoadedModel
 
@@ -84,8 +84,3 @@ def pair_rows(
     preserved = [_rows(encoded[p.key_prompt], pos) for p, pos in zip(kept, key_pos[len(edits) :], strict=True)]
     preserved += [_rows(encoded[p], list(range(encoded[p].shape[1]))) for p in request.preserve_prompts]
     return torch.cat(keys), torch.cat(targets), torch.cat(preserved) if preserved else None, len(edits)
-
-
-def edit_pairs(request: EditRequest, templates: tuple[str, ...]) -> list[PromptPair]:
-    """The request's edit (non-preserving) prompt pairs."""
-    return [p for p in request.pairs(templates) if not p.preserve]
