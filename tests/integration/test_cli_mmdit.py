@@ -29,8 +29,9 @@ def test_trace_both_streams_and_one_text_encoder(tmp_path, tiny_clip_dir):
 def test_locogen_text_stream_and_the_cross_attention_refusal(tmp_path, tiny_clip_dir, capsys):
     args = ["locogen", *COMMON, "--target", "a house", "--clip", str(tiny_clip_dir), "--window", "21", *FAST]
     assert main([*args, "--out", str(tmp_path / "refused")]) == 1
-    error = capsys.readouterr().err.strip()
+    error = capsys.readouterr().err.strip().split("\r")[-1]  # after the progress bar's cleared line
     assert error.startswith("diffloc: error:") and "'text-stream'" in error and "\n" not in error
+    assert not (tmp_path / "refused").exists()
     assert main([*args, "--intervention", "text-stream", "--out", str(tmp_path / "windows")]) == 0
     result = WindowResult.load(tmp_path / "windows")
     assert len(result.windows) == 4 and result.meta["variant"] == "text-stream"

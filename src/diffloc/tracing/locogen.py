@@ -73,15 +73,15 @@ def window_layers(model: LoadedModel, variant: str = LOCOGEN_VARIANTS[0]) -> lis
         if not layers:
             raise ConfigError(
                 f"the {model.family} denoiser has no cross-attention layers (its text enters through joint "
-                "attention); use variant 'text-stream' (activation patching of the text stream entering a window "
-                "of blocks) or 'prompt-injection'"
+                "attention); use variant 'text-stream' (--intervention; activation patching of the text stream "
+                "entering a window of blocks) or 'prompt-injection'"
             )
         return layers
     blocks = [s.name for s in model.sites.denoiser_sites((SiteKind.JOINT, SiteKind.SINGLE))]
     if not blocks:
         raise ConfigError(
-            f"variant {variant!r} needs a joint-attention family (sd3, flux); the {model.family} denoiser reads text "
-            "through cross-attention: use variant 'cross-attention'"
+            f"variant {variant!r} (--intervention) needs a joint-attention family (sd3, flux); the {model.family} "
+            "denoiser reads text through cross-attention: use variant 'cross-attention'"
         )
     return blocks
 
