@@ -13,14 +13,14 @@ from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.editing.registry import compute_edit, get_method
 from diffloc.editing.requests import EditRequest
 from diffloc.editing.stream_states import stream_positions
-from diffloc.editors import EDITORS
+from diffloc.editors import EDITORS, JOINT_ATTENTION_FAMILIES
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
 from diffloc.engine.hooks import patch, record
 from diffloc.engine.interventions import Restore, Run
 from diffloc.errors import ConfigError, DifflocError, UnknownSiteError
 from diffloc.models.full_configs import full_size_transformer_config
 from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
-from diffloc.models.registry import default_guidance, load
+from diffloc.models.registry import MMDIT_FAMILIES, default_guidance, load
 from diffloc.models.tiny_mmdit import build_tiny_mmdit_pipeline, tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
 from diffloc.tracing.causal import causal_trace, corruption, subject_ranges, trace_text
@@ -348,6 +348,11 @@ def test_text_traces_follow_one_encoders_tokens(tiny_mmdit):
     )
     assert result.labels == [f"{t5}.layer"] and result.meta["encoder"] == t5
     assert result.subject_range == (0, 2) and result.tokens[:3] == ["van", "gogh", "</s>"]  # T5: no BOS
+
+
+def test_the_lightweight_editor_table_knows_the_joint_attention_families():
+    assert JOINT_ATTENTION_FAMILIES == MMDIT_FAMILIES
+    assert all(EDITORS[name].families == MMDIT_FAMILIES for name in ("joint-kv", "context"))
 
 
 def test_default_guidance_is_each_pipelines_own(tmp_path):

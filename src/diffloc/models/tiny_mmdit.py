@@ -24,10 +24,8 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from diffloc.errors import ConfigError
 from diffloc.models.full_configs import full_size_transformer_config
+from diffloc.models.registry import MMDIT_FAMILIES
 from diffloc.models.tiny import _T5_WIDTH, _clip_config, _if_tokenizer, _init, _t5_encoder, _vae, clip_tokenizer
-
-#: The joint-attention families with tiny models.
-MMDIT_FAMILIES = ("sd3", "flux")
 
 # Text widths first: SD3's CLIP-L + CLIP-G (768 + 1280) are zero-padded to T5's 4096.
 _SD3_CLIP_L, _SD3_CLIP_G = 8, 16  # hidden and projection widths (768 and 1280 in the real encoders)

@@ -17,11 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from diffloc.atomic import write_atomic
+from diffloc.models.registry import MMDIT_FAMILIES
 from diffloc.sites import short_label
 from diffloc.tracing.results import TraceResult, WindowResult
 
-#: families whose denoiser is a UNet (titles say "UNet" there)
-UNET_FAMILIES = ("sd1", "sd2", "sdxl", "if")
 _KIND_COLOURS = {"res": "#4c72b0", "sattn": "#dd8452", "xattn": "#55a868", "ff": "#c44e52"}
 #: joint-attention transformers (SD3, FLUX): block outputs blue, attention green, MLPs red, text stream purple
 _JOINT_COLOURS = {"joint": "#4c72b0", "single": "#64b5cd", "attn": "#55a868", "sattn": "#dd8452", "ff": "#c44e52",
@@ -70,7 +69,7 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
     flag = "  CONTROLS MOVED" if result.controls_flagged else ""
     ax.set_title(
-        f"{'UNet' if meta.get('family') in UNET_FAMILIES else 'Denoiser'} causal trace: "
+        f"{'Denoiser' if meta.get('family') in MMDIT_FAMILIES else 'UNet'} causal trace: "
         f"'{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
         f"restore from {result.restore_from}{interval}{_method_note(result)}){flag}",
