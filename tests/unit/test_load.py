@@ -60,12 +60,14 @@ def test_uncached_hub_id_is_refused_without_network():
 
 
 def test_unsupported_pipeline_class(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
     with pytest.raises(
-        UnsupportedModelError, match="'FluxPipeline' is not supported; supported: StableDiffusionPipeline"
+        UnsupportedModelError, match="'KandinskyV22Pipeline' is not supported; supported: StableDiffusionPipeline"
     ):
         load(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="unknown family 'sd3'"):
+    with pytest.raises(UnsupportedModelError, match="unknown family 'kandinsky'"):
+        adapter_for("StableDiffusionPipeline", "kandinsky")
+    with pytest.raises(UnsupportedModelError, match="family 'sd3' does not match pipeline class"):
         adapter_for("StableDiffusionPipeline", "sd3")
 
 
@@ -93,8 +95,8 @@ def test_truncated_weights_give_one_line_error(saved_sd1, tmp_path):
 
 
 def test_unknown_tiny_model():
-    with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny-sd3'; valid: tiny-sd1"):
-        load("tiny-sd3")
+    with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny-kandinsky'; valid: tiny-sd1"):
+        load("tiny-kandinsky")
 
 
 def test_public_api_resolves():

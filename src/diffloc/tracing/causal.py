@@ -86,12 +86,14 @@ def first_range(ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
 
 
 def corruption(
-    model: LoadedModel, positions: Mapping[str, tuple[int, int]], config: TraceConfig, seed: int
+    model: LoadedModel, positions: tuple[int, int] | Mapping[str, tuple[int, int]], config: TraceConfig, seed: int
 ) -> CorruptTokens:
-    """The subject corruption of one item: noise at each encoder's subject range ``positions`` (by embedding
-    site), each encoder in its own scale."""
+    """The subject corruption of one item: noise at the subject's range ``positions`` (one range for every
+    encoder, or each encoder's own by embedding site, :func:`subject_ranges`), each encoder in its own scale."""
     stds = encoder_noise(model, config)
     first = next(iter(stds.values()))
+    if not isinstance(positions, Mapping):
+        positions = {site: (int(positions[0]), int(positions[1])) for site in stds}
     start = first_range(positions)
     return CorruptTokens(
         positions=start, std=first, noise_seed=config.noise_seed + seed, site_stds=tuple(stds.items()),
