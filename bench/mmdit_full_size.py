@@ -1,6 +1,7 @@
 """Benchmark: SD3-medium and FLUX.1-dev transformers at full size — sites and memory, random weights.
 
-Run: ``python bench/mmdit_full_size.py [--device cpu|cuda] [--size N] [--families sd3,flux] [--dtype bfloat16]``
+Run: ``python bench/mmdit_full_size.py [--device cpu|cuda] [--size N] [--families sd3,flux] [--dtype bfloat16]
+[--sites-only]``
 
 For each family the published transformer config (:mod:`diffloc.models.full_configs`) is built on the ``meta``
 device for its site table (counts per kind, printed), then, where its weights fit in the device's free memory,
@@ -60,7 +61,7 @@ def _inputs(family: str, config: dict[str, Any], rows: int, size: int, device: t
             "guidance": torch.full((rows,), 3.5, device=device)}  # fmt: skip
 
 
-def run(family: str, device: torch.device, dtype: torch.dtype, size: int, rows: int) -> None:
+def run(family: str, device: torch.device, dtype: torch.dtype, size: int, rows: int, forward: bool = True) -> None:
     config = full_size_transformer_config(family)
     with torch.device("meta"):
         net = CLASSES[family].from_config(config)
@@ -69,6 +70,8 @@ def run(family: str, device: torch.device, dtype: torch.dtype, size: int, rows: 
     kinds = Counter(s.kind.value for s in sites)
     print(f"{family}: {len(sites)} denoiser sites ({dict(sorted(kinds.items()))}); {params / 1e9:.2f} B parameters")
     weights = params * torch.finfo(dtype).bits // 8
+    if not forward:
+        return
     free = free_bytes(device)
     if free is not None and weights > FIT * free:
         print(f"  skipped the forward pass: {weights / 2**30:.1f} GiB of weights, {free / 2**30:.1f} GiB free")
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default="sd3,flux")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--rows", type=int, default=2, help="batch rows of the forward pass (default 2: one CFG pair)")
+    parser.add_argument("--sites-only", action="store_true", help="print the site tables only (no weights built)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     size = args.size or (1024 if device.type == "cuda" else 256)
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     )
     for family in args.families.split(","):
-        run(family, device, DTYPES[args.dtype], size, args.rows)
+        run(family, device, DTYPES[args.dtype], size, args.rows, forward=not args.sites_only)
     return 0
 
 
