@@ -29,6 +29,11 @@ stream), ``transformer.attn.i`` (the joint attention's image-stream output) with
 time embedding with the pooled text added, which modulates every block) and FLUX's single-stream
 ``transformer.single.i`` / ``transformer.single_context.i``.
 
+A cross-attention diffusion transformer (PixArt; :mod:`diffloc.models.transformer_sites`) names the UNet's kinds
+under ``transformer.`` (PixArt: ``transformer.sattn.i``,
+``transformer.xattn.i`` with ``.k``/``.v`` and ``transformer.ff.i`` are block ``i``'s ``attn1``, ``attn2`` and
+``ff``) and adds ``transformer.block.i``, the residual stream after block ``i`` (kind ``block``).
+
 Every site has a *role*: ``denoiser`` (a module of the network that predicts the noise) or ``text`` (a text
 encoder). Code selects sites by role and kind (:meth:`SiteRegistry.denoiser_sites`,
 :meth:`SiteRegistry.text_sites`), never by a name prefix: names are stable identifiers for users and saved
@@ -61,6 +66,7 @@ class SiteKind(StrEnum):
     XATTN_K = "xattn_k"
     XATTN_V = "xattn_v"
     FF = "ff"
+    BLOCK = "block"  # a diffusion transformer block's output (token sequence)
     TEXT_EMBED = "text_embed"
     TEXT_LAYER = "text_layer"
     TEXT_ATTN = "text_attn"
@@ -79,7 +85,8 @@ class SiteKind(StrEnum):
 
     @property
     def channel_dim(self) -> int:
-        """Dimension holding channels in this site's output: 1 for conv feature maps, else last."""
+        """Dimension holding channels in this site's output: 1 for conv feature maps, else last (token
+        sequences, a transformer block's output included)."""
         return 1 if self is SiteKind.RES else -1
 
     @property

@@ -17,6 +17,9 @@ from diffloc.sites import CROSS_ATTENTION_KINDS, Site, SiteKind, SiteRegistry
 
 #: Images per VAE decode call by default (see :meth:`ModelAdapter.decode`).
 DECODE_BATCH = 4
+#: Key of :attr:`Conditioning.added` holding the ``(rows, tokens)`` 1/0 mask of the text tokens a denoiser's
+#: cross-attention reads, in families that hide the padding from it (PixArt); absent where every token is read.
+CONTEXT_MASK = "encoder_attention_mask"
 
 
 def decode_compute_dtype(vae: nn.Module) -> torch.dtype:
@@ -49,7 +52,8 @@ class Conditioning:
     Attributes:
         hidden: ``(rows, tokens, dim)`` encoder hidden states fed to cross-attention.
         added: per-row extra inputs (SD-XL: ``text_embeds`` ``(rows, d)``, ``time_ids`` ``(rows, 6)``),
-            passed to a UNet as ``added_cond_kwargs``.
+            passed to a UNet as ``added_cond_kwargs``; PixArt: the context mask (:data:`CONTEXT_MASK`) and its
+            micro-conditions ``resolution`` ``(rows, 2)`` and ``aspect_ratio`` ``(rows, 1)``.
     """
 
     hidden: torch.Tensor

@@ -9,7 +9,8 @@ dropped). They serve two purposes:
   structure: it overrides widths only.
 
 Sources: ``runwayml/stable-diffusion-v1-5``, ``stabilityai/stable-diffusion-2-1``,
-``stabilityai/stable-diffusion-xl-base-1.0`` and ``DeepFloyd/IF-I-XL-v1.0``.
+``stabilityai/stable-diffusion-xl-base-1.0`` and ``DeepFloyd/IF-I-XL-v1.0``; for the diffusion transformers
+(``transformer/config.json``), ``PixArt-alpha/PixArt-XL-2-1024-MS``.
 """
 
 from __future__ import annotations
@@ -191,7 +192,35 @@ FULL_UNET_CONFIGS: dict[str, dict[str, Any]] = {
 """Family name -> published UNet config. Read through :func:`full_size_unet_config`, which copies."""
 
 FAMILIES: tuple[str, ...] = tuple(FULL_UNET_CONFIGS)
-"""The model families diffloc has tiny and full-size configurations for, in a stable order."""
+"""The UNet families diffloc has tiny and full-size configurations for, in a stable order."""
+
+# PixArt-alpha/PixArt-XL-2-1024-MS (transformer/config.json): 28 blocks of width 16 x 72 = 1152, patch 2,
+# T5-XXL states (4096) projected to 1152 by caption_projection, adaLN-single, learned variance (8 = 2 x 4
+# output channels). sample_size 128 (1024 px) turns on the resolution / aspect-ratio micro-conditions.
+_PIXART_ALPHA_1024: dict[str, Any] = {
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 72,
+    "attention_type": "default",
+    "caption_channels": 4096,
+    "cross_attention_dim": 1152,
+    "dropout": 0.0,
+    "in_channels": 4,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "norm_type": "ada_norm_single",
+    "num_attention_heads": 16,
+    "num_embeds_ada_norm": 1000,
+    "num_layers": 28,
+    "out_channels": 8,
+    "patch_size": 2,
+    "sample_size": 128,
+    "upcast_attention": False,
+}
+
+DIT_FAMILIES: tuple[str, ...] = ("pixart",)
+"""The cross-attention diffusion-transformer families whose tiny models :mod:`diffloc.models.tiny` builds."""
 
 
 def check_family(family: str) -> str:
@@ -200,10 +229,10 @@ def check_family(family: str) -> str:
     Raises:
         ConfigError: ``family`` is not one of :data:`FAMILIES`; the message names the value and the choices.
     """
-    if family not in FULL_UNET_CONFIGS:
+    known = FAMILIES + DIT_FAMILIES
+    if family not in known:
         raise ConfigError(
-            f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}"
-            f"{close_matches(str(family), FAMILIES)}"
+            f"unknown model family {family!r}; valid families: {', '.join(known)}{close_matches(str(family), known)}"
         )
     return family
 
@@ -226,7 +255,9 @@ def full_size_unet_config(family: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown ``family``.
     """
-    return copy.deepcopy(FULL_UNET_CONFIGS[check_family(family)])
+    if check_family(family) not in FULL_UNET_CONFIGS:
+        raise ConfigError(f"{family!r} is not a UNet family; valid: {', '.join(FAMILIES)}")
+    return copy.deepcopy(FULL_UNET_CONFIGS[family])
 
 
 # --- joint-attention transformers (SD3, FLUX.1) -----------------------------------------------------------
@@ -258,16 +289,21 @@ _FLUX1_DEV_TRANSFORMER: dict[str, Any] = {
     "axes_dims_rope": [16, 56, 56],
 }
 
-FULL_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {"sd3": _SD3_MEDIUM_TRANSFORMER, "flux": _FLUX1_DEV_TRANSFORMER}
-"""Joint-attention family -> published transformer config (SD3-medium, FLUX.1-dev); read through
-:func:`full_size_transformer_config`, which copies."""
+FULL_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd3": _SD3_MEDIUM_TRANSFORMER,
+    "flux": _FLUX1_DEV_TRANSFORMER,
+    "pixart": _PIXART_ALPHA_1024,
+}
+"""Transformer family -> published transformer config (SD3-medium, FLUX.1-dev, PixArt-α XL-2 1024-MS); read
+through :func:`full_size_transformer_config`, which copies."""
 
 
 def full_size_transformer_config(family: str) -> dict[str, Any]:
-    """The published transformer config of ``family`` (``sd3``: SD3-medium, ``flux``: FLUX.1-dev), a fresh copy.
+    """The published transformer config of ``family`` (``sd3``: SD3-medium, ``flux``: FLUX.1-dev, ``pixart``:
+    PixArt-α XL-2 1024-MS), a fresh copy.
 
     Raises:
-        ConfigError: not a joint-attention family.
+        ConfigError: not a transformer family.
     """
     if family not in FULL_TRANSFORMER_CONFIGS:
         raise ConfigError(

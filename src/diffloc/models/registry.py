@@ -15,6 +15,7 @@ from diffloc.models.base import LoadedModel, ModelAdapter
 from diffloc.models.compat import pipeline_dtype_keyword
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
 from diffloc.models.flux import FluxAdapter
+from diffloc.models.pixart import PixArtAdapter
 from diffloc.models.placement import (
     check_variant,
     check_weight_files,
@@ -29,7 +30,7 @@ from diffloc.models.weight_files import check_pipeline_weights
 
 logger = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "if")
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "if", "pixart")
 #: Joint-attention (MMDiT) families: SD3/SD3.5 and FLUX.1.
 MMDIT_FAMILIES = ("sd3", "flux")
 FAMILIES += MMDIT_FAMILIES
@@ -47,6 +48,7 @@ _ADAPTERS: tuple[type[ModelAdapter], ...] = (
     DeepFloydIFAdapter,
     StableDiffusion3Adapter,
     FluxAdapter,
+    PixArtAdapter,
 )
 #: Optional components that diffloc never uses; not loading them saves memory and time.
 _SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
@@ -220,10 +222,10 @@ def load(
 
     Args:
         model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"``,
-            ``"tiny-if"``, ``"tiny-sd3"`` or ``"tiny-flux"`` (seeded random tiny models of each real
+            ``"tiny-if"``, ``"tiny-sd3"``, ``"tiny-flux"`` or ``"tiny-pixart"`` (seeded random tiny models of each real
             architecture, built in-process, for trying the mechanics); a local diffusers directory; an id present
             in the local Hugging Face cache; or an already-built diffusers pipeline object.
-        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux``); normally
+        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux``, ``pixart``); normally
             inferred from the pipeline class and config.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` … (``None``/``"auto"``: CUDA when available, else CPU). An
             in-memory pipeline stays where it is unless ``device`` or ``dtype`` is given.

@@ -33,6 +33,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
+    DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     IFPipeline,
     PNDMScheduler,
@@ -156,6 +157,20 @@ _SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
             "sample_max_value": 1.5,
             "thresholding": True,
             "variance_type": "learned_range",
+        },
+    ),
+    "pixart": (  # PixArt-alpha/PixArt-XL-2-1024-MS: DPM-Solver++ (order 2) at its defaults, no learned variance
+        DPMSolverMultistepScheduler,
+        {
+            "num_train_timesteps": 1000,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "beta_schedule": "linear",
+            "trained_betas": None,
+            "solver_order": 2,
+            "prediction_type": "epsilon",
+            "algorithm_type": "dpmsolver++",
+            "variance_type": None,
         },
     ),
 }
@@ -308,8 +323,9 @@ def clip_tokenizer(pad_token: str | None = None) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
 
 
-def _if_tokenizer() -> Any:
-    """A T5-style Unigram tokenizer over :data:`TINY_IF_WORDS`, built offline (no sentencepiece model).
+def _if_tokenizer(max_length: int = 77) -> Any:
+    """A T5-style Unigram tokenizer over :data:`TINY_IF_WORDS`, built offline (no sentencepiece model), whose
+    ``model_max_length`` is ``max_length`` (the pipeline's prompt length: 77 for IF, 120 for PixArt-α).
 
     Ids follow T5: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2; a ``</s>`` is appended to every sequence.
     Whole words score higher than their spelling, so a known word is always one token.
@@ -321,7 +337,7 @@ def _if_tokenizer() -> Any:
     first: dict[str, float] = {}
     for piece, score in pieces:  # "a" is both a word and a letter: keep the first (word) entry
         first.setdefault(piece, score)
-    return t5_unigram_tokenizer(list(first.items()), model_max_length=77)
+    return t5_unigram_tokenizer(list(first.items()), model_max_length=max_length)
 
 
 def _t5_encoder(vocab_size: int, seed: int, family: str = "if", component: str = "text_encoder") -> T5EncoderModel:
@@ -410,9 +426,16 @@ def _build_if(seed: int) -> IFPipeline:
     )
 
 
+def _build_pixart(seed: int) -> DiffusionPipeline:
+    from diffloc.models.tiny_pixart import build_tiny_pixart  # it builds on this module's components
+
+    return build_tiny_pixart(seed)
+
+
 _BUILDERS: dict[str, Callable[[int], DiffusionPipeline]] = {
     "sd1": _build_sd1,
     "sd2": _build_sd2,
     "sdxl": _build_sdxl,
     "if": _build_if,
+    "pixart": _build_pixart,
 }
