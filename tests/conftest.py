@@ -16,7 +16,7 @@ from diffloc.models.tiny import build_tiny_pipeline
 
 # Tiny models gain nothing from intra-op threads, and oversubscribed cores make torch 10-100x slower.
 torch.set_num_threads(1)
-FAMILIES = ("sd1", "sd2", "sdxl", "if")
+FAMILIES = ("sd1", "sd2", "sdxl", "if", "pixart")
 
 
 def _tiny(family: str):
@@ -57,6 +57,11 @@ def tiny_flux():
 def tiny_mmdit(request):
     """Each joint-attention family's tiny model in turn (SD3, FLUX.1)."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart():
+    return _tiny("pixart")
 
 
 @pytest.fixture(params=FAMILIES)

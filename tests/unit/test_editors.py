@@ -22,16 +22,18 @@ from diffloc.models.tiny import build_tiny_pipeline
 
 REQUEST = EditRequest(concepts=("cat",), targets=("dog",))
 XATTN = "unet.xattn.1"
+#: the same cross-attention layer of each denoiser family
+XATTN_OF = {"pixart": "transformer.xattn.1"}
 
 
 #: settings the tiny models need beyond an editor's defaults (their projections have fewer than 50 channels)
 TINY_SETTINGS = {"neurons": {"top_n": 3}}
 
 
-def _config(method: str):
+def _config(method: str, family: str = "sd1"):
     """The method's config from the editor table: its defaults, one cross-attention site where it takes sites."""
     spec = EDITORS[method]
-    sites = {"sites": (XATTN,)} if spec.takes_sites else {}
+    sites = {"sites": (XATTN_OF.get(family, XATTN),)} if spec.takes_sites else {}
     return get_method(method).config_class(**sites, **TINY_SETTINGS.get(method, {}))
 
 
@@ -54,17 +56,17 @@ def test_every_method_on_every_family(tiny_model, method):
     before = model_hashes(tiny_model)
     if EDITORS[method].families and tiny_model.family not in EDITORS[method].families:
         with pytest.raises(ConfigError, match=f"defined for .* only, not {tiny_model.family}") as info:
-            compute_edit(tiny_model, REQUEST, method=method, config=_config(method))
+            compute_edit(tiny_model, REQUEST, method=method, config=_config(method, tiny_model.family))
         assert "\n" not in str(info.value) and model_hashes(tiny_model) == before
         return
-    edit = compute_edit(tiny_model, REQUEST, method=method, config=_config(method))
+    edit = compute_edit(tiny_model, REQUEST, method=method, config=_config(method, tiny_model.family))
     assert model_hashes(tiny_model) == before, "computing an edit changed the model"
     assert edit.family == tiny_model.family and edit.method == method
     with edit.applied(tiny_model):
         assert model_hashes(tiny_model) != before
     assert model_hashes(tiny_model) == before
-    if tiny_model.family == "if":
-        assert edit.notes, "the IF caveat must be stated in the result"
+    if tiny_model.family in ("if", "pixart"):
+        assert edit.notes, "the T5 caveat must be stated in the result"
 
 
 def test_quickfix_edits_every_text_encoder_of_sdxl(tiny_sdxl):
@@ -296,7 +298,7 @@ def test_no_hook_or_state_left_behind(tiny_model):
     before = tiny_model.adapter.encode(tiny_model.pipe, ["a photo of cat"]).hidden
     hooks = installed_hook_count(tiny_model)  # after a first encode: transformers installs its own lazily
     compute_edit(tiny_model, REQUEST)  # quickfix stops the text encoder mid-forward
-    if tiny_model.family != "if":  # the tiny T5 vocabulary splits "cats" into "cat" + "s"
+    if tiny_model.family not in ("if", "pixart"):  # the tiny T5 vocabulary splits "cats" into "cat" + "s"
         with pytest.raises(PromptError):
             compute_edit(tiny_model, EditRequest(concepts=("cat",), targets=("dog",), templates=("{}s in a field",)))
     assert installed_hook_count(tiny_model) == hooks

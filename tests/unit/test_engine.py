@@ -24,7 +24,7 @@ def _corrupt(model, std=2.0, seed=1):
 
 
 def test_empty_intervention_equals_clean_bit_exactly(tiny_model):
-    unet = tuple(s.name for s in tiny_model.sites if s.component == "unet")
+    denoiser = tuple(s.name for s in tiny_model.sites.denoiser_sites(projections=True))
     plain = [Run(prompt=PROMPT, seed=3), Run(prompt="a blue square", seed=4)]
     empty = [
         Run(prompt=PROMPT, seed=3, interventions=(Restore(sites=(), source=1),)),
@@ -32,7 +32,7 @@ def test_empty_intervention_equals_clean_bit_exactly(tiny_model):
         Run(
             prompt="a blue square",
             seed=4,
-            interventions=(Restore(sites=unet, source=1), SetChannels(site="unet.res.0", channels=())),
+            interventions=(Restore(sites=denoiser, source=1), SetChannels(site=denoiser[0], channels=())),
         ),
     ]
     assert torch.equal(generate_runs(tiny_model, plain, config=CFG), generate_runs(tiny_model, empty, config=CFG))
@@ -61,13 +61,11 @@ def test_corruption_changes_the_image_and_zero_noise_does_not(tiny_model):
 
 
 def test_restoring_every_unet_site_reproduces_the_clean_image(tiny_model):
-    unet = tuple(
-        s.name for s in tiny_model.sites if s.component == "unet" and s.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V)
-    )
+    denoiser = tuple(s.name for s in tiny_model.sites.denoiser_sites())
     runs = [
         Run(prompt=PROMPT, seed=0),
         Run(prompt=PROMPT, seed=0, interventions=(_corrupt(tiny_model),)),
-        Run(prompt=PROMPT, seed=0, interventions=(_corrupt(tiny_model), Restore(sites=unet, source=0))),
+        Run(prompt=PROMPT, seed=0, interventions=(_corrupt(tiny_model), Restore(sites=denoiser, source=0))),
     ]
     clean, corrupt, restored = generate_runs(tiny_model, runs, config=CFG)
     assert not torch.equal(clean, corrupt)
@@ -171,14 +169,15 @@ def test_no_hook_remains_after_an_exception(tiny_model):
     def boom(module, args, kwargs, output):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), patch(tiny_model, outputs={"unet.xattn.3": boom}):
+    xattn = [s.name for s in tiny_model.sites.denoiser_sites(SiteKind.XATTN)]
+    with pytest.raises(RuntimeError, match="boom"), patch(tiny_model, outputs={xattn[3]: boom}):
         generate(tiny_model, PROMPT, config=CFG)
     assert installed_hook_count(tiny_model) == before
     # An engine-level failure (bad channel index raised inside a hook) leaves nothing behind either.
     with pytest.raises(ConfigError):
         generate_runs(
             tiny_model,
-            [Run(prompt=PROMPT, interventions=(SetChannels(site="unet.xattn.0", channels=(99_999,)),))],
+            [Run(prompt=PROMPT, interventions=(SetChannels(site=xattn[0], channels=(99_999,)),))],
             config=CFG,
         )
     assert installed_hook_count(tiny_model) == before

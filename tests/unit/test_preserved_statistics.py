@@ -20,6 +20,7 @@ from diffloc.editing import (
 from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.editing.states import EncodedPrompt
 from diffloc.errors import ConfigError, EditError
+from diffloc.sites import SiteKind
 
 REQUEST = EditRequest(
     concepts=("cat",), targets=("dog",), preserve=("house",), preserve_prompts=("a red car on a hill",)
@@ -30,6 +31,14 @@ CONFIGS = {
 }
 
 
+def _config_for(model, method):
+    """``CONFIGS[method]`` with its cross-attention layer named in ``model``'s denoiser."""
+    config = CONFIGS[method]
+    if method != "locoedit":
+        return config
+    return replace(config, sites=(model.sites.denoiser_sites(SiteKind.XATTN)[1].name,))
+
+
 def _assert_same_weights(a, b):
     assert a.parameters == b.parameters
     for key in a.parameters:
@@ -38,7 +47,7 @@ def _assert_same_weights(a, b):
 
 @pytest.mark.parametrize("method", ["quickfix", "locoedit"])
 def test_reused_statistics_give_the_fresh_edit(tiny_model, method):
-    config = CONFIGS[method]
+    config = _config_for(tiny_model, method)
     before = model_hashes(tiny_model)
     stats = preservation_statistics(tiny_model, REQUEST, method=method, config=config)
     assert model_hashes(tiny_model) == before, "computing statistics changed the model"
@@ -63,7 +72,7 @@ def test_locoedit_statistics_serve_any_sites(tiny_sd1):
 
 
 def test_locoedit_statistics_keep_the_target_prompts_for_edits_to_that_target(tiny_model):
-    config = CONFIGS["locoedit"]
+    config = _config_for(tiny_model, "locoedit")
     stats = preservation_statistics(tiny_model, REQUEST, method="locoedit", config=config)
     assert stats.targets and {target for _, target in stats.targets} == {"dog"}
     same_target = replace(REQUEST, concepts=("bird",))  # another concept mapped to the same target

@@ -93,8 +93,7 @@ def test_a_restore_leaves_the_unconditional_rows_untouched(tiny_model):
 
 @pytest.mark.parametrize("source", ["same-latent", "trajectory"])
 def test_restoring_every_unet_site_reproduces_the_clean_image(tiny_model, source):
-    sites = tuple(s.name for s in tiny_model.sites if s.component == "unet" and s.kind in (
-        SiteKind.RES, SiteKind.SATTN, SiteKind.XATTN, SiteKind.FF))  # fmt: skip
+    sites = tuple(s.name for s in tiny_model.sites.denoiser_sites())
     corrupt = _corrupt(tiny_model)
     runs = [
         Run(prompt=PROMPT, seed=0),
@@ -108,12 +107,13 @@ def test_restoring_every_unet_site_reproduces_the_clean_image(tiny_model, source
 
 def test_controls_restore_nothing_under_same_latent(tiny_model):
     """Sites before the first cross-attention cannot read the text: restoring them on the run's own latent is a
-    no-op. SD-XL and IF feed pooled text into the time embedding, so there no site is text-blind."""
+    no-op. SD-XL and IF feed pooled text into the time embedding, so there no site is text-blind; PixArt's
+    adaLN-single embeds the timestep alone, and its first block's self-attention runs before any cross-attention."""
     controls = tiny_model.adapter.text_blind_sites(tiny_model.pipe, tiny_model.sites)
     if tiny_model.family in ("sdxl", "if"):
         assert controls == []
         return
-    assert controls == ["unet.res.0", "unet.sattn.0"]
+    assert controls == (["transformer.sattn.0"] if tiny_model.family == "pixart" else ["unet.res.0", "unet.sattn.0"])
     corrupt = _corrupt(tiny_model)
     runs = [Run(prompt=PROMPT, seed=0), Run(prompt=PROMPT, seed=0, interventions=(corrupt,))]
     runs += [Run(prompt=PROMPT, seed=0, interventions=(corrupt, Restore(sites=(c,), source=0))) for c in controls]
@@ -126,8 +126,10 @@ def test_controls_restore_nothing_under_same_latent(tiny_model):
     assert gap > 100 * ROW_ATOL
     for image in restored[: len(controls)]:
         assert (image - corrupted).abs().max() <= 1e-4 * gap
-    # the clean trajectory's latent comes along with a trajectory restore: the ResNet before any text moves it
-    assert (restored[len(controls)] - corrupted).abs().max() > 0.1 * gap
+    # the clean trajectory's latent comes along with a trajectory restore: the ResNet before any text moves it (a
+    # PixArt block's self-attention is gated by adaLN-single, small at random init: it moves the image less)
+    share = 1e-4 if tiny_model.family == "pixart" else 0.1
+    assert (restored[len(controls)] - corrupted).abs().max() > share * gap
 
 
 def test_corruption_lands_only_on_the_subject_positions(tiny_model):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.engine.hooks import patch
 from diffloc.errors import UnknownSiteError
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
-from diffloc.models.full_configs import full_size_unet_config
+from diffloc.models.full_configs import full_size_transformer_config, full_size_unet_config
+from diffloc.models.transformer_sites import transformer_sites
 from diffloc.models.unet_sites import unet_sites
 from diffloc.sites import SiteKind, SiteRole, short_label
 
@@ -60,9 +61,19 @@ def test_full_size_if_uses_add_kv_projections():
     assert len(k_sites) == len(xattn) and all(s.module_path.endswith("add_k_proj") for s in k_sites)
 
 
+def _meta_denoiser_sites(model):
+    """The full-size denoiser's sites of ``model``'s family, from its published config on the meta device."""
+    if model.family == "pixart":
+        with torch.device("meta"):
+            return transformer_sites(PixArtTransformer2DModel.from_config(full_size_transformer_config("pixart")))
+    return unet_sites(_meta_unet(model.family), model.adapter.site_table)
+
+
 def test_tiny_counts_equal_full_size(tiny_model):
-    tiny = [s for s in tiny_model.sites if s.component == "unet"]
-    assert _counts(tiny) == _counts(unet_sites(_meta_unet(tiny_model.family), tiny_model.adapter.site_table))
+    tiny = tiny_model.sites.denoiser_sites(projections=True)
+    full = _meta_denoiser_sites(tiny_model)
+    assert _counts(tiny) == _counts(full)
+    assert [(s.name, s.module_path, s.kind) for s in tiny] == [(s.name, s.module_path, s.kind) for s in full]
 
 
 def test_site_order_equals_execution_order(tiny_model):
@@ -106,12 +117,12 @@ def test_unknown_site_errors_name_close_matches(tiny_sd1):
 
 
 def test_role_helpers_select_what_the_name_globs_did(tiny_model):
-    sites = tiny_model.sites
+    sites, net = tiny_model.sites, tiny_model.adapter.denoiser_component  # the denoiser's site prefix
     names = lambda chosen: [s.name for s in chosen]  # noqa: E731
-    assert names(sites.denoiser_sites()) == names(sites.select("unet.*"))
-    assert names(sites.denoiser_sites(SiteKind.XATTN)) == names(sites.select("unet.xattn.*"))
-    assert names(sites.denoiser_sites(SiteKind.XATTN_K)) == names(sites.select("unet.xattn.*.k"))
-    assert names(sites.denoiser_sites(projections=True)) == [s.name for s in sites if s.name.startswith("unet.")]
+    assert names(sites.denoiser_sites()) == names(sites.select(f"{net}.*"))
+    assert names(sites.denoiser_sites(SiteKind.XATTN)) == names(sites.select(f"{net}.xattn.*"))
+    assert names(sites.denoiser_sites(SiteKind.XATTN_K)) == names(sites.select(f"{net}.xattn.*.k"))
+    assert names(sites.denoiser_sites(projections=True)) == [s.name for s in sites if s.name.startswith(f"{net}.")]
     assert names(sites.text_sites()) == [s.name for s in sites if s.name.split(".")[0] in ("text", "text2")]
     assert names(sites.text_sites(SiteKind.TEXT_EMBED)) == names(sites.select("text*.embed"))
     assert {s.role for s in sites.denoiser_sites(projections=True)} == {SiteRole.DENOISER}

@@ -14,7 +14,7 @@ from diffloc.engine.finite import check_images, check_latents, check_text_states
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Intervention, Restore, Run, compile_runs, denoiser_hooks
 from diffloc.errors import ConfigError, PromptError
-from diffloc.models.base import DECODE_BATCH, Conditioning, LoadedModel
+from diffloc.models.base import CONTEXT_MASK, DECODE_BATCH, Conditioning, LoadedModel
 from diffloc.validate import check_count, check_guidance, check_image_side, check_model_steps, check_seed, check_steps
 
 #: ``progress(done, total)`` called after each denoising step
@@ -207,12 +207,17 @@ def generate_runs(
     cond = encoded.take(plan.text_rows)
     check_text_states(cond.hidden, runs)
     swap_context: dict[str, torch.Tensor] = {}
+    swap_masks: dict[str, torch.Tensor] = {}
     if plan.swap_prompts:
-        swapped = attention_context(model, adapter.encode(pipe, plan.swap_prompts).hidden)
+        swapped_cond = adapter.encode(pipe, plan.swap_prompts)
+        swapped = attention_context(model, swapped_cond.hidden)
         swap_context = {p: swapped[i] for i, p in enumerate(plan.swap_prompts)}
+        masks = swapped_cond.added.get(CONTEXT_MASK)  # PixArt: the swapped prompt's padding stays hidden
+        if masks is not None:
+            swap_masks = {p: masks[i] for i, p in enumerate(plan.swap_prompts)}
     layout = BatchLayout(runs=len(runs), cfg=classifier_free(model, config), shadows=len(plan.shadows))
     shadow_cond = encoded.take([plan.text_rows[s.text_of] for s in plan.shadows]) if plan.shadows else None
-    outputs, inputs = denoiser_hooks(model, plan, layout, swap_context)
+    outputs, inputs = denoiser_hooks(model, plan, layout, swap_context, swap_masks)
     with patch(model, outputs=outputs, inputs=inputs):
         return sample(
             model, cond, seeds=[r.seed for r in runs], config=config, progress=progress,

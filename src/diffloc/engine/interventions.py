@@ -21,7 +21,7 @@ Interventions:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -316,8 +316,17 @@ def denoiser_hooks(
     plan: CompiledBatch,
     layout: BatchLayout,
     swap_context: dict[str, torch.Tensor],
+    swap_masks: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, OutputHook], dict[str, InputHook]]:
-    """Build one output hook per denoiser site with restore/set ops and one input hook per swapped site."""
+    """Build one output hook per denoiser site with restore/set ops and one input hook per swapped site.
+
+    ``swap_masks`` holds each swapped prompt's context mask where the denoiser hides padded tokens from
+    cross-attention (PixArt): a swapped layer then reads the other prompt's states under that prompt's mask.
+
+    Raises:
+        ConfigError: a ``.k``/``.v`` projection alone is swapped where contexts carry masks (the layer's mask
+            would stay the run's own, hiding the other prompt's tokens or showing its padding).
+    """
     outputs: dict[str, OutputHook] = {}
     for name, ops in plan.denoiser_ops.items():
         site = model.site(name)
@@ -326,8 +335,16 @@ def denoiser_hooks(
     for name, swaps in plan.denoiser_swaps.items():
         rows = layout.cond_rows([r for r, _ in swaps])
         values = torch.stack([swap_context[p] for _, p in swaps])  # (n, tokens, dim)
-        whole = model.site(name).kind in {SiteKind.XATTN} | CONTEXT_READING_BLOCKS
-        inputs[name] = _swap_hook(rows, values, whole_layer=whole)
+        whole_layer = model.site(name).kind in {SiteKind.XATTN} | CONTEXT_READING_BLOCKS
+        masks = None
+        if swap_masks:
+            if not whole_layer:
+                raise ConfigError(
+                    f"site {name!r}: {model.family} hides each prompt's padding from cross-attention, so a swapped "
+                    f"context needs its own mask; swap the whole layer {name.rsplit('.', 1)[0]!r} instead"
+                )
+            masks = torch.stack([swap_masks[p] for _, p in swaps])  # (n, tokens)
+        inputs[name] = _swap_hook(rows, values, whole_layer=whole_layer, masks=masks)
     return outputs, inputs
 
 
@@ -367,11 +384,19 @@ def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: B
     return hook
 
 
-def _swap_hook(rows: torch.Tensor, values: torch.Tensor, *, whole_layer: bool) -> InputHook:
-    """Replace the text context of ``rows``: the attention's ``encoder_hidden_states`` or a projection's input."""
+def _swap_hook(
+    rows: torch.Tensor, values: torch.Tensor, *, whole_layer: bool, masks: torch.Tensor | None = None
+) -> InputHook:
+    """Replace the text context of ``rows``: the attention's ``encoder_hidden_states`` or a projection's input,
+    and with ``masks`` (``(rows, tokens)``, 1 = read) the attention's mask of those rows, as the additive bias
+    the transformer gives its attention layers (0 where read, -10000 where hidden)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if whole_layer:
+            if masks is not None and kwargs.get("attention_mask") is not None:
+                bias = kwargs["attention_mask"].clone()  # (batch, 1, tokens)
+                bias[rows] = ((1 - masks.to(bias.dtype)) * -10000.0).unsqueeze(1).to(bias.device)
+                kwargs = {**kwargs, "attention_mask": bias}
             if kwargs.get("encoder_hidden_states") is not None:
                 ctx = kwargs["encoder_hidden_states"].clone()
                 ctx[rows] = values.to(ctx.dtype)
