@@ -96,11 +96,13 @@ def test_restoring_the_last_text_layers_reproduces_clean(tiny_model):
 
 # Not SD-XL (pooled text embedding) nor IF (addition_embed_type "text" pools the context into the time
 # embedding): there text also enters outside cross-attention, and a swap keeps the run's own prompt there.
-@pytest.mark.parametrize("family", ["sd1", "sd2"])
+# PixArt: text enters through cross-attention alone, and each swapped layer reads the other prompt under its own
+# padding mask (a shorter prompt than PROMPT).
+@pytest.mark.parametrize("family", ["sd1", "sd2", "pixart"])
 def test_swapping_every_cross_attention_context_equals_generating_the_other_prompt(family, request):
     model = request.getfixturevalue(f"tiny_{family}")
     other = "a blue square"
-    xattn = tuple(s.name for s in model.sites.select("unet.xattn.*"))
+    xattn = tuple(s.name for s in model.sites.denoiser_sites(SiteKind.XATTN))
     runs = [
         Run(prompt=other, seed=2),
         Run(prompt=PROMPT, seed=2, interventions=(SwapContext(sites=xattn, prompt=other),)),

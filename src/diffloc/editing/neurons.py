@@ -131,6 +131,11 @@ def _detect(model: LoadedModel, request: EditRequest, config: NeuronConfig) -> t
     if not concept_prompts or not neutral_prompts:
         raise PromptError("empty prompt list; the neuron edit needs concept and neutral prompts")
     rows = concept_prompts + neutral_prompts
+    if config.mode == "paper" and not model.adapter.reads_padding(model.pipe):
+        raise ConfigError(
+            f"neuron ablation mode='paper' reads the last padding slot, which a {model.family} model's "
+            "cross-attention never reads (its pipeline masks the padding); use mode='weights'"
+        )
     if config.mode == "paper":
         states = last_slot_states(model, [r[0] for r in rows])
     else:
@@ -204,7 +209,7 @@ def compute_neurons(model: LoadedModel, request: EditRequest, config: NeuronConf
         request=request.to_dict(),
         config=asdict(config),
         stats=stats,
-        notes=notes if config.ablation == "mean" else (),
+        notes=model.adapter.edit_caveats("neurons") + (notes if config.ablation == "mean" else ()),
     )
 
 

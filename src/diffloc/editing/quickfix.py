@@ -251,8 +251,8 @@ def compute_quickfix(
             "edit": int(edit_k.shape[0]),
             "preserve": gram.rows if gram is not None else 0,
         }
-    notes = []
-    if any(not is_causal_clip(getattr(pipe, s.component)) for s in specs):
+    notes = list(model.adapter.edit_caveats("quickfix"))
+    if not notes and any(not is_causal_clip(getattr(pipe, s.component)) for s in specs):
         notes.append(IF_NOTE)
     if config.faithful:
         notes.append(FAITHFUL_NOTE)

@@ -294,6 +294,11 @@ class ModelAdapter(ABC):
         """Whether text reaches the denoiser's time embedding (SD-XL's pooled ``text_time``, IF's ``text``), and
         so every block, not only the cross-attention layers."""
 
+    def reads_padding(self, pipe: Any) -> bool:
+        """Whether the denoiser's cross-attention reads the padded text positions (a UNet does; PixArt's pipeline
+        masks them, :data:`CONTEXT_MASK`)."""
+        return True
+
     def edit_caveats(self, method: str) -> tuple[str, ...]:
         """What a user should know about an edit made by ``method`` on this family (saved in the edit's notes)."""
         return ()

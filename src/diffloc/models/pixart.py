@@ -135,6 +135,10 @@ class PixArtAdapter(ModelAdapter):
         """Never: adaLN-single embeds the timestep (and α-1024's resolution and aspect ratio), not the text."""
         return False
 
+    def reads_padding(self, pipe: Any) -> bool:
+        """Never: the pipeline's mask hides the padding from cross-attention."""
+        return False
+
     def edit_caveats(self, method: str) -> tuple[str, ...]:
         return PIXART_EDIT_CAVEATS.get(method, ())
 
