@@ -1,6 +1,8 @@
-"""Benchmark: what full size costs — SD-1.5 and SD-XL with random weights, every step a user runs.
+"""Benchmark: what full size costs — SD-1.5, SD-XL and PixArt-α with random weights, every step a user runs.
 
-Run: ``python bench/full_size.py [--device cpu|cuda] [--size N] [--families sd1,sdxl] [--dtypes float32,bfloat16]``
+Run: ``python bench/full_size.py [--device cpu|cuda] [--size N] [--families sd1,sdxl,pixart]
+[--dtypes float32,bfloat16]`` (PixArt-α is not in the default families: its T5-XXL encoder is 19 GB in float32,
+9.5 GB in bfloat16, and encoding on a CPU takes minutes)
 
 Both pipelines are built offline from their published configs (:mod:`diffloc.models.full_size`: real
 module structure and parameter counts, random weights), so no checkpoint is downloaded. For each family
@@ -8,10 +10,10 @@ and dtype it runs and times:
 
 * **build** the pipeline (its weights' size is printed);
 * **sites**: the site table;
-* **UNet forward**, one batch of 8 rows (4 runs with classifier-free guidance, as below), **VAE decode** of
-  4 images, and **generate** those 4 runs for 2 steps: peak memory measured against the estimate
-  ``--max-batch auto`` plans with (:mod:`diffloc.models.memory`); the ratio must stay within 30 %;
-* **trace**: a 2-step causal trace of 2 UNet sites (clean, corrupted and 2 restored runs in one batch);
+* **denoiser forward** (the UNet, PixArt's transformer), one batch of 8 rows (4 runs with classifier-free
+  guidance, as below), **VAE decode** of 4 images, and **generate** those 4 runs for 2 steps: peak memory
+  measured against the estimate ``--max-batch auto`` plans with (:mod:`diffloc.models.memory`); the ratio must stay within 30 %;
+* **trace**: a 2-step causal trace of 2 cross-attention sites (clean, corrupted and 2 restored runs in one batch);
 * **quickfix** (Diff-QuickFix) and **locoedit** (LocoEdit on 2 cross-attention layers), computed.
 
 Peak memory is tensor memory allocated by the step above what was held before it (weights excluded): the
@@ -46,11 +48,12 @@ from diffloc.models.full_size import build_full_size_pipeline
 from diffloc.models.memory import estimate, free_bytes
 from diffloc.models.placement import DTYPES, resolve_device
 from diffloc.models.registry import load
+from diffloc.sites import SiteKind
 from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
 
 #: Full resolution of each family, used on a GPU.
-NATIVE_SIZE = {"sd1": 512, "sdxl": 1024}
+NATIVE_SIZE = {"sd1": 512, "sdxl": 1024, "pixart": 1024}
 CPU_SIZE = 256
 RUNS = 4  # clean, corrupted and two restored runs: one trace item of 2 sites
 STEPS = 2
@@ -104,12 +107,13 @@ def bench(family: str, dtype_name: str, device: torch.device, size: int) -> list
     ratios = []
     rows = 2 * RUNS
     cond = model.adapter.encode(model.pipe, [PROMPT] * rows)
-    _, lat_h, lat_w = model.adapter.latent_shape(model.pipe, size, size)
-    latents = torch.randn(rows, 4, lat_h, lat_w, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    channels, lat_h, lat_w = model.adapter.latent_shape(model.pipe, size, size)
+    latents = torch.randn(rows, channels, lat_h, lat_w, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.inference_mode():
-        call = lambda: model.denoiser(latents, 999, **model.adapter.denoiser_kwargs(cond)).sample  # noqa: E731
+        kwargs, t = model.adapter.denoiser_kwargs(cond), torch.tensor(999, device=device)
+        call = lambda: model.adapter.predict_noise(model.pipe, latents, t, kwargs)  # noqa: E731
         _, seconds, peak = timed(device, call)
-        row(family, dtype_name, f"UNet forward, {rows} rows", seconds, peak, rows * est.row_bytes / 2**20)
+        row(family, dtype_name, f"denoiser forward, {rows} rows", seconds, peak, rows * est.row_bytes / 2**20)
         ratios.append(rows * est.row_bytes / 2**20 / peak)
         decode = lambda: model.adapter.decode(model.pipe, latents[:RUNS], batch=RUNS)  # noqa: E731
         _, seconds, peak = timed(device, decode)
@@ -123,7 +127,7 @@ def bench(family: str, dtype_name: str, device: torch.device, size: int) -> list
     row(family, dtype_name, f"generate {RUNS} runs, {STEPS} steps", seconds, peak, expected)
     ratios.append(expected / peak)
 
-    xattn = [s.name for s in model.sites.select("unet.xattn.*")]
+    xattn = [s.name for s in model.sites.denoiser_sites(SiteKind.XATTN)]
     picked = [xattn[len(xattn) // 2], xattn[len(xattn) // 2 + 1]]
     trace = TraceConfig(seeds=(0,), steps=STEPS, guidance=7.5, max_batch=16, height=size, width=size, bootstrap=0)
     scorer = ImageMeanScorer()
@@ -146,7 +150,7 @@ def main() -> int:
     parser.add_argument(
         "--size", type=int, default=None, help=f"image side in px (default {CPU_SIZE} on cpu, native on cuda)"
     )
-    parser.add_argument("--families", default="sd1,sdxl", help="comma-separated: sd1, sdxl (default both)")
+    parser.add_argument("--families", default="sd1,sdxl", help="comma-separated: sd1, sdxl, pixart (default sd1,sdxl)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default float32,bfloat16)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: all cores)")
     args = parser.parse_args()

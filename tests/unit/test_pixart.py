@@ -133,9 +133,13 @@ def test_micro_conditions_follow_the_sampled_size():
     pipe.transformer = PixArtTransformer2DModel.from_config(config).eval()
     adapter = PixArtAdapter()
     cond = adapter.encode(pipe, ["a red circle", "a cat"])
-    assert cond.added["resolution"].tolist() == [[128.0, 128.0]] * 2 and cond.added["aspect_ratio"].tolist() == [[1.0]] * 2
+    assert (
+        cond.added["resolution"].tolist() == [[128.0, 128.0]] * 2 and cond.added["aspect_ratio"].tolist() == [[1.0]] * 2
+    )
     wide = adapter.for_size(cond, 128, 256)
-    assert wide.added["resolution"].tolist() == [[128.0, 256.0]] * 2 and wide.added["aspect_ratio"].tolist() == [[0.5]] * 2
+    assert (
+        wide.added["resolution"].tolist() == [[128.0, 256.0]] * 2 and wide.added["aspect_ratio"].tolist() == [[0.5]] * 2
+    )
     x, t = torch.randn(2, 4, 16, 32), torch.tensor(500)
     with torch.no_grad():
         ours = adapter.predict_noise(pipe, x, t, adapter.denoiser_kwargs(wide))
@@ -181,8 +185,11 @@ def test_causal_trace_of_blocks_round_trips_and_marks_its_control(tiny_pixart, s
 def test_attribution_equals_exact_patching_through_the_transformer(tiny_pixart):
     """At small noise a restore acts linearly on the score: the gradient estimate of every cross-attention layer's
     effect agrees with exact patching to 5 % where the effect is at least a tenth of the largest."""
-    kwargs = dict(scorer=DetectorScorer(log_probability=True), sites="transformer.xattn.*",
-                  config=TraceConfig(seeds=(0,), steps=3, guidance=4.0, noise=0.05, bootstrap=0, max_batch=80))
+    kwargs = dict(
+        scorer=DetectorScorer(log_probability=True),
+        sites="transformer.xattn.*",
+        config=TraceConfig(seeds=(0,), steps=3, guidance=4.0, noise=0.05, bootstrap=0, max_batch=80),
+    )
     before = model_hashes(tiny_pixart)
     exact = causal_trace(tiny_pixart, PROMPT, "van gogh", "a blue diamond", **kwargs)
     estimated = causal_trace(tiny_pixart, PROMPT, "van gogh", "a blue diamond", method="attribution", **kwargs)
@@ -238,7 +245,7 @@ def test_each_edit_applies_reverts_and_round_trips_bit_exactly(tiny_pixart, meth
 
 
 def test_paper_neuron_ablation_is_refused_in_one_line(tiny_pixart):
-    with pytest.raises(ConfigError, match="mode='paper' reads the last padding slot.*pixart.*use mode='weights'"):
+    with pytest.raises(ConfigError, match=r"mode='paper' reads the last padding slot.*pixart.*use mode='weights'"):
         compute_ablation(tiny_pixart, REQUEST, NeuronConfig(sites=("transformer.xattn.1",), top_n=3, mode="paper"))
 
 
@@ -257,3 +264,22 @@ def test_structure_from_configs_and_the_sites_command(tmp_path, capsys):
 def test_memory_estimate_scales_with_the_token_count(tiny_pixart):
     small, large = estimate(tiny_pixart, height=64, width=64), estimate(tiny_pixart, height=128, width=128)
     assert large.row_bytes == pytest.approx(4 * small.row_bytes, rel=0.01)
+
+
+def test_full_size_pixart_has_the_published_structure():
+    """Built on the meta device (no weights): PixArt-α XL-2's 0.6 B-parameter transformer and T5-XXL's encoder."""
+    from diffloc.models.base import LoadedModel
+    from diffloc.models.full_size import build_full_size_pipeline
+
+    with torch.device("meta"):
+        pipe = build_full_size_pipeline("pixart", device="meta")
+    adapter = PixArtAdapter()
+    model = LoadedModel(pipe=pipe, adapter=adapter, sites=adapter.build_sites(pipe))
+    assert (
+        len(model.sites.denoiser_sites(SiteKind.XATTN)) == 28 and len(model.sites.text_sites(SiteKind.TEXT_LAYER)) == 24
+    )
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == 611_349_152
+    assert model.module("transformer.xattn.0.k").in_features == 1152 and pipe.text_encoder.config.d_model == 4096
+    assert model.adapter.default_size(pipe) == (1024, 1024)
+    est = estimate(model)  # 4096 image tokens of width 1152 per row
+    assert est.row_bytes == 4 * (10 * 1152 * 4096 + (4 + 8) * 128 * 128)

@@ -222,11 +222,11 @@ def load(
 
     Args:
         model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"``,
-            ``"tiny-if"``, ``"tiny-sd3"``, ``"tiny-flux"`` or ``"tiny-pixart"`` (seeded random tiny models of each real
-            architecture, built in-process, for trying the mechanics); a local diffusers directory; an id present
-            in the local Hugging Face cache; or an already-built diffusers pipeline object.
-        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux``, ``pixart``); normally
-            inferred from the pipeline class and config.
+            ``"tiny-if"``, ``"tiny-sd3"``, ``"tiny-flux"`` or ``"tiny-pixart"`` (seeded random tiny models of
+            each real architecture, built in-process, for trying the mechanics); a local diffusers directory; an id
+            present in the local Hugging Face cache; or an already-built diffusers pipeline object.
+        family: force the family label (``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux``, ``pixart``);
+            normally inferred from the pipeline class and config.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` … (``None``/``"auto"``: CUDA when available, else CPU). An
             in-memory pipeline stays where it is unless ``device`` or ``dtype`` is given.
         dtype: parameter dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or the torch dtype; ``None``:

@@ -10,7 +10,8 @@ VAE the tiny SD autoencoder, the scheduler the DPM-Solver++ multistep sampler Pi
 
 At its small sample size the transformer embeds the timestep alone, as PixArt-α at 256 and 512 px and PixArt-Σ
 do (diffusers turns the resolution and aspect-ratio micro-conditions on at a sample size of 128, the 1024 px
-α model, and the pipeline passes them only then). Weights are a pure function of the seed, as for every tiny family (:mod:`diffloc.models.tiny`).
+α model, and the pipeline passes them only then). Weights are a pure function of the seed, as for every tiny
+family (:mod:`diffloc.models.tiny`).
 """
 
 from __future__ import annotations
