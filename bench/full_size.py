@@ -12,7 +12,8 @@ and dtype it runs and times:
 * **sites**: the site table;
 * **denoiser forward** (the UNet, PixArt's transformer), one batch of 8 rows (4 runs with classifier-free
   guidance, as below), **VAE decode** of 4 images, and **generate** those 4 runs for 2 steps: peak memory
-  measured against the estimate ``--max-batch auto`` plans with (:mod:`diffloc.models.memory`); the ratio must stay within 30 %;
+  measured against the estimate ``--max-batch auto`` plans with (:mod:`diffloc.models.memory`); the ratio must
+  stay within 30 %;
 * **trace**: a 2-step causal trace of 2 cross-attention sites (clean, corrupted and 2 restored runs in one batch);
 * **quickfix** (Diff-QuickFix) and **locoedit** (LocoEdit on 2 cross-attention layers), computed.
 
