@@ -92,11 +92,11 @@ def _clip(kind: str, settings: dict[str, Any], tokenizer: Any, seed: int) -> Any
 
 def _t5_xxl(dtype: torch.dtype, device: torch.device, seed: int) -> Any:
     """T5-XXL's encoder built on the meta device, cast, then given storage and initialised (norm scales: one)."""
-    import transformers
+    from transformers import T5Config, T5EncoderModel
 
+    model_class: Any = T5EncoderModel  # transformers types its constructor through a decorator mypy misreads
     with torch.device("meta"):
-        config: Any = transformers.T5Config(**_T5_XXL)
-        encoder = transformers.T5EncoderModel(config)
+        encoder = model_class(T5Config(**_T5_XXL))
     encoder = encoder.to(dtype=dtype).to_empty(device=device)
     _seeded_init(encoder, seed)
     with torch.no_grad():
