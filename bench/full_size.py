@@ -1,8 +1,8 @@
 """Benchmark: what full size costs — SD-1.5, SD-XL and PixArt-α with random weights, every step a user runs.
 
 Run: ``python bench/full_size.py [--device cpu|cuda] [--size N] [--families sd1,sdxl,pixart]
-[--dtypes float32,bfloat16]`` (PixArt-α is not in the default families: its T5-XXL encoder is 19 GB in float32,
-9.5 GB in bfloat16, and encoding on a CPU takes minutes)
+[--dtypes float32,bfloat16]`` (PixArt-α is not in the default families: with its T5-XXL encoder its weights are
+20.3 GiB in float32 and 10.2 GiB in bfloat16)
 
 Both pipelines are built offline from their published configs (:mod:`diffloc.models.full_size`: real
 module structure and parameter counts, random weights), so no checkpoint is downloaded. For each family

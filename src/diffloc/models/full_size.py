@@ -133,7 +133,7 @@ def build_full_size_pipeline(
     family: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
 ) -> Any:
     """A full-size pipeline of ``family`` (``sd1``, ``sd2``, ``sdxl``, ``pixart``) with random weights, on
-    ``device`` in ``dtype``, built offline (seconds; PixArt's T5-XXL takes minutes on a CPU).
+    ``device`` in ``dtype``, built offline.
 
     Raises:
         ConfigError: another family.
