@@ -1,7 +1,7 @@
 """Real checkpoints, when their weights are on local disk (skipped otherwise).
 
-Point ``DIFFLOC_SD15``, ``DIFFLOC_SDXL``, ``DIFFLOC_IF`` or ``DIFFLOC_PIXART`` (PixArt-α or -Σ) at a local diffusers directory (or a model id
-already in the Hugging Face cache) to run these; nothing is ever downloaded.
+Point ``DIFFLOC_SD15``, ``DIFFLOC_SDXL``, ``DIFFLOC_IF`` or ``DIFFLOC_PIXART`` (PixArt-α or -Σ) at a local diffusers
+directory (or a model id already in the Hugging Face cache) to run these; nothing is ever downloaded.
 """
 
 from __future__ import annotations

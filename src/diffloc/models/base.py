@@ -373,12 +373,12 @@ class LoadedModel:
 
     @property
     def family(self) -> str:
-        """Family name: ``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3`` or ``flux``."""
+        """Family name: ``sd1``, ``sd2``, ``sdxl``, ``if``, ``sd3``, ``flux`` or ``pixart``."""
         return self.adapter.family
 
     @property
     def denoiser(self) -> Any:
-        """The network that predicts the noise (the UNet of the UNet families)."""
+        """The network that predicts the noise (the UNet of the UNet families, PixArt's transformer)."""
         return self.adapter.denoiser(self.pipe)
 
     @property

@@ -256,8 +256,8 @@ def causal_trace(
         subject: the words to corrupt, e.g. ``"van gogh"``.
         attribute: the text the scorer measures, e.g. ``"in the style of van gogh"``.
         scorer: image scorer (ShapesWorld detectors, CLIP …).
-        sites: denoiser site names/globs (default ``None``: every res/sattn/xattn/ff layer, as ``unet.*`` on a
-            UNet), each restored alone; an entry
+        sites: denoiser site names/globs (default ``None``: every denoiser site but the ``.k``/``.v``
+            projections, as ``unet.*`` on a UNet or ``transformer.*`` on PixArt), each restored alone; an entry
             that is itself a list of names/globs is restored as one group (label ``a+b+…``).
         config: sweep settings (seeds, noise, ``restore_from``, intervals, validation seeds).
         validation_prompts: prompts whose items (with ``config.validation_seeds``) choose the causal-site
