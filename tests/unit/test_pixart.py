@@ -249,8 +249,11 @@ def test_paper_neuron_ablation_is_refused_in_one_line(tiny_pixart):
         compute_ablation(tiny_pixart, REQUEST, NeuronConfig(sites=("transformer.xattn.1",), top_n=3, mode="paper"))
 
 
-def test_structure_from_configs_and_the_sites_command(tmp_path, capsys):
+def test_a_saved_pipeline_loads_offline_and_its_structure_from_configs(tiny_pixart, tmp_path, capsys):
     build_tiny_pipeline("pixart", seed=0).save_pretrained(tmp_path)
+    loaded = load(tmp_path, device="cpu")
+    assert loaded.family == "pixart" and loaded.fingerprint() == tiny_pixart.fingerprint()
+    assert loaded.sites.names == tiny_pixart.sites.names
     for weights in tmp_path.rglob("*.safetensors"):
         weights.unlink()
     structure = load_structure(tmp_path)
