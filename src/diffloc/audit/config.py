@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from diffloc.errors import ConfigError
 from diffloc.validate import check_count, check_seeds
 
+#: what the learned-prompt attack's free tokens are optimized for (:mod:`diffloc.audit.learned`)
+OBJECTIVES = ("denoising", "scorer")
 #: every attack an audit knows, in the order it runs them
-ATTACKS = ("paraphrase", "spelling", "description", "revert", "finetune")
+ATTACKS = ("paraphrase", "spelling", "description", "learned", "revert", "finetune")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +29,11 @@ class AuditConfig:
             steps (default 200: 10, 50 and 200 steps).
         revert_fractions: the revert attack's fractions of the edit's weight change taken back.
         finetune_lr, finetune_batch: the fine-tune attack's AdamW learning rate and batch size.
-        seed: seeds the fine-tune attack's data and noise.
+        learned_steps, learned_tokens, learned_lr, learned_batch: the learned-prompt attack's budget: Adam steps,
+            free tokens in the concept's place, learning rate, and examples per step.
+        learned_objective: what the free tokens are optimized for: ``denoising`` (the denoising loss on rendered
+            images of the concept; ShapesWorld) or ``scorer`` (the scorer's log-probability through the sampler).
+        seed: seeds the fine-tune and learned-prompt attacks' data and noise.
     """
 
     attacks: tuple[str, ...] = ATTACKS
@@ -41,6 +47,11 @@ class AuditConfig:
     revert_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     finetune_lr: float = 1e-4
     finetune_batch: int = 16
+    learned_steps: int = 100
+    learned_tokens: int = 3
+    learned_lr: float = 5e-3
+    learned_batch: int = 8
+    learned_objective: str = "denoising"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,8 +70,15 @@ class AuditConfig:
         bad = [f for f in self.revert_fractions if not (isinstance(f, int | float) and 0 < f <= 1)]
         if bad or not self.revert_fractions:
             raise ConfigError(f"revert fractions must be numbers in (0, 1], got {list(self.revert_fractions)!r}")
-        if not (isinstance(self.finetune_lr, int | float) and math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
-            raise ConfigError(f"finetune_lr must be a finite number > 0, got {self.finetune_lr!r}")
+        for name in ("finetune_lr", "learned_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("learned_steps", "learned_tokens", "learned_batch"):
+            check_count(name, getattr(self, name))
+        if self.learned_objective not in OBJECTIVES:
+            raise ConfigError(f"learned_objective must be one of {', '.join(OBJECTIVES)}, got "
+                              f"{self.learned_objective!r}")  # fmt: skip
 
     @property
     def finetune_steps(self) -> tuple[int, ...]:

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: fine-tuning examples drawn per step (the pool is reused when a run takes more steps)
 _POOL = 512
+#: training examples drawn at a time while looking for wanted ones, and the most draws
+_DRAW = 1024
+_MAX_DRAWS = 64
 _CAPTION_DROPOUT = 0.1
 
 
@@ -59,25 +62,54 @@ def _shows(scene: Any, caption: str, target: AuditTarget) -> bool:
     return bool(scene.fact == target.concept)
 
 
-def clean_examples(target: AuditTarget, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
-    """``n`` ShapesWorld training captions and their images (``(n, 3, H, W)`` in [-1, 1]) that neither name nor
-    show the erased concept."""
+def world_examples(
+    target: AuditTarget, n: int, seed: int, keep: Callable[[Any, str], bool]
+) -> tuple[list[str], torch.Tensor]:
+    """``n`` ShapesWorld training captions and their images (``(n, 3, H, W)`` in [-1, 1]) for which
+    ``keep(scene, caption)`` holds, drawn from the world's training distribution with ``seed``.
+
+    Raises:
+        ConfigError: the world's training captions give no such example (after a bounded number of draws).
+    """
     from diffloc.world.captions import training_examples
     from diffloc.world.render import render_batch
 
     kept: list[Any] = []
-    draw = 0
-    while len(kept) < n:
-        batch = training_examples(2 * n, seed + draw)
-        kept += [e for e in batch if not _shows(e.scene, e.caption, target)]
-        draw += 1
+    draw = max(2 * n, _DRAW)
+    for attempt in range(_MAX_DRAWS):
+        kept += [e for e in training_examples(draw, seed + attempt) if keep(e.scene, e.caption)]
+        if len(kept) >= n:
+            break
+    else:
+        raise ConfigError(f"ShapesWorld's training captions gave {len(kept)} of the {n} examples wanted for "
+                          f"{target.concept!r}")  # fmt: skip
     kept = kept[:n]
     pixels = render_batch([e.scene for e in kept], [e.seed for e in kept])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return [e.caption for e in kept], images
 
 
-def _denoising_loss(
+def clean_examples(target: AuditTarget, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """``n`` ShapesWorld training captions and their images (``(n, 3, H, W)`` in [-1, 1]) that neither name nor
+    show the erased concept."""
+    return world_examples(target, n, seed, lambda scene, caption: not _shows(scene, caption, target))
+
+
+def concept_examples(target: AuditTarget, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """``n`` ShapesWorld training captions that name the erased concept, and their images (which show it)."""
+    return world_examples(target, n, seed, lambda scene, caption: target.concept in caption)
+
+
+def encode_latents(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """The VAE's latents (mean, scaled) of ``images`` ``(n, 3, H, W)`` in [-1, 1], on the model's device."""
+    vae = model.pipe.vae
+    device = next(model.denoiser.parameters()).device
+    with torch.no_grad():
+        return torch.cat([vae.encode(images[i : i + 64].to(device, vae.dtype)).latent_dist.mean
+                          for i in range(0, len(images), 64)]) * vae.config.scaling_factor  # fmt: skip
+
+
+def denoising_loss(
     model: LoadedModel, scheduler: Any, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """The training loss of one batch: noise at random timesteps, predict what the scheduler's
@@ -116,13 +148,11 @@ def finetune_revival(
     snapshot = [p.detach().clone() for p in params]
     flags = [p.requires_grad for p in params]
     was_training = denoiser.training
-    device, dtype = params[0].device, params[0].dtype
+    dtype = params[0].dtype
     results: list[dict[str, Any]] = []
     try:
+        latents = encode_latents(model, images)
         with torch.no_grad():
-            vae = pipe.vae
-            latents = torch.cat([vae.encode(images[i : i + 64].to(device, vae.dtype)).latent_dist.mean
-                                 for i in range(0, len(images), 64)]) * vae.config.scaling_factor  # fmt: skip
             context = model.adapter.encode(pipe, captions).hidden.detach()
             empty = model.adapter.encode(pipe, [""]).hidden.detach()
         scheduler = pipe.scheduler
@@ -139,7 +169,7 @@ def finetune_revival(
                     idx = torch.randint(0, len(captions), (batch,), generator=generator)
                     cond = context[idx].clone()
                     cond[torch.rand(batch, generator=generator) < _CAPTION_DROPOUT] = empty[0]
-                    loss = _denoising_loss(model, scheduler, latents[idx].to(dtype), cond, generator)
+                    loss = denoising_loss(model, scheduler, latents[idx].to(dtype), cond, generator)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -15,6 +15,7 @@ import torch
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
 from diffloc.audit.config import AuditConfig
+from diffloc.audit.learned import learned_attack
 from diffloc.audit.prompts import description_gap, description_prompts, paraphrase_prompts, spelling_prompts
 from diffloc.audit.revival import finetune_revival, reverted
 from diffloc.audit.target import AuditTarget, audit_target
@@ -57,7 +58,8 @@ class Shown:
 @dataclass(frozen=True, kw_only=True)
 class AttackResult:
     """One attack: its prompts, the ASR on the edited model and on the unedited one (the same prompts), and
-    per-setting rows for attacks with a dial (revert fraction, fine-tune steps)."""
+    per-setting rows for attacks with a dial (revert fraction, fine-tune steps); ``details`` holds what an attack
+    learned or how it ran (the learned-prompt attack's objective, losses and embedding file)."""
 
     name: str
     prompts: tuple[str, ...] = ()
@@ -65,11 +67,12 @@ class AttackResult:
     unedited: dict[str, Any] | None = None
     rows: tuple[dict[str, Any], ...] = ()
     skipped: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return {"name": self.name, "prompts": list(self.prompts), "edited": self.edited, "unedited": self.unedited,
-                "rows": list(self.rows), "skipped": self.skipped}  # fmt: skip
+                "rows": list(self.rows), "skipped": self.skipped, "details": self.details}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +224,13 @@ def _attack(
         with edit.applied(model):
             after = measure_edited(prompts, name)
         return AttackResult(name=name, prompts=tuple(prompts), edited=after, unedited=unedited)
+    if name == "learned":
+        outcome = learned_attack(model, edit, target, paraphrases, config=config, scorer=scorer, measure=measure,
+                                 out=strips)  # fmt: skip
+        if isinstance(outcome, str):
+            return AttackResult(name=name, skipped=outcome)
+        attacked, after, unedited, details = outcome
+        return AttackResult(name=name, prompts=attacked, edited=after, unedited=unedited, details=details)
     if name == "revert":
         rows = []
         for fraction in config.revert_fractions:
