@@ -69,6 +69,10 @@ def test_config_refuses_bad_budgets_and_attacks_and_spreads_the_finetune_steps()
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ConfigError, match="budget"):
             AuditConfig(budget=bad)
+    for knob, bad in (("learned_steps", 0), ("learned_tokens", -1), ("learned_batch", True), ("learned_lr", 0.0),
+                      ("learned_lr", float("nan")), ("learned_objective", "clip")):  # fmt: skip
+        with pytest.raises(ConfigError, match=knob):
+            AuditConfig(**{knob: bad})
     with pytest.raises(ConfigError, match="revive"):
         AuditConfig(attacks=("revive",))
     with pytest.raises(ConfigError, match="fractions"):
@@ -76,9 +80,10 @@ def test_config_refuses_bad_budgets_and_attacks_and_spreads_the_finetune_steps()
 
 
 def test_the_cli_offers_exactly_the_libraries_attacks():
-    from diffloc.cli.audit import _ATTACK_NAMES
+    from diffloc.audit.config import OBJECTIVES
+    from diffloc.cli.audit import _ATTACK_NAMES, _OBJECTIVES
 
-    assert _ATTACK_NAMES == ATTACKS
+    assert _ATTACK_NAMES == ATTACKS and _OBJECTIVES == OBJECTIVES
 
 
 def test_revert_moves_the_edited_tensors_back_by_the_fraction():

@@ -137,13 +137,13 @@ def initial_embeddings(model: LoadedModel, phrase: str, tokens: int) -> torch.Te
     return weight[[ids[i % len(ids)] for i in range(tokens)]].float().clone()
 
 
-def nearest_tokens(model: LoadedModel, embeddings: torch.Tensor) -> list[tuple[str, float]]:
-    """Per learned embedding, the vocabulary token closest in cosine similarity, and that similarity."""
+def nearest_tokens(model: LoadedModel, embeddings: torch.Tensor) -> list[dict[str, Any]]:
+    """Per learned embedding, the vocabulary token closest in cosine similarity (``token``, ``cosine``)."""
     site, tokenizer = _embedding_site(model)
     weight = torch.nn.functional.normalize(_embedding_weight(model, site).float(), dim=1)
     cosine = torch.nn.functional.normalize(embeddings.float().to(weight.device), dim=1) @ weight.T
     best = cosine.max(dim=1)
-    return [(str(tokenizer.convert_ids_to_tokens(int(i))), round(float(v), 4))
+    return [{"token": str(tokenizer.convert_ids_to_tokens(int(i))), "cosine": round(float(v), 4)}
             for i, v in zip(best.indices, best.values, strict=True)]  # fmt: skip
 
 

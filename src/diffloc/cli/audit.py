@@ -10,10 +10,12 @@ from diffloc.atomic import check_writable_dir
 from diffloc.cli.model_args import add_model_arguments, check_model_arguments, load_model
 from diffloc.cli.sweep_args import add_allow_bin_argument, add_scorer_arguments, add_seeds_argument, seeds_of
 from diffloc.models.weight_files import check_clip_weights
-from diffloc.validate import check_model_steps, count_arg, guidance_arg, steps_arg
+from diffloc.validate import check_model_steps, count_arg, guidance_arg, positive_arg, steps_arg
 
 #: the attacks of diffloc.audit.config.ATTACKS (repeated here: the parser must not import torch)
-_ATTACK_NAMES = ("paraphrase", "spelling", "description", "revert", "finetune")
+_ATTACK_NAMES = ("paraphrase", "spelling", "description", "learned", "revert", "finetune")
+#: diffloc.audit.config.OBJECTIVES, repeated for the same reason
+_OBJECTIVES = ("denoising", "scorer")
 
 
 def _attacks_arg(text: str) -> tuple[str, ...]:
@@ -41,6 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--budget", type=count_arg("--budget"), default=200,
                         help="fine-tune attack's largest step count; it also stops at budget/20 and budget/4 "
                              "(default 200)")  # fmt: skip
+    parser.add_argument("--learned-steps", type=count_arg("--learned-steps"), default=100,
+                        help="learned-prompt attack's optimization steps (default 100)")  # fmt: skip
+    parser.add_argument("--learned-tokens", type=count_arg("--learned-tokens"), default=3,
+                        help="free tokens put in the concept's place (default 3)")  # fmt: skip
+    parser.add_argument("--learned-lr", type=positive_arg("--learned-lr"), default=5e-3,
+                        help="learned-prompt attack's Adam learning rate (default 0.005)")  # fmt: skip
+    parser.add_argument("--learned-objective", choices=_OBJECTIVES, default="denoising",
+                        help="what the free tokens are learned for: the denoising loss on rendered images of the "
+                             "concept (ShapesWorld) or the scorer through the sampler (default denoising)")  # fmt: skip
     parser.add_argument(
         "--prompts", type=count_arg("--prompts"), default=12, help="prompts per prompt attack (default 12)"
     )
@@ -66,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     edit = Edit.load(args.edit)
     config = AuditConfig(attacks=args.attacks, seeds=seeds_of(args), steps=args.steps, prompts=args.prompts,
                          guidance=default_guidance(args.model, args.guidance), max_batch=args.max_batch,
-                         budget=args.budget)  # fmt: skip
+                         budget=args.budget, learned_steps=args.learned_steps, learned_tokens=args.learned_tokens,
+                         learned_lr=args.learned_lr, learned_objective=args.learned_objective)  # fmt: skip
     check_model_arguments(args)
     check_model_steps(args.model, args.steps, "--steps")
     out = check_writable_dir(args.out)
