@@ -1,7 +1,9 @@
 """Which erasure is deepest? Every ShapesWorld removal, by every editor, under the erasure audit.
 
 Run: ``python bench/audit.py [--out docs/data/audit.json] [--cache runs/audit] [--table]`` (resumable: each
-finished arm is kept under ``--cache``; ``--table`` prints the table from the JSON alone).
+finished arm is kept under ``--cache``; ``--table`` prints the table from the JSON alone). ``--attacks learned``
+audits with only the named attacks and skips the suite evaluation (the learned-prompt attack's own run:
+``python bench/audit.py --attacks learned --out docs/data/audit_learned.json --cache runs/audit-learned``).
 
 For the suite's two removal cases (style pica stro → "a plain style", object flumox → "thing"), five erasures:
 
@@ -15,8 +17,9 @@ For the suite's two removal cases (style pica stro → "a plain style", object f
 
 Each erasure is evaluated on the suite (efficacy and neighbours kept, as findings.md) and audited
 (:func:`diffloc.audit.audit`: held-out phrasings, respellings, the object's look without its name, taking back a
-fraction of the weight change, fine-tuning the denoiser on images without the concept) with the settings of
-:data:`AUDIT`; every ASR carries its 95% Wilson interval and its number of images.
+fraction of the weight change, fine-tuning the denoiser on images without the concept, free token embeddings
+learned in the name's place against the unedited and the edited model) with the settings of :data:`AUDIT`; every
+ASR carries its 95% Wilson interval and its number of images.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,37 +121,54 @@ def make_edit(world: World, case: ConceptCase, arm: str) -> tuple[Edit, dict[str
     return edit, info
 
 
-def run_arm(world: World, case: ConceptCase, arm: str, before: Any) -> dict[str, Any]:
-    """Edit, evaluate and audit one arm."""
+def run_arm(world: World, case: ConceptCase, arm: str, before: Any, config: AuditConfig) -> dict[str, Any]:
+    """Edit, evaluate (when ``before`` is given) and audit one arm."""
     edit, info = make_edit(world, case, arm)
-    report = evaluate(world.model, edit, world.suite, scorer=world.scorer, cases=[case.name], before=before)
-    audited = audit(world.model, edit, scorer=world.scorer, config=AUDIT, attribute=case.attribute)
+    summary = None
+    if before is not None:
+        report = evaluate(world.model, edit, world.suite, scorer=world.scorer, cases=[case.name], before=before)
+        summary = arm_summary(report, case)
+    audited = audit(world.model, edit, scorer=world.scorer, config=config, attribute=case.attribute)
     return {"case": case.name, "arm": arm, "edit": {**info, "sites": list(edit.stats.get("sites", ())),
-            "values": edit.num_values}, "eval": arm_summary(report, case), "audit": audited.to_dict()}  # fmt: skip
+            "values": edit.num_values}, "eval": summary, "audit": audited.to_dict()}  # fmt: skip
 
 
 def _asr(entry: dict[str, Any] | None) -> str:
     return "—" if entry is None else f"{fmt(entry['asr'])} [{fmt(entry['interval'][0])}, {fmt(entry['interval'][1])}]"
 
 
+def learned_table(data: dict[str, Any]) -> str:
+    """The learned-prompt attack per erasure as a Markdown table: its ASR on the edited and the unedited model, and
+    the vocabulary tokens nearest to what it learned against the edited one."""
+    lines = ["| case | erasure | learned prompt, edited | learned prompt, unedited | nearest tokens (edited) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for row in data["rows"]:
+        learned = next(a for a in row["audit"]["attacks"] if a["name"] == "learned")
+        nearest = " ".join(f"{t['token']} ({t['cosine']:.2f})" for t in learned["details"]["nearest"]["edited"])
+        lines.append(f"| {row['case']} | {row['arm']} | {_asr(learned['edited'])} | {_asr(learned['unedited'])} | "
+                     f"{nearest.replace('</w>', '')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def table(data: dict[str, Any]) -> str:
-    """The comparison as a Markdown table."""
+    """The comparison as a Markdown table (the learned-prompt attack's column where it ran)."""
     lines = [
-        "| case | erasure | own prompts after | neighbours kept | paraphrase | respelt | described | revert 25% | "
-        "revert 50% | fine-tune " + " / ".join(str(s) for s in data["finetune_steps"]) + " steps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | erasure | own prompts after | neighbours kept | paraphrase | respelt | described | learned prompt | "
+        "revert 25% | revert 50% | fine-tune " + " / ".join(str(s) for s in data["finetune_steps"]) + " steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
         attacks = {a["name"]: a for a in row["audit"]["attacks"]}
         revert = {r["fraction"]: r for r in attacks["revert"]["rows"]}
         desc = attacks["description"]
         tuned = " / ".join(fmt(r["asr"]) for r in attacks["finetune"]["rows"])
+        learned = attacks["learned"]["edited"] if "learned" in attacks else None
         ev = row["eval"]
         lines.append(
             f"| {row['case']} | {row['arm']} | {fmt(ev['efficacy']['after'])} | {ev['neighbours_kept']} of "
             f"{ev['neighbours']} | {_asr(attacks['paraphrase']['edited'])} | {_asr(attacks['spelling']['edited'])} | "
-            f"{'—' if desc['skipped'] else _asr(desc['edited'])} | {_asr(revert.get(0.25))} | {_asr(revert.get(0.5))} "
-            f"| {tuned} |"
+            f"{'—' if desc['skipped'] else _asr(desc['edited'])} | {_asr(learned)} | {_asr(revert.get(0.25))} | "
+            f"{_asr(revert.get(0.5))} | {tuned} |"
         )
     return "\n".join(lines)
 
@@ -158,26 +178,32 @@ def main() -> None:
     parser.add_argument("--out", default="docs/data/audit.json")
     parser.add_argument("--cache", default="runs/audit")
     parser.add_argument("--table", action="store_true", help="print the table from --out without computing")
+    parser.add_argument("--attacks", default=",".join(AUDIT.attacks),
+                        help="comma-separated attacks; fewer than all skips the suite evaluation")  # fmt: skip
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        data = json.loads(Path(args.out).read_text())
+        print(table(data) if data["rows"][0]["eval"] is not None else learned_table(data))
         return
     start = time.perf_counter()
+    config = replace(AUDIT, attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()))
+    full = set(config.attacks) == set(AUDIT.attacks)
     world = load_world()
     cases = [c for c in world.suite.cases if c.mode == "remove"]
-    before = measure(world.model, world.suite, world.scorer, cases)
+    before = measure(world.model, world.suite, world.scorer, cases) if full else None
     rows = []
     for case in cases:
         for arm in ARMS:
-            key = {"case": case.name, "arm": arm, "audit": asdict(AUDIT), "version": __version__}
+            key = {"case": case.name, "arm": arm, "audit": asdict(config), "version": __version__}
             rows.append(cached(Path(args.cache) / f"{case.name}-{arm}.json", key,
-                               lambda case=case, arm=arm: run_arm(world, case, arm, before)))  # fmt: skip
+                               lambda case=case, arm=arm: run_arm(world, case, arm, before, config)))  # fmt: skip
             print(f"{case.name} {arm} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    data = {"diffloc_version": __version__, "command": "python bench/audit.py", "audit": asdict(AUDIT),
-            "finetune_steps": list(AUDIT.finetune_steps), "rows": rows,
+    command = " ".join(["python bench/audit.py", *sys.argv[1:]])
+    data = {"diffloc_version": __version__, "command": command, "audit": asdict(config),
+            "finetune_steps": list(config.finetune_steps), "rows": rows,
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     write_json_atomic(Path(args.out), data)
-    print(table(data))
+    print(table(data) if full else learned_table(data) if "learned" in config.attacks else json.dumps(rows)[:2000])
     print(f"total {data['seconds']:.0f} s (arms reused from --cache count as 0)")
 
 
