@@ -41,12 +41,30 @@ def _attack_rows(index: int, attack: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _learned_note(index: int, attack: dict[str, Any]) -> str:
+    """How the learned-prompt attack's tokens were learned, and what they are nearest to (from its details)."""
+    details, key = attack.get("details") or {}, f"attacks.{index}.details"
+    if "objective" not in details:
+        return ""
+    nearest = {arm: ", ".join(html.escape(t["token"].replace("</w>", "")) for t in tokens)
+               for arm, tokens in details["nearest"].items()}  # fmt: skip
+    saved = f"; embeddings in <code>{html.escape(details['embeddings'])}</code>" if "embeddings" in details else ""
+    return (f'<p class="muted">{number(details["tokens"], key + ".tokens")} free tokens in the name\'s place, '
+            f"started at the words <i>{html.escape(details['start'])}</i>, learned for the "
+            f"{html.escape(details['objective'])} objective in {number(details['steps'], key + '.steps')} Adam steps "
+            f"(learning rate {number(details['lr'], key + '.lr', 4)}) on "
+            f"{number(details['optimized_on'], key + '.optimized_on')} captions; "
+            f"{number(details['unseen_prompts'], key + '.unseen_prompts')} of the attacked prompts were not among "
+            f"them. Nearest vocabulary tokens: edited model {nearest.get('edited', '—')}; unedited "
+            f"{nearest.get('unedited', '—')}{saved}.</p>")  # fmt: skip
+
+
 def render_audit(out: Path, report: dict[str, Any]) -> str:
     """The page of ``report`` (:meth:`AuditReport.to_dict`), images read from ``out/attacks``."""
     target, edit, meta = report["target"], report["edit"], report["meta"]
     rows = [row for i, attack in enumerate(report["attacks"]) for row in _attack_rows(i, attack)]
     images = []
-    for attack in report["attacks"]:
+    for index, attack in enumerate(report["attacks"]):
         labels = (
             [attack["name"]]
             if not attack["rows"]
@@ -54,6 +72,8 @@ def render_audit(out: Path, report: dict[str, Any]) -> str:
         )
         for label in labels if not attack["skipped"] else []:
             images.append(f"<h3>{html.escape(label)}</h3>" + image_or_note(out, f"attacks/{label}.png", label))
+        if not attack["skipped"]:
+            images.append(_learned_note(index, attack))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>diffloc audit</title>
 <style>{STYLE}</style></head><body>
 <h1>Erasure audit</h1>
