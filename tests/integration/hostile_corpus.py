@@ -522,6 +522,8 @@ def _audit_cases() -> list[Case]:
     audit = ("audit", "{edit}", "--out", "{tmp}/a")
     return [
         Case("audit-budget-zero", (*audit, "--budget", "0"), ("--budget", "0")),
+        Case("audit-learned-steps-zero", (*audit, "--learned-steps", "0"), ("--learned-steps", "0")),
+        Case("audit-learned-objective-unknown", (*audit, "--learned-objective", "clip"), ("clip", "denoising")),
         Case("audit-attack-unknown", (*audit, "--attacks", "paraphrase,revive"), ("revive", "paraphrase")),
         Case("audit-edit-of-another-model", (*audit, "--model", "shapesworld"), ("differs from the base",)),
         Case(
