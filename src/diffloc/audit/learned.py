@@ -222,6 +222,17 @@ _OPTIMIZATION_SEED = 1_000_000
 TOKENS_FILE = "learned-tokens.safetensors"
 
 
+def references(target: Any, prompts: Sequence[str], tokens: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """The denoising objective's :data:`REFERENCES`: ShapesWorld training captions naming the concept (its name
+    replaced by ``tokens`` placeholders) and their rendered images, without the captions among ``prompts`` (the
+    attacked ones) where the world has other phrasings of the concept (an object's few phrasings are all asked)."""
+    captions, images = concept_examples(target, REFERENCES, seed)
+    unseen = [i for i, c in enumerate(captions) if c not in set(prompts)]
+    if unseen:
+        captions, images = [captions[i] for i in unseen], images[unseen]
+    return slot_prompts(target.concept, captions, tokens), images
+
+
 def learned_attack(
     model: LoadedModel,
     edit: Any,
@@ -253,11 +264,7 @@ def learned_attack(
         if target.kind is None:
             return ("the denoising objective needs images of the concept; ShapesWorld renders them, other models "
                     "have none shipped (use the scorer objective)")  # fmt: skip
-        captions, images = concept_examples(target, REFERENCES, config.seed)
-        unseen = [i for i, c in enumerate(captions) if c not in set(prompts)]
-        if unseen:  # the attack's prompts stay held out where the world has other phrasings of the concept
-            captions, images = [captions[i] for i in unseen], images[unseen]
-        optimized = slot_prompts(target.concept, captions, tokens)
+        optimized, images = references(target, prompts, tokens, config.seed)
     else:
         optimized = attacked  # the samples' seeds are held out instead
     start = max(config.seeds) + 1 + _OPTIMIZATION_SEED
