@@ -152,10 +152,14 @@ def learned_table(data: dict[str, Any]) -> str:
 
 def table(data: dict[str, Any]) -> str:
     """The comparison as a Markdown table (the learned-prompt attack's column where it ran)."""
+    learned_ran = any(a["name"] == "learned" for row in data["rows"] for a in row["audit"]["attacks"])
     lines = [
-        "| case | erasure | own prompts after | neighbours kept | paraphrase | respelt | described | learned prompt | "
-        "revert 25% | revert 50% | fine-tune " + " / ".join(str(s) for s in data["finetune_steps"]) + " steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | erasure | own prompts after | neighbours kept | paraphrase | respelt | described | "
+        + ("learned prompt | " if learned_ran else "")
+        + "revert 25% | revert 50% | fine-tune "
+        + " / ".join(str(s) for s in data["finetune_steps"])
+        + " steps |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if learned_ran else ""),
     ]
     for row in data["rows"]:
         attacks = {a["name"]: a for a in row["audit"]["attacks"]}
@@ -167,7 +171,8 @@ def table(data: dict[str, Any]) -> str:
         lines.append(
             f"| {row['case']} | {row['arm']} | {fmt(ev['efficacy']['after'])} | {ev['neighbours_kept']} of "
             f"{ev['neighbours']} | {_asr(attacks['paraphrase']['edited'])} | {_asr(attacks['spelling']['edited'])} | "
-            f"{'—' if desc['skipped'] else _asr(desc['edited'])} | {_asr(learned)} | {_asr(revert.get(0.25))} | "
+            f"{'—' if desc['skipped'] else _asr(desc['edited'])} | {_asr(learned) + ' | ' if learned_ran else ''}"
+            f"{_asr(revert.get(0.25))} | "
             f"{_asr(revert.get(0.5))} | {tuned} |"
         )
     return "\n".join(lines)
