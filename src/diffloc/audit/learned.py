@@ -48,7 +48,8 @@ class LearnedTokens:
     Attributes:
         embeddings: ``(tokens, dim)`` float32, in the order the placeholders appear.
         objective: what they were optimized for (:data:`OBJECTIVES`).
-        losses: the objective at each step (denoising loss, or the scorer's negative log-probability).
+        losses: the objective at each step (denoising loss, or the negative of the scorer's score: for the
+            detectors, of their log-probability of the concept).
     """
 
     embeddings: torch.Tensor
@@ -233,6 +234,16 @@ def references(target: Any, prompts: Sequence[str], tokens: int, seed: int) -> t
     return slot_prompts(target.concept, captions, tokens), images
 
 
+def _objective_scorer(scorer: Any, model: LoadedModel) -> Any:
+    """The scorer the scorer objective raises: the detectors' log-probability where the audit reads the
+    detectors' probability (which is exactly 0 in float32 far from the concept, and so has no gradient there)."""
+    if getattr(scorer, "name", None) != "shapesworld-detectors":
+        return scorer
+    from diffloc.eval.scorers import DetectorScorer
+
+    return DetectorScorer(log_probability=True, device=next(model.denoiser.parameters()).device)
+
+
 def learned_attack(
     model: LoadedModel,
     edit: Any,
@@ -276,7 +287,7 @@ def learned_attack(
     measured: dict[str, dict[str, Any]] = {}
     for arm in ("unedited", "edited"):
         with edit.applied(model) if arm == "edited" else nullcontext():
-            learned[arm] = learn_tokens(model, optimized, init, images=images, scorer=scorer,
+            learned[arm] = learn_tokens(model, optimized, init, images=images, scorer=_objective_scorer(scorer, model),
                                         attribute=target.attribute, **settings)  # fmt: skip
             with substituted(model, learned[arm].embeddings, attacked):
                 measured[arm] = measure(attacked, "learned" if arm == "edited" else None)
