@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from support import PixelScorer
 
 from diffloc.errors import ConfigError, DifflocError, SweepIncomplete
 from diffloc.tracing.causal import causal_trace
@@ -18,20 +19,6 @@ from diffloc.tracing.store import Job, run_jobs
 
 PROMPTS = ["a house in the style of van gogh", "van gogh painting of a tree"]
 CONFIG = TraceConfig(seeds=(0, 1), steps=2, guidance=5.0, max_batch=9)
-
-
-class PixelScorer:
-    """Deterministic test scorer: the image projected on a fixed random unit direction."""
-
-    name = "pixel-test"
-
-    def score(self, images, texts):
-        flat = images.flatten(1).double()
-        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return (flat @ (direction / direction.norm())).float()
-
-    def check(self, text):
-        return None
 
 
 def _trace(model, out=None, executor=None):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from support import PixelScorer, finish_order
 
 from diffloc.editing.edit import Edit
 from diffloc.editing.edit import parameter_hashes as model_hashes
@@ -15,7 +16,7 @@ from diffloc.editing.requests import EditRequest
 from diffloc.editing.stream_states import stream_positions
 from diffloc.editors import EDITORS, JOINT_ATTENTION_FAMILIES
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
-from diffloc.engine.hooks import patch, record
+from diffloc.engine.hooks import record
 from diffloc.engine.interventions import Restore, Run
 from diffloc.errors import ConfigError, DifflocError, UnknownSiteError
 from diffloc.models.full_configs import full_size_transformer_config
@@ -106,18 +107,7 @@ def test_sd35_second_attention_is_a_site_in_execution_order():
 
 def _check_execution_order(model) -> None:
     sites = [s for s in model.sites if not s.kind.is_projection]
-    seen: list[str] = []
-
-    def make(name):
-        def hook(module, args, kwargs, output):
-            if name not in seen:
-                seen.append(name)
-
-        return hook
-
-    with patch(model, outputs={s.name: make(s.name) for s in sites}, first=False):
-        generate(model, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
-    assert seen == [s.name for s in sites]
+    assert finish_order(model, sites) == [s.name for s in sites]
 
 
 def test_sampling_equals_the_diffusers_pipeline(tiny_mmdit):
@@ -203,20 +193,6 @@ def test_stream_inputs_chain_the_blocks(tiny_mmdit):
 
 # --- LocoGen ------------------------------------------------------------------------------------------------
 FAST = {"seeds": (0,), "steps": 2, "guidance": 4.0, "max_batch": 8, "bootstrap": 0}
-
-
-class PixelScorer:
-    """A deterministic test scorer: the image projected on a fixed random unit direction."""
-
-    name = "pixel-test"
-
-    def score(self, images, texts):
-        flat = images.flatten(1).double()
-        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return (flat @ (direction / direction.norm())).float()
-
-    def check(self, text):
-        pass
 
 
 def test_locogen_cross_attention_window_asks_for_the_text_stream(tiny_mmdit, tiny_sd1):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import PixArtSigmaPipeline, PixArtTransformer2DModel
+from support import finish_order
 
 from diffloc.cli.main import main
 from diffloc.editing import Edit, EditRequest, LocoEditConfig, NeuronConfig, QuickFixConfig, compute_edit
 from diffloc.editing.edit import parameter_hashes as model_hashes
 from diffloc.editing.neurons import compute_ablation
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs, initial_latents
-from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import Run, SwapContext
 from diffloc.errors import ConfigError
 from diffloc.eval.scorers import DetectorScorer
@@ -75,17 +75,7 @@ def test_site_order_equals_a_recording_pass_with_projections(tiny_pixart):
     layer's .k/.v projections run inside it, so they finish just before it (the table lists them after it, as the
     UNet's does)."""
     sites = tiny_pixart.sites.denoiser_sites(projections=True)
-    seen: list[str] = []
-
-    def make(name):
-        def hook(module, args, kwargs, output):
-            if name not in seen:
-                seen.append(name)
-
-        return hook
-
-    with patch(tiny_pixart, outputs={s.name: make(s.name) for s in sites}):
-        generate(tiny_pixart, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
+    seen = finish_order(tiny_pixart, sites)
     finished: list[str] = []
     for site in sites:
         if site.kind is SiteKind.XATTN:

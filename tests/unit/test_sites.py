@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+from support import finish_order
 
-from diffloc.engine.generate import GenerationConfig, generate
-from diffloc.engine.hooks import patch
 from diffloc.errors import UnknownSiteError
 from diffloc.models.deepfloyd_if import DeepFloydIFAdapter
 from diffloc.models.full_configs import full_size_transformer_config, full_size_unet_config
@@ -79,19 +78,8 @@ def test_tiny_counts_equal_full_size(tiny_model):
 def test_site_order_equals_execution_order(tiny_model):
     """Register a hook on every site and compare the order in which their forwards finish."""
     sites = [s for s in tiny_model.sites if s.kind not in (SiteKind.XATTN_K, SiteKind.XATTN_V)]
-    seen: list[str] = []
-
-    def make(name):
-        def hook(module, args, kwargs, output):
-            if name not in seen:
-                seen.append(name)
-
-        return hook
-
-    with patch(tiny_model, outputs={s.name: make(s.name) for s in sites}):
-        generate(tiny_model, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
     # Text encoders run first; SD-XL's second encoder after the first.
-    assert seen == [s.name for s in sites]
+    assert finish_order(tiny_model, sites) == [s.name for s in sites]
 
 
 def test_text_sites_resolved_without_prefix_assumption(tiny_sd1, tiny_sdxl):

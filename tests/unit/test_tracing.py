@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import PixelScorer
 
 from diffloc.errors import ConfigError, PromptError, UnknownSiteError
 from diffloc.sites import SiteKind
@@ -15,26 +16,6 @@ from diffloc.tracing.results import TraceResult, WindowResult
 
 PROMPT = "a house in the style of van gogh"
 FAST = {"seeds": (0,), "steps": 2, "guidance": 5.0, "max_batch": 6, "bootstrap": 0}
-
-
-class PixelScorer:
-    """A deterministic test scorer: the image projected on a fixed random unit direction.
-
-    Its meaning is irrelevant to the invariants tested here (they hold for any deterministic scorer); on
-    ShapesWorld the real detectors score images.
-    """
-
-    name = "pixel-test"
-
-    def score(self, images, texts):
-        assert len(texts) == images.shape[0]
-        flat = images.flatten(1).double()
-        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return (flat @ (direction / direction.norm())).float()
-
-    def check(self, text):
-        if not text.strip():
-            raise ConfigError("empty attribute text")
 
 
 def test_restore_all_gives_clean_and_none_gives_corrupted(tiny_model):

@@ -8,7 +8,7 @@ import torch
 import diffloc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit"))
-from test_tracing import PixelScorer  # the deterministic test scorer: the image on a fixed random direction
+from support import PixelScorer  # the deterministic test scorer: the image on a fixed random direction
 
 
 def main(out: str) -> None:
