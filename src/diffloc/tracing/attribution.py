@@ -36,7 +36,7 @@ from diffloc.models.base import Conditioning, LoadedModel
 from diffloc.scoring import Scorer
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
-from diffloc.tracing.key_fix import with_key_fix
+from diffloc.tracing.key_fix import weighted, with_key_fix
 
 #: one item of a trace: its prompt, its seed and the corruption of its subject
 Item = tuple[str, int, CorruptTokens]
@@ -87,9 +87,7 @@ def _probe(
         here = out[index]
         source = out[sources] if clean is None else clean.to(device=out.device, dtype=out.dtype)
         delta = (source - here).detach()
-        scale = weight.to(device=out.device, dtype=out.dtype)
-        scale = scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim)))
-        updated = out.index_put((torch.as_tensor(index, device=out.device),), here + scale * delta)
+        updated = out.index_put((torch.as_tensor(index, device=out.device),), here + weighted(weight, delta))
         return with_primary(output, updated, element)
 
     return hook

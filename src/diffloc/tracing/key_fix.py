@@ -34,6 +34,13 @@ def fixed_key_sites(model: LoadedModel, sites: Sequence[str]) -> dict[str, str]:
     }  # fmt: skip
 
 
+def weighted(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight * delta`` with ``weight`` (one value per row, or per row and token) broadcast over ``delta``'s
+    trailing dimensions, in ``delta``'s dtype and device."""
+    scale = weight.to(device=delta.device, dtype=delta.dtype)
+    return scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim))) * delta
+
+
 def _write_rows(rows: Sequence[int], values: torch.Tensor) -> OutputHook:
     """An output hook that replaces rows ``rows`` of the output by ``values``."""
     index = list(rows)
@@ -71,8 +78,7 @@ def key_fix_hook(
             out = primary(output)
         here = out[index]
         for (_, weight, _), delta in zip(terms, deltas, strict=True):
-            scale = weight.to(device=out.device, dtype=out.dtype)
-            here = here + scale.view(*scale.shape, *([1] * (delta.ndim - scale.ndim))) * delta
+            here = here + weighted(weight, delta)
         where = torch.as_tensor(index, device=out.device)
         return with_primary(output, out.index_put((where,), here))
 

@@ -27,7 +27,7 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
-from diffloc.audit.run import AuditReport
+from diffloc.audit.run import AuditReport, audit
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.errors import ConfigError, SweepIncomplete
 from diffloc.eval.suite import ConceptCase, EvalReport, EvalSuite, evaluate, measure
@@ -47,7 +47,7 @@ from diffloc.tracing.executors import Executor, ShardExecutor
 from diffloc.tracing.locogen import locogen_search
 from diffloc.tracing.results import TraceResult, WindowResult
 from diffloc.validate import check_count, check_noise, check_positive, check_seeds
-from diffloc.workflows.demo_audit import audit_demo_edit, audit_entry, demo_audit_config
+from diffloc.workflows.demo_audit import audit_entry, demo_audit_config
 from diffloc.workflows.step_map import STEP_MAP_DIR, step_map, step_map_entry
 
 logger = logging.getLogger(__name__)
@@ -418,8 +418,7 @@ def _run_case(
             audit_dir = out / "audit" / case.name / method
             start = time.perf_counter()
             report, reused = _cached(shared["reuse"], audit_dir, "audit.json", AuditReport.load, partial(
-                audit_demo_edit, model, edit, scorer=scorer, attribute=case.attribute, config=budget,
-                out=audit_dir))  # fmt: skip
+                audit, model, edit, scorer=scorer, attribute=case.attribute, config=budget, out=audit_dir))  # fmt: skip
             entry.setdefault("audit", {})[method] = audit_entry(report)
             timings[f"{case.name}/audit-{method}"] = 0.0 if reused else time.perf_counter() - start
     entry.update(trace_entry(unet, text))

@@ -9,13 +9,10 @@ attacks already undo it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from diffloc.audit.config import AuditConfig
-from diffloc.audit.run import AuditReport, audit
-from diffloc.models.base import LoadedModel
-from diffloc.scoring import Scorer
+from diffloc.audit.run import AuditReport
 
 #: the attacks the demo runs on every edit (the cheap ones: no training, no optimization)
 DEMO_ATTACKS = ("paraphrase", "spelling", "description", "revert")
@@ -29,14 +26,6 @@ def demo_audit_config(seeds: tuple[int, ...], steps: int, guidance: float, max_b
     """The demo's small audit budget at the localization's sampling settings."""
     return AuditConfig(attacks=DEMO_ATTACKS, seeds=seeds, steps=steps, guidance=guidance, max_batch=max_batch,
                        prompts=DEMO_PROMPTS, revert_fractions=DEMO_REVERT)  # fmt: skip
-
-
-def audit_demo_edit(
-    model: LoadedModel, edit: Any, *, scorer: Scorer, attribute: str, config: AuditConfig, out: Path
-) -> AuditReport:
-    """Audit one demo edit for the case's ``attribute`` (the concept as it was before the edit); written to
-    ``out`` (``audit.json``, ``audit.html`` and the attacks' image strips)."""
-    return audit(model, edit, scorer=scorer, config=config, attribute=attribute, out=out)
 
 
 def audit_entry(report: AuditReport) -> dict[str, Any]:
