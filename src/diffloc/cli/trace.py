@@ -17,7 +17,7 @@ from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import PromptError
 from diffloc.sites import TEXT_STATE_KINDS
 from diffloc.tracing.methods import DEFAULT_TOP_K, METHODS, check_method
-from diffloc.validate import seed_arg
+from diffloc.validate import count_arg, seed_arg
 
 if TYPE_CHECKING:
     from diffloc.models.base import LoadedModel
@@ -70,6 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                 "--no-attention-fix", dest="attention_fix", action="store_false",
                 help="estimate cross-attention key sites (.k) to first order through the softmax, without AtP*'s "
                 "fix (the layer's exact output with the clean keys); gradient methods only",
+            )  # fmt: skip
+            sub.add_argument(
+                "--gradient-dropout", type=count_arg("--gradient-dropout", low=0), default=0, metavar="L",
+                help="also rank sites by AtP*'s gradient dropout over L layers of the denoiser (L more backward "
+                "passes; screen confirms the top of that ranking); 0 (default) off, else at least 2",
             )  # fmt: skip
             sub.add_argument(
                 "--sites", default=None,
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
                     model, args.prompt, args.subject, args.attribute, scorer=scorer, sites=sites,
                     config=config, validation_prompts=args.validation_prompt, out=out, progress=progress,
                     executor=executor, method=args.method, top_k=args.top_k, attention_fix=args.attention_fix,
+                    gradient_dropout=args.gradient_dropout,
                 )  # fmt: skip
             else:
                 result = trace_text(

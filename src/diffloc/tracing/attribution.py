@@ -36,6 +36,7 @@ from diffloc.models.base import Conditioning, LoadedModel
 from diffloc.scoring import Scorer
 from diffloc.tracing.batching import generation_config
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.grad_drop import DropState, dropout_layers, dropout_magnitudes, gated
 from diffloc.tracing.key_fix import weighted, with_key_fix
 
 #: one item of a trace: its prompt, its seed and the corruption of its subject
@@ -108,12 +109,32 @@ def _token_check(model: LoadedModel, sites: Sequence[str], tokens: int) -> Itera
         yield
 
 
-def _backward(model: LoadedModel, scorer: Scorer, images: torch.Tensor, attribute: str) -> list[float]:
+def _backward(
+    model: LoadedModel, scorer: Scorer, images: torch.Tensor, attribute: str, *, retain: bool = False
+) -> tuple[list[float], torch.Tensor]:
     """Score the corrupted images differentiably, run one backward pass for all of them (their rows are
-    independent, so each probe's gradient is its own item's), return the corrupted scores."""
+    independent, so each probe's gradient is its own item's); return the corrupted scores and their sum (to
+    differentiate again where ``retain`` kept the graph)."""
     scores = require_gradient_scorer(scorer, "attribution").score_grad(images, [attribute] * len(images))
-    scores.sum().backward()
-    return [float(v) for v in scores.detach()]
+    total = scores.sum()
+    total.backward(retain_graph=retain)
+    return [float(v) for v in scores.detach()], total
+
+
+def _dropped_layer_grads(
+    total: torch.Tensor, alphas: Sequence[torch.Tensor], state: DropState, layers: int
+) -> list[torch.Tensor]:
+    """The probes' gradients with each layer's gradient dropped in turn (one more backward pass per layer), each
+    ``(sites, items, steps)``."""
+    per_layer = []
+    for layer in range(layers):
+        for alpha in alphas:
+            alpha.grad = None
+        state.blocked = layer
+        total.backward(retain_graph=layer < layers - 1)
+        per_layer.append(torch.stack([_grad(a) for a in alphas], dim=2))
+    state.blocked = None
+    return per_layer
 
 
 def _clean_runs(
@@ -140,16 +161,20 @@ def estimate_unet_items(
     attribute: str,
     config: TraceConfig,
     attention_fix: bool = True,
+    gradient_dropout: int = 0,
 ) -> dict[str, Any]:
     """Estimate, for a batch of items (prompt, seed, corruption), the restored score of every UNet site group, per
     step: one clean batch, one corrupted batch with autograd and one backward pass for all of them.
 
     With ``attention_fix`` a cross-attention key site is estimated through its attention layer's exact output
     with the clean keys (AtP*'s saturation fix, :mod:`diffloc.tracing.key_fix`) instead of through the softmax.
+    With ``gradient_dropout`` = L > 0 the backward pass is repeated with the gradient through each of L layers
+    of the denoiser dropped in turn (AtP*'s correction for cancellation, :mod:`diffloc.tracing.grad_drop`).
 
     Returns:
         ``{"items": [...]}``, per item: ``clean`` and ``corrupted`` scores (measured), ``scores`` (corrupted +
-        estimated change per group, the sum of its sites' estimates) and ``step_deltas`` (groups × steps).
+        estimated change per group, the sum of its sites' estimates), ``step_deltas`` (groups × steps) and, with
+        gradient dropout, ``dropout`` (each group's ranking magnitude).
     """
     gen = generation_config(config)
     n = len(items)
@@ -164,7 +189,8 @@ def estimate_unet_items(
     clean_cond = model.adapter.for_size(cond.take(range(n)), height, width)
     layout = BatchLayout(runs=n, cfg=classifier_free(model, gen))
     rows = [layout.cond(i) for i in range(n)]
-    with gradient_scope(model):
+    layers = dropout_layers(model, gradient_dropout) if gradient_dropout else []
+    with gradient_scope(model), gated(layers) as state:
         alphas: list[torch.Tensor] = []  # one (sites, items) probe per denoiser call (some schedulers call it more)
 
         def same_latent(index: int, x: torch.Tensor, t: Any) -> None:
@@ -191,17 +217,25 @@ def estimate_unet_items(
             model, cond.take(range(n, 2 * n)), seeds=[seed for _, seed, _ in items], config=gen, step_hooks=hooks,
             before_step=None if trajectory else same_latent,
         )  # fmt: skip
-        corrupted = _backward(model, scorer, images, attribute)
+        corrupted, total = _backward(model, scorer, images, attribute, retain=bool(layers))
+        grads = torch.stack([_grad(a) for a in alphas], dim=2)  # (sites, items, steps)
+        per_layer = _dropped_layer_grads(total, alphas, state, len(layers)) if layers else []
     advance(n)
-    grads = torch.stack([_grad(a) for a in alphas], dim=2)  # (sites, items, steps)
     index = {name: j for j, name in enumerate(sites)}
+    members = [[index[s] for s in group] for group in groups]
+    magnitudes = (
+        dropout_magnitudes([torch.stack([g[m].sum((0, 2)) for m in members]) for g in per_layer]) if per_layer else None
+    )  # (groups, items)
     out = []
     for i, (prompt, seed, _) in enumerate(items):
-        step_deltas = [grads[[index[s] for s in group], i].sum(0).double().tolist() for group in groups]
-        out.append({
+        step_deltas = [grads[m, i].sum(0).double().tolist() for m in members]
+        item = {
             "prompt": prompt, "seed": seed, "clean": clean_scores[i], "corrupted": corrupted[i],
             "scores": [corrupted[i] + sum(d) for d in step_deltas], "step_deltas": step_deltas,
-        })  # fmt: skip
+        }  # fmt: skip
+        if magnitudes is not None:
+            item["dropout"] = magnitudes[:, i].double().tolist()
+        out.append(item)
     return {"items": out}
 
 
@@ -240,7 +274,7 @@ def estimate_text_items(
         with _token_check(model, sites, len(span_of)):
             cond = _encode(model, [*clean_runs, *corrupt_runs], probes)
         images = sample_with_grad(model, cond.take(range(n, 2 * n)), seeds=[seed for _, seed, _ in items], config=gen)
-        corrupted = _backward(model, scorer, images, attribute)
+        corrupted, _ = _backward(model, scorer, images, attribute)
     advance(n)
     grads = _grad(alpha)
     position = {name: j for j, name in enumerate(sites)}

@@ -34,6 +34,7 @@ from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.grad_drop import check_gradient_dropout
 from diffloc.tracing.methods import DEFAULT_TOP_K
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
@@ -243,6 +244,7 @@ def causal_trace(
     method: str = "exact",
     top_k: int = DEFAULT_TOP_K,
     attention_fix: bool = True,
+    gradient_dropout: int = 0,
 ) -> TraceResult:
     """Trace which denoiser (UNet) sites carry the attribute.
 
@@ -271,6 +273,9 @@ def causal_trace(
         top_k: sites ``screen`` confirms exactly.
         attention_fix: (gradient methods) estimate cross-attention key sites through their layer's exact output
             with the clean keys, not through the softmax (AtP*'s saturation fix; :mod:`diffloc.tracing.key_fix`).
+        gradient_dropout: (gradient methods) 0, or L >= 2: also rank the sites by AtP*'s gradient dropout over L
+            layers of the denoiser (L more backward passes per batch); ``screen`` then confirms the top of that
+            ranking, and ``meta["gradient_dropout"]`` holds it (:mod:`diffloc.tracing.grad_drop`).
 
     Returns:
         :class:`TraceResult` (``kind=DENOISER_TRACE``, saved as ``"unet"``) with intervals, controls and (given
@@ -292,6 +297,7 @@ def causal_trace(
     groups, controls = _with_controls(model, _site_groups(model, sites))
     labels = ["+".join(g) for g in groups]
     check_gradient_method(scorer, method, top_k, len(labels))
+    check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
@@ -300,7 +306,7 @@ def causal_trace(
         estimated = estimate_unet(
             _sweep(model, weights, subject, attribute, scorer, config, prompt_list, ranges, noise, validation_jobs,
                    out, progress, executor),
-            groups, labels, method, top_k, attention_fix=attention_fix,
+            groups, labels, method, top_k, attention_fix=attention_fix, gradient_dropout=gradient_dropout,
         )  # fmt: skip
         return _result(model, DENOISER_TRACE, estimated, labels, first_range(ranges[prompt_list[0]]), noise, config,
                        controls, meta={

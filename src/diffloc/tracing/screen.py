@@ -25,6 +25,7 @@ from diffloc.scoring import Scorer
 from diffloc.tracing.attribution import Item, estimate_text_items, estimate_unet_items
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.executors import Executor
+from diffloc.tracing.grad_drop import GRADIENT_DROPOUT
 from diffloc.tracing.key_fix import ATTENTION_FIX, fixed_key_sites
 from diffloc.tracing.methods import check_method
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE
@@ -90,15 +91,18 @@ def check_gradient_method(scorer: Scorer, method: str, top_k: int, n_restores: i
 
 def estimate_unet(
     sweep: Sweep, groups: Sequence[Sequence[str]], labels: Sequence[str], method: str, top_k: int,
-    *, attention_fix: bool = True,
+    *, attention_fix: bool = True, gradient_dropout: int = 0,
 ) -> Estimated:  # fmt: skip
     """Attribution items of a UNet trace (every group, per step), and for ``screen`` the top ``top_k`` groups
     restored exactly. ``attention_fix``: estimate key sites through their layer's exact output
-    (:mod:`diffloc.tracing.key_fix`); the fixes applied are recorded in ``meta["attribution_fixes"]``."""
+    (:mod:`diffloc.tracing.key_fix`); ``gradient_dropout`` = L > 0: rank the groups (which ``screen`` confirms)
+    by AtP*'s gradient dropout over L layers (:mod:`diffloc.tracing.grad_drop`). The fixes applied are recorded
+    in ``meta["attribution_fixes"]``."""
     fixed = bool(fixed_key_sites(sweep.model, [name for group in groups for name in group])) and attention_fix
+    dropout = {"dropout": gradient_dropout} if gradient_dropout else {}
     jobs = [
         Job(
-            spec=_batch_spec(sweep, "unet-attribution", batch, sites=[list(g) for g in groups], fixes=fixed),
+            spec=_batch_spec(sweep, "unet-attribution", batch, sites=[list(g) for g in groups], fixes=fixed, **dropout),
             runs=2 * len(batch),
             compute=partial(
                 estimate_unet_items,
@@ -107,15 +111,24 @@ def estimate_unet(
                 attribute=sweep.attribute,
                 config=sweep.config,
                 attention_fix=attention_fix,
+                gradient_dropout=gradient_dropout,
             ),
         )
         for batch in _batches(sweep)
     ]
     items, validated, store = _run(sweep, jobs)
     steps = np.mean([it.pop("step_deltas") for it in items], axis=0)
+    ranking = np.mean([it.pop("dropout") for it in items], axis=0) if gradient_dropout else None
     restores = [Restore(sites=tuple(g), source=0, restore_from=sweep.config.restore_from) for g in groups]
-    estimated = _confirm(sweep, items, validated, store, labels, restores, method, top_k, DENOISER_TRACE, steps)
-    estimated.meta["attribution_fixes"] = [ATTENTION_FIX] if fixed else []
+    estimated = _confirm(
+        sweep, items, validated, store, labels, restores, method, top_k, DENOISER_TRACE, steps, ranking
+    )
+    estimated.meta["attribution_fixes"] = [ATTENTION_FIX] * fixed + [GRADIENT_DROPOUT] * bool(gradient_dropout)
+    if ranking is not None:
+        estimated.meta["gradient_dropout"] = {
+            "layers": gradient_dropout,
+            "ranking": {label: float(v) for label, v in zip(labels, ranking, strict=True)},
+        }
     return estimated
 
 
@@ -171,17 +184,18 @@ def _run(sweep: Sweep, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[dict
 def _confirm(
     sweep: Sweep, items: list[dict[str, Any]], validated: list[dict[str, Any]], store: ItemStore,
     labels: Sequence[str], restores: Sequence[Restore], method: str, top_k: int, kind: str,
-    steps: np.ndarray | None,
+    steps: np.ndarray | None, ranking: np.ndarray | None = None,
 ) -> Estimated:  # fmt: skip
-    """For ``screen``: restore the ``top_k`` restores with the highest mean estimate exactly, on every item, and
-    write their measured scores over the estimates (the estimates stay in each item's ``estimates``)."""
+    """For ``screen``: restore the ``top_k`` restores ranked highest exactly, on every item, and write their
+    measured scores over the estimates (the estimates stay in each item's ``estimates``). The ranking is
+    ``ranking`` where given (gradient dropout's magnitudes), else the mean estimate."""
     mask = np.zeros(len(labels), bool)
     meta: dict[str, Any] = {"method": method}
     for item in items:
         item["estimates"] = list(item["scores"])
     if method == "screen":
-        mean = np.mean([it["scores"] for it in items], axis=0)
-        top = [int(i) for i in np.argsort(-mean, kind="stable")[:top_k]]
+        order = ranking if ranking is not None else np.mean([it["scores"] for it in items], axis=0)
+        top = [int(i) for i in np.argsort(-order, kind="stable")[:top_k]]
         jobs = [
             Job(
                 spec=sweep.spec(f"{kind}-screen", prompt, seed, confirmed=[labels[i] for i in top]),
