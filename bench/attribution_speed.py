@@ -9,12 +9,16 @@ trace is made three ways on the same items:
 
 * ``exact``: one restored sampling chain per site (72 runs per item);
 * ``attribution``: every site × step estimated from one corrupted chain with autograd and one backward pass;
-* ``screen``: the attribution, then the ``--top-k`` highest sites restored exactly.
+* ``screen``: the attribution, then the ``--top-k`` highest sites restored exactly;
+* ``screen-gd``: the screen with AtP*'s gradient dropout over ``--gradient-dropout`` layers choosing the sites it
+  confirms (``0`` leaves this arm out).
 
 Printed per case and in total: wall time and its ratio to exact, top-5 recall of exact's top five sites (controls
 excluded), Spearman correlation of per-site indirect effects with exact's, and the process's peak RSS once the
 gradient path has run (measured before any exact trace; the model is included). Scores are the detectors'
-log-probability of the attribute: its gradient does not vanish where the probability reads 0 or 1.
+log-probability of the attribute: its gradient does not vanish where the probability reads 0 or 1. Each case also
+records its corruption curve: the mean corrupted log-probability at 3, 6 and 12 × the embedding std (what a
+first-order estimate at the corrupted point has to bridge).
 
 The same timing ratios are then measured on tiny-sdxl (its whole site table; a random model, so only the ratios
 mean anything there).
@@ -44,11 +48,14 @@ from diffloc.eval.suite import load_suite, shipped_suite_path
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
 from diffloc.tracing.agreement import agreement, top_sites
+from diffloc.tracing.calibrate import calibrate_noise
 from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import TraceResult
 
-METHODS = ("exact", "attribution", "screen")
+METHODS = ("exact", "attribution", "screen", "screen-gd")
+#: noise multipliers of each case's corruption curve
+CURVE = (3.0, 6.0, 12.0)
 
 
 def peak_rss_mib() -> float:
@@ -60,7 +67,7 @@ def compare(results: dict[str, TraceResult], seconds: dict[str, float]) -> dict[
     """Speed and agreement of each method against exact."""
     exact = results["exact"]
     out: dict[str, Any] = {"exact_top5": top_sites(exact)}
-    for method in METHODS:
+    for method in [m for m in METHODS if m in results]:
         agree = agreement(exact, results[method])
         out[method] = {
             "seconds": round(seconds[method], 2),
@@ -74,31 +81,43 @@ def compare(results: dict[str, TraceResult], seconds: dict[str, float]) -> dict[
 
 
 def run_case(
-    model: Any, prompt: str | list[str], subject: str, attribute: str, config: TraceConfig, top_k: int
-) -> dict:
-    """The three traces of one case (gradient methods first, so the RSS peak after them excludes exact's)."""
+    model: Any, prompt: str | list[str], subject: str, attribute: str, config: TraceConfig, top_k: int,
+    dropout: int,
+) -> dict:  # fmt: skip
+    """The traces of one case (gradient methods first, so the RSS peak after them excludes exact's)."""
     scorer = DetectorScorer(log_probability=True)
     results: dict[str, TraceResult] = {}
     seconds: dict[str, float] = {}
     rss: dict[str, float] = {}
-    for method in ("attribution", "screen", "exact"):
+    arms = [("attribution", 0), ("screen", 0), *([("screen-gd", dropout)] if dropout else []), ("exact", 0)]
+    for name, layers in arms:
         start = time.perf_counter()
-        results[method] = causal_trace(
-            model, prompt, subject, attribute, scorer=scorer, config=config, method=method, top_k=top_k
-        )
-        seconds[method] = time.perf_counter() - start
-        rss[method] = peak_rss_mib()
+        results[name] = causal_trace(
+            model, prompt, subject, attribute, scorer=scorer, config=config, method=name.removesuffix("-gd"),
+            top_k=top_k, gradient_dropout=layers,
+        )  # fmt: skip
+        seconds[name] = time.perf_counter() - start
+        rss[name] = peak_rss_mib()
     entry = compare(results, seconds)
     entry.update(
-        sites=len(results["exact"].labels), peak_rss_mib_after_gradient_path=round(rss["screen"], 1),
+        sites=len(results["exact"].labels), peak_rss_mib_after_gradient_path=round(max(rss.values()), 1),
         clean=results["exact"].clean_score, corrupted=results["exact"].corrupt_score,
     )  # fmt: skip
     return entry
 
 
+def corruption_curve(model: Any, prompts: list[str], subject: str, attribute: str, config: TraceConfig) -> dict:
+    """Mean clean and corrupted log-probability of the attribute at each multiplier of :data:`CURVE`."""
+    calibration = calibrate_noise(
+        model, prompts, subject, attribute, scorer=DetectorScorer(log_probability=True), config=config,
+        multipliers=CURVE,
+    )  # fmt: skip
+    return {"clean": calibration.clean, "corrupted": dict(calibration.corrupted)}
+
+
 def print_row(name: str, entry: dict) -> None:
     """One table row per method."""
-    for method in METHODS:
+    for method in [m for m in METHODS if m in entry]:
         m = entry[method]
         marks = f"exact scores {m['exact_scores']:3d}/{entry['sites']}"
         print(f"{name:22s} {method:12s} {m['seconds']:8.1f} s {m['speedup']:6.1f}x  recall@5 {m['top5_recall']:.2f}  "
@@ -114,6 +133,13 @@ def main() -> int:
     parser.add_argument("--noise-multiplier", type=float, default=12.0, help="corruption, × embedding std (12)")
     parser.add_argument("--top-k", type=int, default=8, help="sites the screen confirms exactly (default 8)")
     parser.add_argument("--cases", type=int, default=3, help="ShapesWorld suite cases to trace (default all 3)")
+    parser.add_argument(
+        "--gradient-dropout",
+        type=int,
+        default=8,
+        metavar="L",
+        help="layers of the screen-gd arm's gradient dropout (default 8; 0 leaves the arm out)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -124,20 +150,26 @@ def main() -> int:
     print(f"{'case':22s} {'method':12s} {'time':>10s} {'vs exact':>7s}")
     cases = {}
     for case in suite.cases[: args.cases]:
-        entry = run_case(model, list(case.prompts[: args.prompts]), case.concept, case.attribute, config, args.top_k)
+        prompts = list(case.prompts[: args.prompts])
+        entry = run_case(model, prompts, case.concept, case.attribute, config, args.top_k, args.gradient_dropout)
+        entry["corruption_curve"] = corruption_curve(model, prompts, case.concept, case.attribute, config)
         cases[case.name] = entry
         print_row(case.name, entry)
-    totals = {m: sum(c[m]["seconds"] for c in cases.values()) for m in METHODS}
+        curve = entry["corruption_curve"]
+        print(f"{case.name:22s} corrupted log-probability (clean {curve['clean']:.2f}): "
+              + ", ".join(f"{k}x {v:.2f}" for k, v in curve["corrupted"].items()), flush=True)  # fmt: skip
+    methods = [m for m in METHODS if m in next(iter(cases.values()))]
+    totals = {m: sum(c[m]["seconds"] for c in cases.values()) for m in methods}
     summary = {
         method: {
             "seconds": round(totals[method], 1), "speedup": round(totals["exact"] / totals[method], 2),
             "top5_recall": float(np.mean([c[method]["top5_recall"] for c in cases.values()])),
             "spearman": float(np.mean([c[method]["spearman"] for c in cases.values()])),
         }
-        for method in METHODS
+        for method in methods
     }  # fmt: skip
     rss = max(c["peak_rss_mib_after_gradient_path"] for c in cases.values())
-    for method in METHODS:
+    for method in methods:
         s = summary[method]
         print(f"{'ShapesWorld, all':22s} {method:12s} {s['seconds']:8.1f} s {s['speedup']:6.1f}x  "
               f"recall@5 {s['top5_recall']:.2f}  spearman {s['spearman']:+.2f}")  # fmt: skip
@@ -145,11 +177,13 @@ def main() -> int:
     tiny = load(build_tiny_pipeline("sdxl", seed=0))
     tiny_config = TraceConfig(seeds=(0,), steps=args.steps, guidance=4.0, noise_multiplier=args.noise_multiplier,
                               bootstrap=0, max_batch=32)  # fmt: skip
-    sdxl = run_case(tiny, "a red circle in the style of van gogh", "van gogh", "a red circle", tiny_config, args.top_k)
+    sdxl = run_case(tiny, "a red circle in the style of van gogh", "van gogh", "a red circle", tiny_config, args.top_k,
+                    args.gradient_dropout)  # fmt: skip
     print_row(f"tiny-sdxl ({sdxl['sites']} sites)", sdxl)
     out = {
         "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]), "steps": args.steps,
-        "noise_multiplier": args.noise_multiplier, "top_k": args.top_k, "prompts": args.prompts, "seeds": [0, 1],
+        "noise_multiplier": args.noise_multiplier, "top_k": args.top_k, "gradient_dropout": args.gradient_dropout,
+        "prompts": args.prompts, "seeds": [0, 1],
         "scorer": "shapesworld-detectors-logp",
         "cases": cases, "shapesworld": summary, "peak_rss_mib_after_gradient_path": rss, "tiny_sdxl": sdxl,
         "seconds": round(time.perf_counter() - start, 1),

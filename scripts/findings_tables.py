@@ -208,13 +208,20 @@ def attribution_speed_table(data: dict[str, Any]) -> str:
     rows = ["| case | method | seconds | vs exact | top-5 recall | Spearman | exact scores |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, case in [*data["cases"].items(), (f"tiny-sdxl ({data['tiny_sdxl']['sites']} sites)", data["tiny_sdxl"])]:
-        for method in ("exact", "attribution", "screen"):
+        for method in [m for m in ("exact", "attribution", "screen", "screen-gd") if m in case]:
             m = case[method]
             rows.append(f"| {name} | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | {_fmt(m['top5_recall'])} | "
                         f"{_fmt(m['spearman'])} | {m['exact_scores']}/{case['sites']} |")  # fmt: skip
     for method, m in data["shapesworld"].items():
         rows.append(f"| **ShapesWorld, all** | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | "
                     f"{_fmt(m['top5_recall'])} | {_fmt(m['spearman'])} | |")  # fmt: skip
+    curves = [(name, case["corruption_curve"]) for name, case in data["cases"].items() if "corruption_curve" in case]
+    if curves:
+        rows += ["", "| case | clean | " + " | ".join(f"corrupted at {k}×" for k in curves[0][1]["corrupted"]) + " |",
+                 "|---|---|" + "---|" * len(curves[0][1]["corrupted"])]  # fmt: skip
+        for name, curve in curves:
+            rows.append(f"| {name} | {curve['clean']:.2f} | "
+                        + " | ".join(f"{v:.2f}" for v in curve["corrupted"].values()) + " |")  # fmt: skip
     return "\n".join(rows)
 
 
