@@ -158,6 +158,7 @@ def test_screen_confirms_the_top_k_exactly_and_marks_every_score(tiny_sd1, logp,
     kwargs = dict(scorer=logp, sites="unet.xattn.*", config=LINEAR)
     exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs)
     screen = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="screen", top_k=3, out=tmp_path, **kwargs)
+    estimated = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="attribution", **kwargs)
     confirmed = screen.meta["confirmed"]
     assert len(confirmed) == 3 and screen.method == "screen"
     marks = dict(zip(screen.labels, screen.marks, strict=True))
@@ -165,6 +166,10 @@ def test_screen_confirms_the_top_k_exactly_and_marks_every_score(tiny_sd1, logp,
     for name in confirmed:  # the confirmed sites carry the exact trace's numbers
         i, j = screen.labels.index(name), exact.labels.index(name)
         assert screen.scores[i] == pytest.approx(exact.scores[j], abs=1e-4)
+    errors = [abs(e - x) / abs(screen.clean_score - screen.corrupt_score) for e, x in zip(
+        [estimated.scores[estimated.labels.index(n)] for n in confirmed],
+        [screen.scores[screen.labels.index(n)] for n in confirmed], strict=True)]  # fmt: skip
+    assert screen.meta["confirmed_error"] == pytest.approx(np.mean(errors), rel=1e-3, abs=1e-6)
     assert [name for name, _ in screen.top(3)] == sorted(
         confirmed, key=lambda n: -screen.indirect_effect[screen.labels.index(n)]
     )  # the confirmed sites lead, by their measured effect

@@ -182,6 +182,7 @@ def _write_plots(model: LoadedModel, result: TraceResult, out: Path) -> None:
 def summary_lines(result: TraceResult) -> list[str]:
     """What a trace found, in a few lines: scores, top sites with intervals, controls, selection."""
     from diffloc.tracing.results import DENOISER_TRACE
+    from diffloc.tracing.screen import UNRELIABLE_ERROR
 
     lines = [
         f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
@@ -193,6 +194,14 @@ def summary_lines(result: TraceResult) -> list[str]:
             "scores are attribution estimates (first-order), "
             + (f"except {len(confirmed)} confirmed exactly: {', '.join(confirmed)}" if confirmed else "none exact")
         )
+        error = result.meta.get("confirmed_error")
+        if error is not None:
+            flag = (
+                f"  FLAGGED: above {UNRELIABLE_ERROR}, the estimates rank poorly here"
+                if error > UNRELIABLE_ERROR
+                else ""
+            )
+            lines.append(f"estimates of the confirmed sites missed their exact scores by {error:.2f} of the gap{flag}")
     if result.kind == DENOISER_TRACE:
         effect = result.indirect_effect
         top = []

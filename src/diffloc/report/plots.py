@@ -84,7 +84,9 @@ def _method_note(result: TraceResult) -> str:
     if result.method == "exact":
         return ""
     exact = int((result.marks == "exact").sum())
-    return f"; {result.method}: estimates" + (f", {exact} confirmed exactly" if exact else "")
+    error = result.meta.get("confirmed_error")
+    missed = f" (their estimates off by {error:.2f} of the gap)" if error is not None else ""
+    return f"; {result.method}: estimates" + (f", {exact} confirmed exactly{missed}" if exact else "")
 
 
 def plot_text_trace(result: TraceResult) -> Figure:

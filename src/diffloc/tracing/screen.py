@@ -213,8 +213,27 @@ def _confirm(
         mask[top] = True
         store.computed += exact_store.computed
         store.reused += exact_store.reused
-        meta.update(top_k=top_k, confirmed=[labels[i] for i in top])
+        meta.update(top_k=top_k, confirmed=[labels[i] for i in top], confirmed_error=confirmed_error(items, top))
     return Estimated(items=items, validated=validated, store=store, exact_mask=mask, step_deltas=steps, meta=meta)
+
+
+#: a screen whose estimates of the confirmed sites miss their exact scores by more than this share of the clean -
+#: corrupted gap on average is flagged: its ranking of the unconfirmed sites is not to be trusted
+UNRELIABLE_ERROR = 0.25
+
+
+def confirmed_error(items: Sequence[dict[str, Any]], confirmed: Sequence[int]) -> float | None:
+    """How far the estimates of the confirmed restores were from their exact scores: the mean over items and
+    confirmed restores of ``|estimate - exact| / |clean - corrupted|`` (items with no gap left out; ``None`` if
+    none has one). The screen's check on itself: where first order is poor here, it is poor for the ranking too.
+    """
+    errors = [
+        abs(item["estimates"][i] - item["scores"][i]) / abs(item["clean"] - item["corrupted"])
+        for item in items
+        if abs(item["clean"] - item["corrupted"]) > 1e-12
+        for i in confirmed
+    ]
+    return float(np.mean(errors)) if errors else None
 
 
 def step_effects(estimated: Estimated, clean: float, corrupted: float) -> np.ndarray | None:
