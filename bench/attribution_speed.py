@@ -76,6 +76,7 @@ def compare(results: dict[str, TraceResult], seconds: dict[str, float]) -> dict[
             "top5_recall": agree["top_recall"],
             "spearman": agree["spearman"],
             "exact_scores": int((results[method].marks == "exact").sum()),
+            "confirmed_error": results[method].meta.get("confirmed_error"),
         }
     return out
 
