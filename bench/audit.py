@@ -1,9 +1,9 @@
 """Which erasure is deepest? Every ShapesWorld removal, by every editor, under the erasure audit.
 
 Run: ``python bench/audit.py [--out docs/data/audit.json] [--cache runs/audit] [--table]`` (resumable: each
-finished arm is kept under ``--cache``; ``--table`` prints the table from the JSON alone). ``--attacks learned``
-audits with only the named attacks and skips the suite evaluation (the learned-prompt attack's own run:
-``python bench/audit.py --attacks learned --out docs/data/audit_learned.json --cache runs/audit-learned``).
+finished arm is kept under ``--cache``; ``--table`` prints the table from the JSON alone, ``--table --learned`` the
+learned-prompt attack's own). ``--attacks learned`` audits with only the named attacks and skips the suite
+evaluation (``python bench/audit.py --attacks learned --out FILE --cache DIR``).
 
 For the suite's two removal cases (style pica stro → "a plain style", object flumox → "thing"), five erasures:
 
@@ -183,12 +183,15 @@ def main() -> None:
     parser.add_argument("--out", default="docs/data/audit.json")
     parser.add_argument("--cache", default="runs/audit")
     parser.add_argument("--table", action="store_true", help="print the table from --out without computing")
+    parser.add_argument("--learned", action="store_true",
+                        help="with --table: the learned-prompt attack's own table (ASR edited and unedited, the "
+                        "tokens nearest to what it learned)")  # fmt: skip
     parser.add_argument("--attacks", default=",".join(AUDIT.attacks),
                         help="comma-separated attacks; fewer than all skips the suite evaluation")  # fmt: skip
     args = parser.parse_args()
     if args.table:
         data = json.loads(Path(args.out).read_text())
-        print(table(data) if data["rows"][0]["eval"] is not None else learned_table(data))
+        print(table(data) if data["rows"][0]["eval"] is not None and not args.learned else learned_table(data))
         return
     start = time.perf_counter()
     config = replace(AUDIT, attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()))
