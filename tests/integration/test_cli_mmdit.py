@@ -1,5 +1,5 @@
-"""``diffloc trace`` and ``diffloc locogen`` end to end on a tiny SD3: both streams, one text encoder, the
-text-stream LocoGen window, and the one-line refusal of a cross-attention window."""
+"""``diffloc trace`` and ``diffloc locogen`` end to end on a tiny SD3: both streams (screened), one text encoder
+(attribution), the text-stream LocoGen window, and the one-line refusal of a cross-attention window."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ COMMON = ["--model", "tiny-sd3", "--prompt", PROMPT, "--attribute", "van gogh st
 
 def test_trace_both_streams_and_one_text_encoder(tmp_path, tiny_clip_dir):
     denoiser = tmp_path / "denoiser"
-    sites = "transformer.joint.2?,transformer.joint_context.2?"
-    assert main(["trace", "unet", *COMMON, "--subject", "van gogh", "--clip", str(tiny_clip_dir),
-                 "--sites", sites, "--out", str(denoiser), *FAST]) == 0  # fmt: skip
+    sites = "transformer.joint.2?,transformer.joint_context.2?,transformer.attn.2?.k"
+    assert main(["trace", "unet", *COMMON, "--subject", "van gogh", "--clip", str(tiny_clip_dir), "--sites", sites,
+                 "--out", str(denoiser), "--method", "screen", "--top-k", "2", *FAST]) == 0  # fmt: skip
     result = TraceResult.load(denoiser)
-    assert result.labels[:2] == ["transformer.joint.20", "transformer.joint.21"] and len(result.labels) == 7
+    assert result.labels[:2] == ["transformer.joint.20", "transformer.joint.21"] and len(result.labels) == 11
     assert result.controls == [] and (denoiser / "trace.png").stat().st_size > 0
+    assert result.method == "screen" and int((result.marks == "exact").sum()) == 2
+    assert result.meta["attribution_fixes"] == ["attention-saturation"]
     text = tmp_path / "text"
     assert main(["trace", "text", *COMMON, "--subject", "van gogh", "--clip", str(tiny_clip_dir), "--kinds", "layer",
-                 "--encoder", "text3", "--out", str(text), *FAST]) == 0  # fmt: skip
+                 "--encoder", "text3", "--out", str(text), "--method", "attribution", *FAST]) == 0  # fmt: skip
     traced = TraceResult.load(text)
-    assert traced.labels == ["text3.layer"] and traced.meta["encoder"] == "text3"
+    assert traced.labels == ["text3.layer"] and traced.meta["encoder"] == "text3" and traced.method == "attribution"
 
 
 def test_locogen_text_stream_and_the_cross_attention_refusal(tmp_path, tiny_clip_dir, capsys):

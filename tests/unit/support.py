@@ -1,7 +1,9 @@
-"""What several unit-test files share: a deterministic pixel scorer and the order sites' forwards finish in."""
+"""What several unit-test files share: a deterministic pixel scorer, the order sites' forwards finish in, and the
+comparison of gradient estimates with exact patching."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from diffloc.engine.generate import GenerationConfig, generate
@@ -43,3 +45,31 @@ def finish_order(model, sites) -> list[str]:
     with patch(model, outputs={s.name: make(s.name) for s in sites}, first=False):
         generate(model, "a red circle", config=GenerationConfig(steps=1, guidance=1.0))
     return seen
+
+
+def score_changes(result, estimates: bool = False) -> np.ndarray:
+    """A trace's score change per restore (flattened, NaN as 0): its scores, or with ``estimates`` its single
+    item's gradient estimates (a screen keeps them under ``estimates``, its confirmed restores measured)."""
+    if estimates:
+        (item,) = result.items
+        return np.nan_to_num(np.asarray(item["estimates"], float) - item["corrupted"]).ravel()
+    return np.nan_to_num(np.asarray(result.scores, float) - result.corrupt_score).ravel()
+
+
+def float_floor(exact, estimated) -> float:
+    """How well a float32 sampling chain measures a restore here: the clean and the corrupted run are computed in
+    both traces, in batches of other sizes, and differ by up to this much; an exact change is the difference of two
+    such runs, hence twice it."""
+    return 2 * max(abs(exact.clean_score - estimated.clean_score), abs(exact.corrupt_score - estimated.corrupt_score))
+
+
+def assert_estimates_agree(
+    want: np.ndarray, got: np.ndarray, *, share: float = 0.1, rtol: float = 0.05, floor: float = 0.0
+) -> int:
+    """Estimated changes ``got`` agree with exact changes ``want`` to ``rtol`` (plus ``floor``, the precision an
+    exact change is measured to) on every restore whose exact change is at least ``share`` of the largest; returns
+    how many were compared."""
+    big = np.abs(want) >= share * np.abs(want).max()
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got[big], want[big], rtol=rtol, atol=floor)
+    return int(big.sum())

@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from support import assert_estimates_agree, score_changes
 
 from diffloc.cli.main import main
 from diffloc.engine.hooks import installed_hook_count
@@ -26,18 +27,10 @@ LINEAR = TraceConfig(seeds=(0,), steps=3, guidance=4.0, noise=0.005, bootstrap=0
 RELATIVE = 0.05
 
 
-def _changes(result: TraceResult) -> np.ndarray:
-    return np.nan_to_num(np.asarray(result.scores, float) - result.corrupt_score).ravel()
-
-
 def assert_agree(exact: TraceResult, estimated: TraceResult, share: float = 0.1) -> int:
     """Estimated and exact score changes agree to :data:`RELATIVE` on every restore whose exact change is at least
     ``share`` of the largest; returns how many were compared."""
-    want, got = _changes(exact), _changes(estimated)
-    big = np.abs(want) >= share * np.abs(want).max()
-    assert np.abs(want).max() > 0
-    np.testing.assert_allclose(got[big], want[big], rtol=RELATIVE, atol=0)
-    return int(big.sum())
+    return assert_estimates_agree(score_changes(exact), score_changes(estimated), share=share, rtol=RELATIVE)
 
 
 def _subset(result: TraceResult, keep: list[int]) -> TraceResult:
@@ -121,14 +114,14 @@ def test_the_attention_fix_estimates_key_sites_through_their_layer_not_the_softm
     config = TraceConfig(**{**LINEAR.to_dict(), "noise": 0.5})
     kwargs = dict(scorer=logp, sites="unet.xattn.*.k", config=config)
     hooks = installed_hook_count(tiny_sd1)
-    exact = _changes(causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs))
+    exact = score_changes(causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, **kwargs))
     fixed = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="attribution", **kwargs)
     plain = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, method="attribution", attention_fix=False, **kwargs)
     assert fixed.meta["attribution_fixes"] == ["attention-saturation"] and plain.meta["attribution_fixes"] == []
     assert installed_hook_count(tiny_sd1) == hooks
 
     def error(result: TraceResult) -> float:
-        return float(np.abs(_changes(result) - exact).mean() / np.abs(exact).mean())
+        return float(np.abs(score_changes(result) - exact).mean() / np.abs(exact).mean())
 
     assert error(fixed) < 0.05 and error(fixed) < error(plain) / 3
 

@@ -313,6 +313,7 @@ def causal_trace(
             "prompts": prompt_list, "subject": subject, "attribute": attribute, "scorer": scorer.name,
             "restore_from": config.restore_from, "restore": RESTORE_DESCRIPTIONS[config.restore_from],
             "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
+            "subject_ranges": {site: list(span) for site, span in ranges[prompt_list[0]].items()},
         }, out=out)  # fmt: skip
     jobs = [
         Job(
@@ -528,6 +529,7 @@ def trace_text(
             meta={
                 "prompts": [prompt], "subject": subject, "attribute": attribute, "scorer": scorer.name,
                 "restore_from": "encoding", "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
+                "subject_ranges": {site: list(span) for site, span in site_ranges.items()}, "encoder": spec0.prefix,
             }, out=out, shape=as_cube, tokens=tokens, cell_labels=cell_labels,
         )  # fmt: skip
     jobs = [
