@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hostile_families import family_cases
 
 LEGACY_EDIT = Path(__file__).resolve().parent.parent / "data" / "edit-v1-quickfix-tiny-sd1"
 SW_PROMPT = "a red circle in the style of van goo"
@@ -587,4 +588,5 @@ CASES: list[Case] = [
     *_output_cases(),
     *_audit_cases(),
     *_other_cases(),
+    *family_cases(Case),
 ]

@@ -7,7 +7,7 @@ import torch
 
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs
 from diffloc.engine.hooks import installed_hook_count, patch
-from diffloc.engine.interventions import CorruptTokens, Restore, Run, SetChannels, SwapContext
+from diffloc.engine.interventions import CorruptTokens, Restore, Run, SetChannels, SwapContext, compile_runs
 from diffloc.errors import ConfigError, PromptError, UnknownSiteError
 from diffloc.sites import SiteKind
 
@@ -118,6 +118,13 @@ def test_if_context_swap_changes_the_image(tiny_if):
     ]
     clean, swapped = generate_runs(tiny_if, runs, config=CFG)
     assert (clean - swapped).abs().max() > 100 * ROW_ATOL
+
+
+def test_a_projection_swap_under_a_normalized_context_is_refused(tiny_if):
+    """IF's cross-attention normalizes its context before .k/.v: swapping one projection is not a context swap."""
+    run = Run(prompt=PROMPT, seed=0, interventions=(SwapContext(sites=("unet.xattn.0.k",), prompt="a blue square"),))
+    with pytest.raises(ConfigError, match=r"'unet.xattn.0.k': this attention normalizes its context.*'unet.xattn.0'"):
+        compile_runs(tiny_if, [run])
 
 
 def test_swapping_k_and_v_projections_equals_swapping_the_layer(tiny_sd1):

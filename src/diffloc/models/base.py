@@ -326,9 +326,24 @@ class ModelAdapter(ABC):
         """Pixels per latent cell along one side (VAE downsampling factor; 1 in pixel space)."""
         return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
+    def latent_cells_per_token(self, pipe: Any) -> int:
+        """Latent cells per side of one denoiser token: a diffusion transformer's patch size (1 for a UNet)."""
+        return 1
+
     def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, int, int]:
-        """``(channels, h, w)`` of the denoiser's input for an image of this size."""
+        """``(channels, h, w)`` of the denoiser's input for an image of this size.
+
+        Raises:
+            ConfigError: a side that is not a whole number of the denoiser's patches (a transformer cuts the
+                latent into ``patch × patch`` tokens; the rest would not fit, and its pipeline refuses such sizes).
+        """
         f = self.pixels_per_latent(pipe)
+        side = f * self.latent_cells_per_token(pipe)
+        if side > f and (height % side or width % side):
+            raise ConfigError(
+                f"image size {height}x{width} does not split into {self.family} patches; each side must be a multiple "
+                f"of {side} pixels, e.g. {max(side, height - height % side)}x{max(side, width - width % side)}"
+            )
         return self.in_channels(pipe), height // f, width // f
 
     def decode(self, pipe: Any, latents: torch.Tensor, *, batch: int = DECODE_BATCH) -> torch.Tensor:

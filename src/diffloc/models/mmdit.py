@@ -75,6 +75,9 @@ class MMDiTAdapter(ModelAdapter):
         """Latent cells per image token along one side."""
         return int(getattr(self.denoiser(pipe).config, "patch_size", 1) or 1) * self.pack
 
+    def latent_cells_per_token(self, pipe: Any) -> int:
+        return self.patch_size(pipe)
+
     def subject_ranges(self, pipe: Any, prompt: str, subject: str) -> dict[str, tuple[int, int]]:
         """Each encoder's own range: CLIP puts a BOS token first, T5 none, and their subwords differ."""
         return {

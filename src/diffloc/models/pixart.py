@@ -124,6 +124,9 @@ class PixArtAdapter(ModelAdapter):
     def in_channels(self, pipe: Any) -> int:
         return int(self.denoiser(pipe).config.in_channels)
 
+    def latent_cells_per_token(self, pipe: Any) -> int:
+        return int(self.denoiser(pipe).config.patch_size)
+
     def sample_size(self, pipe: Any) -> int:
         size = self.denoiser(pipe).config.sample_size
         return int(size[0] if isinstance(size, list | tuple) else size)
