@@ -164,6 +164,7 @@ register_editor(
 register_editor(
     EditorSpec(
         name="joint-kv", module="diffloc.editing.joint_kv", config="JointKVConfig", compute="compute_joint_kv",
+        statistics="joint_kv_statistics",
         summary="LocoEdit on joint attention (SD3, FLUX): text-side K/V of chosen blocks",
         cli_help="SD3/FLUX: edit add_k_proj/add_v_proj of joint blocks (e.g. a text-stream LocoGen window)",
         takes_sites=True, weighs_preservation=True, families=JOINT_ATTENTION_FAMILIES,
@@ -182,7 +183,8 @@ register_editor(
 register_editor(
     EditorSpec(
         name="context", module="diffloc.editing.context_edit", config="ContextEditConfig",
-        compute="compute_context_edit", summary="SD3/FLUX: context_embedder, the map into the text stream",
+        compute="compute_context_edit", statistics="context_statistics",
+        summary="SD3/FLUX: context_embedder, the map into the text stream",
         cli_help="SD3/FLUX: edit context_embedder, which feeds the text stream of every block",
         weighs_preservation=True, families=JOINT_ATTENTION_FAMILIES,
         options=(

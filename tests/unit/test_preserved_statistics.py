@@ -17,7 +17,9 @@ from diffloc.editing import (
     compute_edit,
     preservation_statistics,
 )
+from diffloc.editing.context_edit import ContextEditConfig
 from diffloc.editing.edit import parameter_hashes as model_hashes
+from diffloc.editing.joint_kv import JointKVConfig
 from diffloc.editing.states import EncodedPrompt
 from diffloc.errors import ConfigError, EditError
 from diffloc.sites import SiteKind
@@ -199,3 +201,43 @@ def test_saved_statistics_refuse_other_weights_and_bad_files(tiny_sd1, tmp_path)
     with pytest.raises(EditError, match="another preserved concepts"):
         compute_edit(tiny_sd1, replace(REQUEST, preserve=("tree",)), method="locoedit", config=CONFIGS["locoedit"],
                      preserved=loaded)  # fmt: skip
+
+
+STREAM_CONFIGS = {
+    "joint-kv": JointKVConfig(sites=("transformer.joint.2", "transformer.attn.5.k"), steps=1),
+    "context": ContextEditConfig(),
+}
+
+
+# FLUX's joint blocks are SD3's to this editor (it records 10x longer there): joint-kv is checked on SD3
+@pytest.mark.parametrize(("family", "method"), [("sd3", "joint-kv"), ("sd3", "context"), ("flux", "context")])
+def test_stream_editors_reuse_statistics_with_the_same_edit(family, method, tmp_path, request):
+    """The joint-attention editors read precomputed statistics like LocoEdit: the same weights as an edit that
+    computes them; joint-kv's hold each block they were computed for and fingerprint the whole denoiser (a block's
+    text stream has passed every block before it), so they survive a save and load and refuse other blocks and a
+    changed denoiser."""
+    model, config = request.getfixturevalue(f"tiny_{family}"), STREAM_CONFIGS[method]
+    before = model_hashes(model)
+    stats = preservation_statistics(model, REQUEST, method=method, config=config)
+    assert model_hashes(model) == before and stats.rows > 0
+    other = replace(REQUEST, concepts=("bird",), targets=("fish",))
+    other_config = replace(config, **({"lam": 0.05} if method == "context" else {"lam_k": 0.05}))
+    fresh = compute_edit(model, other, method=method, config=other_config)
+    reused = compute_edit(model, other, method=method, config=other_config, preserved=stats)
+    _assert_same_weights(fresh, reused)
+    assert [e.stats["preserved_statistics"]["source"] for e in (fresh, reused)] == ["computed", "precomputed"]
+    assert reused.stats["preserve_pairs"] > 0
+    if method == "context":
+        return
+    assert sorted(stats.grams) == ["transformer.attn.2", "transformer.attn.5"] and stats.reads_denoiser
+    subset = replace(config, sites=("transformer.attn.5.v",))
+    _assert_same_weights(compute_edit(model, other, method=method, config=subset),
+                         compute_edit(model, other, method=method, config=subset, preserved=stats))  # fmt: skip
+    with pytest.raises(EditError, match=r"hold blocks transformer.attn.2, transformer.attn.5, not transformer.attn.7"):
+        compute_edit(model, other, method=method, config=replace(config, sites=("transformer.joint.7",)),
+                     preserved=stats)  # fmt: skip
+    loaded = PreservedStatistics.load(stats.save(tmp_path / "stats.safetensors", model), model)
+    _assert_same_weights(reused, compute_edit(model, other, method=method, config=other_config, preserved=loaded))
+    context_edit = compute_edit(model, other, method="context")  # changes the text stream every block reads
+    with context_edit.applied(model), pytest.raises(EditError, match=r"stale: transformer.context_embedder.weight"):
+        compute_edit(model, other, method=method, config=other_config, preserved=loaded)

@@ -48,7 +48,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preserve", action="append", default=[], help="concept to keep unchanged (repeatable)")
     parser.add_argument(
         "--preserve-prompt", action="append", default=[],
-        help="whole prompt whose text states must not change, every position (repeatable; quickfix, locoedit)",
+        help="whole prompt whose text states must not change, every position (repeatable; quickfix, locoedit, "
+        "joint-kv, context)",
     )  # fmt: skip
     parser.add_argument(
         "--template", action="append", default=[], help="extra prompt template with one '{}' (repeatable)"
@@ -63,7 +64,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stats", default=None, metavar="FILE",
         help="preservation statistics file: reused if it exists (checked against the model and the preservation "
-        "set), else computed and written there for the next edit (quickfix, locoedit; needs --preserve*)",
+        "set), else computed and written there for the next edit (quickfix, locoedit, joint-kv, context; needs "
+        "--preserve*)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="edit directory to write (edit.safetensors + edit.json)")
     add_allow_bin_argument(parser)

@@ -15,13 +15,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
 
 import torch
 
-from diffloc.editing.closed_form import SharedInputRidge
+from diffloc.editing.closed_form import PreservedGram, SharedInputRidge
 from diffloc.editing.edit import Edit
+from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
-from diffloc.editing.stream_states import pair_rows
+from diffloc.editing.stream_states import edit_rows, stream_grams
 from diffloc.editors import TARGET_MODES
 from diffloc.errors import ConfigError, EditError
 from diffloc.models.base import LoadedModel
@@ -52,11 +55,40 @@ class ContextEditConfig:
             raise ConfigError(f"target_mode must be one of {', '.join(TARGET_MODES)}, got {self.target_mode!r}")
 
 
-def compute_context_edit(model: LoadedModel, request: EditRequest, config: ContextEditConfig) -> Edit:
+def context_scope(request: EditRequest, config: ContextEditConfig) -> dict[str, Any]:
+    """What the context edit's preservation statistics depend on besides the weights: the preservation set."""
+    return preservation_scope(request, LOCOEDIT_TEMPLATES)
+
+
+def context_grams(model: LoadedModel, request: EditRequest, config: ContextEditConfig) -> dict[str, PreservedGram]:
+    """The statistics of the preserved rows of ``context_embedder``'s input (the text encoders' output)."""
+    return stream_grams(model, request, LOCOEDIT_TEMPLATES, {"context": partial(_encoder_output, model)})
+
+
+def context_statistics(model: LoadedModel, request: EditRequest, config: ContextEditConfig) -> PreservedStatistics:
+    """The context edit's preservation statistics for ``request`` (see :mod:`diffloc.editing.preserved`)."""
+    return resolved("context", model, request, config, context_scope, context_grams, None)[0]
+
+
+def _encoder_output(model: LoadedModel, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The text encoders' output per prompt, as one "step" ``(1, tokens, dim)`` (it does not depend on the
+    timestep)."""
+    with torch.no_grad():
+        hidden = model.adapter.encode(model.pipe, list(prompts)).hidden.float().cpu()
+    return {p: hidden[i : i + 1] for i, p in enumerate(prompts)}
+
+
+def compute_context_edit(
+    model: LoadedModel, request: EditRequest, config: ContextEditConfig, preserved: PreservedStatistics | None = None
+) -> Edit:
     """Compute a ``context_embedder`` edit (the model is not modified).
 
+    ``preserved``: the request's preservation statistics from :func:`context_statistics`, computed earlier on this
+    model; by default they are computed here.
+
     Raises:
-        EditError: the model has no ``context_embedder`` (a cross-attention family).
+        EditError: the model has no ``context_embedder`` (a cross-attention family); ``preserved`` was computed for
+            another preservation set or other weights.
         PromptError: a concept/target does not occur in a filled template.
     """
     start = time.perf_counter()
@@ -68,19 +100,17 @@ def compute_context_edit(model: LoadedModel, request: EditRequest, config: Conte
     if not isinstance(linear, torch.nn.Linear):
         raise EditError(f"{site.name} is a {type(linear).__name__}, not a linear map; cannot edit it")
 
-    def encoder_output(prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            hidden = model.adapter.encode(model.pipe, list(prompts)).hidden.float().cpu()
-        return {p: hidden[i : i + 1] for i, p in enumerate(prompts)}  # one "step": (1, tokens, dim)
-
-    keys, targets, preserved, _ = pair_rows(model, request, LOCOEDIT_TEMPLATES, config.target_mode, encoder_output)
-    solver = SharedInputRidge(keys, targets, config.lam, K_preserve=preserved, preserve_weight=config.preserve_weight)
+    preserved, source = resolved("context", model, request, config, context_scope, context_grams, preserved)
+    gram = preserved.grams.get("context")
+    keys, targets = edit_rows(model, request, LOCOEDIT_TEMPLATES, config.target_mode, partial(_encoder_output, model))
+    solver = SharedInputRidge(keys, targets, config.lam, preserved=gram, preserve_weight=config.preserve_weight)
     current = linear.weight.detach()
     key = f"{site.full_path}.weight"
     stats = {
         "sites": [site.name],
         "key_value_pairs": int(keys.shape[0]),
-        "preserve_pairs": 0 if preserved is None else int(preserved.shape[0]),
+        "preserve_pairs": 0 if gram is None else gram.rows,
+        "preserved_statistics": {"source": source, "seconds": preserved.seconds},
         "seconds": round(time.perf_counter() - start, 6),
     }
     logger.info("context: %s", stats)

@@ -29,16 +29,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffloc.editing.closed_form import SharedInputRidge
+from diffloc.editing.closed_form import PreservedGram, SharedInputRidge
 from diffloc.editing.edit import Edit
 from diffloc.editing.locoedit import projection_linear, site_names
+from diffloc.editing.preserved import PreservedStatistics, preservation_scope, resolved
 from diffloc.editing.requests import LOCOEDIT_TEMPLATES, EditRequest
-from diffloc.editing.stream_states import pair_rows
+from diffloc.editing.stream_states import edit_prompts, edit_rows, preserved_prompts, stream_grams
 from diffloc.editors import TARGET_MODES
 from diffloc.engine.generate import GenerationConfig, generate_runs
 from diffloc.engine.hooks import InputHook, patch
 from diffloc.engine.interventions import Run
-from diffloc.errors import ConfigError, UnknownSiteError
+from diffloc.errors import ConfigError, EditError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import Site, SiteKind
 from diffloc.validate import check_count, check_positive, check_seed
@@ -141,30 +142,69 @@ def _recorder(calls: list[torch.Tensor]) -> InputHook:
     return hook
 
 
-def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVConfig) -> Edit:
+def joint_kv_scope(request: EditRequest, config: JointKVConfig) -> dict[str, Any]:
+    """What joint-kv's preservation statistics depend on besides the weights: the preservation set and the
+    trajectories the preserved states are recorded along (not the blocks: statistics hold each block they were
+    computed for, and serve any edit of those blocks)."""
+    return preservation_scope(request, LOCOEDIT_TEMPLATES, key_steps=config.steps, seed=config.seed)
+
+
+def joint_kv_grams(model: LoadedModel, request: EditRequest, config: JointKVConfig) -> dict[str, PreservedGram]:
+    """The statistics of the preserved text-stream rows at each edited block's text-side projections (keyed by
+    the block's attention, ``transformer.attn.N``), recorded along the preserved prompts' own trajectories."""
+    readers = _readers(model, config)
+    prompts = preserved_prompts(request, LOCOEDIT_TEMPLATES)
+    recorded = recorded_inputs(model, readers, prompts, config.steps, config.seed) if prompts else {}
+    return stream_grams(model, request, LOCOEDIT_TEMPLATES, {a: partial(_recorded, s) for a, s in recorded.items()})
+
+
+def joint_kv_statistics(model: LoadedModel, request: EditRequest, config: JointKVConfig) -> PreservedStatistics:
+    """joint-kv's preservation statistics for ``request`` and the blocks of ``config.sites`` (see
+    :mod:`diffloc.editing.preserved`): they depend on the whole denoiser before each block, so any change to its
+    weights makes them stale."""
+    return resolved("joint-kv", model, request, config, joint_kv_scope, joint_kv_grams, None, reads_denoiser=True)[0]
+
+
+def compute_joint_kv(
+    model: LoadedModel, request: EditRequest, config: JointKVConfig, preserved: PreservedStatistics | None = None
+) -> Edit:
     """Compute a joint-attention LocoEdit (the model is not modified).
+
+    Args:
+        model, request, config: the model, what to edit, and :class:`JointKVConfig`.
+        preserved: the request's preservation statistics from :func:`joint_kv_statistics`, computed earlier on
+            this model for (at least) these blocks; by default they are computed here.
 
     Raises:
         UnknownSiteError: a site that is not a joint block, its attention or one of its projections.
         PromptError: a concept/target does not occur in a filled template.
-        EditError: the model has no text stream.
+        EditError: the model has no text stream; ``preserved`` was computed for another preservation set, other
+            weights or other blocks.
     """
     start = time.perf_counter()
     groups = joint_projection_sites(model, config.sites)
-    readers = {attention: sites[0].name for attention, sites in groups.items()}  # .k and .v read the same input
-    all_prompts = _request_prompts(request, config.target_mode)
-    recorded = recorded_inputs(model, readers, all_prompts, config.steps, config.seed)
+    stats_used, source = resolved(
+        "joint-kv", model, request, config, joint_kv_scope, joint_kv_grams, preserved, reads_denoiser=True
+    )
+    missing = [a for a in groups if stats_used.grams and a not in stats_used.grams]
+    if missing:
+        raise EditError(
+            f"preserved statistics hold blocks {', '.join(stats_used.grams)}, not {', '.join(missing)}; compute them "
+            "for this edit's sites with preservation_statistics"
+        )
+    prompts = edit_prompts(request, LOCOEDIT_TEMPLATES, config.target_mode)
+    recorded = recorded_inputs(model, _readers(model, config), prompts, config.steps, config.seed)
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
-    pairs = preserve_rows = 0
+    pairs = 0
     for attention, sites in groups.items():
-        keys, targets, preserved, _ = pair_rows(
+        keys, targets = edit_rows(
             model, request, LOCOEDIT_TEMPLATES, config.target_mode, partial(_recorded, recorded[attention])
         )
-        pairs, preserve_rows = keys.shape[0], 0 if preserved is None else preserved.shape[0]
+        pairs, gram = keys.shape[0], stats_used.grams.get(attention)
         lams = [config.lam_k if site.kind is SiteKind.ATTN_K else config.lam_v for site in sites]
         solvers = {
-            lam: SharedInputRidge(keys, targets, lam, K_preserve=preserved, preserve_weight=config.preserve_weight)
+            lam: SharedInputRidge(keys, targets, lam, preserved=gram, preserve_weight=config.preserve_weight)
             for lam in dict.fromkeys(lams)
         }  # one factorization per block and λ serves its .k and .v
         for site, lam in zip(sites, lams, strict=True):
@@ -176,8 +216,9 @@ def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVCo
     stats = {
         "sites": [s.name for sites in groups.values() for s in sites],
         "key_value_pairs": pairs,
-        "preserve_pairs": preserve_rows,
+        "preserve_pairs": max((g.rows for g in stats_used.grams.values()), default=0),
         "key_steps": config.steps,
+        "preserved_statistics": {"source": source, "seconds": stats_used.seconds},
         "seconds": round(time.perf_counter() - start, 6),
     }
     logger.info("joint-kv: %s", stats)
@@ -187,13 +228,11 @@ def compute_joint_kv(model: LoadedModel, request: EditRequest, config: JointKVCo
     )  # fmt: skip
 
 
+def _readers(model: LoadedModel, config: JointKVConfig) -> dict[str, str]:
+    """Per edited block's attention, the site whose input is recorded (``.k`` and ``.v`` read the same input)."""
+    return {attention: sites[0].name for attention, sites in joint_projection_sites(model, config.sites).items()}
+
+
 def _recorded(states: Mapping[str, torch.Tensor], prompts: Sequence[str]) -> Mapping[str, torch.Tensor]:
     """The states recorded for a block (a :data:`~diffloc.editing.stream_states.StateReader` over them)."""
     return states
-
-
-def _request_prompts(request: EditRequest, target_mode: str) -> list[str]:
-    """Every prompt :func:`~diffloc.editing.stream_states.pair_rows` reads, in order, without repeats."""
-    pairs = request.pairs(LOCOEDIT_TEMPLATES)
-    values = [p.value_subject if target_mode == "bare" else p.value_prompt for p in pairs if not p.preserve]
-    return list(dict.fromkeys([p.key_prompt for p in pairs] + values + list(request.preserve_prompts)))

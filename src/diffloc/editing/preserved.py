@@ -51,31 +51,34 @@ STATISTICS_FORMAT = "diffloc-preserved-statistics/1"
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
-def state_fingerprint(model: LoadedModel) -> Fingerprint:
+def state_fingerprint(model: LoadedModel, denoiser: bool = False) -> Fingerprint:
     """(name, storage address, in-place version) of every parameter that text states are read through.
 
     That is every text encoder of the pipeline and the denoiser's context projection, where it has one (IF's
-    ``unet.encoder_hid_proj``). Costs
-    microseconds (no tensor data is read).
+    ``unet.encoder_hid_proj``, SD3/FLUX's ``context_embedder``); with ``denoiser`` the whole denoiser too (a joint
+    block's text stream has passed the blocks before it). Costs microseconds (no tensor data is read).
     """
-    return tuple((name, param.data_ptr(), int(param._version)) for name, param in _read_through(model))
+    return tuple((name, param.data_ptr(), int(param._version)) for name, param in _read_through(model, denoiser))
 
 
-def _read_through(model: LoadedModel) -> list[tuple[str, torch.Tensor]]:
+def _read_through(model: LoadedModel, denoiser: bool = False) -> list[tuple[str, torch.Tensor]]:
     pipe = model.pipe
     modules = [(spec.component, getattr(pipe, spec.component)) for spec in model.adapter.text_encoders(pipe)]
-    projection = model.adapter.context_projection(pipe)
-    if projection is not None:
-        modules.append(projection)
+    if denoiser:
+        modules.append((model.adapter.denoiser_component, model.denoiser))
+    else:
+        projection = model.adapter.context_projection(pipe)
+        if projection is not None:
+            modules.append(projection)
     return [(f"{prefix}.{name}", p) for prefix, module in modules for name, p in module.named_parameters()]
 
 
-def content_hash(model: LoadedModel) -> str:
+def content_hash(model: LoadedModel, denoiser: bool = False) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the parameters of :func:`state_fingerprint`."""
     from diffloc.editing.edit import tensor_hash
 
     digest = hashlib.sha256()
-    for name, param in _read_through(model):
+    for name, param in _read_through(model, denoiser):
         digest.update(f"{name}={tensor_hash(param)};".encode())
     return digest.hexdigest()
 
@@ -85,10 +88,11 @@ class PreservedStatistics:
     """The preservation statistics of one method, model state and preservation set.
 
     Attributes:
-        method: the editing method they are for (``quickfix`` or ``locoedit``).
+        method: the editing method they are for (``quickfix``, ``locoedit``, ``joint-kv`` or ``context``).
         scope: what they depend on besides the weights (preserved concepts, templates, preserved prompts, the
-            method settings that choose key positions).
-        grams: per input space (a text encoder component for Diff-QuickFix, ``"context"`` for LocoEdit).
+            method settings that choose key positions or record them).
+        grams: per input space (a text encoder component for Diff-QuickFix, ``"context"`` for LocoEdit and the
+            ``context_embedder`` edit, each edited joint attention ``transformer.attn.N`` for joint-kv).
         seconds: wall time it took to compute them.
         fingerprint: :func:`state_fingerprint` of the model they were computed on.
         targets: the request's target prompts encoded (LocoEdit, ``positions="subject+eos"``), keyed by
@@ -101,6 +105,8 @@ class PreservedStatistics:
     seconds: float
     fingerprint: Fingerprint = field(repr=False, default=())
     targets: Mapping[tuple[str, str], EncodedPrompt] = field(repr=False, default_factory=dict)
+    #: whether the preserved states pass through the denoiser (joint-kv): its weights are fingerprinted too
+    reads_denoiser: bool = False
 
     @property
     def rows(self) -> int:
@@ -132,7 +138,8 @@ class PreservedStatistics:
             "rows": {space: g.rows for space, g in self.grams.items()},
             "targets": [[prompt, subject, e.position] for (prompt, subject), e in self.targets.items()],
             "seconds": self.seconds,
-            "weights_sha256": content_hash(model),
+            "weights_sha256": content_hash(model, self.reads_denoiser),
+            "reads_denoiser": self.reads_denoiser,
             "family": model.family,
             "diffloc_version": __version__,
         }
@@ -168,16 +175,18 @@ class PreservedStatistics:
             }
         except Exception as exc:  # truncated, foreign or hand-edited file
             raise EditError(f"cannot read preserved statistics {str(source)!r}: {exc}") from None
-        if header["weights_sha256"] != content_hash(model):
+        denoiser = bool(header.get("reads_denoiser", False))
+        if header["weights_sha256"] != content_hash(model, denoiser):
             raise EditError(
                 f"preserved statistics {str(source)!r} were computed on other text-encoder weights "
                 f"(sha256 {header['weights_sha256'][:12]}…); recompute them for this model"
             )
         return cls(method=header["method"], scope=header["scope"], grams=grams, seconds=float(header["seconds"]),
-                   fingerprint=state_fingerprint(model), targets=targets)  # fmt: skip
+                   fingerprint=state_fingerprint(model, denoiser), targets=targets,
+                   reads_denoiser=denoiser)  # fmt: skip
 
     def _check_fresh(self, model: LoadedModel) -> None:
-        now = state_fingerprint(model)
+        now = state_fingerprint(model, self.reads_denoiser)
         if now != self.fingerprint:
             changed = next(
                 (a[0] for a, b in zip(self.fingerprint, now, strict=False) if a != b),
@@ -226,14 +235,16 @@ def resolved(
     scope: Callable[[Any, Any], Mapping[str, Any]],
     grams: Callable[[LoadedModel, Any, Any], Mapping[str, PreservedGram]],
     given: PreservedStatistics | None,
+    *,
+    reads_denoiser: bool = False,
 ) -> tuple[PreservedStatistics, str]:
     """The statistics an edit uses and where they came from: ``given`` (checked against this edit) →
     ``"precomputed"``, else ``grams(model, request, config)`` computed now, with its timing, scope and the
-    model's fingerprint → ``"computed"``."""
+    model's fingerprint (``reads_denoiser``: the denoiser's weights too) → ``"computed"``."""
     if given is not None:
         given.check(model, method, scope(request, config))
         return given, "precomputed"
-    fingerprint = state_fingerprint(model)
+    fingerprint = state_fingerprint(model, reads_denoiser)
     start = time.perf_counter()
     computed = grams(model, request, config)
     stats = PreservedStatistics(
@@ -242,5 +253,6 @@ def resolved(
         grams=dict(computed),
         seconds=round(time.perf_counter() - start, 6),
         fingerprint=fingerprint,
+        reads_denoiser=reads_denoiser,
     )
     return stats, "computed"
