@@ -107,6 +107,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="from scratch with this ShapesWorld pipeline's VAE (and latent scaling) instead of training one; "
         "UNet and text encoder start random ('shapesworld': the shipped one; not with --init-from)",
     )  # fmt: skip
+    p.add_argument(
+        "--denoiser", default="unet", type=_denoiser_arg,
+        help="unet (SD-1.5 structure; default) or dit (PixArt-α-structured transformer, exported as a "
+        "PixArtAlphaPipeline; from scratch it takes the shipped model's VAE and, frozen, its text encoder unless "
+        "--vae-from / --text-from / --train-text say otherwise)",
+    )  # fmt: skip
+    p.add_argument("--dit-width", type=count_arg("dit_width"), default=None,
+                   help="dit: transformer width (default 128)")  # fmt: skip
+    p.add_argument("--dit-layers", type=count_arg("dit_layers"), default=None,
+                   help="dit: transformer blocks (default 8)")  # fmt: skip
+    p.add_argument("--dit-heads", type=count_arg("dit_heads"), default=None,
+                   help="dit: attention heads (default 4)")  # fmt: skip
+    p.add_argument(
+        "--text-from", default=None, metavar="DIR",
+        help="start from this ShapesWorld pipeline's text encoder ('shapesworld': the shipped one; 'none': a "
+        "random one trained jointly; default: none for unet, shapesworld for dit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-text", action="store_true",
+        help="fine-tune the --text-from (or warm start's) text encoder with the denoiser (dit's default: frozen)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument(
         "--max-minutes", type=nonnegative_arg("max_minutes"), default=None,
@@ -203,14 +224,14 @@ class _Bars:
             bar.close()
 
 
-def _init_recipe(init_from: str) -> tuple[int, bool]:
+def _init_recipe(init_from: str, flag: str = "--init-from") -> tuple[int, bool]:
     """The warm start's text-encoder depth and whether it predicts v on the zero-terminal-SNR schedule (the
     recipe's defaults where they cannot be read: the warm start is then refused in one line by ``train``)."""
     from diffloc.world import model
     from diffloc.world.train import TrainConfig
 
     try:
-        directory: Path | None = model.pipeline_dir(init_from, "--init-from")
+        directory: Path | None = model.pipeline_dir(init_from, flag)
     except ConfigError:
         directory = None
 
@@ -225,6 +246,52 @@ def _init_recipe(init_from: str) -> tuple[int, bool]:
     layers = read("text_encoder/config.json", "num_hidden_layers")
     prediction = read("scheduler/scheduler_config.json", "prediction_type")
     return (int(layers) if isinstance(layers, int) else TrainConfig().text_layers), prediction == "v_prediction"
+
+
+def _denoiser_arg(text: str) -> str:
+    """``--denoiser``: one of :data:`diffloc.world.train.DENOISERS`."""
+    from diffloc.world.train import DENOISERS
+
+    if text not in DENOISERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a denoiser; valid: {', '.join(DENOISERS)}")
+    return text
+
+
+def _dit_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The DiT recipe fields of ``diffloc world train`` (the shipped model's VAE and frozen text encoder by
+    default); raises a one-line error for a DiT option without ``--denoiser dit``."""
+    dit_options = {"--dit-width": args.dit_width, "--dit-layers": args.dit_layers, "--dit-heads": args.dit_heads}
+    if args.denoiser != "dit":
+        given = [name for name, value in dit_options.items() if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to --denoiser dit, not {args.denoiser}")
+        fields: dict[str, Any] = {}
+    else:
+        fields = {"denoiser": "dit"}
+        for name, value in dit_options.items():
+            if value is not None:
+                fields[name[2:].replace("-", "_")] = value
+        if args.init_from is None:
+            if args.vae_from is None:
+                fields["vae_from"] = "shapesworld"
+            if args.text_from is None:
+                fields["text_from"] = "shapesworld"
+    text_from = args.text_from if args.text_from is not None else fields.get("text_from")
+    if args.text_layers is not None and text_from not in (None, "none"):
+        raise ConfigError(
+            f"--text-layers {args.text_layers} is for a fresh text encoder; --text-from {text_from} keeps its own "
+            "(--text-from none trains a fresh one)"
+        )
+    if text_from is not None and text_from != "none":
+        fields["text_from"] = text_from
+        layers, _ = _init_recipe(text_from, "--text-from")
+        fields["text_layers"] = layers
+    frozen_by_default = args.denoiser == "dit" and ("text_from" in fields or args.init_from is not None)
+    if frozen_by_default and not args.train_text:
+        fields["freeze_text"] = True
+    elif args.train_text and not frozen_by_default:
+        raise ConfigError("--train-text applies to --denoiser dit, whose text encoder is otherwise frozen")
+    return fields
 
 
 def _mix(text: str) -> tuple[float, ...]:
@@ -265,6 +332,7 @@ def run_train(args: argparse.Namespace) -> int:
         fields["text_layers"] = args.text_layers
     if args.grow_text_layers:
         fields["grow_text_layers"] = args.grow_text_layers
+    fields.update(_dit_fields(args))
     if args.init_from is not None:  # the warm start's own depth, plus any grown layers, and its own schedule
         layers, zero_snr = _init_recipe(args.init_from)
         fields["text_layers"] = layers + (args.grow_text_layers or 0)

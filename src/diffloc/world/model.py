@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +167,18 @@ def _atomic_write_text(text: str, path: Path) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def save_text_encoder_sd_layout(model: CLIPTextModel, directory: Path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` with SD's ``text_model.*`` keys (loads in transformers 4 and 5)."""
+def save_text_encoder_sd_layout(model: CLIPTextModel, directory: Path, *, half: bool = False) -> None:
+    """Write ``config.json`` + ``model.safetensors`` with SD's ``text_model.*`` keys (loads in transformers 4 and 5).
+
+    ``half``: store the floating-point tensors in float16 (the config still declares float32, the dtype the
+    encoder is loaded and run in).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, value in model.state_dict().items():
-        if key.startswith(TEXT_PREFIX):
-            state[key] = value
-        else:
-            state[TEXT_PREFIX + key] = value
+        if half and value.is_floating_point():
+            value = value.half()
+        state[key if key.startswith(TEXT_PREFIX) else TEXT_PREFIX + key] = value
     _atomic_save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
     config = model.config.to_dict()
     config["architectures"] = ["CLIPTextModel"]
@@ -199,16 +203,12 @@ def export_pipeline(
     samples, detector weights, eval JSON) are carried over. ``scheduler``: the run's (default
     :func:`build_scheduler`).
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out_dir.parent, f".{out_dir.name}-")
-    try:
+
+    def write(staging: Path) -> dict[str, Any]:
         unet.save_pretrained(staging / "unet", safe_serialization=True)
         vae.save_pretrained(staging / "vae", safe_serialization=True)
-        save_text_encoder_sd_layout(text_encoder, staging / "text_encoder")
         (scheduler or build_scheduler()).save_pretrained(staging / "scheduler")
-        shutil.copytree(tokenizer_dir(), staging / "tokenizer")
-        index = {
+        return {
             "_class_name": "StableDiffusionPipeline",
             "_diffusers_version": "0.42.1",
             "feature_extractor": [None, None],
@@ -221,11 +221,34 @@ def export_pipeline(
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         }
+
+    return publish_pipeline(out_dir, write, text_encoder)
+
+
+def publish_pipeline(
+    out_dir: Path, write: Callable[[Path], dict[str, Any]], text_encoder: CLIPTextModel, *, half_text: bool = False
+) -> Path:
+    """Assemble a ShapesWorld pipeline directory next to ``out_dir`` and swap it in.
+
+    ``write(staging)`` writes the denoiser, VAE and scheduler and returns the ``model_index.json`` contents;
+    the text encoder (SD layout; ``half_text``: float16 storage), the CLIP tokenizer and the sampler file are
+    added here. Extra files already in ``out_dir`` (model card, samples, detectors, eval JSON) are carried over;
+    a failure never leaves a half-written model.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}-")
+    try:
+        index = write(staging)
+        save_text_encoder_sd_layout(text_encoder, staging / "text_encoder", half=half_text)
+        shutil.copytree(tokenizer_dir(), staging / "tokenizer")
         (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         # the guidance CLI commands default to for this model (diffloc.models.registry.default_guidance)
         (staging / SAMPLER_FILE).write_text(json.dumps({"guidance": GUIDANCE}) + "\n")
         publish_tree(staging)  # the written components get the umask's modes (the copied extras keep theirs)
-        components = {"unet", "vae", "text_encoder", "scheduler", "tokenizer", "model_index.json", SAMPLER_FILE}
+        # every layout's components: an export over another layout's does not carry its denoiser over
+        components = {"unet", "transformer", "vae", "text_encoder", "scheduler", "tokenizer", "model_index.json",
+                      SAMPLER_FILE}  # fmt: skip
         if out_dir.exists():
             for item in out_dir.iterdir():
                 if item.name not in components:
@@ -278,7 +301,8 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
     variant: str | None = None,
 ):
-    """Load the ShapesWorld pipeline offline after checking every weights file.
+    """Load a ShapesWorld pipeline offline after checking every weights file: a ``StableDiffusionPipeline``
+    (UNet) or a ``PixArtAlphaPipeline`` (ShapesWorld-DiT, :mod:`diffloc.world.dit`), as its index names.
 
     Args:
         model_dir: a pipeline directory; ``None`` loads the shipped model.
@@ -291,9 +315,10 @@ def load_pipeline(
         CheckpointError: a weights file is missing, truncated or corrupted.
         ConfigError: an unknown or unavailable device, or an unknown dtype.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline
 
     from diffloc.models.compat import pipeline_dtype_keyword
+    from diffloc.world.dit import is_dit_dir
     from diffloc.models.placement import (
         check_variant,
         check_weight_files,
@@ -309,7 +334,8 @@ def load_pipeline(
     directory = Path(model_dir) if model_dir is not None else shipped_model_dir()
     if not (directory / "model_index.json").is_file():
         raise ModelLoadError(f"{str(directory)!r} is not a diffusers pipeline directory (no model_index.json)")
-    components = ("unet", "vae", "text_encoder")
+    dit = is_dit_dir(directory)
+    components = ("transformer" if dit else "unet", "vae", "text_encoder")
     check_weight_files(directory, variant, [c for c in components if weight_variants(directory / c)])
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     for component in components:
@@ -321,8 +347,11 @@ def load_pipeline(
     options: dict[str, Any] = {pipeline_dtype_keyword(): torch_dtype}
     if variant:
         options["variant"] = variant
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(directory), local_files_only=True, safety_checker=None, **options
-    )
+    if dit:
+        pipe = PixArtAlphaPipeline.from_pretrained(str(directory), local_files_only=True, **options)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(directory), local_files_only=True, safety_checker=None, **options
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(target)

@@ -26,16 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from diffloc.errors import CheckpointError, ConfigError
 from diffloc.validate import check_positive, check_seed, generator_seed
-from diffloc.world import captions, model
+from diffloc.world import captions, dit, model
 from diffloc.world.render import render_batch
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, int, float], None]
+#: The denoisers a run can train (:attr:`TrainConfig.denoiser`).
+DENOISERS = ("unet", "dit")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,12 +85,25 @@ class TrainConfig:
     #: (:data:`model.ZERO_SNR_SCHEDULE`), so the pure noise sampling starts from carries no image signal for the
     #: first steps to read; exported with that scheduler. A warm start from an ε model re-learns its target.
     zero_snr: bool = False
+    #: The denoiser: ``"unet"`` (SD-1.5's block structure) or ``"dit"`` (a PixArt-α-structured transformer,
+    #: :mod:`diffloc.world.dit`, exported as a ``PixArtAlphaPipeline``).
+    denoiser: str = "unet"
+    #: The DiT's transformer width, number of blocks and attention heads (``denoiser="dit"`` only).
+    dit_width: int = 128
+    dit_layers: int = 8
+    dit_heads: int = 4
+    #: This ShapesWorld pipeline directory's text encoder starts the run instead of a random one
+    #: ("shapesworld": the shipped one; its architecture must be ``text_width``/``text_layers``/``text_heads``).
+    text_from: str | None = None
+    #: Keep the text encoder fixed (that of ``text_from`` or of a warm start), so the denoiser learns to read
+    #: exactly its states.
+    freeze_text: bool = False
 
     def __post_init__(self) -> None:
         captions.check_mix(self.mix)
         captions.check_extra(self.extra_templates)
         for name in ("n_examples", "vae_batch_size", "steps", "batch_size", "checkpoint_every", "threads",
-                     "text_layers", "text_heads"):  # fmt: skip
+                     "text_layers", "text_heads", "dit_width", "dit_layers", "dit_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_seed(self.seed)
@@ -112,6 +128,21 @@ class TrainConfig:
             raise ConfigError("vae_from and init_from are exclusive: a warm start already takes init_from's VAE")
         if self.text_width % self.text_heads:
             raise ConfigError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
+        self._check_denoiser()
+
+    def _check_denoiser(self) -> None:
+        if self.denoiser not in DENOISERS:
+            raise ConfigError(f"denoiser {self.denoiser!r} is not one of {', '.join(DENOISERS)}")
+        if self.denoiser == "dit" and self.freeze_unet:
+            raise ConfigError("freeze_unet applies to the UNet denoiser; denoiser 'dit' has no UNet")
+        if self.dit_width % self.dit_heads:
+            raise ConfigError(f"dit_width {self.dit_width} is not divisible by dit_heads {self.dit_heads}")
+        if self.text_from is not None and self.init_from is not None:
+            raise ConfigError("text_from and init_from are exclusive: a warm start already takes init_from's text encoder")
+        if self.freeze_text and self.text_from is None and self.init_from is None:
+            raise ConfigError("freeze_text needs text_from or init_from: a frozen random text encoder reads nothing")
+        if self.freeze_text and self.freeze_unet:
+            raise ConfigError("freeze_text and freeze_unet together leave nothing to train")
 
     def to_json(self) -> str:
         """The config as JSON (stored in every checkpoint)."""
@@ -230,16 +261,29 @@ def _load_vae(config: TrainConfig):
 def _load_init(config: TrainConfig):
     """The pipeline a warm-started run begins from (checked file by file); raises a one-line error if unusable."""
     init = model.load_pipeline(model.pipeline_dir(str(config.init_from), "init_from"))
-    text, unet = init.text_encoder.config, init.unet.config
-    heads = unet.attention_head_dim
-    heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
-    found = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, tuple(unet.block_out_channels), heads)
-    wanted = (config.text_width, config.text_layers - config.grow_text_layers, config.text_heads,
-              config.unet_channels, config.unet_heads)  # fmt: skip
+    kind = "dit" if hasattr(init, "transformer") else "unet"
+    if kind != config.denoiser:
+        raise ConfigError(
+            f"init_from {config.init_from!r} has a {kind} denoiser; a warm start of denoiser {config.denoiser!r} "
+            f"needs an export of a {config.denoiser} run"
+        )
+    text = init.text_encoder.config
+    if kind == "dit":
+        denoiser: tuple = dit.transformer_architecture(init.transformer)
+        wanted_denoiser: tuple = (config.dit_width, config.dit_layers, config.dit_heads, config.text_width)
+        names = "DiT width/layers/heads/caption channels"
+    else:
+        unet = init.unet.config
+        heads = unet.attention_head_dim
+        heads = tuple(heads) if isinstance(heads, list | tuple) else (heads,) * len(unet.block_out_channels)
+        denoiser, wanted_denoiser = (tuple(unet.block_out_channels), heads), (config.unet_channels, config.unet_heads)
+        names = "UNet channels/heads"
+    found = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, *denoiser)
+    wanted = (config.text_width, config.text_layers - config.grow_text_layers, config.text_heads, *wanted_denoiser)
     if found != wanted:  # checked before anything is written to the run directory
         raise ConfigError(
             f"init_from {config.init_from!r} has another architecture than this recipe (text width/layers/heads, "
-            f"UNet channels/heads: {found} vs {wanted})"
+            f"{names}: {found} vs {wanted})"
         )
     if init.scheduler.config.get("prediction_type") == "v_prediction" and not config.zero_snr:
         raise ConfigError(
@@ -249,15 +293,42 @@ def _load_init(config: TrainConfig):
     return init
 
 
+def _load_text(config: TrainConfig):
+    """The text encoder of ``text_from`` (checked against the recipe's text architecture)."""
+    encoder = model.load_pipeline(model.pipeline_dir(str(config.text_from), "text_from")).text_encoder
+    try:
+        _build_text(config).load_state_dict(encoder.state_dict())
+    except RuntimeError:
+        found = encoder.config
+        raise ConfigError(
+            f"text_from {config.text_from!r} has a text encoder of width/layers/heads "
+            f"{(found.hidden_size, found.num_hidden_layers, found.num_attention_heads)}, not the recipe's "
+            f"{(config.text_width, config.text_layers, config.text_heads)}"
+        ) from None
+    return encoder
+
+
+def _build_text(config: TrainConfig):
+    return model.build_text_encoder(width=config.text_width, layers=config.text_layers, heads=config.text_heads)
+
+
+def build_denoiser(config: TrainConfig):
+    """A freshly initialised denoiser of the recipe: the UNet, or the DiT (:func:`dit.build_transformer`)."""
+    if config.denoiser == "dit":
+        return dit.build_transformer(width=config.dit_width, layers=config.dit_layers, heads=config.dit_heads,
+                                     caption_channels=config.text_width)  # fmt: skip
+    return model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
+
+
 def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
-    """Copy the initial pipeline's UNet and text-encoder weights into the freshly built modules (and make the
+    """Copy the initial pipeline's denoiser and text-encoder weights into the freshly built modules (and make the
     ``grow_text_layers`` new text layers the identity)."""
     refusal = ConfigError(
         f"init_from {config.init_from!r} has another architecture than this recipe "
         "(text_width/text_layers/text_heads/unet_channels/unet_heads)"
     )
     try:
-        unet.load_state_dict(init.unet.state_dict())
+        unet.load_state_dict((init.transformer if hasattr(init, "transformer") else init.unet).state_dict())
         missing, unexpected = text_encoder.load_state_dict(init.text_encoder.state_dict(), strict=False)
     except RuntimeError as exc:
         raise refusal from exc
@@ -275,8 +346,13 @@ def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
                 linear.bias.zero_()
 
 
+def _prefix(denoiser) -> str:
+    """Checkpoint key prefix of a denoiser's weights: its pipeline component name."""
+    return "unet." if isinstance(denoiser, UNet2DConditionModel) else "transformer."
+
+
 def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: torch.Generator) -> dict:
-    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    tensors = {f"{_prefix(unet)}{k}": v for k, v in unet.state_dict().items()}
     tensors.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
     tensors.update({f"ema.{i}": t for i, t in enumerate(ema)})
     for i, state in opt.state_dict()["state"].items():
@@ -287,7 +363,8 @@ def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: t
 
 
 def load_checkpoint(path: Path, unet, text_encoder, opt=None, gen: torch.Generator | None = None):
-    """Load a training checkpoint into the given modules; returns ``(step, ema_tensors, metadata)``.
+    """Load a training checkpoint into the given modules (``unet``: the run's denoiser); returns
+    ``(step, ema_tensors, metadata)``.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupted, or does not match the modules.
@@ -299,7 +376,8 @@ def load_checkpoint(path: Path, unet, text_encoder, opt=None, gen: torch.Generat
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     try:
-        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        prefix = _prefix(unet)
+        unet.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         text_encoder.load_state_dict({k[13:]: v for k, v in tensors.items() if k.startswith("text_encoder.")})
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match the model config") from exc
@@ -361,6 +439,7 @@ def train(
     resuming = resume and ckpt.exists()
     cached = resuming and (run_dir / "cache.safetensors").exists()
     init = _load_init(config) if config.init_from and not cached else None
+    text_start = _load_text(config) if config.text_from and not resuming else None
     given_vae = init.vae if init is not None else None
     if config.vae_from and not cached:
         given_vae = _load_vae(config)
@@ -370,12 +449,13 @@ def train(
     _vae, latents, ids, scaling = _prepare(config, run_dir, progress, given_vae)
     latents = latents * scaling
     torch.manual_seed(config.seed)
-    text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
-                                            heads=config.text_heads)  # fmt: skip
-    unet = model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
+    text_encoder = _build_text(config)
+    unet = build_denoiser(config)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     if config.freeze_unet:
         unet.requires_grad_(False)
+    if config.freeze_text:
+        text_encoder.requires_grad_(False)
     trained = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed + 2)
@@ -387,11 +467,17 @@ def train(
         if init is not None:
             _warm_start(config, init, unet, text_encoder)
             logger.info("warm start from %s", config.init_from)
+        if text_start is not None:
+            text_encoder.load_state_dict(text_start.state_dict())
+            logger.info("text encoder from %s", config.text_from)
+        if config.denoiser == "dit" and config.freeze_text:  # exported in float16: train on exactly those states
+            dit.round_to_half(text_encoder)
         ema = [p.detach().clone() for p in params]
-    # EMA of the trained parameters only (a frozen UNet's EMA stays at its weights without per-step work).
+    # EMA of the trained parameters only (a frozen module's EMA stays at its weights without per-step work).
     ema_trained = [e for e, p in zip(ema, params, strict=True) if p.requires_grad]
     alphas = _scheduler(config).alphas_cumprod.float()
     uncond = tokenize([""])[0]
+    masks, uncond_mask = dit.padding_mask(ids), dit.padding_mask(uncond[None])[0]
     unet.train()
     text_encoder.train()
     log_path = run_dir / "train_log.jsonl"
@@ -401,14 +487,22 @@ def train(
         x0, tok = latents[idx], ids[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < config.caption_dropout
         tok[drop] = uncond
+        mask = masks[idx]
+        mask[drop] = uncond_mask
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = _lr_at(config, step)
-        context = text_encoder(tok).last_hidden_state  # (batch, 77, width)
-        loss = F.mse_loss(unet(noisy, t, context).sample, training_target(config, x0, noise, a))
+        with torch.set_grad_enabled(not config.freeze_text):
+            if config.denoiser == "dit":  # as PixArtAlphaPipeline encodes and reads the prompt: masked
+                tok, mask = dit.trim_padding(tok, mask)
+                context = dit.text_states(text_encoder, tok, mask)
+            else:
+                context = text_encoder(tok).last_hidden_state  # (batch, 77, width)
+        pred = dit.predict(unet, noisy, t, context, mask) if config.denoiser == "dit" else unet(noisy, t, context).sample
+        loss = F.mse_loss(pred, training_target(config, x0, noise, a))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -419,7 +513,7 @@ def train(
         step += 1
         losses.append(loss.item())
         if progress:
-            progress("unet", step, config.steps, losses[-1])
+            progress(config.denoiser, step, config.steps, losses[-1])
         out_of_time = max_minutes is not None and time.time() - started > 60 * max_minutes
         if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
             meta = {"step": str(step), "config": config.to_json(), "scaling": repr(scaling)}
@@ -434,7 +528,8 @@ def train(
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True) -> Path:
-    """Export a run's checkpoint (EMA weights by default) as a StableDiffusionPipeline directory."""
+    """Export a run's checkpoint (EMA weights by default) as a pipeline directory: a StableDiffusionPipeline
+    (UNet runs) or a PixArtAlphaPipeline (DiT runs; text encoder stored in float16)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
@@ -442,9 +537,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True
     fields = json.loads(config_path.read_text())
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     config = TrainConfig(**fields)
-    text_encoder = model.build_text_encoder(width=config.text_width, layers=config.text_layers,
-                                            heads=config.text_heads)  # fmt: skip
-    unet = model.build_unet(channels=config.unet_channels, heads=config.unet_heads, context_dim=config.text_width)
+    text_encoder = _build_text(config)
+    unet = build_denoiser(config)
     step, ema, metadata = load_checkpoint(run_dir / "checkpoint.safetensors", unet, text_encoder)
     if use_ema:
         with torch.no_grad():
@@ -454,6 +548,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, use_ema: bool = True
     vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
     vae.register_to_config(scaling_factor=float(metadata["scaling"]))
     logger.info("exporting step %d of %s", step, run_dir)
+    if config.denoiser == "dit":
+
+        def write(staging: Path) -> dict:
+            return dit.save_components(staging, transformer=unet, vae=vae, scheduler=_scheduler(config))
+
+        return model.publish_pipeline(Path(out_dir), write, text_encoder, half_text=True)
     return model.export_pipeline(unet=unet, vae=vae, text_encoder=text_encoder, out_dir=Path(out_dir),
                                  scheduler=_scheduler(config))  # fmt: skip
 
