@@ -16,6 +16,13 @@ What the adapter reproduces of diffusers' ``PixArtAlphaPipeline`` / ``PixArtSigm
   cross-attention alone and the first block's self-attention is a control of a causal trace;
 * the output holds a learned variance beside the noise (``out_channels = 2 × in_channels``); the sampler drops
   it as the pipeline does for PixArt's DPM-Solver, whose ``variance_type`` is unset.
+
+A PixArt-α pipeline may hold a causal CLIP text encoder and tokenizer instead of T5 (ShapesWorld-DiT,
+:mod:`diffloc.world.dit`): the prompt then takes the encoder's own 77 positions (call the pipeline with
+``max_sequence_length=77``), the tokenizer's mask covers BOS, the words and the first EOS, and the text sites
+are CLIP's (``text.attn.i`` = ``encoder.layers.i.self_attn``, as on Stable Diffusion). A causal encoder's
+states at the real tokens do not depend on the padding, so the mask changes only the padded states, which the
+transformer never reads.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from torch import nn
 
 from diffloc.models.base import CONTEXT_MASK, Conditioning, ModelAdapter, TextEncoderSpec
+from diffloc.models.text_sites import attends_left_only
 from diffloc.models.transformer_memory import dit_row_elements
 from diffloc.models.transformer_sites import PIXART_BLOCKS, DiTBlockTable, transformer_sites
 from diffloc.sites import Site
@@ -56,6 +64,18 @@ PIXART_EDIT_CAVEATS: dict[str, tuple[str, ...]] = {
     ),
     "neurons": (_T5_BIDIRECTIONAL,),
 }
+#: What an edit means on a PixArt-α pipeline with a causal CLIP text encoder, per method.
+PIXART_CLIP_EDIT_CAVEATS: dict[str, tuple[str, ...]] = {
+    "quickfix": (
+        "PixArt (CLIP text encoder): the edited layer-0 attention output feeds every later CLIP layer at its own "
+        "and later positions; padding positions (mapped with use_eos) are hidden from the transformer's "
+        "cross-attention, so only the subject and EOS positions change what the transformer reads.",
+    ),
+    "locoedit": (
+        "PixArt (CLIP text encoder): the edited to_k/to_v read caption_projection(CLIP states); padding positions "
+        "are hidden from cross-attention by the pipeline's mask.",
+    ),
+}
 
 
 class PixArtAdapter(ModelAdapter):
@@ -67,6 +87,16 @@ class PixArtAdapter(ModelAdapter):
     #: the transformer's block structure as sites
     site_table: DiTBlockTable = PIXART_BLOCKS
 
+    def __init__(self, *, causal_text: bool = False) -> None:
+        #: whether the pipeline's text encoder is a causal CLIP encoder (ShapesWorld-DiT) rather than T5
+        self.causal_text = causal_text
+
+    @classmethod
+    def for_pipeline(cls, pipe: Any) -> PixArtAdapter:
+        """The adapter of a loaded pipeline (``causal_text`` read from its text encoder)."""
+        encoder = getattr(pipe, "text_encoder", None)
+        return cls(causal_text=encoder is not None and attends_left_only(encoder))
+
     # -- structure -------------------------------------------------------------------------------
     def text_encoders(self, pipe: Any) -> list[TextEncoderSpec]:
         return [TextEncoderSpec("text", "text_encoder", "tokenizer")]
@@ -76,6 +106,9 @@ class PixArtAdapter(ModelAdapter):
 
     # -- text ------------------------------------------------------------------------------------
     def max_tokens(self, pipe: Any, spec: TextEncoderSpec) -> int:
+        """The pipeline's ``max_sequence_length`` for T5; a CLIP encoder's own positions (77)."""
+        if attends_left_only(getattr(pipe, spec.component)):
+            return super().max_tokens(pipe, spec)
         return PIXART_MAX_TOKENS.get(type(pipe).__name__, PIXART_MAX_TOKENS["PixArtAlphaPipeline"])
 
     def encode(self, pipe: Any, prompts: Sequence[str]) -> Conditioning:
@@ -143,7 +176,7 @@ class PixArtAdapter(ModelAdapter):
         return False
 
     def edit_caveats(self, method: str) -> tuple[str, ...]:
-        return PIXART_EDIT_CAVEATS.get(method, ())
+        return (PIXART_CLIP_EDIT_CAVEATS if self.causal_text else PIXART_EDIT_CAVEATS).get(method, ())
 
 
 def _micro_conditions(height: int, width: int, rows: int, like: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -82,7 +82,10 @@ def adapter_for(pipe_or_class: Any, family: str | None = None) -> ModelAdapter:
                     StableDiffusionAdapter.detect_family(pipe_or_class) if not isinstance(pipe_or_class, str) else "sd1"
                 )
                 return StableDiffusionAdapter(label)
-            adapter = cls()
+            if cls is PixArtAdapter and not isinstance(pipe_or_class, str):
+                adapter: ModelAdapter = PixArtAdapter.for_pipeline(pipe_or_class)
+            else:
+                adapter = cls()
             if family is not None and family != adapter.family:
                 raise UnsupportedModelError(f"family {family!r} does not match pipeline class {class_name}")
             return adapter

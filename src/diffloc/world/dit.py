@@ -90,6 +90,14 @@ def predict(transformer: PixArtTransformer2DModel, noisy, t, context, mask) -> t
     return transformer(noisy, encoder_hidden_states=context, encoder_attention_mask=mask, timestep=t).sample
 
 
+def sampling_options(pipe: Any) -> dict[str, Any]:
+    """Extra keywords a ShapesWorld pipeline is called with: for a ShapesWorld-DiT, CLIP's 77 tokens, no
+    resolution binning (PixArt bins only its published sizes) and the captions as given; none for the UNet."""
+    if type(pipe).__name__ != PIPELINE_INDEX["_class_name"]:
+        return {}
+    return {"max_sequence_length": MAX_TOKENS, "use_resolution_binning": False, "clean_caption": False}
+
+
 def round_to_half(module: torch.nn.Module) -> None:
     """Round every floating-point parameter to float16 precision in place (kept as float32), so a module stored
     in float16 reloads bit-identical to the one trained with."""

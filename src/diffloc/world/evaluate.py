@@ -26,6 +26,7 @@ from diffloc.errors import ConfigError
 from diffloc.validate import check_count, check_guidance, check_steps
 from diffloc.world import captions, model
 from diffloc.world.detectors import Detector, detect, predicted_labels
+from diffloc.world.dit import sampling_options
 
 #: The acceptance bar of the ShapesWorld issue.
 THRESHOLDS = {"shape": 0.90, "colour": 0.95, "texture": 0.90, "background": 0.95, "concept": 0.90}
@@ -64,7 +65,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     """One image per (prompt, seed) pair: ``(n, 3, H, W)`` float in [0, 1]."""
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     out = pipe(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-               output_type="pt")  # fmt: skip
+               output_type="pt", **sampling_options(pipe))  # fmt: skip
     check_pipeline_images(out.images, guidance=guidance)  # NaN would be read back as some label
     return out.images.float().clamp(0, 1).cpu()
 

@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import shutil
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +318,6 @@ def load_pipeline(
     from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline
 
     from diffloc.models.compat import pipeline_dtype_keyword
-    from diffloc.world.dit import is_dit_dir
     from diffloc.models.placement import (
         check_variant,
         check_weight_files,
@@ -327,6 +326,7 @@ def load_pipeline(
         weight_files,
         weight_variants,
     )
+    from diffloc.world.dit import is_dit_dir
 
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)

@@ -138,7 +138,9 @@ class TrainConfig:
         if self.dit_width % self.dit_heads:
             raise ConfigError(f"dit_width {self.dit_width} is not divisible by dit_heads {self.dit_heads}")
         if self.text_from is not None and self.init_from is not None:
-            raise ConfigError("text_from and init_from are exclusive: a warm start already takes init_from's text encoder")
+            raise ConfigError(
+                "text_from and init_from are exclusive: a warm start already takes init_from's text encoder"
+            )
         if self.freeze_text and self.text_from is None and self.init_from is None:
             raise ConfigError("freeze_text needs text_from or init_from: a frozen random text encoder reads nothing")
         if self.freeze_text and self.freeze_unet:
@@ -501,7 +503,10 @@ def train(
                 context = dit.text_states(text_encoder, tok, mask)
             else:
                 context = text_encoder(tok).last_hidden_state  # (batch, 77, width)
-        pred = dit.predict(unet, noisy, t, context, mask) if config.denoiser == "dit" else unet(noisy, t, context).sample
+        if config.denoiser == "dit":
+            pred = dit.predict(unet, noisy, t, context, mask)
+        else:
+            pred = unet(noisy, t, context).sample
         loss = F.mse_loss(pred, training_target(config, x0, noise, a))
         opt.zero_grad(set_to_none=True)
         loss.backward()
