@@ -4,7 +4,8 @@ Sub-commands:
 
 * ``render``     write a grid of sample training renders with their captions
 * ``train``      train (or ``--resume``) the text-to-image model in a run directory; ``--export`` writes a pipeline
-* ``export``     export a run's checkpoint as a StableDiffusionPipeline directory
+* ``export``     export a run's checkpoint as a pipeline directory (StableDiffusionPipeline; PixArtAlphaPipeline
+                 for a ``--denoiser dit`` run)
 * ``detectors``  measure detector accuracy on clean renders (``--train`` trains and saves them first)
 * ``eval``       generate the held-out prompts with several seeds and read them back (JSON)
 * ``samples``    write a sample grid PNG of a model

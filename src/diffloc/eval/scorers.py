@@ -175,7 +175,7 @@ def scorer_for(
     allow_pickle: bool = False,
     device: str | torch.device | None = None,
 ) -> Scorer:
-    """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for ``shapesworld`` or
+    """Default scorer: a local CLIP when ``clip_dir`` is given, ShapesWorld detectors for a shipped model or
     when ``detectors`` is set (a ShapesWorld model trained and exported elsewhere); on ``device`` (the
     diffusion model's, so images are scored where they are made; default the CPU). ``allow_pickle``: see
     :meth:`ClipScorer.from_dir`.
@@ -183,9 +183,11 @@ def scorer_for(
     Raises:
         ConfigError: no scorer applies (a real model needs ``clip_dir``).
     """
+    from diffloc.models.registry import SHIPPED_MODELS
+
     if clip_dir is not None:
         return ClipScorer.from_dir(clip_dir, allow_pickle=allow_pickle, device=device)
-    if detectors or str(model_source) == "shapesworld":
+    if detectors or str(model_source) in SHIPPED_MODELS:
         return DetectorScorer(device=device)
     raise ConfigError(
         f"no default scorer for model {str(model_source)!r}: pass a local CLIP directory (--clip DIR), or "

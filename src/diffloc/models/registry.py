@@ -54,9 +54,14 @@ _ADAPTERS: tuple[type[ModelAdapter], ...] = (
 _SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
 
 
-def shapesworld_dir() -> Path:
-    """Directory of the shipped ShapesWorld pipeline."""
-    return Path(__file__).resolve().parent.parent / "assets" / "shapesworld"
+#: Models shipped inside the package, by the name :func:`load` resolves: the ShapesWorld UNet model and the
+#: ShapesWorld-DiT (a PixArt-α-structured transformer on the same world, autoencoder and text encoder).
+SHIPPED_MODELS = ("shapesworld", "shapesworld-dit")
+
+
+def shapesworld_dir(name: str = "shapesworld") -> Path:
+    """Directory of a shipped ShapesWorld pipeline (:data:`SHIPPED_MODELS`)."""
+    return Path(__file__).resolve().parent.parent / "assets" / name
 
 
 def supported_pipeline_classes() -> list[str]:
@@ -146,16 +151,17 @@ def _pipeline_guidance(path: Path) -> float:
 
 
 def resolve_source(model: str | Path) -> Path:
-    """Turn ``"shapesworld"``, a local directory or a cached hub id into a pipeline directory.
+    """Turn a shipped model's name (:data:`SHIPPED_MODELS`), a local directory or a cached hub id into a pipeline
+    directory.
 
     Raises:
         ModelLoadError: missing directory, not a diffusers pipeline, or an id absent from the local cache.
     """
     text = str(model)
-    if text == "shapesworld":
-        path = shapesworld_dir()
+    if text in SHIPPED_MODELS:
+        path = shapesworld_dir(text)
         if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"the ShapesWorld model is not installed at {path}; run 'diffloc world train'")
+            raise ModelLoadError(f"the model {text!r} is not installed at {path}; run 'diffloc world train'")
         return path
     path = Path(text).expanduser()
     if path.exists():

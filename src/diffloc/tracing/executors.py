@@ -161,8 +161,10 @@ class ModelRef:
                 "(diffloc.load('shapesworld'), a directory, a cached id), not from a pipeline object"
             )
         options = tuple(sorted((k, v) for k, v in model.load_options.items() if k != "device"))
+        from diffloc.models.registry import SHIPPED_MODELS
+
         source = model.source
-        named = source == "shapesworld" or source.startswith("tiny-")  # names diffloc.load resolves itself
+        named = source in SHIPPED_MODELS or source.startswith("tiny-")  # names diffloc.load resolves itself
         if not named and Path(source).expanduser().is_dir():
             source = str(Path(source).expanduser().resolve())  # workers do not start in the caller's directory
         return ModelRef(source, options)

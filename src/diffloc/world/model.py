@@ -29,7 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffloc.atomic import publish_tree, staging_dir, write_atomic
 from diffloc.errors import CheckpointError, ConfigError, ModelLoadError
-from diffloc.models.registry import SAMPLER_FILE
+from diffloc.models.registry import SAMPLER_FILE, SHIPPED_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ def shipped_model_dir() -> Path:
 
 
 def pipeline_dir(value: str, field: str) -> Path:
-    """The ShapesWorld pipeline directory a user named ("shapesworld": the shipped one).
+    """The ShapesWorld pipeline directory a user named (a shipped model's name: its directory).
 
     Raises:
         ConfigError: ``value`` is not a directory (the message names ``field``).
     """
-    path = shipped_model_dir() if value == "shapesworld" else Path(value)
+    path = assets_dir() / value if value in SHIPPED_MODELS else Path(value)
     if not path.is_dir():
         raise ConfigError(f"{field} {str(path)!r} is not a directory; give a ShapesWorld pipeline directory")
     return path
