@@ -179,3 +179,24 @@ def test_bad_denoiser_options_are_one_line_errors(argv, message, tmp_path, capsy
     err = capsys.readouterr().err
     assert code in (1, 2) and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_dit_reads_the_shipped_text_encoder_and_fits_its_size():
+    from diffloc.models.registry import shapesworld_dir
+
+    directory = shapesworld_dir("shapesworld-dit")
+    size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20, size
+    loaded = load("shapesworld-dit")
+    assert loaded.family == "pixart" and loaded.adapter.causal_text
+    config = loaded.pipe.transformer.config
+    assert config.num_layers >= 8 and config.norm_type == "ada_norm_single" and config.out_channels == 4
+    assert config.patch_size == 2 and config.caption_channels == 96
+    shipped = model.load_pipeline()
+    for key, value in loaded.pipe.text_encoder.state_dict().items():  # the UNet model's text encoder
+        assert torch.equal(value, shipped.text_encoder.state_dict()[key].half().float()), key
+    for key, value in loaded.pipe.vae.state_dict().items():
+        assert torch.equal(value, shipped.vae.state_dict()[key]), key
+    assert loaded.pipe.scheduler.config.prediction_type == "v_prediction"
+    ev = json.loads((directory / "eval.json").read_text())
+    assert ev["config"]["seeds"] == 8 and ev["config"]["split"] == "heldout" and ev["n_images"] == 576

@@ -230,7 +230,8 @@ def load(
     """Load a text-to-image pipeline offline and wrap it with its adapter and site table.
 
     Args:
-        model: ``"shapesworld"`` (the shipped default); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"``,
+        model: ``"shapesworld"`` (the shipped default) or ``"shapesworld-dit"`` (the same world drawn by a
+            PixArt-α-structured transformer); ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"``,
             ``"tiny-if"``, ``"tiny-sd3"``, ``"tiny-flux"`` or ``"tiny-pixart"`` (seeded random tiny models of
             each real architecture, built in-process, for trying the mechanics); a local diffusers directory; an id
             present in the local Hugging Face cache; or an already-built diffusers pipeline object.
