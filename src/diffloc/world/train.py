@@ -7,8 +7,9 @@ Two stages in one run directory:
 2. **Denoiser + text encoder** (``checkpoint.safetensors``), trained jointly from scratch with the ε objective
    (or v on a zero-terminal-SNR schedule), caption dropout for classifier-free guidance and an EMA of the
    weights. The denoiser is SD-1.5's UNet, or with ``denoiser="dit"`` a PixArt-α-structured transformer
-   (:mod:`diffloc.world.dit`) that usually reads a given, frozen text encoder (``text_from``). A checkpoint (weights, EMA,
-   optimizer state, noise-generator state, step) is written atomically every ``checkpoint_every`` steps;
+   (:mod:`diffloc.world.dit`) that usually reads a given, frozen text encoder (``text_from``). A checkpoint
+   (weights, EMA, optimizer state, noise-generator state, step) is written atomically every ``checkpoint_every``
+   steps;
    ``resume=True`` continues from it, bit-for-bit on the same machine.
 
 Data order, noise and caption dropout derive from the seed and the step only, so a resumed run draws the
