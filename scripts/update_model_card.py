@@ -17,6 +17,12 @@ START = "## Status"
 END = "## The world"
 
 
+def _threads(ev: dict) -> str:
+    """``"1 thread"`` / ``"2 threads"`` as the evaluation recorded them (its default, 2, where it did not)."""
+    n = int(ev.get("threads", 2))
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _misses(count: dict | None) -> str:
     """``"style=plain ×10 of 24 (seeds 2 ×3, 7 ×3)"`` for one concept's ``concept_counts`` entry ("—" when there
     is none; the seeds only where the eval recorded them)."""
@@ -55,8 +61,8 @@ Measured by `{ev["command"]}` ({ev["n_prompts"]} held-out prompts × {cfg["seeds
 |---|---|---|---|
 {concepts}
 
-One 20-step generation (batch 1, with CFG): **{ev["seconds_per_image_20_steps"]:.2f} s** on this 2-core CPU
-(best of 3 after warm-up; batched: {ev["seconds_per_image_batched"]:.2f} s per image).
+One 20-step generation (batch 1, with CFG): **{ev["seconds_per_image_20_steps"]:.2f} s** on {_threads(ev)} of this
+2-core CPU (best of 3 after warm-up; batched: {ev["seconds_per_image_batched"]:.2f} s per image).
 
 """
 
