@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,3 +103,18 @@ def tiny_clip_dir(tmp_path_factory):
     tokenizer: CLIPTokenizer = clip_tokenizer()
     tokenizer.save_pretrained(path)
     return path
+
+
+def _weights_digest(model) -> str:
+    """SHA-256 of every UNet, text-encoder and VAE tensor's bytes: equal only for bit-identical weights."""
+    digest = hashlib.sha256()
+    for component in ("unet", "text_encoder", "vae"):
+        for name, tensor in getattr(model.pipe, component).state_dict().items():
+            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def weights_digest():
+    """The function that hashes a loaded model's weights bit-exactly (audits must leave them as they were)."""
+    return _weights_digest

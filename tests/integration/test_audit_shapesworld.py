@@ -25,14 +25,6 @@ def world():
     return load("shapesworld"), DetectorScorer()
 
 
-def _weights(model) -> str:
-    digest = hashlib.sha256()
-    for component in ("unet", "text_encoder", "vae"):
-        for name, tensor in getattr(model.pipe, component).state_dict().items():
-            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _files(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
@@ -42,7 +34,7 @@ def _unsaved(attack: dict) -> dict:
     return {**attack, "details": {k: v for k, v in attack["details"].items() if k != "embeddings"}}
 
 
-def test_an_audit_runs_every_attack_and_leaves_model_and_edit_as_they_were(world, tmp_path):
+def test_an_audit_runs_every_attack_and_leaves_model_and_edit_as_they_were(world, tmp_path, weights_digest):
     model, scorer = world
     request = EditRequest(concepts=("flumox",), targets=("thing",), templates=("{}", "a picture of a {}"),
                           default_templates=False)  # fmt: skip
@@ -50,10 +42,10 @@ def test_an_audit_runs_every_attack_and_leaves_model_and_edit_as_they_were(world
     from diffloc.editing.edit import Edit
 
     edit = Edit.load(tmp_path / "edit")
-    weights, files = _weights(model), _files(tmp_path / "edit")
+    weights, files = weights_digest(model), _files(tmp_path / "edit")
     grads = {n: p.requires_grad for n, p in model.pipe.unet.named_parameters()}
     first = audit(model, edit, scorer=scorer, config=FAST, out=tmp_path / "a")
-    assert _weights(model) == weights and _files(tmp_path / "edit") == files
+    assert weights_digest(model) == weights and _files(tmp_path / "edit") == files
     assert {n: p.requires_grad for n, p in model.pipe.unet.named_parameters()} == grads
     assert not model.pipe.unet._forward_hooks and not model.pipe.unet._forward_pre_hooks
     assert [a.name for a in first.attacks] == ["paraphrase", "spelling", "description", "learned", "revert", "finetune"]

@@ -3,8 +3,6 @@ or hook, and repeats exactly under a fixed seed."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
@@ -23,22 +21,14 @@ from diffloc.eval.scorers import DetectorScorer
 CAPTIONS = slot_prompts("flumox", ["a flumox", "a picture of a flumox", "a dog"], 2)
 
 
-def _weights(model) -> str:
-    digest = hashlib.sha256()
-    for component in ("unet", "text_encoder", "vae"):
-        for name, tensor in getattr(model.pipe, component).state_dict().items():
-            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _hooks(model) -> int:
     modules = [m for c in ("unet", "text_encoder", "vae") for m in getattr(model.pipe, c).modules()]
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
 
 
-def _state(model):
+def _state(model, digest):
     flags = {n: p.requires_grad for c in ("unet", "text_encoder") for n, p in getattr(model.pipe, c).named_parameters()}
-    return _weights(model), flags, _hooks(model)
+    return digest(model), flags, _hooks(model)
 
 
 def test_placeholders_take_the_concepts_place_and_must_survive_tokenization(tiny_sd1):
@@ -48,13 +38,13 @@ def test_placeholders_take_the_concepts_place_and_must_survive_tokenization(tiny
         placeholder_id(tiny_sd1, CAPTIONS, 3)
 
 
-def test_denoising_objective_runs_leaves_the_model_as_it_was_and_repeats(tiny_sd1):
-    before = _state(tiny_sd1)
+def test_denoising_objective_runs_leaves_the_model_as_it_was_and_repeats(tiny_sd1, weights_digest):
+    before = _state(tiny_sd1, weights_digest)
     images = torch.rand((len(CAPTIONS), 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
     init = initial_embeddings(tiny_sd1, "a dog", 2)
     runs = [learn_tokens(tiny_sd1, CAPTIONS, init, objective="denoising", steps=4, lr=1e-2, batch=2, seed=7,
                          images=images) for _ in range(2)]  # fmt: skip
-    assert _state(tiny_sd1) == before
+    assert _state(tiny_sd1, weights_digest) == before
     first, second = runs
     assert torch.equal(first.embeddings, second.embeddings) and first.losses == second.losses
     assert len(first.losses) == 4 and not torch.equal(first.embeddings, init)
@@ -68,11 +58,11 @@ def test_denoising_objective_runs_leaves_the_model_as_it_was_and_repeats(tiny_sd
         swapped = generate(tiny_sd1, CAPTIONS[:1], seeds=[0], config=config)
     assert not torch.equal(plain, swapped) and torch.equal(plain, generate(tiny_sd1, CAPTIONS[:1], seeds=[0],
                                                                            config=config))  # fmt: skip
-    assert _state(tiny_sd1) == before
+    assert _state(tiny_sd1, weights_digest) == before
 
 
-def test_scorer_objective_differentiates_through_the_sampler_and_repeats(tiny_sd1):
-    before = _state(tiny_sd1)
+def test_scorer_objective_differentiates_through_the_sampler_and_repeats(tiny_sd1, weights_digest):
+    before = _state(tiny_sd1, weights_digest)
     init = initial_embeddings(tiny_sd1, "thing", 2)
     generation = GenerationConfig(steps=2, guidance=2.0, height=64, width=64)
     settings = {"objective": "scorer", "steps": 2, "lr": 1e-2, "batch": 1, "seed": 0, "attribute": "a flumox",
@@ -80,7 +70,7 @@ def test_scorer_objective_differentiates_through_the_sampler_and_repeats(tiny_sd
     first = learn_tokens(tiny_sd1, CAPTIONS, init, scorer=DetectorScorer(log_probability=True), **settings)
     second = learn_tokens(tiny_sd1, CAPTIONS, init, scorer=DetectorScorer(log_probability=True), **settings)
     assert torch.equal(first.embeddings, second.embeddings) and not torch.equal(first.embeddings, init)
-    assert _state(tiny_sd1) == before
+    assert _state(tiny_sd1, weights_digest) == before
     with pytest.raises(ConfigError, match="differentiable scorer"):
         learn_tokens(tiny_sd1, CAPTIONS, init, scorer=object(), **settings)
     with pytest.raises(ConfigError, match="reference image"):

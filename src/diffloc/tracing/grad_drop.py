@@ -30,7 +30,7 @@ from torch import nn
 
 from diffloc.errors import ConfigError
 from diffloc.models.base import LoadedModel
-from diffloc.sites import SiteKind
+from diffloc.sites import SiteKind, SiteRole
 
 #: the correction's name in results (``meta["attribution_fixes"]``)
 GRADIENT_DROPOUT = "gradient-dropout"
@@ -65,7 +65,7 @@ def branch_modules(model: LoadedModel) -> list[nn.Module]:
     ``conv2`` of each ResNet site."""
     modules: list[nn.Module] = []
     for site in model.sites:
-        if site.role.value != "denoiser":
+        if site.role is not SiteRole.DENOISER:
             continue
         module = model.module(site)
         if site.kind in _BRANCH_KINDS:
