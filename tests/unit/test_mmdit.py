@@ -374,8 +374,9 @@ def _every_kind(model) -> list[str]:
 def test_screen_of_both_streams_equals_exact_patching_where_restores_are_linear(tiny_mmdit, logp):
     """The screen's estimate of every site kind (image and text stream, the joint attention's text keys through
     the saturation fix) agrees with exact patching; its confirmed sites carry exact patching's numbers."""
-    # FLUX: one step (its sites cost 3x SD3's); the kinds it shares with SD3 are traced over two steps there
-    config = replace(LINEAR, steps=1) if tiny_mmdit.family == "flux" else LINEAR
+    # FLUX: one step (its sites cost 3x SD3's; the kinds it shares with SD3 are traced over two steps there) and half
+    # the corruption (its context embedder curves by 20% at 2e-3 with one generation of random text encoders)
+    config = replace(LINEAR, steps=1, noise=0.001) if tiny_mmdit.family == "flux" else LINEAR
     kwargs = dict(scorer=logp, sites=_every_kind(tiny_mmdit), config=config)
     exact = causal_trace(tiny_mmdit, PROMPT, "van gogh", ABSENT, **kwargs)
     screen = causal_trace(tiny_mmdit, PROMPT, "van gogh", ABSENT, method="screen", top_k=2, **kwargs)
@@ -384,7 +385,8 @@ def test_screen_of_both_streams_equals_exact_patching_where_restores_are_linear(
     floor = float_floor(exact, screen)
     assert floor < 1e-3 * abs(exact.clean_score)  # the two traces computed the same runs
     want = score_changes(exact)
-    assert assert_estimates_agree(want, score_changes(screen, estimates=True), floor=floor) >= 5
+    # every restore of at least 5% of the largest: which sites stand out depends on the random weights' draw
+    assert assert_estimates_agree(want, score_changes(screen, estimates=True), share=0.05, floor=floor) >= 5
     confirmed = [screen.labels.index(name) for name in screen.meta["confirmed"]]
     assert np.flatnonzero(screen.marks == "exact").tolist() == sorted(confirmed)
     np.testing.assert_allclose(score_changes(screen)[confirmed], want[confirmed], rtol=0, atol=floor)
@@ -407,10 +409,11 @@ def test_the_attention_fix_reaches_both_outputs_of_joint_attention(tiny_sd3, log
     assert error(fixed) < 0.05 and error(fixed) < error(plain) / 5
 
 
-#: per family, a corruption where text restores act linearly and still stand out of the float floor: SD3's tiny T5
-#: curves beyond 5e-4 (its restores at "gogh" miss by 40% at 2e-3); FLUX measures a run to ~3e-4 only, and its
-#: T5 stays linear to 4e-3
-TEXT_NOISE = {"sd3": 0.0005, "flux": 0.004}
+#: per family, a corruption where text restores act linearly and still stand out of the float floor, for the
+#: random text encoders of either transformers generation CI runs (they draw the same distributions in another
+#: order): SD3's CLIP-G misses by 20% at 5e-4 under one of them, FLUX's T5 by 60% at 4e-3; at these scales both
+#: stay within a fraction of the floor
+TEXT_NOISE = {"sd3": 0.0001, "flux": 0.0005}
 
 
 def test_text_traces_follow_one_encoders_tokens(tiny_mmdit, logp):
