@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs
 from diffloc.engine.hooks import installed_hook_count, patch
 from diffloc.engine.interventions import CorruptTokens, Restore, Run, SetChannels, SwapContext, compile_runs
 from diffloc.errors import ConfigError, PromptError, UnknownSiteError
+from diffloc.models.registry import load
+from diffloc.models.tiny import build_tiny_pipeline
 from diffloc.sites import SiteKind
 
 CFG = GenerationConfig(steps=2, guidance=5.0)
@@ -244,3 +247,26 @@ def test_find_subjects_batch_equals_one_at_a_time(tiny_sd1):
     with pytest.raises(PromptError, match="subject 'monet' does not occur in prompt"):
         adapter.find_subjects(pipe, [PROMPT, PROMPT], ["van gogh", "monet"])
     assert adapter.find_subjects(pipe, [], []) == []
+
+
+def test_if_sampling_equals_the_if_pipeline():
+    """IF's T5 reads the prompt under its padding mask and the UNet reads every position unmasked, as IFPipeline
+    runs them: the text states equal the pipeline's, and so does a sample. The pipeline draws DDPM's per-step noise
+    from the initial image's generator, diffloc from one per row, so the sample is compared under a deterministic
+    scheduler built from the same config."""
+    pipe = build_tiny_pipeline("if", seed=0)
+    # deterministic; DDIM has no learned variance, so both drop the UNet's variance half
+    pipe.scheduler = DDIMScheduler.from_config({**pipe.scheduler.config, "variance_type": "fixed_small"})
+    model = load(pipe)
+    prompts = ["a red circle", "a small blue square on a hill"]
+    theirs, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, clean_caption=False)
+    ours = model.adapter.encode(pipe, prompts).hidden
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=theirs.shape[1], return_tensors="pt").input_ids
+    unmasked = pipe.text_encoder(ids)[0]  # T5 attends both ways: reading the padding moves every state
+    assert (unmasked - theirs).abs().amax() > 100 * 1e-5
+    height, width = model.adapter.default_size(pipe)
+    ours_image = generate(model, prompts[0], seeds=3, config=GenerationConfig(steps=4, guidance=5.0))
+    raw = pipe(prompts[0], num_inference_steps=4, guidance_scale=5.0, generator=torch.Generator().manual_seed(3),
+               height=height, width=width, output_type="pt", clean_caption=False).images  # fmt: skip
+    torch.testing.assert_close(ours_image, (raw / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-5)  # stage I: pixels in [-1, 1]
