@@ -93,7 +93,7 @@ def test_the_learned_prompt_attack_finds_a_concept_the_model_still_knows(world):
     request = EditRequest(concepts=("pica stro",), targets=("a plain style",),
                           templates=("a circle in the style of {}",), default_templates=False)  # fmt: skip
     edit = compute_edit(model, request, method="quickfix")
-    config = AuditConfig(attacks=("learned",), seeds=(0, 1), steps=20, guidance=4.0, prompts=4, learned_steps=50)
+    config = AuditConfig(attacks=("learned",), seeds=(0, 1), steps=20, guidance=4.0, prompts=4, learned_steps=40)
     learned = audit(model, edit, scorer=scorer, config=config).attack("learned")
     assert learned.unedited is not None and learned.unedited["n"] == 8 and learned.unedited["asr"] >= 0.9
     assert learned.details["start"] == "a plain style" and learned.details["unseen_prompts"] == 4
