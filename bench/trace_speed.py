@@ -30,8 +30,9 @@ from diffloc.engine.generate import GenerationConfig, generate_runs
 from diffloc.engine.hooks import patch
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.models.registry import load
-from diffloc.tracing.causal import causal_trace, embedding_noise
+from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.corruption import embedding_noise
 from diffloc.tracing.locogen import locogen, windows_for
 
 

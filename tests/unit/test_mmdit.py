@@ -27,8 +27,9 @@ from diffloc.models.mmdit_sites import mmdit_sites, stream_inputs
 from diffloc.models.registry import MMDIT_FAMILIES, default_guidance, load
 from diffloc.models.tiny_mmdit import build_tiny_mmdit_pipeline, tiny_transformer_config
 from diffloc.sites import SiteKind, SiteRole
-from diffloc.tracing.causal import causal_trace, corruption, subject_ranges, trace_text
+from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import LocoGenConfig, TraceConfig
+from diffloc.tracing.corruption import corruption, subject_ranges
 from diffloc.tracing.locogen import locogen, windows_for
 from diffloc.tracing.results import WindowResult
 

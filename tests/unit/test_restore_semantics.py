@@ -10,8 +10,9 @@ from diffloc.engine.hooks import patch, record
 from diffloc.engine.interventions import CorruptTokens, Restore, Run
 from diffloc.errors import ConfigError
 from diffloc.sites import SiteKind
-from diffloc.tracing.causal import causal_trace, encoder_noise
+from diffloc.tracing.causal import causal_trace
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.corruption import encoder_noise
 
 CFG = GenerationConfig(steps=3, guidance=5.0)
 ROW_ATOL = 1e-5  # rows of one CPU batch agree to ~1e-6 (kernel blocking); see test_engine

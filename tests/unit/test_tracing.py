@@ -87,7 +87,7 @@ def test_text_trace_grid_and_full_restore(tiny_model):
     from diffloc.engine.interventions import Restore, Run
     from diffloc.sites import SiteKind
     from diffloc.tracing.batching import generation_config
-    from diffloc.tracing.causal import corruption
+    from diffloc.tracing.corruption import corruption
 
     config = TraceConfig(noise=2.0, **FAST)
     result = trace_text(tiny_model, "van gogh", "van gogh", "x", scorer=PixelScorer(), config=config)

@@ -23,8 +23,9 @@ from diffloc.errors import ConfigError
 from diffloc.models.base import LoadedModel
 from diffloc.scoring import Scorer
 from diffloc.tracing.batching import score_runs
-from diffloc.tracing.causal import _prompts, embedding_noise
+from diffloc.tracing.causal import _prompts
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.corruption import embedding_noise
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ them (:mod:`diffloc.tracing.selection`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from diffloc.scoring import Scorer
 from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
+from diffloc.tracing.corruption import corruption, encoder_noise, first_range, subject_ranges
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.grad_drop import check_gradient_dropout
 from diffloc.tracing.methods import DEFAULT_TOP_K
@@ -47,59 +48,6 @@ logger = logging.getLogger(__name__)
 #: ``progress(done, total)`` over the runs of a sweep
 ProgressFn = Callable[[int, int], None]
 TEXT_KINDS = TEXT_STATE_KINDS
-
-
-def _embedding_std(model: LoadedModel, site: str) -> float:
-    weight = cast(torch.Tensor, model.module(site).weight)
-    return float(weight.detach().to(torch.float32).std())
-
-
-def embedding_noise(model: LoadedModel, config: TraceConfig) -> float:
-    """Corruption std of the first text encoder: ``config.noise`` or ``noise_multiplier`` × the std of its
-    token-embedding matrix."""
-    if config.noise is not None:
-        return float(config.noise)
-    return float(config.noise_multiplier * _embedding_std(model, "text.embed"))
-
-
-def encoder_noise(model: LoadedModel, config: TraceConfig) -> dict[str, float]:
-    """Corruption std per text encoder (embedding site -> std): the same multiple of each encoder's own
-    token-embedding std (SD-XL's two encoders have embeddings of different scales). An absolute
-    ``config.noise`` sets the first encoder's std; the others keep the same multiple of their own std."""
-    embeds = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
-    first = embedding_noise(model, config)
-    if len(embeds) == 1:
-        return {embeds[0]: first}
-    base = _embedding_std(model, embeds[0])
-    multiple = first / base if base > 0 else 0.0
-    return {name: first if name == embeds[0] else multiple * _embedding_std(model, name) for name in embeds}
-
-
-def subject_ranges(model: LoadedModel, prompts: Sequence[str], subject: str) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per prompt, the subject's token range in each text encoder (by embedding site; see
-    :meth:`~diffloc.models.base.ModelAdapter.subject_ranges`)."""
-    return {p: model.adapter.subject_ranges(model.pipe, p, subject) for p in dict.fromkeys(prompts)}
-
-
-def first_range(ranges: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
-    """The first encoder's range (what a result records as ``subject_range``)."""
-    return next(iter(ranges.values()))
-
-
-def corruption(
-    model: LoadedModel, positions: tuple[int, int] | Mapping[str, tuple[int, int]], config: TraceConfig, seed: int
-) -> CorruptTokens:
-    """The subject corruption of one item: noise at the subject's range ``positions`` (one range for every
-    encoder, or each encoder's own by embedding site, :func:`subject_ranges`), each encoder in its own scale."""
-    stds = encoder_noise(model, config)
-    first = next(iter(stds.values()))
-    if not isinstance(positions, Mapping):
-        positions = {site: (int(positions[0]), int(positions[1])) for site in stds}
-    start = first_range(positions)
-    return CorruptTokens(
-        positions=start, std=first, noise_seed=config.noise_seed + seed, site_stds=tuple(stds.items()),
-        site_positions=tuple((site, span) for site, span in positions.items() if span != start),
-    )  # fmt: skip
 
 
 def _prompts(prompts: str | Sequence[str]) -> list[str]:
