@@ -12,7 +12,9 @@ Tables: the corruption calibration per case; where each attribute is (UNet top s
 causal sites selected on validation items, the controls, the best single text-encoder state, the LocoGen window
 search); the edits (own and held-out prompts before -> after, neighbours kept, pixel change on unrelated
 prompts); the demo's attribution step maps against its exact traces; the UNet trace of every case under both
-restore sources; and attribution patching against exact patching (``docs/data/attribution_speed.json``).
+restore sources; attribution patching against exact patching (``docs/data/attribution_speed.json``); and, where a
+demo of ShapesWorld-DiT is committed (``docs/data/demo-dit``, ``--keep-dit RUN`` replaces it), the UNet and the
+DiT side by side on the same cases.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 BAR = 0.8  # a site "recovers" the attribute when its indirect effect is at least this
 KEPT = 0.9  # a neighbour is "kept" when its retention is at least this
 DEMO_DATA = Path("docs/data/demo")
+DIT_DEMO_DATA = Path("docs/data/demo-dit")
 RESTORE_DATA = Path("docs/data/restore_sources.json")
 ATTRIBUTION_DATA = Path("docs/data/attribution_speed.json")
 
@@ -35,7 +38,7 @@ def _fmt(value: Any) -> str:
 
 
 def _short(site: str) -> str:
-    return site.removeprefix("unet.")
+    return site.removeprefix("unet.").removeprefix("transformer.")
 
 
 def calibration_table(summary: dict[str, Any]) -> str:
@@ -225,6 +228,44 @@ def attribution_speed_table(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _window(sites: list[str]) -> str:
+    """A LocoGen window as its first and last layer (``xattn.6–7``)."""
+    first = _short(sites[0])
+    return first if len(sites) == 1 else f"{first}–{sites[-1].rsplit('.', 1)[-1]}"
+
+
+def _own(case: dict[str, Any], method: str) -> str:
+    """An edit's own-prompt detector reading before → after (the target's for an update, else the concept's)."""
+    ev = case["eval"].get(method)
+    if ev is None:
+        return "—"
+    key = ("target_before", "target_after") if case["mode"] == "update" else ("concept_before", "concept_after")
+    return f"{_fmt(ev['efficacy'][key[0]])} → {_fmt(ev['efficacy'][key[1]])}"
+
+
+def side_by_side_table(models: dict[str, dict[str, Any]]) -> str:
+    """The same demo cases on each model (``{label: summary}``): the denoiser's clean and corrupted scores, its
+    three strongest sites, the LocoGen window chosen, and each editor's own-prompt reading before → after."""
+    rows = [
+        "| case | model | denoiser clean → corrupted (items) | top sites, mean effect | LocoGen window "
+        "| Diff-QuickFix own: before → after | LocoEdit own: before → after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    first = next(iter(models.values()))
+    for name in first["cases"]:
+        for label, summary in models.items():
+            case = summary["cases"].get(name)
+            if case is None:
+                continue
+            top = ", ".join(f"`{_short(site)}` {value:.2f}" for site, value in case["unet_top"][:3])
+            rows.append(
+                f"| {name} | {label} | {_fmt(case['unet_clean'])} → {_fmt(case['unet_corrupted'])} "
+                f"({case.get('unet_items', '?')}) | {top} | {_window(case['locogen']['best_sites'])} | "
+                f"{_own(case, 'quickfix')} | {_own(case, 'locoedit')} |"
+            )
+    return "\n".join(rows)
+
+
 def keep_demo_data(run: Path, target: Path) -> None:
     """Copy what the tables read from a demo run (``summary.json``, each trace's and LocoGen's ``result.json``,
     the noise calibrations; no images, no per-item files) into ``target``, replacing its previous contents."""
@@ -258,6 +299,16 @@ def main() -> None:
         default=ATTRIBUTION_DATA,
         help=f"bench/attribution_speed.py's output (default {ATTRIBUTION_DATA}; skipped if absent)",
     )
+    parser.add_argument(
+        "--dit",
+        type=Path,
+        default=DIT_DEMO_DATA,
+        help=f"a demo of shapesworld-dit (default {DIT_DEMO_DATA}; skipped if absent)",
+    )
+    parser.add_argument(
+        "--keep-dit", type=Path, default=None, metavar="RUN",
+        help=f"first copy the JSON files of a ShapesWorld-DiT demo run RUN into {DIT_DEMO_DATA}",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, metavar="RUN",
                         help=f"first copy the JSON files of demo run RUN (summary, traces, LocoGen, noise) into "
                         f"{DEMO_DATA}, replacing what is there, then print from the copy")  # fmt: skip
@@ -265,6 +316,9 @@ def main() -> None:
     if args.keep is not None:
         keep_demo_data(args.keep, DEMO_DATA)
         args.run = DEMO_DATA
+    if args.keep_dit is not None:
+        keep_demo_data(args.keep_dit, DIT_DEMO_DATA)
+        args.dit = DIT_DEMO_DATA
     summary = json.loads((args.run / "summary.json").read_text())
     print("### Corruption calibration\n\n" + calibration_table(summary) + "\n")
     print("### Where the attribute is\n\n" + location_table(summary, args.run) + "\n")
@@ -277,6 +331,9 @@ def main() -> None:
     if args.attribution.is_file():
         data = json.loads(args.attribution.read_text())
         print("\n### Attribution against exact patching\n\n" + attribution_speed_table(data))
+    if (args.dit / "summary.json").is_file():
+        dit = json.loads((args.dit / "summary.json").read_text())
+        print("\n### UNet and DiT side by side\n\n" + side_by_side_table({"UNet": summary, "DiT": dit}))
 
 
 if __name__ == "__main__":
