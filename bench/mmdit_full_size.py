@@ -1,7 +1,7 @@
 """Benchmark: SD3-medium and FLUX.1-dev transformers at full size — sites and memory, random weights.
 
 Run: ``python bench/mmdit_full_size.py [--device cpu|cuda] [--size N] [--families sd3,flux] [--dtype bfloat16]
-[--sites-only]``
+[--sites-only] [--max-blocks K]``
 
 For each family the published transformer config (:mod:`diffloc.models.full_configs`) is built on the ``meta``
 device for its site table (counts per kind, printed), then, where its weights fit in the device's free memory,
@@ -10,6 +10,12 @@ pixels (random text stream of the pipeline's length: SD3 77 + 256 tokens, FLUX 5
 memory (above the weights) printed beside the per-row estimate ``--max-batch auto`` plans with
 (:func:`diffloc.models.mmdit.mmdit_row_elements`). The text encoders and the VAE are not built (T5-XXL alone is
 4.7 B parameters); the transformer is what a trace or an edit runs at every step.
+
+``--max-blocks K`` keeps the published width, heads and every other setting but builds only the first ``K`` blocks
+of each stack (FLUX: ``K`` double- and ``K`` single-stream blocks), for a transformer whose weights do not fit
+(FLUX.1-dev is 22 GiB in bfloat16). Under ``inference_mode`` each block's activations are freed before the next
+block runs, so the forward pass's peak above the weights is one block's working set and does not grow with depth;
+the same command at full depth and at ``K`` blocks on SD3-medium shows by how much that holds.
 """
 
 from __future__ import annotations
@@ -61,8 +67,20 @@ def _inputs(family: str, config: dict[str, Any], rows: int, size: int, device: t
             "guidance": torch.full((rows,), 3.5, device=device)}  # fmt: skip
 
 
-def run(family: str, device: torch.device, dtype: torch.dtype, size: int, rows: int, forward: bool = True) -> None:
+def run(
+    family: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    rows: int,
+    forward: bool = True,
+    max_blocks: int | None = None,
+) -> None:
     config = full_size_transformer_config(family)
+    if max_blocks is not None:
+        depth = {key: min(config[key], max_blocks) for key in ("num_layers", "num_single_layers") if key in config}
+        print(f"{family}: published width, {depth} blocks (--max-blocks {max_blocks})")
+        config.update(depth)
     with torch.device("meta"):
         net = CLASSES[family].from_config(config)
     sites = mmdit_sites(net)
@@ -113,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--rows", type=int, default=2, help="batch rows of the forward pass (default 2: one CFG pair)")
     parser.add_argument("--sites-only", action="store_true", help="print the site tables only (no weights built)")
+    parser.add_argument(
+        "--max-blocks", type=int, default=None, help="build only the first K blocks of each stack (default: all)"
+    )
     args = parser.parse_args(argv)
+    if args.max_blocks is not None and args.max_blocks < 1:
+        parser.error(f"--max-blocks must be at least 1, got {args.max_blocks}")
     device = resolve_device(args.device)
     size = args.size or (1024 if device.type == "cuda" else 256)
     print(
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     )
     for family in args.families.split(","):
-        run(family, device, DTYPES[args.dtype], size, args.rows, forward=not args.sites_only)
+        run(family, device, DTYPES[args.dtype], size, args.rows, not args.sites_only, args.max_blocks)
     return 0
 
 
