@@ -33,6 +33,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from diffloc.errors import CheckpointError, ConfigError
+from diffloc.models.pixart import PixArtAdapter
+from diffloc.models.unet import UNetAdapter
 from diffloc.validate import check_positive, check_seed, generator_seed
 from diffloc.world import captions, dit, model
 from diffloc.world.render import render_batch
@@ -352,8 +354,9 @@ def _warm_start(config: TrainConfig, init, unet, text_encoder) -> None:
 
 
 def _prefix(denoiser) -> str:
-    """Checkpoint key prefix of a denoiser's weights: its pipeline component name."""
-    return "unet." if isinstance(denoiser, UNet2DConditionModel) else "transformer."
+    """Checkpoint key prefix of a denoiser's weights: its pipeline component name (its family adapter's)."""
+    adapter = UNetAdapter if isinstance(denoiser, UNet2DConditionModel) else PixArtAdapter
+    return f"{adapter.denoiser_component}."
 
 
 def _checkpoint_tensors(unet, text_encoder, ema: list[torch.Tensor], opt, gen: torch.Generator) -> dict:
