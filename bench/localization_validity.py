@@ -1,13 +1,14 @@
 """Planted truth: does each localization method find an association planted at a known place?
 
-Run: ``python bench/localization_validity.py [--out docs/data/localization_validity.json] [--work runs/planted]
+Run: ``python bench/localization_validity.py [--model shapesworld|shapesworld-dit] [--out FILE] [--work DIR]
 [--quick]``
 
 Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a new word at a chosen place:
 
-* in a window of 4 cross-attention layers — early (0–3), middle (4–7), late (8–11), up-path end (12–15) — for a
-  shape, a colour, a texture and a style (LocoEdit's closed form; the other 12 layers read the word as a neutral
-  anchor; objects and flags are left out of the windows because swapping any 8 layers does not carry them);
+* in a window of 4 cross-attention layers — on the UNet model early (0–3), middle (4–7), late (8–11), up-path end
+  (12–15); on ShapesWorld-DiT's 8 blocks early (0–3) and late (4–7) — for a shape, a colour, a texture and a style
+  (LocoEdit's closed form; every other cross-attention layer reads the word as a neutral anchor; objects and flags
+  are left out of the windows because on the UNet model swapping any 8 layers does not carry them);
 * in text-encoder layer 0 (Diff-QuickFix) for an object, a style and a flag.
 
 A plant counts only if it takes (the detector reads the concept in >= 90% of its held-out templates × 2 seeds);
@@ -47,6 +48,7 @@ from diffloc.atomic import write_json_atomic
 from diffloc.eval.metrics import wilson_interval
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
+from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
     AskConfig,
     PlantSpec,
@@ -61,6 +63,8 @@ STRENGTH = 2.0
 LAM = 1e-4
 PRESERVE_WEIGHT = 0.1
 WINDOWS = {"early": 0, "middle": 4, "late": 8, "up": 12}
+#: the windows of a model with 8 cross-attention layers (ShapesWorld-DiT)
+WINDOWS_OF_8 = {"early": 0, "late": 4}
 #: per kind, the concepts planted in every window
 CONCEPTS = {
     "shape": ("square",),
@@ -72,15 +76,26 @@ TEXT_PLANTS = (("object", "flumox"), ("style", "van goo"), ("fact", "trelania"))
 QUICK = (("shape", "square", "middle"), ("texture", "outline", "early"), ("style", "mo nettle", "up"))
 
 
+def windows(model) -> dict[str, int]:
+    """The planted windows' first cross-attention layer by name: :data:`WINDOWS` on 16 layers, :data:`WINDOWS_OF_8`
+    on 8."""
+    count = len(xattn_layers(model))
+    known = {16: WINDOWS, 8: WINDOWS_OF_8}
+    if count not in known:
+        raise SystemExit(f"{count} cross-attention layers: the benchmark plants windows in models with 8 or 16")
+    return known[count]
+
+
 def plants(model, quick: bool) -> list[PlantSpec]:
     """The plants of the benchmark."""
     out: list[PlantSpec] = []
     if quick:
         for kind, concept, where in QUICK:
-            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, WINDOWS[where], 4)))
+            start = windows(model).get(where, 0)
+            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4)))
         out.append(PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0))
         return out
-    for where, start in WINDOWS.items():
+    for where, start in windows(model).items():
         for kind, concepts in CONCEPTS.items():
             for concept in concepts:
                 out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
@@ -164,7 +179,7 @@ def markdown(summary: dict) -> str:
                 cells.append("—")
                 continue
             counted = method == "locogen" or _traced(answers)
-            top = ", ".join(f"`{s.removeprefix('unet.')}`" for s in answer["top"])
+            top = ", ".join(f"`{s.removeprefix('unet.').removeprefix('transformer.')}`" for s in answer["top"])
             verdict = ("found" if answer["recovered"] else "missed") if counted else "not counted"
             cells.append(f"{verdict} ({top})")
         removes = "—" if "noise" not in answers else ("yes" if _traced(answers) else "no")
@@ -183,18 +198,23 @@ def markdown(summary: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/data/localization_validity.json")
+    parser.add_argument("--model", default="shapesworld", choices=("shapesworld", "shapesworld-dit"),
+                        help="the shipped model to plant in (default shapesworld, the UNet model)")  # fmt: skip
+    parser.add_argument("--out", default=None,
+                        help="JSON (default docs/data/localization_validity.json, -dit.json on the DiT)")  # fmt: skip
     parser.add_argument("--work", default="runs/planted", help="per-plant records (resumable)")
     parser.add_argument("--quick", action="store_true", help="three window plants and one text plant")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and exit")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = f"docs/data/localization_validity{'-dit' if args.model == 'shapesworld-dit' else ''}.json"
     if args.table:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = load("shapesworld")
+    model = load(args.model)
     scorer = DetectorScorer()
     config = AskConfig()
     work = Path(args.work)
@@ -208,7 +228,7 @@ def main() -> int:
               + ("" if check["takes"] else "  — did not take"), flush=True)  # fmt: skip
     table = recovery_table(records)
     summary = {
-        "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]),
+        "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]), "model": args.model,
         "plant": {"strength": STRENGTH, "lam": LAM, "preserve_weight": PRESERVE_WEIGHT, "takes_at": 0.9},
         "ask": config.__dict__, "recovery": table,
         "did_not_take": [r["plant"]["name"] for r in records if not r["check"]["takes"]],
