@@ -71,6 +71,18 @@ def test_changed_recipe_is_refused(straight_run, tmp_path):
         train(TrainConfig(**{**TINY, "lr": 1e-2}), tmp_path)
 
 
+def test_a_latent_cache_of_other_examples_is_refused(straight_run, tmp_path):
+    """A cache copied into a fresh run directory is reused only for the examples it was encoded from."""
+    run, _ = straight_run
+    for name in ("vae.safetensors", "cache.safetensors"):
+        shutil.copy(run / name, tmp_path / name)
+    before = (tmp_path / "cache.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"holds other examples \(seed 0; this run: seed 3\)") as info:
+        train(TrainConfig(**{**TINY, "seed": 3}), tmp_path)
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "cache.safetensors").read_bytes() == before and not (tmp_path / "config.json").exists()
+
+
 def test_truncated_checkpoint_is_a_one_line_error(straight_run, tmp_path):
     run, _ = straight_run
     for name in ("vae.safetensors", "cache.safetensors", "config.json"):

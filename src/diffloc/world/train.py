@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffloc.errors import CheckpointError, ConfigError
@@ -37,6 +38,7 @@ from diffloc.models.pixart import PixArtAdapter
 from diffloc.models.unet import UNetAdapter
 from diffloc.validate import check_positive, check_seed, generator_seed
 from diffloc.world import captions, dit, model
+from diffloc.world.latent_cache import cache_examples, check_cache_examples
 from diffloc.world.render import render_batch
 
 logger = logging.getLogger(__name__)
@@ -249,8 +251,14 @@ def _prepare(config: TrainConfig, run_dir: Path, progress: ProgressCallback | No
     else:
         scaling = float(torch.tensor(1.0 / float(latents.std()), dtype=torch.float32))  # as stored in the cache
     ids = tokenize([e.caption for e in examples])
-    model._atomic_save_file({"latents": latents, "ids": ids, "scaling": torch.tensor(scaling)}, cache_path)
+    model._atomic_save_file(
+        {"latents": latents, "ids": ids, "scaling": torch.tensor(scaling)}, cache_path, metadata=_cache_data(config)
+    )
     return vae, latents, ids, scaling
+
+
+def _cache_data(config: TrainConfig) -> dict[str, str]:
+    return cache_examples(config.n_examples, config.seed, config.mix, config.extra_templates)
 
 
 def _load_vae(config: TrainConfig):
@@ -377,7 +385,6 @@ def load_checkpoint(path: Path, unet, text_encoder, opt=None, gen: torch.Generat
     Raises:
         CheckpointError: the file is missing, truncated or corrupted, or does not match the modules.
     """
-    from safetensors import safe_open
 
     model.check_safetensors(path)
     tensors = load_file(str(path))
@@ -451,6 +458,9 @@ def train(
     given_vae = init.vae if init is not None else None
     if config.vae_from and not cached:
         given_vae = _load_vae(config)
+    if (run_dir / "cache.safetensors").exists():  # before anything is written for this run
+        model.check_safetensors(run_dir / "cache.safetensors")
+        check_cache_examples(run_dir / "cache.safetensors", _cache_data(config))
     model._atomic_write_text(config.to_json() + "\n", config_path)
 
     started = time.time()
