@@ -243,25 +243,35 @@ def _own(case: dict[str, Any], method: str) -> str:
     return f"{_fmt(ev['efficacy'][key[0]])} → {_fmt(ev['efficacy'][key[1]])}"
 
 
-def side_by_side_table(models: dict[str, dict[str, Any]]) -> str:
-    """The same demo cases on each model (``{label: summary}``): the denoiser's clean and corrupted scores, its
-    three strongest sites, the LocoGen window chosen, and each editor's own-prompt reading before → after."""
+def _top_xattn(run: Path, name: str, k: int = 3) -> str:
+    """The ``k`` cross-attention layers (outputs, not their key/value projections) with the largest effect in a
+    demo's denoiser trace: where the text enters, which the downstream blocks' effects do not say."""
+    data = json.loads((run / "trace" / name / "unet" / "result.json").read_text())
+    pairs = [(effect, label) for effect, label in zip(data["indirect_effect"], data["labels"], strict=True)
+             if ".xattn." in label and not label.endswith((".k", ".v"))]  # fmt: skip
+    return ", ".join(f"`{_short(label)}` {effect:.2f}" for effect, label in sorted(pairs, reverse=True)[:k])
+
+
+def side_by_side_table(models: dict[str, tuple[dict[str, Any], Path]]) -> str:
+    """The same demo cases on each model (``{label: (summary, run directory)}``): the denoiser's clean and corrupted
+    scores, its three strongest sites and cross-attention layers, the LocoGen window chosen, and each editor's
+    own-prompt reading before → after."""
     rows = [
-        "| case | model | denoiser clean → corrupted (items) | top sites, mean effect | LocoGen window "
-        "| Diff-QuickFix own: before → after | LocoEdit own: before → after |",
-        "|---|---|---|---|---|---|---|",
+        "| case | model | denoiser clean → corrupted (items) | top sites, mean effect | top cross-attention layers "
+        "| LocoGen window | Diff-QuickFix own: before → after | LocoEdit own: before → after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    first = next(iter(models.values()))
+    first, _ = next(iter(models.values()))
     for name in first["cases"]:
-        for label, summary in models.items():
+        for label, (summary, run) in models.items():
             case = summary["cases"].get(name)
             if case is None:
                 continue
             top = ", ".join(f"`{_short(site)}` {value:.2f}" for site, value in case["unet_top"][:3])
             rows.append(
                 f"| {name} | {label} | {_fmt(case['unet_clean'])} → {_fmt(case['unet_corrupted'])} "
-                f"({case.get('unet_items', '?')}) | {top} | {_window(case['locogen']['best_sites'])} | "
-                f"{_own(case, 'quickfix')} | {_own(case, 'locoedit')} |"
+                f"({case.get('unet_items', '?')}) | {top} | {_top_xattn(run, name)} | "
+                f"{_window(case['locogen']['best_sites'])} | {_own(case, 'quickfix')} | {_own(case, 'locoedit')} |"
             )
     return "\n".join(rows)
 
@@ -333,7 +343,8 @@ def main() -> None:
         print("\n### Attribution against exact patching\n\n" + attribution_speed_table(data))
     if (args.dit / "summary.json").is_file():
         dit = json.loads((args.dit / "summary.json").read_text())
-        print("\n### UNet and DiT side by side\n\n" + side_by_side_table({"UNet": summary, "DiT": dit}))
+        models = {"UNet": (summary, args.run), "DiT": (dit, args.dit)}
+        print("\n### UNet and DiT side by side\n\n" + side_by_side_table(models))
 
 
 if __name__ == "__main__":
