@@ -55,9 +55,14 @@ def calibration_table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _unet_sites(run: Path, name: str) -> str:
+def _denoiser_effects(run: Path, name: str) -> list[tuple[float, str]]:
+    """``(indirect effect, site)`` of every site of a demo case's denoiser trace, largest first."""
     data = json.loads((run / "trace" / name / "unet" / "result.json").read_text())
-    effects = sorted(zip(data["indirect_effect"], data["labels"], strict=True), reverse=True)
+    return sorted(zip(data["indirect_effect"], data["labels"], strict=True), reverse=True)
+
+
+def _unet_sites(run: Path, name: str) -> str:
+    effects = _denoiser_effects(run, name)
     strong = [f"`{_short(label)}` ({effect:.2f})" for effect, label in effects if effect >= BAR]
     if strong:
         return ", ".join(strong[:6]) + (f" and {len(strong) - 6} more" if len(strong) > 6 else "")
@@ -88,9 +93,7 @@ def _locogen(case: dict[str, Any]) -> str:
     loco = case["locogen"]
     search = (loco.get("window_search") or {}).get("tried") or []
     steps = ", ".join(f"{t['window']}: {_fmt(t['best_score'])}" for t in search)
-    sites = loco["best_sites"]
-    span = _short(sites[0]) if len(sites) == 1 else f"{_short(sites[0])}–{sites[-1].rsplit('.', 1)[-1]}"
-    return f"{steps} → **{span}** (original {_fmt(loco['original_score'])})"
+    return f"{steps} → **{_window(loco['best_sites'])}** (original {_fmt(loco['original_score'])})"
 
 
 def _top_with_intervals(case: dict[str, Any], k: int = 3) -> str:
@@ -156,6 +159,11 @@ def restore_sources_table(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _reading(case: dict[str, Any]) -> tuple[str, str]:
+    """The before/after keys an edit of ``case`` is judged by: the target's for an update, else the concept's."""
+    return ("target_before", "target_after") if case["mode"] == "update" else ("concept_before", "concept_after")
+
+
 def edits_table(summary: dict[str, Any]) -> str:
     rows = [
         "| case | method | own: before → after | held-out: before → after | neighbours kept (≥ 0.9) | pixel Δ "
@@ -164,7 +172,7 @@ def edits_table(summary: dict[str, Any]) -> str:
     ]
     for name, case in summary["cases"].items():
         for method, ev in case["eval"].items():
-            key = ("target_before", "target_after") if case["mode"] == "update" else ("concept_before", "concept_after")
+            key = _reading(case)
             own, held = ev["efficacy"], ev["generalization"]
             spec = ev["specificity"]
             kept = sum(1 for n in spec if n["retention"] is not None and n["retention"] >= KEPT)
@@ -239,17 +247,16 @@ def _own(case: dict[str, Any], method: str) -> str:
     ev = case["eval"].get(method)
     if ev is None:
         return "—"
-    key = ("target_before", "target_after") if case["mode"] == "update" else ("concept_before", "concept_after")
+    key = _reading(case)
     return f"{_fmt(ev['efficacy'][key[0]])} → {_fmt(ev['efficacy'][key[1]])}"
 
 
 def _top_xattn(run: Path, name: str, k: int = 3) -> str:
     """The ``k`` cross-attention layers (outputs, not their key/value projections) with the largest effect in a
     demo's denoiser trace: where the text enters, which the downstream blocks' effects do not say."""
-    data = json.loads((run / "trace" / name / "unet" / "result.json").read_text())
-    pairs = [(effect, label) for effect, label in zip(data["indirect_effect"], data["labels"], strict=True)
+    pairs = [(effect, label) for effect, label in _denoiser_effects(run, name)
              if ".xattn." in label and not label.endswith((".k", ".v"))]  # fmt: skip
-    return ", ".join(f"`{_short(label)}` {effect:.2f}" for effect, label in sorted(pairs, reverse=True)[:k])
+    return ", ".join(f"`{_short(label)}` {effect:.2f}" for effect, label in pairs[:k])
 
 
 def side_by_side_table(models: dict[str, tuple[dict[str, Any], Path]]) -> str:
