@@ -90,9 +90,14 @@ def plants(model, quick: bool) -> list[PlantSpec]:
     """The plants of the benchmark."""
     out: list[PlantSpec] = []
     if quick:
+        known = windows(model)
+        missing = sorted({where for _, _, where in QUICK if where not in known})
+        if missing:
+            layers = len(xattn_layers(model))
+            raise SystemExit(f"--quick plants in the {', '.join(missing)} windows, which this model's {layers} "
+                             "cross-attention layers do not have; run without --quick")  # fmt: skip
         for kind, concept, where in QUICK:
-            start = windows(model).get(where, 0)
-            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4)))
+            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, known[where], 4)))
         out.append(PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0))
         return out
     for where, start in windows(model).items():
