@@ -1,5 +1,5 @@
-"""What several unit-test files share: a deterministic pixel scorer, the order sites' forwards finish in, and the
-comparison of gradient estimates with exact patching."""
+"""What several unit-test files share: a deterministic pixel scorer, the order sites' forwards finish in, the
+comparison of gradient estimates with exact patching, and bit-exact equality of two training checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import torch
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.engine.hooks import patch
 from diffloc.errors import ConfigError
+
+
+def assert_same_checkpoint(first, second) -> None:
+    """The safetensors files ``first`` and ``second`` hold the same tensors, bit for bit (a resumed run against an
+    uninterrupted one)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first)), load_file(str(second))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 class PixelScorer:

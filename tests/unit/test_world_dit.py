@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import PixArtAlphaPipeline
 from safetensors.torch import load_file
+from support import assert_same_checkpoint
 
 from diffloc.cli.main import main
 from diffloc.editing import EditRequest, QuickFixConfig, compute_edit
@@ -89,11 +90,7 @@ def test_dit_resume_is_bit_exact(dit_run, tmp_path):
         shutil.copy(run / name, resumed / name)
     assert train(TrainConfig(**TINY_DIT), resumed, max_minutes=0.0)["step"] == 1
     assert train(TrainConfig(**TINY_DIT), resumed, resume=True)["step"] == TINY_DIT["steps"]
-    a = load_file(str(run / "checkpoint.safetensors"))
-    b = load_file(str(resumed / "checkpoint.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_checkpoint(run / "checkpoint.safetensors", resumed / "checkpoint.safetensors")
 
 
 def test_export_loads_as_a_pixart_alpha_pipeline_and_in_diffloc(dit_run):

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import assert_same_checkpoint
 
 from diffloc.errors import CheckpointError, ConfigError
 from diffloc.world.train import TrainConfig, train
@@ -49,11 +50,7 @@ def test_resumed_run_equals_uninterrupted_run(straight_run, tmp_path):
     assert first["step"] == 1
     second = train(TrainConfig(**TINY), resumed, resume=True)
     assert second["step"] == 4
-    a = load_file(str(straight / "checkpoint.safetensors"))
-    b = load_file(str(resumed / "checkpoint.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_checkpoint(straight / "checkpoint.safetensors", resumed / "checkpoint.safetensors")
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(straight_run):
