@@ -216,16 +216,18 @@ def step_map_table(summary: dict[str, Any]) -> str:
 
 def attribution_speed_table(data: dict[str, Any]) -> str:
     """bench/attribution_speed.py's comparison: time, speed-up, agreement per case and method, and in total."""
-    rows = ["| case | method | seconds | vs exact | top-5 recall | Spearman | exact scores |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| case | method | seconds | vs exact | top-5 recall | within a tie of exact's top 5 | Spearman | "
+            "exact scores |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, case in [*data["cases"].items(), (f"tiny-sdxl ({data['tiny_sdxl']['sites']} sites)", data["tiny_sdxl"])]:
         for method in [m for m in ("exact", "attribution", "screen", "screen-gd") if m in case]:
             m = case[method]
             rows.append(f"| {name} | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | {_fmt(m['top5_recall'])} | "
-                        f"{_fmt(m['spearman'])} | {m['exact_scores']}/{case['sites']} |")  # fmt: skip
+                        f"{_fmt(m.get('top5_recall_ties'))} | {_fmt(m['spearman'])} | "
+                        f"{m['exact_scores']}/{case['sites']} |")  # fmt: skip
     for method, m in data["shapesworld"].items():
         rows.append(f"| **ShapesWorld, all** | {method} | {m['seconds']:.1f} | {m['speedup']:.1f}× | "
-                    f"{_fmt(m['top5_recall'])} | {_fmt(m['spearman'])} | |")  # fmt: skip
+                    f"{_fmt(m['top5_recall'])} | {_fmt(m.get('top5_recall_ties'))} | {_fmt(m['spearman'])} "
+                    "| |")  # fmt: skip
     curves = [(name, case["corruption_curve"]) for name, case in data["cases"].items() if "corruption_curve" in case]
     if curves:
         rows += ["", "| case | clean | " + " | ".join(f"corrupted at {k}×" for k in curves[0][1]["corrupted"]) + " |",

@@ -267,3 +267,27 @@ def test_the_step_heatmap_renders_from_a_saved_attribution_result(tiny_sd1, logp
     exact = causal_trace(tiny_sd1, PROMPT, SUBJECT, ATTRIBUTE, scorer=logp, sites="unet.xattn.0", config=LINEAR)
     with pytest.raises(DifflocError, match="no site × step map"):
         plot_step_effects(exact)
+
+
+def test_top_recall_counts_ties_with_exacts_top_five_only_in_its_tie_aware_reading():
+    """Seven sites restore the whole attribute (1.00, 0.995 …): exact's top five is a pick among them, so a fast
+    trace naming the other two is right to within the tie, and wrong by strict recall; a site below the tie is a
+    miss in both readings. Controls never count."""
+    from diffloc.tracing.agreement import agreement
+    from diffloc.tracing.results import TraceResult
+
+    labels = [f"unet.res.{i}" for i in range(10)]
+
+    def trace(effects: list[float]) -> TraceResult:  # clean 1, corrupted 0: scores are the effects
+        return TraceResult(kind="unet", scores=np.asarray(effects), labels=labels, clean_score=1.0, corrupt_score=0.0,
+                           subject_range=(1, 2), noise=0.1, controls=["unet.res.9"])  # fmt: skip
+
+    exact = trace([1.0, 1.0, 0.999, 0.998, 0.997, 0.996, 0.995, 0.5, 0.1, 2.0])
+    fast = trace([0.0, 0.0, 0.0, 0.9, 0.9, 0.95, 0.97, 0.96, 0.2, 5.0])  # names 6, 7, 5, 3, 4
+    agree = agreement(exact, fast)
+    assert agree["exact_top"] == ["unet.res.0", "unet.res.1", "unet.res.2", "unet.res.3", "unet.res.4"]
+    assert agree["tied"] == labels[:7] and set(agree["top"]) == {"unet.res.3", "unet.res.4", "unet.res.5",
+                                                                   "unet.res.6", "unet.res.7"}  # fmt: skip
+    assert agree["top_recall"] == pytest.approx(2 / 5) and agree["top_recall_ties"] == pytest.approx(4 / 5)
+    strict = agreement(exact, fast, tie=0.0)
+    assert strict["tied"] == labels[:5] and strict["top_recall_ties"] == strict["top_recall"]

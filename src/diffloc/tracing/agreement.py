@@ -16,6 +16,10 @@ from diffloc.tracing.results import TraceResult
 
 #: how many of the exact trace's highest sites the recall counts
 TOP = 5
+#: sites whose exact effect is within this of exact's k-th highest tie with it (effects are fractions of the
+#: clean − corrupted gap: where a restore of any of many sites brings the attribute all the way back, "exact's top
+#: five" is an arbitrary pick among them)
+TIE = 0.02
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -37,9 +41,12 @@ def top_sites(result: TraceResult, k: int = TOP) -> list[str]:
     return [name for name, _ in result.top(k, include_controls=False)]
 
 
-def agreement(exact: TraceResult, other: TraceResult, *, k: int = TOP) -> dict[str, Any]:
+def agreement(exact: TraceResult, other: TraceResult, *, k: int = TOP, tie: float = TIE) -> dict[str, Any]:
     """How ``other`` (a fast trace) ranks the sites against ``exact``: Spearman correlation of per-site indirect
-    effects (controls excluded), and the share of exact's top ``k`` sites among ``other``'s top ``k``.
+    effects (controls excluded), the share of exact's top ``k`` sites among ``other``'s top ``k``
+    (``top_recall``), and the share of ``other``'s top ``k`` whose exact effect is within ``tie`` of exact's
+    ``k``-th highest (``top_recall_ties``: every such site is as high as exact's own top ``k`` to within ``tie``;
+    ``tied`` lists them).
 
     Raises:
         ConfigError: the two traces do not cover the same sites.
@@ -48,11 +55,17 @@ def agreement(exact: TraceResult, other: TraceResult, *, k: int = TOP) -> dict[s
         raise ConfigError("the traces cover different sites; compare traces of the same sites and items")
     keep = [i for i, name in enumerate(exact.labels) if name not in exact.controls]
     want, got = top_sites(exact, k), top_sites(other, k)
+    effect = dict(zip(exact.labels, np.asarray(exact.indirect_effect, float), strict=True))
+    bar = min(effect[name] for name in want) - tie if want else np.inf
+    tied = [exact.labels[i] for i in keep if effect[exact.labels[i]] >= bar]
     return {
         "spearman": spearman(other.indirect_effect[keep], exact.indirect_effect[keep]),
         "top_recall": len(set(want) & set(got)) / len(want) if want else None,
+        "top_recall_ties": len(set(tied) & set(got)) / len(want) if want else None,
         "k": k,
+        "tie": tie,
         "exact_top": want,
+        "tied": tied,
         "top": got,
         "sites": len(keep),
     }
