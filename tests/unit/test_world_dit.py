@@ -178,7 +178,9 @@ def test_bad_denoiser_options_are_one_line_errors(argv, message, tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
-def test_shipped_dit_reads_the_shipped_text_encoder_and_fits_its_size():
+def test_shipped_dit_fits_its_size_and_reads_a_fine_tune_of_the_unet_models_text_encoder():
+    from safetensors import safe_open
+
     from diffloc.models.registry import shapesworld_dir
 
     directory = shapesworld_dir("shapesworld-dit")
@@ -190,8 +192,15 @@ def test_shipped_dit_reads_the_shipped_text_encoder_and_fits_its_size():
     assert config.num_layers >= 8 and config.norm_type == "ada_norm_single" and config.out_channels == 4
     assert config.patch_size == 2 and config.caption_channels == 96
     shipped = model.load_pipeline()
-    for key, value in loaded.pipe.text_encoder.state_dict().items():  # the UNet model's text encoder
-        assert torch.equal(value, shipped.text_encoder.state_dict()[key].half().float()), key
+    # the UNet model's encoder and tokenizer, fine-tuned with the transformer (the card's third run), stored in
+    # float16
+    mine, theirs = loaded.pipe.text_encoder.config, shipped.text_encoder.config
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings"):
+        assert getattr(mine, field) == getattr(theirs, field), field
+    assert loaded.pipe.tokenizer.get_vocab() == shipped.tokenizer.get_vocab()
+    with safe_open(str(directory / "text_encoder" / "model.safetensors"), "pt") as stored:
+        names = list(stored.keys())  # a safetensors handle is not iterable
+        assert {stored.get_slice(k).get_dtype() for k in names} == {"F16"}
     for key, value in loaded.pipe.vae.state_dict().items():
         assert torch.equal(value, shipped.vae.state_dict()[key]), key
     assert loaded.pipe.scheduler.config.prediction_type == "v_prediction"

@@ -10,8 +10,10 @@ GELU MLP; ``out_channels = in_channels``: no learned variance.
 The text states come from a causal CLIP text encoder, read as ``PixArtAlphaPipeline`` reads its T5 encoder:
 the prompt padded to 77 tokens (the pipeline's ``max_sequence_length=77``), encoded with the padding mask,
 and the same mask hides the padding from the transformer's cross-attention. A causal encoder's states at
-the real tokens do not depend on the padding, so with the shipped ShapesWorld text encoder the DiT reads the
-same per-token states as the shipped UNet (whose pipeline passes no mask).
+the real tokens do not depend on the padding, so with the shipped ShapesWorld text encoder, frozen, the DiT reads
+the same per-token states as the shipped UNet — but not the padding, which the UNet's pipeline passes and in which
+that encoder keeps much of a colour (``scripts/word_states.py``); fine-tuning the encoder with the transformer
+(``--train-text``) lets it move what the transformer needs to the positions it reads.
 """
 
 from __future__ import annotations
