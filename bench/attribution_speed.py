@@ -74,10 +74,9 @@ def _effects(result: TraceResult) -> dict[str, float]:
 def compare(results: dict[str, TraceResult], seconds: dict[str, float]) -> dict[str, Any]:
     """Speed and agreement of each method against exact."""
     exact = results["exact"]
-    out: dict[str, Any] = {"exact_top5": top_sites(exact)}
-    out["exact_top5_ties"] = agreement(exact, exact)["tied"]
-    for method in [m for m in METHODS if m in results]:
-        agree = agreement(exact, results[method])
+    agreements = {m: agreement(exact, results[m]) for m in METHODS if m in results}
+    out: dict[str, Any] = {"exact_top5": top_sites(exact), "exact_top5_ties": agreements["exact"]["tied"]}
+    for method, agree in agreements.items():
         out[method] = {
             "seconds": round(seconds[method], 2),
             "speedup": round(seconds["exact"] / seconds[method], 2),

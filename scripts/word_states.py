@@ -21,6 +21,7 @@ import torch
 
 from diffloc.editing.states import padded_context, subject_positions
 from diffloc.models.registry import load
+from diffloc.world.dit import PIPELINE_INDEX
 
 #: (what the pair compares, prompt, its word, other prompt, its word): each pair differs in that one word
 PAIRS = (
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load(args.model)
-    masked = type(model.pipe).__name__ == "PixArtAlphaPipeline"
+    masked = type(model.pipe).__name__ == PIPELINE_INDEX["_class_name"]  # a ShapesWorld-DiT
     note = " (it reads BOS, the words and the first end-of-text token only, never the padding)" if masked else ""
     print(f"model: {args.model}{note}\n")
     print("| pair | prompts | state norm at the word | distance at the word | at the first end-of-text | "

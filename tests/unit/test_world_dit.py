@@ -192,7 +192,7 @@ def test_shipped_dit_fits_its_size_and_reads_a_fine_tune_of_the_unet_models_text
     assert config.num_layers >= 8 and config.norm_type == "ada_norm_single" and config.out_channels == 4
     assert config.patch_size == 2 and config.caption_channels == 96
     shipped = model.load_pipeline()
-    # the UNet model's encoder and tokenizer, fine-tuned with the transformer (the card's third run), stored in
+    # the UNet model's encoder and tokenizer, fine-tuned with the transformer (the card's training log), stored in
     # float16
     mine, theirs = loaded.pipe.text_encoder.config, shipped.text_encoder.config
     for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings"):

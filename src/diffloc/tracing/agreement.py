@@ -55,9 +55,9 @@ def agreement(exact: TraceResult, other: TraceResult, *, k: int = TOP, tie: floa
         raise ConfigError("the traces cover different sites; compare traces of the same sites and items")
     keep = [i for i, name in enumerate(exact.labels) if name not in exact.controls]
     want, got = top_sites(exact, k), top_sites(other, k)
-    effect = dict(zip(exact.labels, np.asarray(exact.indirect_effect, float), strict=True))
-    bar = min(effect[name] for name in want) - tie if want else np.inf
-    tied = [exact.labels[i] for i in keep if effect[exact.labels[i]] >= bar]
+    effect = np.asarray(exact.indirect_effect, float)
+    bar = min(effect[exact.labels.index(name)] for name in want) - tie if want else np.inf
+    tied = [exact.labels[i] for i in keep if effect[i] >= bar]
     return {
         "spearman": spearman(other.indirect_effect[keep], exact.indirect_effect[keep]),
         "top_recall": len(set(want) & set(got)) / len(want) if want else None,
