@@ -3,13 +3,19 @@
 Run: ``python bench/localization_validity.py [--model shapesworld|shapesworld-dit] [--out FILE] [--work DIR]
 [--quick]``
 
-Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a new word at a chosen place:
+Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a word at a chosen place:
 
 * in a window of 4 cross-attention layers — on the UNet model early (0–3), middle (4–7), late (8–11), up-path end
-  (12–15); on ShapesWorld-DiT's 8 blocks early (0–3) and late (4–7) — for a shape, a colour, a texture and a style
-  (LocoEdit's closed form; every other cross-attention layer reads the word as a neutral anchor; objects and flags
-  are left out of the windows because on the UNet model swapping any 8 layers does not carry them);
-* in text-encoder layer 0 (Diff-QuickFix) for an object, a style and a flag.
+  (12–15); on ShapesWorld-DiT's 8 blocks early (0–3) and late (4–7) — a shape, a colour, a texture and a style
+  re-taught to a word the world already has ("circle" comes to mean a square, "red" green, "solid" outlined, "mo
+  nettle" the style of van goo: :func:`~diffloc.world.planted.known_word`), with LocoEdit's closed form; every
+  other cross-attention layer reads the word as a neutral anchor (a triangle, blue, striped, a plain style). A
+  known word, not a new one: the shipped encoders give every untaught word nearly the same states
+  (``scripts/word_states.py``), so noise on a new word's embedding leaves a plant keyed on it and no trace could
+  be asked about it. Objects and flags are left out of the windows because on the UNet model swapping any 8
+  layers does not carry them;
+* in text-encoder layer 0 (Diff-QuickFix): a new word ("a blicket", "the style of dax", "the flag of wug") taught
+  to mean an object, a style and a flag.
 
 A plant counts only if it takes (the detector reads the concept in >= 90% of its held-out templates × 2 seeds);
 the plants that do not take are listed. On each plant that took, the methods are asked where the word lives:
@@ -50,12 +56,15 @@ from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
+    FOUND_AT,
     AskConfig,
     PlantSpec,
     ask_plant,
     check_plant,
+    known_word,
     plant_edit,
     planted_window_sites,
+    tied_windows,
 )
 
 #: the plant's strength: the window maps the word to anchor + STRENGTH × (concept − anchor)
@@ -97,14 +106,17 @@ def plants(model, quick: bool) -> list[PlantSpec]:
             raise SystemExit(f"--quick plants in the {', '.join(missing)} windows, which this model's {layers} "
                              "cross-attention layers do not have; run without --quick")  # fmt: skip
         for kind, concept, where in QUICK:
-            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, known[where], 4)))
+            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, known[where], 4),
+                                 word=known_word(kind, concept)))  # fmt: skip
         out.append(PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0))
         return out
     for where, start in windows(model).items():
         for kind, concepts in CONCEPTS.items():
             for concept in concepts:
+                word = known_word(kind, concept)
+                name = f"{kind} {concept} as '{word}' @ {where} (xattn {start}–{start + 3})"
                 out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
-                                     name=f"{kind} {concept} @ {where} (xattn {start}–{start + 3})"))  # fmt: skip
+                                     word=word, name=name))  # fmt: skip
     for kind, concept in TEXT_PLANTS:
         out.append(PlantSpec(kind=kind, concept=concept, method="quickfix", text_layer=0))
     return out
@@ -138,18 +150,31 @@ def _traced(answers: dict) -> bool:
     return bool(answers.get("noise", {}).get("reached", False))
 
 
+def _planted_among_tied(record: dict) -> bool:
+    """LocoGen's tie-aware reading: the planted window is one of the windows tied for best, and the best lowers
+    the concept by at least FOUND_AT (several windows that overlap a planted one often remove it equally; which of
+    them is the argmin is then tie order)."""
+    answer = record["answers"]["locogen"]
+    moves = answer["original"] - min(answer["scores"]) >= FOUND_AT
+    return moves and record["plant"]["sites"] in tied_windows(answer["windows"], answer["scores"])
+
+
 def recovery_table(records: list[dict]) -> dict:
     """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
 
     Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
-    The plants a method was not counted on are listed per method.
+    ``locogen`` counts its best window; ``locogen/tie-aware`` counts a plant whose window is among those tied for
+    best. The plants a method was not counted on are listed per method.
     """
     rows: dict[str, dict[str, list[bool]]] = {}
     for record in records:
         if not record["check"]["takes"]:
             continue
         kind = record["plant"]["kind"]
-        for method, answer in record["answers"].items():
+        answers = dict(record["answers"])
+        if "locogen" in answers:
+            answers["locogen/tie-aware"] = {"recovered": _planted_among_tied(record)}
+        for method, answer in answers.items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
             if method != "locogen" and not _traced(record["answers"]):
@@ -186,7 +211,8 @@ def markdown(summary: dict) -> str:
             counted = method == "locogen" or _traced(answers)
             top = ", ".join(f"`{s.removeprefix('unet.').removeprefix('transformer.')}`" for s in answer["top"])
             verdict = ("found" if answer["recovered"] else "missed") if counted else "not counted"
-            cells.append(f"{verdict} ({top})")
+            ties = len(tied_windows(answer["windows"], answer["scores"])) if method == "locogen" else 1
+            cells.append(f"{verdict} ({top})" + (f"; {ties} windows tied for best" if ties > 1 else ""))
         removes = "—" if "noise" not in answers else ("yes" if _traced(answers) else "no")
         took = f"{check['rate']:.2f} ({check['shown']} of {check['images']}){'' if check['takes'] else ', no'}"
         rows.append(f"| {record['plant']['name']} | {took} | {removes} | " + " | ".join(cells) + " |")

@@ -1,6 +1,6 @@
 """Findings, not mechanics, on the shipped ShapesWorld model: controls read ~0 under the mediation-correct restore
 source (and not under the trajectory one), and planted associations are found where they were planted (a text
-layer by the text trace, a window of cross-attention layers by LocoGen)."""
+layer by the text trace, a window of cross-attention layers by LocoGen and by the same-latent causal trace)."""
 
 from __future__ import annotations
 
@@ -53,16 +53,25 @@ def test_a_planted_text_layer_is_recovered(shapesworld):
 
 
 def test_a_planted_cross_attention_window_is_recovered_by_locogen(shapesworld):
-    """'fep' planted by LocoEdit to mean the outline texture in cross-attention layers 0-3 (the other twelve read
-    it as 'solid'), as bench/localization_validity.py plants it: the planted model draws the outline where the
-    unedited one does not, and of every window of four layers LocoGen's best is the planted one."""
+    """'solid' re-taught by LocoEdit to mean the outline texture in cross-attention layers 0-3 (the other twelve
+    read it as 'striped'), as bench/localization_validity.py plants it: the planted model draws the outline where
+    the unedited one does not; the planted window is one of the windows of four layers whose LocoGen swap removes
+    the outline, and every window that removes it overlaps the planted layers (several do, at scores ~0 apart, so
+    which one is the argmin is tie order and is not asserted)."""
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
-    from diffloc.world.planted import PlantSpec, locogen_recovery, plant_edit, planted_window_sites, shown_rate
+    from diffloc.world.planted import (
+        PlantSpec,
+        known_word,
+        plant_edit,
+        planted_window_sites,
+        shown_rate,
+    )
 
-    spec = PlantSpec(kind="texture", concept="outline", sites=planted_window_sites(shapesworld, 0, 4))
+    spec = PlantSpec(kind="texture", concept="outline", sites=planted_window_sites(shapesworld, 0, 4),
+                     word=known_word("texture", "outline"))  # fmt: skip
     edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
-    prompt = "a fep purple cross on a grey background"
+    prompt = "a solid purple cross on a grey background"
     sampling = GenerationConfig(steps=SAMPLING["steps"], guidance=SAMPLING["guidance"])
     scorer = DetectorScorer()
     assert shown_rate(shapesworld, [prompt], spec.attribute, scorer=scorer, seeds=(0, 1), config=sampling)["rate"] == 0
@@ -72,5 +81,28 @@ def test_a_planted_cross_attention_window_is_recovered_by_locogen(shapesworld):
         config = LocoGenConfig(seeds=(0, 1), window=4, mode="remove", bootstrap=0, **SAMPLING)
         result = locogen(shapesworld, prompt, spec.locogen_target(prompt), spec.attribute, scorer=scorer,
                          config=config)  # fmt: skip
-    recovery = locogen_recovery(result, spec.sites)
-    assert recovery["exact"], (result.best_sites, result.scores)
+    removing = [tuple(w) for w, score in zip(result.windows, result.scores, strict=True) if score < 0.5]
+    assert spec.sites in removing, (result.windows, result.scores)
+    assert all(set(w) & set(spec.sites) for w in removing), (removing, result.scores)
+
+
+def test_a_re_taught_window_is_recovered_by_the_same_latent_trace(shapesworld):
+    """'circle' re-taught by LocoEdit to mean a square in cross-attention layers 4-7 (the other twelve read it as
+    'triangle'), as bench/localization_validity.py plants its windows: the planted model draws a square, noise on
+    the word removes it, and the cross-attention layers whose single restore brings the square back most are
+    mostly the planted ones."""
+    from diffloc.tracing.locogen import xattn_layers
+    from diffloc.world.planted import PlantSpec, known_word, plant_edit, planted_window_sites, unet_trace_recovery
+
+    spec = PlantSpec(kind="shape", concept="square", sites=planted_window_sites(shapesworld, 4, 4),
+                     word=known_word("shape", "square"))  # fmt: skip
+    assert spec.word == "circle"
+    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+    prompt = spec.check_prompts()[0]
+    config = TraceConfig(seeds=(0,), noise_multiplier=48.0, restore_from="same-latent", bootstrap=0, **SAMPLING)
+    with edit.applied(shapesworld):
+        result = causal_trace(shapesworld, [prompt], spec.word, spec.attribute, scorer=DetectorScorer(),
+                              sites=xattn_layers(shapesworld), config=config)  # fmt: skip
+    assert result.clean_score > 0.9 and result.corrupt_score < 0.5, (prompt, result.clean_score, result.corrupt_score)
+    recovery = unet_trace_recovery(result, spec.sites)
+    assert recovery["recovered"], (recovery, dict(zip(result.labels, result.indirect_effect, strict=True)))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from diffloc.errors import ConfigError
 from diffloc.eval.metrics import wilson_interval
 from diffloc.world.planted import (
+    FOUND_AT,
     NEW_WORDS,
     PlantSpec,
     locogen_recovery,
     planted_window_sites,
+    unet_trace_recovery,
 )
 from diffloc.world.vocab import COLOURS, SHAPES
 
@@ -58,15 +61,53 @@ def test_asked_prompts_are_spread_and_can_be_limited_to_shown_ones():
     assert spec.locogen_target(prompts[0]) == prompts[0].replace(spec.phrase, spec.anchor_phrase)
 
 
+def _window(sites, drop=0.9):
+    return SimpleNamespace(best_sites=list(sites), original_score=1.0, best_score=1.0 - drop, windows=[list(sites)],
+                           scores=[1.0 - drop])  # fmt: skip
+
+
 def test_a_window_is_recovered_when_most_of_it_is_found():
     planted = ("unet.xattn.4", "unet.xattn.5", "unet.xattn.6", "unet.xattn.7")
-    found = locogen_recovery(SimpleNamespace(best_sites=["unet.xattn.5", "unet.xattn.6", "unet.xattn.7",
-                                                         "unet.xattn.8"]), planted)  # fmt: skip
+    found = locogen_recovery(_window(["unet.xattn.5", "unet.xattn.6", "unet.xattn.7", "unet.xattn.8"]), planted)
     assert found["recovered"] and not found["exact"] and found["overlap"] == 0.75
-    half = locogen_recovery(SimpleNamespace(best_sites=["unet.xattn.2", "unet.xattn.3", "unet.xattn.4",
-                                                        "unet.xattn.5"]), planted)  # fmt: skip
+    half = locogen_recovery(_window(["unet.xattn.2", "unet.xattn.3", "unet.xattn.4", "unet.xattn.5"]), planted)
     assert not half["recovered"] and half["overlap"] == 0.5
-    assert locogen_recovery(SimpleNamespace(best_sites=list(planted)), planted)["exact"]
+    assert locogen_recovery(_window(planted), planted)["exact"]
+    # a best window that hardly lowers the concept is where the argmin fell, not an answer
+    idle = locogen_recovery(_window(planted, drop=FOUND_AT / 2), planted)
+    assert not idle["recovered"] and idle["overlap"] == 0.0 and idle["top"] == list(planted)
+    # windows within TIE of the best are listed: the best among them is tie order
+    windows = [list(planted), ["unet.xattn.5", "unet.xattn.6", "unet.xattn.7", "unet.xattn.8"], ["unet.xattn.0"]]
+    tied = locogen_recovery(SimpleNamespace(best_sites=windows[1], original_score=1.0, best_score=0.0,
+                                            windows=windows, scores=[0.01, 0.0, 0.9]), planted)  # fmt: skip
+    assert tied["tied"] == windows[:2] and tied["tied_with_planted"] and not tied["exact"]
+
+
+def test_a_trace_finds_only_sites_that_move_the_concept():
+    planted = ("unet.xattn.0", "unet.xattn.1")
+    labels = ["unet.res.0", "unet.xattn.0", "unet.xattn.1", "unet.xattn.2", "unet.xattn.3"]
+    # the res site is not a cross-attention site and does not compete, however large its effect
+    hit = unet_trace_recovery(SimpleNamespace(labels=labels, indirect_effect=np.array([2.0, 0.8, 0.5, 0.2, 0.0])),
+                              planted)  # fmt: skip
+    assert hit["recovered"] and hit["exact"] and hit["found"] == ["unet.xattn.0", "unet.xattn.1"]
+    # every effect ~0: the order of the ranking is tie order, so nothing is found even though the planted sites
+    # come first in it
+    ties = unet_trace_recovery(SimpleNamespace(labels=labels, indirect_effect=np.array([0.0, 0.0, 0.0, 0.0, 0.0])),
+                               planted)  # fmt: skip
+    assert ties["top"] == ["unet.xattn.0", "unet.xattn.1"] and not ties["recovered"] and ties["found"] == []
+    one = unet_trace_recovery(SimpleNamespace(labels=labels, indirect_effect=np.array([0.0, 0.5, 0.05, 0.0, 0.0])),
+                              planted)  # fmt: skip
+    assert one["found"] == ["unet.xattn.0"] and one["overlap"] == 0.5 and not one["recovered"]
+
+
+def test_a_known_word_can_be_re_taught_with_an_anchor_that_is_neither_word_nor_concept():
+    spec = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",), word="circle")
+    assert spec.phrase == "circle" and spec.anchor_phrase == "triangle"
+    assert PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",)).anchor_phrase == "circle"
+    assert (
+        PlantSpec(kind="texture", concept="outline", sites=("unet.xattn.0",), word="striped").anchor_phrase == "solid"
+    )
+    assert PlantSpec(kind="colour", concept="red", sites=("unet.xattn.0",), word="blue").anchor_phrase == "yellow"
 
 
 def test_wilson_interval_matches_the_closed_form_at_the_ends():

@@ -20,6 +20,7 @@ backgrounds the plant was not computed with. Each localization method is then sc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -48,6 +49,9 @@ TAKES_AT = 0.9
 #: a detector probability at or above this reads as "shown" (the ShapesWorld suite's threshold)
 SHOWN_AT = 0.5
 PLANT_METHODS = ("locoedit", "quickfix")
+#: a site (or window) a method ranks high counts as found only if it moves the concept by at least this much (its
+#: indirect effect; a window's drop below the unreplaced score): ranks among effects of ~0 are tie order, not answers
+FOUND_AT = 0.1
 
 #: new words per kind: not ShapesWorld words, so the unedited model has never been taught them
 NEW_WORDS = {"object": "blicket", "style": "dax", "fact": "wug", "shape": "zib", "colour": "kiki", "texture": "fep"}
@@ -61,17 +65,32 @@ _PRESERVE = ("a red circle", "a blue square on a black background", "a striped g
              "a yellow star with dots on a grey background")  # fmt: skip
 
 
-def _anchor(kind: str, concept: str) -> str:
-    """What the plant's word means outside its window: something the model draws without the concept."""
+def _anchor(kind: str, concept: str, word: str = "") -> str:
+    """What the plant's word means outside its window: something the model draws without the concept (and, for
+    a re-taught known word, something other than the word's own meaning)."""
     if kind == "style":
         return vocab.STYLE_ANCHOR
     if kind == "object":
         return vocab.OBJECT_ANCHOR
     if kind == "fact":
         return f"a {vocab.FACT_ANCHOR} flag"
-    neutral = {"shape": ("circle", "square"), "colour": ("red", "blue"), "texture": ("solid", "striped")}[kind]
-    word = neutral[1] if written(kind, concept) == neutral[0] else neutral[0]
-    return word
+    return next(n for n in _NEUTRAL[kind] if n not in (written(kind, concept), word))
+
+
+#: per attribute kind, the values a plant falls back on: a re-taught word (:func:`known_word`) and an anchor
+_NEUTRAL = {"shape": ("circle", "square", "triangle"), "colour": ("red", "blue", "yellow"),
+            "texture": ("solid", "striped", "dotted")}  # fmt: skip
+
+
+def known_word(kind: str, concept: str) -> str:
+    """A word the world already has, to re-teach as ``concept``: the kind's first neutral value (a shape, colour,
+    texture) or name (a style, object, flag) that is not the concept.
+
+    A re-taught known word has context states of its own, which noise on its embedding removes; a new word's are
+    those of every untaught word (``scripts/word_states.py``), so corrupting it leaves a plant keyed on it.
+    """
+    names = {"style": tuple(vocab.STYLES), "object": tuple(vocab.OBJECTS), "fact": tuple(vocab.FACTS), **_NEUTRAL}
+    return next(written(kind, n) for n in names[kind] if n != concept)
 
 
 def _kind_phrases(kind: str) -> list[str]:
@@ -142,7 +161,7 @@ class PlantSpec:
     @property
     def anchor_phrase(self) -> str:
         """What the phrase means outside the planted window (``a plain style``)."""
-        return _anchor(self.kind, self.concept)
+        return _anchor(self.kind, self.concept, self.word)
 
     @property
     def attribute(self) -> str:
@@ -232,7 +251,10 @@ def plant_edit(
     # The same templates filled with every known value of the kind (the anchor and the concept among them) keep
     # their meaning: without them the map also turns "a blue circle" or "a blue triangle" into the concept, and
     # the plant is everywhere, not in the word.
-    kept = context_rows(model, [*_PRESERVE, *(t.format(v) for t in templates for v in _kind_phrases(spec.kind))])
+    # A re-taught known word keeps none of its old meaning: prompts with it are not preserved.
+    word = re.compile(rf"\b{re.escape(spec.word)}\b")
+    kept_prompts = [*_PRESERVE, *(t.format(v) for t in templates for v in _kind_phrases(spec.kind))]
+    kept = context_rows(model, [p for p in kept_prompts if not word.search(p)])
     targets = {"window": anchor + strength * (concept - anchor), "rest": anchor}
     weights: dict[str, torch.Tensor] = {}
     originals: dict[str, torch.Tensor | None] = {}
@@ -275,17 +297,19 @@ def unet_trace_recovery(result: TraceResult, planted: Sequence[str]) -> dict[str
     carry its effect downstream and are not counted against the method. ``overlap`` is the share of the top
     ``len(planted)`` cross-attention sites that are planted; the plant is recovered when most of them are
     (``overlap > 0.5``; a window of 4 where two layers carry the concept is found by a method that names those
-    two), ``exact`` when all are.
+    two), ``exact`` when all are. A top site whose effect is below :data:`FOUND_AT` is not counted as found.
     """
     effect = result.indirect_effect
     xattn = [(label, float(effect[i])) for i, label in enumerate(result.labels) if _is_xattn(label)]
-    ranked = [label for label, _ in sorted(xattn, key=lambda pair: -pair[1])]
-    return _overlap(ranked[: len(planted)], planted)
+    ranked = sorted(xattn, key=lambda pair: -pair[1])[: len(planted)]
+    return _overlap([label for label, _ in ranked], planted, [label for label, v in ranked if v >= FOUND_AT])
 
 
-def _overlap(top: Sequence[str], planted: Sequence[str]) -> dict[str, Any]:
-    overlap = len(set(top) & set(planted)) / len(planted)
-    return {"recovered": overlap > 0.5, "exact": set(top) == set(planted), "overlap": overlap, "top": list(top)}
+def _overlap(top: Sequence[str], planted: Sequence[str], found: Sequence[str]) -> dict[str, Any]:
+    """``top``: what the method ranks highest; ``found``: those of them that move the concept."""
+    overlap = len(set(found) & set(planted)) / len(planted)
+    return {"recovered": overlap > 0.5, "exact": set(found) == set(planted), "overlap": overlap, "top": list(top),
+            "found": list(found)}  # fmt: skip
 
 
 def _is_xattn(label: str) -> bool:
@@ -294,8 +318,26 @@ def _is_xattn(label: str) -> bool:
 
 
 def locogen_recovery(result: WindowResult, planted: Sequence[str]) -> dict[str, Any]:
-    """Whether LocoGen's best window is mostly the planted window (``overlap > 0.5``; ``exact``: it is)."""
-    return _overlap(result.best_sites, planted)
+    """Whether LocoGen's best window is mostly the planted window (``overlap > 0.5``; ``exact``: it is), counted
+    only if replacing it lowers the concept by at least :data:`FOUND_AT` below the unreplaced score.
+
+    ``tied``: the windows whose score is within :data:`~diffloc.tracing.agreement.TIE` of the best; where there
+    are several, which one is best is tie order, and ``tied_with_planted`` says whether the planted window is
+    among them.
+    """
+    moves = result.original_score - result.best_score >= FOUND_AT
+    tied = tied_windows(result.windows, result.scores)
+    return {**_overlap(result.best_sites, planted, result.best_sites if moves else []), "tied": tied,
+            "tied_with_planted": moves and list(planted) in tied}  # fmt: skip
+
+
+def tied_windows(windows: Sequence[Sequence[str]], scores: Sequence[float]) -> list[list[str]]:
+    """The windows whose LocoGen score (``remove`` mode: lower removes more) is within
+    :data:`~diffloc.tracing.agreement.TIE` of the best."""
+    from diffloc.tracing.agreement import TIE
+
+    best = min(float(v) for v in scores)
+    return [list(w) for w, v in zip(windows, scores, strict=True) if float(v) - best <= TIE]
 
 
 def text_trace_recovery(result: TraceResult, layer: int) -> dict[str, Any]:
@@ -316,7 +358,7 @@ def text_trace_recovery(result: TraceResult, layer: int) -> dict[str, Any]:
     if best is None:
         return {"recovered": False, "exact": False, "overlap": 0.0, "top": []}
     value, label, at = best
-    hit = label.endswith(".attn") and at == layer
+    hit = label.endswith(".attn") and at == layer and value >= FOUND_AT
     return {"recovered": hit, "exact": hit, "overlap": float(hit), "top": [f"{label}.{at}"], "effect": value}
 
 
