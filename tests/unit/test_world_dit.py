@@ -93,6 +93,23 @@ def test_dit_resume_is_bit_exact(dit_run, tmp_path):
     assert_same_checkpoint(run / "checkpoint.safetensors", resumed / "checkpoint.safetensors")
 
 
+def test_encoded_latents_are_laid_out_as_the_cache_reads_them_back():
+    """An encoder that hands back channels-last latents: the run that encodes them must train on the layout the
+    cache gives a resumed run (NCHW-contiguous), or the two take different convolution kernels and drift apart."""
+    from types import SimpleNamespace
+
+    from diffloc.world.train import encode_latents
+
+    class ChannelsLastEncoder:
+        def encode(self, images):
+            mean = images[:, :4].contiguous(memory_format=torch.channels_last)
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean))
+
+    images = torch.randn(5, 4, 16, 16)
+    latents = encode_latents(ChannelsLastEncoder(), images, batch_size=2)
+    assert latents.is_contiguous() and torch.equal(latents, images)
+
+
 def test_export_loads_as_a_pixart_alpha_pipeline_and_in_diffloc(dit_run):
     _, _, export = dit_run
     index = json.loads((export / "model_index.json").read_text())

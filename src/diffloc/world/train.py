@@ -185,9 +185,14 @@ def train_vae(config: TrainConfig, images: torch.Tensor, progress: ProgressCallb
 
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Posterior means of ``images``: ``(n, 4, 16, 16)`` (unscaled)."""
+    """Posterior means of ``images``: ``(n, 4, 16, 16)`` (unscaled), in the standard (NCHW-contiguous) layout.
+
+    The encoder may hand back a channels-last tensor; a run that trains on it takes other convolution kernels than
+    one that reads the same values back from the latent cache (stored contiguous), and the two drift apart in the
+    last bits, so a resumed run would not match an uninterrupted one.
+    """
     chunks = [vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks)
+    return torch.cat(chunks).contiguous()
 
 
 def tokenize(texts: list[str]) -> torch.Tensor:
