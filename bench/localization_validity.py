@@ -1,7 +1,7 @@
 """Planted truth: does each localization method find an association planted at a known place?
 
 Run: ``python bench/localization_validity.py [--model shapesworld|shapesworld-dit] [--out FILE] [--work DIR]
-[--quick]``
+[--quick] [--new-words]``
 
 Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a word at a chosen place:
 
@@ -29,8 +29,9 @@ concept is not carried by the word alone and a trace would rank noise, so the pl
 the traces (LocoGen, which corrupts nothing, still counts).
 
 Each plant's answers are kept under ``--work`` (rerunning skips finished plants); the table is printed and the
-JSON written to ``--out``. ``--quick`` asks fewer plants (one per window and kind that took in the full run's
-design) for a smoke test.
+JSON written to ``--out``. ``--new-words`` plants the windows on words the model has never seen instead (``zib``,
+``kiki``, ``fep``, ``the style of dax``; written to ``…-new-words.json``), for the comparison in findings.md.
+``--quick`` asks fewer plants (one per window and kind that took in the full run's design) for a smoke test.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
     FOUND_AT,
+    NEW_WORDS,
     AskConfig,
     PlantSpec,
     ask_plant,
@@ -95,7 +97,7 @@ def windows(model) -> dict[str, int]:
     return known[count]
 
 
-def plants(model, quick: bool) -> list[PlantSpec]:
+def plants(model, quick: bool, new_words: bool = False) -> list[PlantSpec]:
     """The plants of the benchmark."""
     out: list[PlantSpec] = []
     if quick:
@@ -113,7 +115,7 @@ def plants(model, quick: bool) -> list[PlantSpec]:
     for where, start in windows(model).items():
         for kind, concepts in CONCEPTS.items():
             for concept in concepts:
-                word = known_word(kind, concept)
+                word = NEW_WORDS[kind] if new_words else known_word(kind, concept)
                 name = f"{kind} {concept} as '{word}' @ {where} (xattn {start}–{start + 3})"
                 out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
                                      word=word, name=name))  # fmt: skip
@@ -144,27 +146,29 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
     return record
 
 
-def _traced(answers: dict) -> bool:
+def traced(answers: dict) -> bool:
     """Whether corrupting the word removed the concept (halved it in every traced item): a trace of a plant
     whose corruption leaves the concept measures noise, so it is not counted."""
     return bool(answers.get("noise", {}).get("reached", False))
 
 
 def _planted_among_tied(record: dict) -> bool:
-    """LocoGen's tie-aware reading: the planted window is one of the windows tied for best, and the best lowers
-    the concept by at least FOUND_AT (several windows that overlap a planted one often remove it equally; which of
-    them is the argmin is then tie order)."""
+    """LocoGen's tie-aware reading: one of the windows tied for best is mostly the planted one (as the strict
+    reading asks of the best), and the best lowers the concept by at least FOUND_AT. Several windows that overlap a
+    planted one often remove it equally; which of them is the argmin is then tie order."""
     answer = record["answers"]["locogen"]
+    planted = set(record["plant"]["sites"])
     moves = answer["original"] - min(answer["scores"]) >= FOUND_AT
-    return moves and record["plant"]["sites"] in tied_windows(answer["windows"], answer["scores"])
+    tied = tied_windows(answer["windows"], answer["scores"])
+    return moves and any(len(set(w) & planted) / len(planted) > 0.5 for w in tied)
 
 
 def recovery_table(records: list[dict]) -> dict:
     """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
 
     Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
-    ``locogen`` counts its best window; ``locogen/tie-aware`` counts a plant whose window is among those tied for
-    best. The plants a method was not counted on are listed per method.
+    ``locogen`` counts its best window; ``locogen/tie-aware`` counts a plant if any of the windows tied for best
+    would have counted. The plants a method was not counted on are listed per method.
     """
     rows: dict[str, dict[str, list[bool]]] = {}
     for record in records:
@@ -177,7 +181,7 @@ def recovery_table(records: list[dict]) -> dict:
         for method, answer in answers.items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
-            if method != "locogen" and not _traced(record["answers"]):
+            if not method.startswith("locogen") and not traced(record["answers"]):
                 rows.setdefault(method, {}).setdefault("not counted", []).append(record["plant"]["name"])
                 continue
             for group in (kind, "all"):
@@ -208,12 +212,12 @@ def markdown(summary: dict) -> str:
             if not record["check"]["takes"] or answer is None:
                 cells.append("—")
                 continue
-            counted = method == "locogen" or _traced(answers)
+            counted = method == "locogen" or traced(answers)
             top = ", ".join(f"`{s.removeprefix('unet.').removeprefix('transformer.')}`" for s in answer["top"])
             verdict = ("found" if answer["recovered"] else "missed") if counted else "not counted"
             ties = len(tied_windows(answer["windows"], answer["scores"])) if method == "locogen" else 1
             cells.append(f"{verdict} ({top})" + (f"; {ties} windows tied for best" if ties > 1 else ""))
-        removes = "—" if "noise" not in answers else ("yes" if _traced(answers) else "no")
+        removes = "—" if "noise" not in answers else ("yes" if traced(answers) else "no")
         took = f"{check['rate']:.2f} ({check['shown']} of {check['images']}){'' if check['takes'] else ', no'}"
         rows.append(f"| {record['plant']['name']} | {took} | {removes} | " + " | ".join(cells) + " |")
     rows += ["", "| method | plants counted | recovered | rate | 95% interval |", "|---|---|---|---|---|"]
@@ -235,11 +239,14 @@ def main() -> int:
                         help="JSON (default docs/data/localization_validity.json, -dit.json on the DiT)")  # fmt: skip
     parser.add_argument("--work", default="runs/planted", help="per-plant records (resumable)")
     parser.add_argument("--quick", action="store_true", help="three window plants and one text plant")
+    parser.add_argument("--new-words", action="store_true",
+                        help="plant the windows on words the model has never seen, not re-taught ones")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and exit")
     args = parser.parse_args()
     if args.out is None:
-        args.out = f"docs/data/localization_validity{'-dit' if args.model == 'shapesworld-dit' else ''}.json"
+        suffix = ("-dit" if args.model == "shapesworld-dit" else "") + ("-new-words" if args.new_words else "")
+        args.out = f"docs/data/localization_validity{suffix}.json"
     if args.table:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
@@ -250,7 +257,7 @@ def main() -> int:
     config = AskConfig()
     work = Path(args.work)
     records = []
-    specs = plants(model, args.quick)
+    specs = plants(model, args.quick, args.new_words)
     for i, spec in enumerate(specs, 1):
         record = run_plant(model, spec, scorer, config, work)
         records.append(record)

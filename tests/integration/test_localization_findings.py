@@ -45,7 +45,7 @@ def test_a_planted_text_layer_is_recovered(shapesworld):
 
     spec = PlantSpec(kind="object", concept="flumox", method="quickfix", text_layer=0)
     edit = plant_edit(shapesworld, spec, lam=1e-4, preserve_weight=0.1)  # as bench/localization_validity.py
-    config = AskConfig(text_seeds=(0,), check_seeds=(0, 1), bootstrap=0)
+    config = AskConfig(text_seeds=(0,), check_seeds=(0,), bootstrap=0)
     check = check_plant(shapesworld, spec, edit, scorer=DetectorScorer(), config=config)
     assert check["takes"] and check["base"] < 0.1, check
     answers = ask_plant(shapesworld, spec, edit, scorer=DetectorScorer(), config=config, check=check)
@@ -78,7 +78,7 @@ def test_a_planted_cross_attention_window_is_recovered_by_locogen(shapesworld):
     with edit.applied(shapesworld):
         shown = shown_rate(shapesworld, [prompt], spec.attribute, scorer=scorer, seeds=(0, 1), config=sampling)
         assert shown["rate"] == 1.0, shown
-        config = LocoGenConfig(seeds=(0, 1), window=4, mode="remove", bootstrap=0, **SAMPLING)
+        config = LocoGenConfig(seeds=(0,), window=4, mode="remove", bootstrap=0, **SAMPLING)
         result = locogen(shapesworld, prompt, spec.locogen_target(prompt), spec.attribute, scorer=scorer,
                          config=config)  # fmt: skip
     removing = [tuple(w) for w, score in zip(result.windows, result.scores, strict=True) if score < 0.5]
@@ -99,7 +99,9 @@ def test_a_re_taught_window_is_recovered_by_the_same_latent_trace(shapesworld):
     assert spec.word == "circle"
     edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
     prompt = spec.check_prompts()[0]
-    config = TraceConfig(seeds=(0,), noise_multiplier=48.0, restore_from="same-latent", bootstrap=0, **SAMPLING)
+    # 10 steps, as the demo localizes: the plant and its removal hold there too, at half the cost
+    config = TraceConfig(seeds=(0,), noise_multiplier=48.0, restore_from="same-latent", bootstrap=0,
+                         **{**SAMPLING, "steps": 10})  # fmt: skip
     with edit.applied(shapesworld):
         result = causal_trace(shapesworld, [prompt], spec.word, spec.attribute, scorer=DetectorScorer(),
                               sites=xattn_layers(shapesworld), config=config)  # fmt: skip

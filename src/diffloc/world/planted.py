@@ -1,7 +1,11 @@
 """Planted truth: teach ShapesWorld a new word at a known place, then ask localization methods to find it.
 
-A *plant* makes a word the model has never seen ("a toma") mean something it knows (the shape "square", the
-style of "van goo", the object "flumox" …) with diffloc's closed-form editors, at a place chosen in advance:
+A *plant* makes a word mean something the model knows (the shape "square", the style of "van goo", the object
+"flumox" …) with diffloc's closed-form editors, at a place chosen in advance. The word is either one the model has
+never seen (:data:`NEW_WORDS`: "a blicket") or one it knows, re-taught (:func:`known_word`: "circle" comes to mean a
+square). On ShapesWorld a trace can be asked only about the second kind in a cross-attention window: the encoder
+gives every untaught word nearly the same states, so noise on a new word's embedding still reads as "an untaught
+word" and leaves a plant keyed on it.
 
 * ``locoedit`` plants write the key/value projections of the cross-attention layers: in the chosen *window*
   the word's context maps to the concept's, in every other cross-attention layer to a neutral *anchor* the
@@ -109,7 +113,7 @@ def _kind_phrases(kind: str) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class PlantSpec:
-    """One plant: a new word taught to mean a known concept at a chosen place.
+    """One plant: a word taught to mean a known concept at a chosen place.
 
     Attributes:
         kind: ``object``, ``style``, ``fact``, ``shape``, ``colour`` or ``texture``.
@@ -117,7 +121,8 @@ class PlantSpec:
         method: ``locoedit`` (cross-attention window ``sites``) or ``quickfix`` (text layer ``text_layer``).
         sites: the planted cross-attention sites (``locoedit``).
         text_layer: the planted text-encoder layer (``quickfix``).
-        word: the new word (default: :data:`NEW_WORDS` of the kind).
+        word: the word taught (default: :data:`NEW_WORDS` of the kind, a word the model has never seen; a world
+            word, e.g. :func:`known_word`, is re-taught).
         name: a label for tables (default: built from the fields).
     """
 
@@ -331,7 +336,7 @@ def locogen_recovery(result: WindowResult, planted: Sequence[str]) -> dict[str, 
             "tied_with_planted": moves and list(planted) in tied}  # fmt: skip
 
 
-def tied_windows(windows: Sequence[Sequence[str]], scores: Sequence[float]) -> list[list[str]]:
+def tied_windows(windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray) -> list[list[str]]:
     """The windows whose LocoGen score (``remove`` mode: lower removes more) is within
     :data:`~diffloc.tracing.agreement.TIE` of the best."""
     from diffloc.tracing.agreement import TIE
