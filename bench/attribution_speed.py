@@ -25,11 +25,18 @@ first-order estimate at the corrupted point has to bridge).
 
 The same timing ratios are then measured on tiny-sdxl (its whole site table; a random model, so only the ratios
 mean anything there).
+
+Planted-window recovery: for every window plant of ``--planted`` (the planted-truth benchmark's JSON,
+``bench/localization_validity.py``) that took and whose corruption removed it, the plant is made again and
+attribution and the screen are asked where it lives on the same items as that benchmark's exact trace (its
+prompts, seeds, noise and sampling; the cross-attention sites), scored by the same rule
+(:func:`~diffloc.world.planted.unet_trace_recovery`). The exact trace's answers are read from that JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -126,6 +133,53 @@ def corruption_curve(model: Any, prompts: list[str], subject: str, attribute: st
     return {"clean": calibration.clean, "corrupted": dict(calibration.corrupted)}
 
 
+def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
+    """Attribution's and the screen's recovery of the planted windows whose exact trace counted (see the module
+    docstring), beside exact's, per plant and in total with Wilson intervals."""
+    from localization_validity import LAM, PRESERVE_WEIGHT, STRENGTH, traced
+
+    from diffloc.eval.metrics import wilson_interval
+    from diffloc.tracing.locogen import xattn_layers
+    from diffloc.world.planted import AskConfig, PlantSpec, plant_edit, unet_trace_recovery
+
+    model = load("shapesworld")
+    scorer = DetectorScorer(log_probability=True)
+    ask = AskConfig()
+    plants: list[dict[str, Any]] = []
+    for record in records:
+        answers = record.get("answers", {})
+        if record["plant"]["method"] != "locoedit" or not record["check"]["takes"] or not traced(answers):
+            continue
+        fields = {k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")}
+        spec = PlantSpec(**{**fields, "sites": tuple(fields["sites"])})
+        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
+        config = TraceConfig(seeds=ask.seeds, steps=ask.steps, guidance=ask.guidance, max_batch=ask.max_batch,
+                             noise=answers["noise"]["noise"], bootstrap=0)  # fmt: skip
+        exact = answers["unet_trace/same-latent"]
+        entry: dict[str, Any] = {"plant": spec.name, "exact": exact["recovered"], "exact_top": exact["top"],
+                                 "exact_effects": {k: round(v, 4) for k, v in exact["effects"].items()}}  # fmt: skip
+        with edit.applied(model):
+            for method in ("attribution", "screen"):
+                result = causal_trace(model, answers["prompts"], spec.word, spec.attribute, scorer=scorer,
+                                      sites=xattn_layers(model), config=config, method=method, top_k=top_k)  # fmt: skip
+                found = unet_trace_recovery(result, spec.sites)
+                entry[method] = found["recovered"]
+                entry[f"{method}_top"] = found["top"]
+                entry[f"{method}_effects"] = _effects(result)
+        plants.append(entry)
+        print(f"planted {spec.name}: exact {entry['exact']}, attribution {entry['attribution']} "
+              f"{entry['attribution_top']}, screen {entry['screen']} {entry['screen_top']}", flush=True)  # fmt: skip
+    total: dict[str, Any] = {}
+    for method in ("exact", "attribution", "screen"):
+        hits = sum(bool(p[method]) for p in plants)
+        low, high = wilson_interval(hits, len(plants)) if plants else (float("nan"), float("nan"))
+        total[method] = {"recovered": hits, "plants": len(plants), "rate": hits / len(plants) if plants else None,
+                         "interval": [low, high]}  # fmt: skip
+        if plants:
+            print(f"planted-window recovery {method:12s} {hits}/{len(plants)}  [{low:.2f}, {high:.2f}]")
+    return {"plants": plants, "total": total}
+
+
 def print_row(name: str, entry: dict) -> None:
     """One table row per method."""
     for method in [m for m in METHODS if m in entry]:
@@ -151,7 +205,12 @@ def main() -> int:
         metavar="L",
         help="layers of the screen-gd arm's gradient dropout (default 8; 0 leaves the arm out)",
     )
+    parser.add_argument("--planted", type=Path, default=Path("docs/data/localization_validity.json"),
+                        help="the planted-truth benchmark's JSON whose window plants are asked (default: the committed "
+                        "UNet run)")  # fmt: skip
     args = parser.parse_args()
+    if not args.planted.is_file():
+        raise SystemExit(f"--planted {args.planted}: no such file (write it with bench/localization_validity.py)")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     config = TraceConfig(seeds=(0, 1), steps=args.steps, guidance=4.0, noise_multiplier=args.noise_multiplier,
@@ -193,7 +252,9 @@ def main() -> int:
     sdxl = run_case(tiny, "a red circle in the style of van gogh", "van gogh", "a red circle", tiny_config, args.top_k,
                     args.gradient_dropout)  # fmt: skip
     print_row(f"tiny-sdxl ({sdxl['sites']} sites)", sdxl)
+    planted = planted_recovery(json.loads(args.planted.read_text())["plants"], args.top_k)
     out = {
+        "planted": {"source": str(args.planted), **planted},
         "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]), "steps": args.steps,
         "noise_multiplier": args.noise_multiplier, "top_k": args.top_k, "gradient_dropout": args.gradient_dropout,
         "prompts": args.prompts, "seeds": [0, 1],

@@ -235,6 +235,17 @@ def attribution_speed_table(data: dict[str, Any]) -> str:
         for name, curve in curves:
             rows.append(f"| {name} | {curve['clean']:.2f} | "
                         + " | ".join(f"{v:.2f}" for v in curve["corrupted"].values()) + " |")  # fmt: skip
+    planted = data.get("planted")
+    if planted and planted["plants"]:
+        rows += ["", "| planted window | exact | attribution (its top 4) | screen (its top 4) |", "|---|---|---|---|"]
+        for p in planted["plants"]:
+            cells = [("found" if p[m] else "missed") + f" ({', '.join(_short(s) for s in p[f'{m}_top'])})"
+                     for m in ("attribution", "screen")]  # fmt: skip
+            rows.append(f"| {p['plant']} | {'found' if p['exact'] else 'missed'} | {cells[0]} | {cells[1]} |")
+        rows += ["", "| method | planted windows recovered | rate | 95% interval |", "|---|---|---|---|"]
+        for method, t in planted["total"].items():
+            rows.append(f"| {method} | {t['recovered']} of {t['plants']} | {_fmt(t['rate'])} | "
+                        f"[{t['interval'][0]:.2f}, {t['interval'][1]:.2f}] |")  # fmt: skip
     return "\n".join(rows)
 
 
