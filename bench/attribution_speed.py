@@ -150,8 +150,7 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
         answers = record.get("answers", {})
         if record["plant"]["method"] != "locoedit" or not record["check"]["takes"] or not traced(answers):
             continue
-        fields = {k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")}
-        spec = PlantSpec(**{**fields, "sites": tuple(fields["sites"])})
+        spec = PlantSpec(**{k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")})
         edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
         config = TraceConfig(seeds=ask.seeds, steps=ask.steps, guidance=ask.guidance, max_batch=ask.max_batch,
                              noise=answers["noise"]["noise"], bootstrap=0)  # fmt: skip

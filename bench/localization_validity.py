@@ -57,7 +57,6 @@ from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
-    FOUND_AT,
     NEW_WORDS,
     AskConfig,
     PlantSpec,
@@ -66,6 +65,7 @@ from diffloc.world.planted import (
     known_word,
     plant_edit,
     planted_window_sites,
+    tie_aware_recovery,
     tied_windows,
 )
 
@@ -153,14 +153,9 @@ def traced(answers: dict) -> bool:
 
 
 def _planted_among_tied(record: dict) -> bool:
-    """LocoGen's tie-aware reading: one of the windows tied for best is mostly the planted one (as the strict
-    reading asks of the best), and the best lowers the concept by at least FOUND_AT. Several windows that overlap a
-    planted one often remove it equally; which of them is the argmin is then tie order."""
+    """LocoGen's tie-aware reading of a stored record (:func:`~diffloc.world.planted.tie_aware_recovery`)."""
     answer = record["answers"]["locogen"]
-    planted = set(record["plant"]["sites"])
-    moves = answer["original"] - min(answer["scores"]) >= FOUND_AT
-    tied = tied_windows(answer["windows"], answer["scores"])
-    return moves and any(len(set(w) & planted) / len(planted) > 0.5 for w in tied)
+    return tie_aware_recovery(answer["windows"], answer["scores"], answer["original"], record["plant"]["sites"])
 
 
 def recovery_table(records: list[dict]) -> dict:

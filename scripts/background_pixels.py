@@ -24,7 +24,7 @@ import torch
 from diffloc.models.registry import load
 from diffloc.world import captions, vocab
 from diffloc.world.detectors import detect, predicted_labels
-from diffloc.world.evaluate import EvalConfig, generate
+from diffloc.world.evaluate import EvalConfig, attributes_scored, generate
 
 #: corner patch size in pixels (of 32)
 CORNER = 3
@@ -48,8 +48,8 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = load(args.model).pipe
     config = EvalConfig(seeds=args.seeds)
-    evaluated = [p for p in captions.heldout_prompts() if p.group == "plain" or p.group.startswith("object:")]
-    prompts = [p for p in evaluated if p.labels.get("background") == args.background]
+    prompts = [p for p in captions.heldout_prompts()
+               if attributes_scored(p.group) and p.labels.get("background") == args.background]  # fmt: skip
     seeds = list(range(args.seeds))
     print(f"model: {args.model}; held-out prompts with a {args.background} background "
           f"(rendered at {sum(vocab.BACKGROUNDS[args.background]) / 3:.0f}); corner grey level per seed, "

@@ -15,6 +15,7 @@ from diffloc.world.planted import (
     PlantSpec,
     locogen_recovery,
     planted_window_sites,
+    tie_aware_recovery,
     unet_trace_recovery,
 )
 from diffloc.world.vocab import COLOURS, SHAPES
@@ -81,6 +82,11 @@ def test_a_window_is_recovered_when_most_of_it_is_found():
     tied = locogen_recovery(SimpleNamespace(best_sites=windows[1], original_score=1.0, best_score=0.0,
                                             windows=windows, scores=[0.01, 0.0, 0.9]), planted)  # fmt: skip
     assert tied["tied"] == windows[:2] and tied["tied_with_planted"] and not tied["exact"]
+    # the tie-aware reading counts a tied window that is mostly planted, and nothing when no window moves it
+    assert tie_aware_recovery(windows, [0.01, 0.0, 0.9], 1.0, planted)
+    assert tie_aware_recovery(windows[1:], [0.0, 0.9], 1.0, planted)  # 5-8 holds three of 4-7
+    assert not tie_aware_recovery(windows, [0.95, 0.96, 0.99], 1.0, planted)
+    assert not tie_aware_recovery([["unet.xattn.0"], list(planted)], [0.0, 0.5], 1.0, planted)
 
 
 def test_a_trace_finds_only_sites_that_move_the_concept():

@@ -70,6 +70,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     return out.images.float().clamp(0, 1).cpu()
 
 
+def attributes_scored(group: str) -> bool:
+    """Whether a held-out prompt of this group counts toward the shape/colour/texture/background accuracies: the
+    plain prompts and the object prompts (a style or a flag sets the look itself)."""
+    return group == "plain" or group.startswith("object:")
+
+
 def evaluate_model(
     pipe,
     config: EvalConfig,
@@ -103,7 +109,7 @@ def evaluate_model(
                           guidance=config.guidance)  # fmt: skip
         for (prompt, seed), predicted in zip(chunk, predicted_labels(detect(images, detector)), strict=True):
             correct = {k: predicted[k] == v for k, v in prompt.labels.items()}
-            if prompt.group == "plain" or prompt.group.startswith("object:"):
+            if attributes_scored(prompt.group):
                 for attribute, ok in correct.items():
                     hits[f"attribute:{attribute}"].append(ok)
             if prompt.group != "plain":

@@ -336,6 +336,19 @@ def locogen_recovery(result: WindowResult, planted: Sequence[str]) -> dict[str, 
             "tied_with_planted": moves and list(planted) in tied}  # fmt: skip
 
 
+def tie_aware_recovery(
+    windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray, original_score: float,
+    planted: Sequence[str],
+) -> bool:  # fmt: skip
+    """LocoGen's tie-aware reading: one of the windows tied for best (:func:`tied_windows`) is mostly the planted
+    one, as :func:`locogen_recovery` asks of the best, and the best lowers the concept by at least
+    :data:`FOUND_AT`. Several windows that overlap a planted one often remove it equally; which of them is the
+    argmin is then tie order."""
+    if original_score - min(float(v) for v in scores) < FOUND_AT:
+        return False
+    return any(_overlap(w, planted, w)["recovered"] for w in tied_windows(windows, scores))
+
+
 def tied_windows(windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray) -> list[list[str]]:
     """The windows whose LocoGen score (``remove`` mode: lower removes more) is within
     :data:`~diffloc.tracing.agreement.TIE` of the best."""
