@@ -6,8 +6,10 @@ background is the same everywhere; the shape is centred and never reaches them) 
 For each held-out plain and object prompt with that background (the prompts of ``diffloc world eval``), the
 images of seeds 0 .. N-1 at the evaluation's steps and guidance: one line per prompt with each seed's corner grey
 level (the mean of the three channels, 0-255; the world's backgrounds are white 245, grey 128, black 15) and a
-``*`` where the detectors read another background. Prints a Markdown table and a summary line. The model card of
-ShapesWorld-DiT quotes it: where the image and the detector disagree, which one is wrong.
+``*`` where the detectors' background head reads another background. Prints a Markdown table and a summary line.
+The model card of ShapesWorld-DiT quotes it: where the image and the head disagree, which one is wrong (why
+``world eval`` reads the background from the corners, :mod:`diffloc.world.pixels`, with the head's reading
+reported beside it).
 """
 
 from __future__ import annotations
@@ -22,19 +24,14 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch
 
 from diffloc.models.registry import load
-from diffloc.world import captions, vocab
+from diffloc.world import captions, pixels, vocab
 from diffloc.world.detectors import detect, predicted_labels
 from diffloc.world.evaluate import EvalConfig, attributes_scored, generate
 
-#: corner patch size in pixels (of 32)
-CORNER = 3
-
 
 def corner_level(images: torch.Tensor) -> torch.Tensor:
-    """Mean grey level (0-255) of the four ``CORNER`` × ``CORNER`` corners of each ``(n, 3, H, W)`` image."""
-    c = CORNER
-    patches = [images[:, :, :c, :c], images[:, :, :c, -c:], images[:, :, -c:, :c], images[:, :, -c:, -c:]]
-    return torch.cat([p.flatten(1) for p in patches], dim=1).mean(dim=1) * 255
+    """Mean grey level (0-255) of the corners of each ``(n, 3, H, W)`` image (:func:`pixels.corner_colour`)."""
+    return pixels.corner_colour(images).mean(dim=1)
 
 
 def main() -> None:

@@ -39,8 +39,16 @@ def _misses(count: dict | None) -> str:
 def status_section(ev: dict) -> str:
     """The card's status section for one ``eval.json``."""
     cfg = ev["config"]
+    by_detector = ev.get("attributes_by_detector", {})  # optional: eval.json files may lack it
     attributes = "\n".join(
-        f"| {name} | {rate:.1%} | ≥ {ev['thresholds'][name]:.0%} |" for name, rate in ev["attributes"].items()
+        [f"| {name} | {rate:.1%} | ≥ {ev['thresholds'][name]:.0%} |" for name, rate in ev["attributes"].items()]
+        + [f"| {name}, read by the detectors' head | {rate:.1%} | not scored |" for name, rate in by_detector.items()]
+    )
+    reading = (
+        "\nThe background is read from the image's corners (`diffloc.world.pixels`: the world colour nearest to "
+        "their mean),\nwhich every render fixes; the detectors' background head is shown beside it.\n"
+        if by_detector
+        else ""
     )
     counts = ev.get("concept_counts", {})  # optional: eval.json files may lack it
     concepts = "\n".join(
@@ -56,7 +64,7 @@ Measured by `{ev["command"]}` ({ev["n_prompts"]} held-out prompts × {cfg["seeds
 | attribute (plain + object prompts) | accuracy | bar |
 |---|---|---|
 {attributes}
-
+{reading}
 | named concept (held-out template) | accuracy | bar | misses read as |
 |---|---|---|---|
 {concepts}

@@ -20,6 +20,16 @@ torch.set_num_threads(1)
 FAMILIES = ("sd1", "sd2", "sdxl", "if", "pixart")
 
 
+@pytest.fixture(autouse=True)
+def _threads_as_they_were():
+    """Every test leaves torch at the thread count it found. A count left behind (``--threads`` of an in-process
+    command, a fixture's) changes the summation order of every later test in the process, so float comparisons
+    against another process would pass or fail by test order."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny(family: str):
     return load(build_tiny_pipeline(family, seed=0))
 

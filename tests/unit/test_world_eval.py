@@ -14,7 +14,9 @@ from diffloc.world import captions, evaluate
 
 
 def _scripted(monkeypatch, wrong):
-    """Replace generation and detection: image i reads back its prompt's labels, changed by ``wrong``."""
+    """Replace generation and detection: image i reads back its prompt's labels, changed by ``wrong``. A
+    ``background`` in ``wrong`` changes the pixel reading of the background; a ``detector background`` the
+    detectors' head (which otherwise reads what the pixels do)."""
     asked: list[tuple[str, int]] = []
     labels = {p.prompt: p.labels for p in [*captions.heldout_prompts(), *captions.validation_prompts()]}
 
@@ -27,12 +29,19 @@ def _scripted(monkeypatch, wrong):
         out = []
         for i in indices.tolist():
             prompt, seed = asked[i]
-            out.append({**labels[prompt], **wrong(prompt, seed)})
+            asked_for, changes = {"background": "white", **labels[prompt]}, dict(wrong(prompt, seed))
+            head = changes.pop("detector background", asked_for["background"])
+            out.append({**asked_for, **changes, "background": head})
         return out
+
+    def pixels(indices):
+        return [{"background": "white", **labels[asked[i][0]], **wrong(*asked[i])}["background"]
+                for i in indices.tolist()]  # fmt: skip
 
     monkeypatch.setattr(evaluate, "generate", generate)
     monkeypatch.setattr(evaluate, "detect", lambda images, detector=None: images)
     monkeypatch.setattr(evaluate, "predicted_labels", read)
+    monkeypatch.setattr(evaluate, "background_from_pixels", pixels)
     monkeypatch.setattr(evaluate, "time_one_image", lambda pipe, guidance: 0.5)
     return asked
 
@@ -61,6 +70,26 @@ def test_counts_and_misses_name_what_the_wrong_images_were_read_as(monkeypatch):
     assert result["seconds_per_image_20_steps"] == 0.5
 
 
+def test_the_background_is_scored_by_the_pixels_and_the_detectors_head_reported_beside_it(monkeypatch):
+    asks = {p.prompt: p.labels.get("background") for p in captions.heldout_prompts()}
+
+    def wrong(prompt, seed):  # the head reads every grey background black; the pixels miss one seed's whites
+        if asks[prompt] == "grey":
+            return {"detector background": "black"}
+        if asks[prompt] == "white" and seed == 0:
+            return {"background": "pastel"}
+        return {}
+
+    _scripted(monkeypatch, wrong)
+    result = evaluate.evaluate_model(None, evaluate.EvalConfig(seeds=2))
+    scored = [p for p in captions.heldout_prompts() if evaluate.attributes_scored(p.group)]
+    backgrounds = [p.labels["background"] for p in scored]
+    assert math.isclose(result["attributes"]["background"], 1 - backgrounds.count("white") / 2 / len(scored))
+    assert math.isclose(result["attributes_by_detector"]["background"], 1 - backgrounds.count("grey") / len(scored))
+    misses = {m for c in result["concept_counts"].values() for m in c["misses"]}
+    assert misses == {"background=pastel"}  # an object's background miss is the pixels', never the head's
+
+
 def test_a_model_that_gets_everything_right_passes(monkeypatch):
     _scripted(monkeypatch, lambda prompt, seed: {})
     result = evaluate.evaluate_model(None, evaluate.EvalConfig(seeds=1, split="validation"))
@@ -86,5 +115,8 @@ def test_model_card_status_names_the_misses_and_reads_older_eval_files():
     assert "| style:van goo | 50.0% | ≥ 90% | style=plain ×10, texture=dotted ×2 of 24 |" in section
     ev["concept_counts"]["style:van goo"]["missed_seeds"] = {"2": 6, "7": 6}
     assert "| style=plain ×10, texture=dotted ×2 of 24 (seeds 2 ×6, 7 ×6) |" in card.status_section(ev)
-    del ev["concept_counts"]  # eval.json files written before the counts existed
+    ev["attributes_by_detector"] = {"background": 0.9375}
+    assert "| background, read by the detectors' head | 93.8% | not scored |" in card.status_section(ev)
+    del ev["concept_counts"], ev["attributes_by_detector"]  # eval.json files written before these existed
     assert "| style:van goo | 50.0% | ≥ 90% | — |" in card.status_section(ev)
+    assert "detectors' head" not in card.status_section(ev)

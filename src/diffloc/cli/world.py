@@ -467,6 +467,8 @@ def eval_table(result: dict[str, Any]) -> str:
 
     rows = [[name, f"{value:.3f}", level(bar.get(name)), mark(value, bar.get(name))]
             for name, value in result.get("attributes", {}).items()]  # fmt: skip
+    rows += [[f"{name} (detectors' head)", f"{value:.3f}", "", "not scored"]
+             for name, value in result.get("attributes_by_detector", {}).items()]  # fmt: skip
     lines.append(format_table(["attribute", "accuracy", "bar", ""], rows, right=(1, 2)))
     rows = []
     for name, value in result.get("concepts", {}).items():

@@ -38,7 +38,7 @@ LATENT_SIZE = 16
 IMAGE_SIZE = 32
 #: Classifier-free guidance the ShapesWorld model is evaluated and used with, chosen on the validation split
 #: (training templates, not the held-out ones): ``diffloc world eval --split validation --seeds 2 --guidance G``
-#: for G = 4, 5 — 4 read back best; at 7.5 the held-out rates showed grey backgrounds drawn black (model card).
+#: for G = 4, 5 — 4 read back best; at 7.5 the detectors read grey backgrounds as black more often (model card).
 GUIDANCE = 4.0
 
 
