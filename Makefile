@@ -5,7 +5,7 @@ install:
 	python -m pip install -e ".[dev]"
 
 test:
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadfile
 
 lint:
 	ruff check src tests bench scripts

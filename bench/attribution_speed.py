@@ -152,8 +152,7 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
             continue
         spec = PlantSpec(**{k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")})
         edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-        config = TraceConfig(seeds=ask.seeds, steps=ask.steps, guidance=ask.guidance, max_batch=ask.max_batch,
-                             noise=answers["noise"]["noise"], bootstrap=0)  # fmt: skip
+        config = ask.trace_config(noise=answers["noise"]["noise"], bootstrap=0)
         exact = answers["unet_trace/same-latent"]
         entry: dict[str, Any] = {"plant": spec.name, "exact": exact["recovered"], "exact_top": exact["top"],
                                  "exact_effects": {k: round(v, 4) for k, v in exact["effects"].items()}}  # fmt: skip

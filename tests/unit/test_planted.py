@@ -12,6 +12,7 @@ from diffloc.eval.metrics import wilson_interval
 from diffloc.world.planted import (
     FOUND_AT,
     NEW_WORDS,
+    AskConfig,
     PlantSpec,
     locogen_recovery,
     planted_window_sites,
@@ -130,3 +131,10 @@ def test_planted_windows_must_fit_the_model(tiny_sd1):
     assert planted_window_sites(tiny_sd1, 0, 2) == tuple(layers[:2])
     with pytest.raises(ConfigError, match=f"does not fit the model's {len(layers)} cross-attention layers"):
         planted_window_sites(tiny_sd1, len(layers) - 1, 2)
+
+
+def test_a_plant_is_traced_with_the_ask_configs_seeds_sampling_and_bootstrap():
+    ask = AskConfig(seeds=(3, 4), text_seeds=(5,), steps=7, guidance=2.5, max_batch=9, bootstrap=11)
+    unet, text = ask.trace_config(), ask.trace_config(text=True, noise=0.3, bootstrap=0)
+    assert (unet.seeds, unet.steps, unet.guidance, unet.max_batch, unet.bootstrap) == ((3, 4), 7, 2.5, 9, 11)
+    assert (text.seeds, text.steps, text.noise, text.bootstrap) == ((5,), 7, 0.3, 0)

@@ -44,6 +44,7 @@ from diffloc.errors import ConfigError
 from diffloc.eval.scorers import Scorer
 from diffloc.models.base import LoadedModel
 from diffloc.sites import SiteKind
+from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.results import DENOISER_TRACE, TraceResult, WindowResult
 from diffloc.world import vocab
 from diffloc.world.phrasings import KINDS, SLOTS, slotted, word_orders, written
@@ -418,6 +419,13 @@ class AskConfig:
     bootstrap: int = 2000
     restore_sources: tuple[str, ...] = ("same-latent", "trajectory")
 
+    def trace_config(self, *, text: bool = False, **fields: Any) -> TraceConfig:
+        """The trace settings a plant is asked with: the UNet trace's seeds (``text``: the text trace's),
+        sampling and bootstrap; ``fields`` set any other :class:`~diffloc.tracing.config.TraceConfig` field."""
+        defaults = {"seeds": self.text_seeds if text else self.seeds, "steps": self.steps, "guidance": self.guidance,
+                    "max_batch": self.max_batch, "bootstrap": self.bootstrap}  # fmt: skip
+        return TraceConfig(**{**defaults, **fields})
+
 
 def check_plant(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig) -> dict:
     """Whether ``edit`` plants ``spec``: the concept's detection rate on the plant's held-out templates × seeds
@@ -445,23 +453,21 @@ def ask_plant(
     """
     from diffloc.tracing.calibrate import calibrate_noise
     from diffloc.tracing.causal import causal_trace, trace_text
-    from diffloc.tracing.config import LocoGenConfig, TraceConfig
+    from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import xattn_layers
 
-    sweep: dict[str, Any] = {"steps": config.steps, "guidance": config.guidance, "max_batch": config.max_batch,
-             "bootstrap": config.bootstrap}  # fmt: skip
     prompts = spec.ask_prompts(config.prompts, None if check is None else check.get("every_seed"))
     answers: dict[str, Any] = {"prompts": prompts}
     with edit.applied(model):
         if spec.method == "quickfix":
-            trace_config = TraceConfig(seeds=config.text_seeds, **sweep)
+            trace_config = config.trace_config(text=True)
             noise = calibrate_noise(model, prompts[:1], spec.word, spec.attribute, scorer=scorer, config=trace_config)
             result = trace_text(model, prompts[0], spec.word, spec.attribute, scorer=scorer, kinds=("attn", "mlp"),
                                 config=replace(trace_config, noise=noise.noise))  # fmt: skip
             answers["noise"] = noise.to_dict()
             answers["text_trace"] = _answer(result, text_trace_recovery(result, spec.text_layer))
             return answers
-        trace_config = TraceConfig(seeds=config.seeds, **sweep)
+        trace_config = config.trace_config()
         noise = calibrate_noise(model, prompts, spec.word, spec.attribute, scorer=scorer, config=trace_config)
         answers["noise"] = noise.to_dict()
         for source in config.restore_sources:
@@ -469,7 +475,8 @@ def ask_plant(
                                   config=replace(trace_config, noise=noise.noise, restore_from=source))  # fmt: skip
             answers[f"unet_trace/{source}"] = _answer(result, unet_trace_recovery(result, spec.sites))
         windows = _locogen_each(model, spec, prompts, scorer=scorer, config=LocoGenConfig(
-            seeds=config.seeds, window=len(spec.sites), **sweep))  # fmt: skip
+            seeds=config.seeds, window=len(spec.sites), steps=config.steps, guidance=config.guidance,
+            max_batch=config.max_batch, bootstrap=config.bootstrap))  # fmt: skip
         answers["locogen"] = _answer(windows, locogen_recovery(windows, spec.sites))
     return answers
 
