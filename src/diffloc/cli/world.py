@@ -159,7 +159,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write the accuracy JSON here")
     p.set_defaults(func=run_detectors)
 
-    p = sub.add_parser("eval", help="held-out prompts × seeds → detectors → accuracy JSON")
+    p = sub.add_parser("eval", help="held-out prompts × seeds → detectors (background: corner colour) → accuracy JSON")
     p.add_argument("--model", default=None, help="pipeline directory (default: the shipped model)")
     p.add_argument("--detectors", default=None, help="detector weights (default: shipped)")
     p.add_argument("--seeds", type=count_arg("seeds"), default=4, metavar="N",
