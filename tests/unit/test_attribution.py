@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from support import assert_estimates_agree, score_changes
+from support import assert_estimates_agree, float_floor, score_changes
 
 from diffloc.cli.main import main
 from diffloc.engine.hooks import installed_hook_count
@@ -28,9 +28,11 @@ RELATIVE = 0.05
 
 
 def assert_agree(exact: TraceResult, estimated: TraceResult, share: float = 0.1) -> int:
-    """Estimated and exact score changes agree to :data:`RELATIVE` on every restore whose exact change is at least
-    ``share`` of the largest; returns how many were compared."""
-    return assert_estimates_agree(score_changes(exact), score_changes(estimated), share=share, rtol=RELATIVE)
+    """Estimated and exact score changes agree to :data:`RELATIVE`, plus the precision an exact change is measured
+    to (:func:`float_floor`), on every restore whose exact change is at least ``share`` of the largest; returns how
+    many were compared."""
+    return assert_estimates_agree(score_changes(exact), score_changes(estimated), share=share, rtol=RELATIVE,
+                                  floor=float_floor(exact, estimated))  # fmt: skip
 
 
 def _subset(result: TraceResult, keep: list[int]) -> TraceResult:

@@ -224,8 +224,10 @@ def test_vae_from_takes_the_autoencoder_only(straight_run, tmp_path):
     run, _ = straight_run
     exported = export_run(run, tmp_path / "pipe")
     given = load_pipeline(exported)
-    config = TrainConfig(**{**TINY, "seed": 3, "lr": 1e-12, "vae_from": str(exported)})
+    config = TrainConfig(**{**TINY, "seed": 3, "lr": 1e-12, "vae_from": str(exported), "threads": 2})
+    threads = torch.get_num_threads()
     assert train(config, tmp_path / "fresh", max_minutes=0.0)["step"] == 1
+    assert torch.get_num_threads() == threads != 2  # the recipe's threads are the run's, not the process's after
     vae = load_file(str(tmp_path / "fresh" / "vae.safetensors"))
     assert vae.keys() == given.vae.state_dict().keys()
     assert all(torch.equal(v, given.vae.state_dict()[k]) for k, v in vae.items())  # no VAE stage

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from diffloc.errors import ConfigError, PromptError
+from diffloc.models.exact_sums import exact_sums
 from diffloc.sites import CROSS_ATTENTION_KINDS, Site, SiteKind, SiteRegistry
 
 #: Images per VAE decode call by default (see :meth:`ModelAdapter.decode`).
@@ -417,16 +418,22 @@ class LoadedModel:
         return sums
 
     def fingerprint(self) -> str:
-        """A short hash of the current weights (per-parameter sums and squared sums, float64).
+        """A short hash of the current weights: per parameter, its dtype, shape and :func:`exact_sums`.
 
-        Cheap enough to take at the start of every sweep (one pass over the weights), and it changes when an
-        edit is applied, so resumable results of an edited model are never confused with the base model's.
+        Cheap enough to take at the start of every sweep (one pass over the weights, one parameter at a time), and
+        it changes when an edit is applied, so resumable results of an edited model are never confused with the
+        base model's. Integer sums are exact, so the same weights give the same fingerprint at any thread count
+        and on any device (float sums change in their last digits with the summation order).
         """
         import hashlib
 
         digest = hashlib.sha256()
-        for key, (total, squares, _) in self.weight_sums().items():
-            digest.update(f"{key}:{total:.17g}:{squares:.17g}".encode())
+        for name, component in sorted(self.pipe.components.items()):
+            if isinstance(component, nn.Module):
+                for pname, param in component.named_parameters():
+                    total, squares = exact_sums(param)
+                    shape = "x".join(map(str, param.shape))
+                    digest.update(f"{name}.{pname}:{param.dtype}:{shape}:{total}:{squares}".encode())
         return digest.hexdigest()[:16]
 
     def site(self, name: str | Site) -> Site:

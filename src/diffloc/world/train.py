@@ -442,8 +442,18 @@ def train(
     """
     if max_minutes is not None and not max_minutes >= 0:
         raise ConfigError(f"max_minutes must be >= 0, got {max_minutes}")
-    torch.set_num_threads(config.threads)
-    run_dir = Path(run_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # the process's setting, given back when training ends
+    try:
+        return _train(config, Path(run_dir), resume=resume, max_minutes=max_minutes, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, *, resume: bool, max_minutes: float | None, progress: ProgressCallback | None
+) -> dict:
+    """:func:`train`'s body, at the recipe's thread count."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.safetensors"
     if ckpt.exists() and not resume:
