@@ -418,22 +418,26 @@ class LoadedModel:
         return sums
 
     def fingerprint(self) -> str:
-        """A short hash of the current weights: per parameter, its dtype, shape and :func:`exact_sums`.
+        """A short hash of the current weights: per component, the sorted dtype, shape and :func:`exact_sums` of
+        each of its parameters.
 
         Cheap enough to take at the start of every sweep (one pass over the weights, one parameter at a time), and
         it changes when an edit is applied, so resumable results of an edited model are never confused with the
         base model's. Integer sums are exact, so the same weights give the same fingerprint at any thread count
-        and on any device (float sums change in their last digits with the summation order).
+        and on any device (float sums change in their last digits with the summation order). Parameters are
+        identified by content, not by name or order: transformers 5 names a CLIP text model's parameters without
+        the ``text_model.`` prefix transformers 4 gives them, and the same weights must fingerprint the same.
         """
         import hashlib
 
         digest = hashlib.sha256()
         for name, component in sorted(self.pipe.components.items()):
             if isinstance(component, nn.Module):
-                for pname, param in component.named_parameters():
-                    total, squares = exact_sums(param)
-                    shape = "x".join(map(str, param.shape))
-                    digest.update(f"{name}.{pname}:{param.dtype}:{shape}:{total}:{squares}".encode())
+                records = sorted(
+                    f"{param.dtype}:{'x'.join(map(str, param.shape))}:{':'.join(map(str, exact_sums(param)))}"
+                    for param in component.parameters()
+                )
+                digest.update(f"{name}:{len(records)}|{'|'.join(records)}".encode())
         return digest.hexdigest()[:16]
 
     def site(self, name: str | Site) -> Site:
