@@ -223,14 +223,12 @@ def test_eval_runs_at_the_thread_count_asked_and_records_it(monkeypatch, tmp_pat
         seen.append(torch.get_num_threads())
         return {"passed": True, "config": {}}
 
-    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     monkeypatch.setattr(evaluate, "evaluate_model", fake_evaluate)
-    try:
-        assert main(["world", "eval", "--threads", "1", "--out", str(tmp_path / "eval.json")]) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert main(["world", "eval", "--threads", "1", "--out", str(tmp_path / "eval.json")]) == 0
     capsys.readouterr()
     assert seen == [1] and json.loads((tmp_path / "eval.json").read_text())["threads"] == 1
+    assert torch.get_num_threads() == 2  # the process's count, given back
 
 
 def test_cli_text_layers_reach_a_from_scratch_recipe(monkeypatch, tmp_path, capsys):
@@ -288,14 +286,10 @@ def test_eval_prints_a_table_and_json_on_request(monkeypatch, tmp_path, capsys):
     shipped["concepts"]["style:van goo"] = 0.5
     shipped["concept_counts"]["style:van goo"].update(right=12, misses={"style=plain": 12})
     monkeypatch.setattr(evaluate, "evaluate_model", lambda pipe, config, **kw: {**shipped, "passed": False})
-    before = torch.get_num_threads()
-    try:
-        assert main(["world", "eval", "--threads", "1"]) == 1  # below the bar: exit 1, as before
-        table = capsys.readouterr().out
-        assert main(["world", "eval", "--threads", "1", "--json"]) == 1
-        raw = json.loads(capsys.readouterr().out)
-    finally:
-        torch.set_num_threads(before)
+    assert main(["world", "eval", "--threads", "1"]) == 1  # below the bar: exit 1, as before
+    table = capsys.readouterr().out
+    assert main(["world", "eval", "--threads", "1", "--json"]) == 1
+    raw = json.loads(capsys.readouterr().out)
     assert raw["concepts"]["style:van goo"] == 0.5 and raw["threads"] == 1
     lines = table.splitlines()
     assert "FAILED" in lines[0] and "576 images" in lines[0]

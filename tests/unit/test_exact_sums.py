@@ -17,14 +17,10 @@ def test_sums_are_of_the_bit_patterns_16_bits_at_a_time():
 
 def test_sums_do_not_depend_on_order_or_threads_and_see_a_change_in_the_last_bit():
     values = torch.randn(1009 * 997, generator=torch.Generator().manual_seed(0))
-    before = torch.get_num_threads()
-    try:
-        found = set()
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            found |= {exact_sums(values), exact_sums(values.flip(0)), exact_sums(values.reshape(1009, -1).T)}
-    finally:
-        torch.set_num_threads(before)
+    found = set()
+    for threads in (1, 2):  # the suite's conftest gives the thread count back after the test
+        torch.set_num_threads(threads)
+        found |= {exact_sums(values), exact_sums(values.flip(0)), exact_sums(values.reshape(1009, -1).T)}
     assert len(found) == 1
     nudged = values.clone()
     nudged[12345] = torch.nextafter(nudged[12345], torch.tensor(float("inf")))
@@ -32,12 +28,8 @@ def test_sums_do_not_depend_on_order_or_threads_and_see_a_change_in_the_last_bit
 
 
 def test_a_model_has_one_fingerprint_at_any_thread_count(tiny_sd1):
-    before = torch.get_num_threads()
-    try:
-        prints = set()
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            prints.add(tiny_sd1.fingerprint())
-    finally:
-        torch.set_num_threads(before)
+    prints = set()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        prints.add(tiny_sd1.fingerprint())
     assert len(prints) == 1

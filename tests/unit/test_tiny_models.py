@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,15 +18,6 @@ PROMPT = "a red circle in the style of van gogh"
 
 # Module kinds whose names and order must match the full-size model exactly.
 _STRUCTURAL = {"Attention", "BasicTransformerBlock", "FeedForward", "ResnetBlock2D", "Transformer2DModel"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops are dominated by thread sync; two threads on a busy 2-core box are ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

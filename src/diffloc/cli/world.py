@@ -413,9 +413,9 @@ def run_detectors(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``diffloc world eval``."""
-    import torch
     from tqdm import tqdm
 
+    from diffloc.threads import torch_threads
     from diffloc.world import detectors, model
     from diffloc.world.evaluate import EvalConfig, evaluate_model
 
@@ -429,11 +429,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.guidance is not None:
         fields["guidance"] = args.guidance
     config = EvalConfig(**fields)
-    torch.set_num_threads(args.threads)
     pipe = model.load_pipeline(args.model, device=args.device, dtype=args.dtype, variant=args.variant)
     det = detectors.load_detector(args.detectors) if args.detectors else detectors.shipped_detector()
     det = detectors.on_device(det, pipe.device)
-    with tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr, leave=False) as bar:
+    with torch_threads(args.threads), tqdm(desc="eval", unit="img", dynamic_ncols=True, file=sys.stderr,
+                                           leave=False) as bar:  # fmt: skip
 
         def progress(done: int, total: int) -> None:
             bar.total = total

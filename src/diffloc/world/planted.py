@@ -419,12 +419,16 @@ class AskConfig:
     bootstrap: int = 2000
     restore_sources: tuple[str, ...] = ("same-latent", "trajectory")
 
+    def sweep_fields(self) -> dict[str, Any]:
+        """The sampling and bootstrap every sweep of a plant shares (its traces and LocoGen)."""
+        return {"steps": self.steps, "guidance": self.guidance, "max_batch": self.max_batch,
+                "bootstrap": self.bootstrap}  # fmt: skip
+
     def trace_config(self, *, text: bool = False, **fields: Any) -> TraceConfig:
-        """The trace settings a plant is asked with: the UNet trace's seeds (``text``: the text trace's),
-        sampling and bootstrap; ``fields`` set any other :class:`~diffloc.tracing.config.TraceConfig` field."""
-        defaults = {"seeds": self.text_seeds if text else self.seeds, "steps": self.steps, "guidance": self.guidance,
-                    "max_batch": self.max_batch, "bootstrap": self.bootstrap}  # fmt: skip
-        return TraceConfig(**{**defaults, **fields})
+        """The trace settings a plant is asked with: the UNet trace's seeds (``text``: the text trace's) and
+        :meth:`sweep_fields`; ``fields`` set any other :class:`~diffloc.tracing.config.TraceConfig` field."""
+        seeds = self.text_seeds if text else self.seeds
+        return TraceConfig(**{"seeds": seeds, **self.sweep_fields(), **fields})
 
 
 def check_plant(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig) -> dict:
@@ -475,8 +479,7 @@ def ask_plant(
                                   config=replace(trace_config, noise=noise.noise, restore_from=source))  # fmt: skip
             answers[f"unet_trace/{source}"] = _answer(result, unet_trace_recovery(result, spec.sites))
         windows = _locogen_each(model, spec, prompts, scorer=scorer, config=LocoGenConfig(
-            seeds=config.seeds, window=len(spec.sites), steps=config.steps, guidance=config.guidance,
-            max_batch=config.max_batch, bootstrap=config.bootstrap))  # fmt: skip
+            seeds=config.seeds, window=len(spec.sites), **config.sweep_fields()))  # fmt: skip
         answers["locogen"] = _answer(windows, locogen_recovery(windows, spec.sites))
     return answers
 

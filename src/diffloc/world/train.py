@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from diffloc.errors import CheckpointError, ConfigError
 from diffloc.models.pixart import PixArtAdapter
 from diffloc.models.unet import UNetAdapter
+from diffloc.threads import torch_threads
 from diffloc.validate import check_positive, check_seed, generator_seed
 from diffloc.world import captions, dit, model
 from diffloc.world.latent_cache import cache_examples, check_cache_examples
@@ -442,12 +443,8 @@ def train(
     """
     if max_minutes is not None and not max_minutes >= 0:
         raise ConfigError(f"max_minutes must be >= 0, got {max_minutes}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)  # the process's setting, given back when training ends
-    try:
+    with torch_threads(config.threads):
         return _train(config, Path(run_dir), resume=resume, max_minutes=max_minutes, progress=progress)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(
