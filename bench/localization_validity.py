@@ -61,6 +61,7 @@ from diffloc.world.planted import (
     AskConfig,
     PlantSpec,
     ask_plant,
+    ask_substituted,
     check_plant,
     known_word,
     plant_edit,
@@ -78,9 +79,9 @@ WINDOWS = {"early": 0, "middle": 4, "late": 8, "up": 12}
 WINDOWS_OF_8 = {"early": 0, "late": 4}
 #: per kind, the concepts planted in every window
 CONCEPTS = {
-    "shape": ("square",),
-    "colour": ("green",),
-    "texture": ("outline",),
+    "shape": ("square", "star"),
+    "colour": ("green", "yellow"),
+    "texture": ("outline", "dotted"),
     "style": ("van goo",),
 }
 TEXT_PLANTS = (("object", "flumox"), ("style", "van goo"), ("fact", "trelania"))
@@ -132,24 +133,46 @@ def _key(spec: PlantSpec, config: AskConfig) -> str:
 
 
 def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> dict:
-    """Plant, check, ask; the record is cached under ``work``."""
-    path = work / f"{_key(spec, config)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    start = time.perf_counter()
-    edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-    record = {"plant": spec.to_dict(), "check": check_plant(model, spec, edit, scorer=scorer, config=config)}
-    if record["check"]["takes"]:
-        record["answers"] = ask_plant(model, spec, edit, scorer=scorer, config=config, check=record["check"])
-    record["seconds"] = round(time.perf_counter() - start, 1)
-    write_json_atomic(path, record)
-    return record
+    """Plant, check, ask (with noise, then, for a window plant, with substitution); each part is cached under
+    ``work``."""
+    key = _key(spec, config)
+    path = work / f"{key}.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record is None:
+        start = time.perf_counter()
+        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
+        record = {"plant": spec.to_dict(), "check": check_plant(model, spec, edit, scorer=scorer, config=config)}
+        if record["check"]["takes"]:
+            record["answers"] = ask_plant(model, spec, edit, scorer=scorer, config=config, check=record["check"])
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        write_json_atomic(path, record)
+    if not record["check"]["takes"] or spec.method != "locoedit":
+        return record
+    substituted = work / f"{key}-substitute.json"
+    if not substituted.is_file():
+        start = time.perf_counter()
+        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
+        answers = ask_substituted(model, spec, edit, record["answers"]["prompts"], scorer=scorer, config=config)
+        write_json_atomic(substituted, {"answers": answers, "seconds": round(time.perf_counter() - start, 1)})
+    extra = json.loads(substituted.read_text())
+    return {**record, "answers": {**record["answers"], **extra["answers"]},
+            "seconds": round(record["seconds"] + extra["seconds"], 1)}  # fmt: skip
 
 
 def traced(answers: dict) -> bool:
-    """Whether corrupting the word removed the concept (halved it in every traced item): a trace of a plant
-    whose corruption leaves the concept measures noise, so it is not counted."""
+    """Whether corrupting the word with noise removed the concept (halved it in every traced item): a trace of a
+    plant whose corruption leaves the concept measures noise, so it is not counted."""
     return bool(answers.get("noise", {}).get("reached", False))
+
+
+def counted(method: str, answers: dict) -> bool:
+    """Whether ``method``'s answer counts: LocoGen corrupts nothing; a substitution trace counts where the
+    substitute removed the concept, a noise trace where the noise did (:func:`traced`)."""
+    if method.startswith("locogen"):
+        return True
+    if "/substitute" in method:
+        return bool(answers.get("substitution", {}).get("removes", False))
+    return traced(answers)
 
 
 def _planted_among_tied(record: dict) -> bool:
@@ -173,10 +196,13 @@ def recovery_table(records: list[dict]) -> dict:
         answers = dict(record["answers"])
         if "locogen" in answers:
             answers["locogen/tie-aware"] = {"recovered": _planted_among_tied(record)}
+        window = answers.get("window_trace/substitute")
+        if window is not None:
+            answers["window_trace/substitute/tie-aware"] = {"recovered": window["tie_aware"]}
         for method, answer in answers.items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
-            if not method.startswith("locogen") and not traced(record["answers"]):
+            if not counted(method, record["answers"]):
                 rows.setdefault(method, {}).setdefault("not counted", []).append(record["plant"]["name"])
                 continue
             for group in (kind, "all"):
@@ -196,9 +222,10 @@ def recovery_table(records: list[dict]) -> dict:
 
 def markdown(summary: dict) -> str:
     """The two tables findings.md quotes: every plant (take rate, each method's answer) and recovery per method."""
-    methods = ("unet_trace/same-latent", "unet_trace/trajectory", "locogen", "text_trace")
-    rows = ["| plant | takes (held-out images; no: below 0.9) | corruption removes it | " + " | ".join(methods) + " |",
-            "|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+    methods = ("unet_trace/same-latent", "unet_trace/trajectory", "unet_trace/substitute/same-latent",
+               "unet_trace/substitute/trajectory", "window_trace/substitute", "locogen", "text_trace")  # fmt: skip
+    rows = ["| plant | takes (held-out images; no: below 0.9) | noise removes it | substitute (removes it) | "
+            + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
     for record in summary["plants"]:
         check, answers = record["check"], record.get("answers", {})
         cells = []
@@ -207,14 +234,18 @@ def markdown(summary: dict) -> str:
             if not record["check"]["takes"] or answer is None:
                 cells.append("—")
                 continue
-            counted = method == "locogen" or traced(answers)
             top = ", ".join(f"`{s.removeprefix('unet.').removeprefix('transformer.')}`" for s in answer["top"])
-            verdict = ("found" if answer["recovered"] else "missed") if counted else "not counted"
-            ties = len(tied_windows(answer["windows"], answer["scores"])) if method == "locogen" else 1
+            verdict = ("found" if answer["recovered"] else "missed") if counted(method, answers) else "not counted"
+            if method == "locogen":
+                ties = len(tied_windows(answer["windows"], answer["scores"]))
+            else:
+                ties = len(answer.get("tied", [None]))
             cells.append(f"{verdict} ({top})" + (f"; {ties} windows tied for best" if ties > 1 else ""))
         removes = "—" if "noise" not in answers else ("yes" if traced(answers) else "no")
+        sub = answers.get("substitution")
+        substitute = "—" if sub is None else f"'{sub['substitute']}' ({'yes' if sub['removes'] else 'no'})"
         took = f"{check['rate']:.2f} ({check['shown']} of {check['images']}){'' if check['takes'] else ', no'}"
-        rows.append(f"| {record['plant']['name']} | {took} | {removes} | " + " | ".join(cells) + " |")
+        rows.append(f"| {record['plant']['name']} | {took} | {removes} | {substitute} | " + " | ".join(cells) + " |")
     rows += ["", "| method | plants counted | recovered | rate | 95% interval |", "|---|---|---|---|---|"]
     for method, groups in summary["recovery"].items():
         g = groups.get("all")
@@ -224,6 +255,19 @@ def markdown(summary: dict) -> str:
         rows.append(f"| {method} | {g['plants']} | {g['recovered']} | {g['rate']:.2f} | "
                     f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}] |")  # fmt: skip
     return "\n".join(rows)
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard I/N`` as ``(I, N)``, 0 <= I < N."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard {text!r} is not I/N (e.g. 0/2)") from None
+    if not 0 <= index < count:
+        raise SystemExit(f"--shard {text!r}: I must be 0 to N-1")
+    return index, count
 
 
 def main() -> int:
@@ -238,7 +282,11 @@ def main() -> int:
                         help="plant the windows on words the model has never seen, not re-taught ones")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and exit")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="compute only plants I, I+N, I+2N … into --work and write no table (run N shards side "
+                        "by side, then once without --shard to gather them)")  # fmt: skip
     args = parser.parse_args()
+    shard = _shard(args.shard)
     if args.out is None:
         suffix = ("-dit" if args.model == "shapesworld-dit" else "") + ("-new-words" if args.new_words else "")
         args.out = f"docs/data/localization_validity{suffix}.json"
@@ -254,11 +302,16 @@ def main() -> int:
     records = []
     specs = plants(model, args.quick, args.new_words)
     for i, spec in enumerate(specs, 1):
+        if shard is not None and (i - 1) % shard[1] != shard[0]:
+            continue
         record = run_plant(model, spec, scorer, config, work)
         records.append(record)
         check = record["check"]
         print(f"[{i}/{len(specs)}] {spec.name}: takes {check['rate']:.2f} (base {check['base']:.2f})"
               + ("" if check["takes"] else "  — did not take"), flush=True)  # fmt: skip
+    if shard is not None:
+        print(f"shard {args.shard}: {len(records)} plants in {work}; run without --shard to write the table")
+        return 0
     table = recovery_table(records)
     summary = {
         "diffloc_version": __version__, "command": " ".join(["python", *sys.argv]), "model": args.model,

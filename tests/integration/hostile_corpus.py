@@ -451,6 +451,22 @@ def _sweep_cases() -> list[Case]:
             ("validation", "overlap", SW_PROMPT),
         ),
         ("trace-bootstrap-too-few-items", (*TRACE, "--bootstrap", "100", *out), ("1 items", "at least 3")),
+        (
+            "trace-substitute-with-noise-auto",
+            (*TRACE, "--substitute", "pica stro", "--noise", "auto", *out),
+            ("--noise auto", "--substitute"),
+        ),
+        (
+            "trace-substitute-with-noise",
+            (*TRACE, "--substitute", "pica stro", "--noise", "0.5", *out),
+            ("noise 0.5", "substitute 'pica stro'"),
+        ),
+        ("trace-substitute-empty", (*TRACE, "--substitute", " ", *out), ("substitute", "' '")),
+        (
+            "trace-substitute-misaligned",
+            (*TRACE, "--substitute", "blue", *out),
+            ("substitute 'blue'", "van goo", "2 tokens"),
+        ),
     ]
     return [Case(name, argv, words) for name, argv, words in specs]
 

@@ -44,6 +44,16 @@ def test_trace_unet_cli_writes_results_and_plots(tmp_path, tiny_clip_dir, capsys
     assert saved["restore_from"] == "same-latent" and set(saved["control_effects"]) == set(result.controls)
 
 
+def test_trace_cli_corrupts_by_substitution(tmp_path, tiny_clip_dir, capsys):
+    code = main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "house",
+                 "--substitute", "tree", "--attribute", "a house", "--clip", str(tiny_clip_dir), "--sites",
+                 "unet.xattn.8", "--out", str(tmp_path), *FAST])  # fmt: skip
+    assert code == 0
+    result = TraceResult.load(tmp_path)
+    assert result.noise == 0.0 and result.meta["config"]["substitute"] == "tree"
+    assert "corruption: 'house' replaced by 'tree'" in capsys.readouterr().out
+
+
 def test_trace_cli_intervals_validation_and_restore_source(tmp_path, tiny_clip_dir, capsys):
     args = ["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "van gogh",
             "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.8",

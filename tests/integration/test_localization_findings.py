@@ -1,6 +1,7 @@
 """Findings, not mechanics, on the shipped ShapesWorld model: controls read ~0 under the mediation-correct restore
 source (and not under the trajectory one), and planted associations are found where they were planted (a text
-layer by the text trace, a window of cross-attention layers by LocoGen and by the same-latent causal trace)."""
+layer by the text trace, a window of cross-attention layers by LocoGen, by the same-latent causal trace, and by a
+trace that restores windows with the word corrupted by substitution)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,37 @@ def test_a_re_taught_window_is_recovered_by_the_same_latent_trace(shapesworld):
     assert result.clean_score > 0.9 and result.corrupt_score < 0.5, (prompt, result.clean_score, result.corrupt_score)
     recovery = unet_trace_recovery(result, spec.sites)
     assert recovery["recovered"], (recovery, dict(zip(result.labels, result.indirect_effect, strict=True)))
+
+
+def test_a_re_taught_style_window_is_recovered_by_the_substitution_window_trace(shapesworld):
+    """'mo nettle' re-taught to mean the style of van goo in cross-attention layers 0-3 (the other twelve read it as
+    'a plain style'), as bench/localization_validity.py plants it. With the word replaced by another style of as
+    many tokens ("pica stro") the style is gone; restoring windows of four layers together, the windows that bring
+    it back most hold mostly planted layers, and the text-blind controls bring back nothing."""
+    from diffloc.tracing.locogen import xattn_layers
+    from diffloc.world.planted import (
+        PlantSpec,
+        known_word,
+        plant_edit,
+        planted_window_sites,
+        substitute_word,
+        window_trace_recovery,
+    )
+
+    spec = PlantSpec(kind="style", concept="van goo", sites=planted_window_sites(shapesworld, 0, 4),
+                     word=known_word("style", "van goo"))  # fmt: skip
+    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+    word = substitute_word(shapesworld, spec)
+    assert (spec.word, word) == ("mo nettle", "pica stro")
+    layers = xattn_layers(shapesworld)
+    windows = [layers[i : i + 4] for i in range(len(layers) - 3)]
+    config = TraceConfig(seeds=(0,), substitute=word, bootstrap=0, **{**SAMPLING, "steps": 10})
+    prompt = "a blue cross in the style of mo nettle"
+    with edit.applied(shapesworld):
+        result = causal_trace(shapesworld, [prompt], spec.word, spec.attribute, scorer=DetectorScorer(),
+                              sites=windows, config=config)  # fmt: skip
+    assert result.clean_score > 0.9 and result.corrupt_score < 0.1, (result.clean_score, result.corrupt_score)
+    assert all(abs(v) <= 1e-4 for v in result.control_effects.values()), result.control_effects
+    recovery = window_trace_recovery(result, spec.sites)
+    assert recovery["tie_aware"], (recovery, dict(zip(result.labels, result.indirect_effect, strict=True)))
+    assert all(len(set(w) & set(spec.sites)) >= 2 for w in recovery["tied"]), recovery["tied"]

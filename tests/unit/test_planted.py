@@ -16,8 +16,10 @@ from diffloc.world.planted import (
     PlantSpec,
     locogen_recovery,
     planted_window_sites,
+    substitute_word,
     tie_aware_recovery,
     unet_trace_recovery,
+    window_trace_recovery,
 )
 from diffloc.world.vocab import COLOURS, SHAPES
 
@@ -107,6 +109,43 @@ def test_a_trace_finds_only_sites_that_move_the_concept():
     assert one["found"] == ["unet.xattn.0"] and one["overlap"] == 0.5 and not one["recovered"]
 
 
+def test_a_window_trace_is_read_by_its_best_window_and_its_ties():
+    planted = ("unet.xattn.4", "unet.xattn.5", "unet.xattn.6", "unet.xattn.7")
+    windows = [[f"unet.xattn.{i + j}" for j in range(4)] for i in range(0, 9)]
+    labels = ["unet.res.0", *("+".join(w) for w in windows)]
+
+    def read(*effects):
+        return window_trace_recovery(SimpleNamespace(labels=labels, indirect_effect=np.array([5.0, *effects])),
+                                     planted)  # fmt: skip
+
+    # the control's effect does not compete: it is not a window
+    best = read(0, 0, 0, 0, 1.0, 0.3, 0, 0, 0)
+    assert best["exact"] and best["recovered"] and best["tie_aware"] and best["tied"] == [list(planted)]
+    # 5-8 is best by a hair: the best window still holds three planted layers; 2-5 would not
+    assert read(0, 0, 0, 0, 0.99, 1.0, 0, 0, 0)["recovered"]
+    off = read(0, 0, 1.0, 0, 0.99, 0, 0, 0, 0)
+    assert not off["recovered"] and off["tie_aware"] and len(off["tied"]) == 2
+    # nothing moves the concept: no answer, whatever the order
+    idle = read(*([FOUND_AT / 2] * 9))
+    assert not idle["recovered"] and not idle["tie_aware"] and idle["found"] == []
+    with pytest.raises(ConfigError, match="restores groups of sites"):
+        window_trace_recovery(SimpleNamespace(labels=["unet.xattn.0"], indirect_effect=np.array([1.0])), planted)
+
+
+def test_a_substitute_is_a_world_value_of_the_words_token_count(shapesworld_tokenizer_model):
+    model = shapesworld_tokenizer_model
+    shape = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",), word="circle")
+    assert substitute_word(model, shape) == "star"  # not the concept, the word, nor the anchor (triangle)
+    style = PlantSpec(kind="style", concept="van goo", sites=("unet.xattn.4",), word="mo nettle")
+    assert substitute_word(model, style) == "pica stro"  # three tokens, as "mo nettle"
+    # "outlined" is two tokens: the anchor is the only one-token texture left
+    dotted = PlantSpec(kind="texture", concept="dotted", sites=("unet.xattn.4",), word="solid")
+    assert dotted.anchor_phrase == "striped" and substitute_word(model, dotted) == "striped"
+    two = PlantSpec(kind="style", concept="mo nettle", sites=("unet.xattn.4",), word="van goo")
+    with pytest.raises(ConfigError, match="no style of the world has as many tokens as 'van goo'"):
+        substitute_word(model, two)
+
+
 def test_a_known_word_can_be_re_taught_with_an_anchor_that_is_neither_word_nor_concept():
     spec = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.4",), word="circle")
     assert spec.phrase == "circle" and spec.anchor_phrase == "triangle"
@@ -138,3 +177,16 @@ def test_a_plant_is_traced_with_the_ask_configs_seeds_sampling_and_bootstrap():
     unet, text = ask.trace_config(), ask.trace_config(text=True, noise=0.3, bootstrap=0)
     assert (unet.seeds, unet.steps, unet.guidance, unet.max_batch, unet.bootstrap) == ((3, 4), 7, 2.5, 9, 11)
     assert (text.seeds, text.steps, text.noise, text.bootstrap) == ((5,), 7, 0.3, 0)
+
+
+@pytest.fixture(scope="module")
+def shapesworld_tokenizer_model():
+    """What :func:`substitute_word` reads of a model: the ShapesWorld tokenizer, through the adapter's first text
+    encoder (no weights load)."""
+    from transformers import CLIPTokenizer
+
+    from diffloc.world.model import tokenizer_dir
+
+    spec = SimpleNamespace(tokenizer="tokenizer")
+    pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir()))
+    return SimpleNamespace(pipe=pipe, adapter=SimpleNamespace(text_encoders=lambda _: [spec]))

@@ -14,7 +14,7 @@ from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwargs
 from diffloc.engine.sources import RESTORE_SOURCES
-from diffloc.errors import PromptError
+from diffloc.errors import ConfigError, PromptError
 from diffloc.sites import TEXT_STATE_KINDS
 from diffloc.tracing.methods import DEFAULT_TOP_K, METHODS, check_method
 from diffloc.validate import count_arg, seed_arg
@@ -35,8 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             target,
             help=f"trace {'UNet sites' if target == 'unet' else 'text-encoder states (layer × token × kind)'}",
             description=(
-                "Corrupt the subject's token embeddings with Gaussian noise, restore one component's clean "
-                "output, and score how much of the attribute comes back. Writes result.json/.npz and PNG plots."
+                "Corrupt the subject's token embeddings with Gaussian noise (or, with --substitute, replace them "
+                "with other words'), restore one component's clean output, and score how much of the attribute "
+                "comes back. Writes result.json/.npz and PNG plots."
             ),
         )
         add_sweep_arguments(sub, default_out=default_out)
@@ -45,6 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--noise", type=noise_value, default=None,
             help="noise std, or 'auto': the smallest multiple (3, 6, 12, 24, 48) of the token-embedding std "
             "that halves the attribute's score in every traced image (default: 3 × token-embedding std)",
+        )  # fmt: skip
+        sub.add_argument(
+            "--substitute", default=None, metavar="TEXT",
+            help="corrupt by symmetric token replacement instead of noise: the subject's tokens read as TEXT, words "
+            "of the same token count (e.g. --subject red --substitute blue)",
         )  # fmt: skip
         sub.add_argument(
             "--validation-prompt", action="append", default=[], metavar="PROMPT",
@@ -112,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         extra["restore_from"] = args.restore_from
     if args.validation_seeds is not None:
         extra["validation_seeds"] = tuple(args.validation_seeds)
+    if args.substitute is not None:
+        if auto:
+            raise ConfigError("--noise auto calibrates the noise; --substitute corrupts without noise, give one")
+        extra["substitute"] = args.substitute
     config = TraceConfig(noise=None if auto else args.noise, **sweep_kwargs(args), **extra)  # type: ignore[arg-type]
     if args.target == "text" and len(args.prompt) != 1:
         raise PromptError(
@@ -184,9 +194,13 @@ def summary_lines(result: TraceResult) -> list[str]:
     from diffloc.tracing.results import DENOISER_TRACE
     from diffloc.tracing.screen import UNRELIABLE_ERROR
 
+    substitute = (result.meta.get("config") or {}).get("substitute")
+    subject = result.meta.get("subject", "")
+    corruption = f"'{subject}' replaced by '{substitute}'" if substitute else f"noise std {result.noise:.4g}"
     lines = [
         f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
-        f"restore source: {result.restore_from}  method: {result.method}"
+        f"restore source: {result.restore_from}  method: {result.method}",
+        f"corruption: {corruption}",
     ]
     if result.method != "exact":
         confirmed = result.meta.get("confirmed") or []

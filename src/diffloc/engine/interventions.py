@@ -5,8 +5,8 @@ all runs of a batch into *one* hook per touched site that edits only the rows of
 so N interventions cost one batched pass per denoising step.
 
 Interventions:
-    * :class:`CorruptTokens` — add Gaussian noise to the input token embeddings at a token range
-      (every text encoder of the pipeline).
+    * :class:`CorruptTokens` — add Gaussian noise to the input token embeddings at a token range, or replace
+      them with other tokens' embeddings (symmetric token replacement), in every text encoder of the pipeline.
     * :class:`Restore` — give a site the output it has in another run of the same batch (the clean run): for
       text sites during encoding (optionally only at some token positions); for UNet sites in the conditional
       branch at every step, either computed on the restored run's own latent with the source run's text
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -42,12 +42,17 @@ CONTEXT_READING_BLOCKS = frozenset({SiteKind.JOINT, SiteKind.SINGLE})
 
 @dataclass(frozen=True, kw_only=True)
 class CorruptTokens:
-    """Add N(0, std²) noise to the input token embeddings at ``positions`` (half-open range).
+    """Add N(0, std²) noise to the input token embeddings at ``positions`` (half-open range), or replace them.
 
     The noise is drawn from ``noise_seed`` so a corrupted run is reproducible; every text encoder
     of the pipeline (SD-XL has two) gets its own draw from that seed. ``site_stds`` overrides ``std`` for
     given embedding sites (``(("text2.embed", 0.4),)``): encoders whose token embeddings have different
     scales each get noise in their own scale.
+
+    ``replacements`` (``(("text.embed", (1746,)),)``: token ids per embedding site, one per corrupted position)
+    corrupts by *symmetric token replacement* instead: the range's embeddings become those tokens' embeddings,
+    with no noise, so the run reads the prompt with other words in the subject's place
+    (:func:`diffloc.tracing.corruption.replacement_ids` builds them from a substitute text).
     """
 
     positions: tuple[int, int]
@@ -55,6 +60,7 @@ class CorruptTokens:
     noise_seed: int = 0
     site_stds: tuple[tuple[str, float], ...] = ()
     site_positions: tuple[tuple[str, tuple[int, int]], ...] = ()
+    replacements: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for start, end in (self.positions, *(r for _, r in self.site_positions)):
@@ -63,6 +69,17 @@ class CorruptTokens:
         for value in (self.std, *(v for _, v in self.site_stds)):
             if not value >= 0:
                 raise ConfigError(f"noise std {value} must be >= 0")
+        for site, ids in self.replacements:
+            start, end = self.positions_at(site)
+            if len(ids) != end - start:
+                raise ConfigError(
+                    f"{len(ids)} replacement tokens for {site}'s {end - start} corrupted positions {(start, end)}; "
+                    "give one token id per position"
+                )
+
+    def replacement_at(self, site: str) -> tuple[int, ...] | None:
+        """The token ids that replace the range at embedding site ``site`` (``None``: noise there)."""
+        return dict(self.replacements).get(site)
 
     def std_at(self, site: str) -> float:
         """The noise std used at embedding site ``site``."""
@@ -302,6 +319,13 @@ def _text_hook(
                 start, end = iv.positions_at(site_name)
                 if end > out.shape[1]:
                     raise ConfigError(f"token range {(start, end)} exceeds the {out.shape[1]} encoded tokens")
+                ids = iv.replacement_at(site_name)
+                if ids is not None:
+                    # the hook sees the embedding layer's output; the same lookup of other ids is its output
+                    # for the substitute tokens
+                    table = cast(torch.Tensor, module.weight).detach()
+                    out[row, start:end] = table[torch.tensor(ids, device=table.device)].to(out.dtype).to(out.device)
+                    continue
                 gen = torch.Generator(device="cpu").manual_seed(generator_seed(iv.noise_seed * 1000003 + salt))
                 noise = torch.randn((end - start, out.shape[-1]), generator=gen, dtype=torch.float32)
                 out[row, start:end] += (iv.std_at(site_name) * noise).to(out.dtype).to(out.device)

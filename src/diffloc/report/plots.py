@@ -68,9 +68,11 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     meta = result.meta
     interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
     flag = "  CONTROLS MOVED" if result.controls_flagged else ""
+    substitute = (meta.get("config") or {}).get("substitute")
+    replaced = f" (replaced by '{substitute}')" if substitute else ""
     ax.set_title(
         f"{'Denoiser' if meta.get('family') in MMDIT_FAMILIES else 'UNet'} causal trace: "
-        f"'{meta.get('subject', '')}' → {meta.get('attribute', '')!r}  "
+        f"'{meta.get('subject', '')}'{replaced} → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
         f"restore from {result.restore_from}{interval}{_method_note(result)}){flag}",
         fontsize=9, pad=22,

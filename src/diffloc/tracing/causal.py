@@ -33,7 +33,7 @@ from diffloc.scoring import Scorer
 from diffloc.sites import TEXT_STATE_KINDS, SiteKind, SiteRole
 from diffloc.tracing.batching import score_runs
 from diffloc.tracing.config import TraceConfig
-from diffloc.tracing.corruption import corruption, encoder_noise, first_range, subject_ranges
+from diffloc.tracing.corruption import corruption, encoder_noise, first_range, replacement_ids, subject_ranges
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.grad_drop import check_gradient_dropout
 from diffloc.tracing.methods import DEFAULT_TOP_K
@@ -146,6 +146,7 @@ def _validation_jobs(
 ) -> list[Job]:  # fmt: skip
     """Clean + corrupted runs of each validation item (no restores: they only choose the threshold)."""
     ranges = subject_ranges(model, [p for p, _ in items], subject)
+    substitutes = replacement_ids(model, [p for p, _ in items], subject, config.substitute)
     return [
         Job(
             spec=_item_spec(
@@ -154,7 +155,8 @@ def _validation_jobs(
             ),
             runs=2,
             compute=partial(
-                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, ranges[prompt], config, seed),
+                _restore_item, prompt=prompt, seed=seed,
+                corrupt=corruption(model, ranges[prompt], config, seed, substitutes.get(prompt, ())),
                 restores=[], attribute=attribute, config=config,
             ),
         )
@@ -247,6 +249,7 @@ def causal_trace(
     check_gradient_method(scorer, method, top_k, len(labels))
     check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
+    substitutes = replacement_ids(model, prompt_list, subject, config.substitute)
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
     validation_jobs = _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
@@ -271,7 +274,8 @@ def causal_trace(
             ),
             runs=len(groups) + 2,
             compute=partial(
-                _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, ranges[prompt], config, seed),
+                _restore_item, prompt=prompt, seed=seed,
+                corrupt=corruption(model, ranges[prompt], config, seed, substitutes.get(prompt, ())),
                 restores=[Restore(sites=group, source=0, restore_from=config.restore_from) for group in groups],
                 attribute=attribute, config=config,
             ),
@@ -314,6 +318,7 @@ def _sweep(
     out: str | Path | None, progress: ProgressFn | None, executor: Executor | None,
 ) -> Sweep:  # fmt: skip
     """What a gradient-method trace shares with this module's exact trace (item keys, the exact item function)."""
+    substitutes = replacement_ids(model, prompts, subject, config.substitute)
     spec = partial(
         _item_spec, model, weights, subject=subject, attribute=attribute, scorer=scorer.name, noise=noise,
         config=config.item_dict(),
@@ -327,7 +332,8 @@ def _sweep(
 
     return Sweep(
         model=model, scorer=scorer, attribute=attribute, config=config, spec=spec, exact=exact,
-        items=[(p, s, corruption(model, ranges[p], config, s)) for p in prompts for s in config.seeds],
+        items=[(p, s, corruption(model, ranges[p], config, s, substitutes.get(p, ())))
+               for p in prompts for s in config.seeds],
         validation=validation, out=out, progress=progress, executor=executor,
     )  # fmt: skip
 
@@ -455,6 +461,7 @@ def trace_text(
     ]
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
+    substitutes = replacement_ids(model, [prompt], subject, config.substitute).get(prompt, ())
     weights = model.fingerprint()
     unreached = subject_range[0] if skip_unreached and _left_to_right(model, encoder) else 0
     computed = [index for index, (_, _, pos, _) in enumerate(grid) if spans[pos][0] >= unreached]
@@ -490,7 +497,8 @@ def trace_text(
             runs=len(computed) + 2,
             compute=partial(
                 _restore_cells, cells=computed, size=len(grid), compute=partial(
-                    _restore_item, prompt=prompt, seed=seed, corrupt=corruption(model, site_ranges, config, seed),
+                    _restore_item, prompt=prompt, seed=seed,
+                    corrupt=corruption(model, site_ranges, config, seed, substitutes),
                     restores=[Restore(sites=(grid[i][3],), source=0, positions=spans[grid[i][2]]) for i in computed],
                     attribute=attribute, config=config,
                 ),
@@ -584,13 +592,16 @@ def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -
     saved: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in result.meta["config"].items() if k in known
     }
-    config = TraceConfig(**{**saved, "noise": result.noise, "bootstrap": 0})
+    substitute = saved.get("substitute")
+    config = TraceConfig(**{**saved, "noise": None if substitute else result.noise, "bootstrap": 0})
     stds = result.meta.get("noise_per_encoder") or {"text.embed": result.noise}
     spans = {str(k): (int(v[0]), int(v[1])) for k, v in (result.meta.get("subject_ranges") or {}).items()}
+    replaced = replacement_ids(model, [prompt], result.meta.get("subject", ""), substitute).get(prompt, ())
     corrupt = CorruptTokens(
         positions=result.subject_range, std=result.noise, noise_seed=config.noise_seed + seed,
         site_stds=tuple((str(k), float(v)) for k, v in stds.items()),
         site_positions=tuple((k, v) for k, v in spans.items() if v != tuple(result.subject_range)),
+        replacements=replaced,
     )  # fmt: skip
     restores = [
         Restore(sites=tuple(name.split("+")), source=0, restore_from=result.restore_from)

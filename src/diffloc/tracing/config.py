@@ -84,6 +84,10 @@ class TraceConfig(SweepConfig):
             Text-encoder traces restore during encoding, where both are the same.
         validation_seeds: seeds of the validation items that choose the causal-site threshold (``None``: the
             sweep's ``seeds``).
+        substitute: corrupt by *symmetric token replacement* instead of noise: the subject's token embeddings
+            become those of this text (the same number of tokens, e.g. ``"blue"`` for ``"red"``), so the corrupted
+            run reads the prompt with the substitute in the subject's place, an in-distribution counterfactual
+            (noise can also push later layers somewhere no prompt takes them). ``None`` (default): noise.
     """
 
     noise: float | None = None
@@ -91,6 +95,7 @@ class TraceConfig(SweepConfig):
     noise_seed: int = 0
     restore_from: str = "same-latent"
     validation_seeds: tuple[int, ...] | None = None
+    substitute: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,6 +109,21 @@ class TraceConfig(SweepConfig):
             raise ConfigError("validation_seeds is empty; give at least one seed, or None for the sweep's seeds")
         if self.validation_seeds is not None:
             check_seeds(self.validation_seeds, "validation_seeds")
+        if self.substitute is not None:
+            if not isinstance(self.substitute, str) or not self.substitute.strip():
+                raise ConfigError(f"substitute must be a non-empty text (the words read in the subject's place), "
+                                  f"got {self.substitute!r}")  # fmt: skip
+            if self.noise is not None:
+                raise ConfigError(f"noise {self.noise!r} and substitute {self.substitute!r} are two corruptions; "
+                                  "give one")  # fmt: skip
+
+    def item_dict(self) -> dict[str, Any]:
+        """:meth:`SweepConfig.item_dict`; ``substitute`` only when set, so items corrupted by noise keep the keys
+        they were stored under."""
+        out = super().item_dict()
+        if self.substitute is None:
+            out.pop("substitute")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

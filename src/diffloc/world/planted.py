@@ -98,6 +98,33 @@ def known_word(kind: str, concept: str) -> str:
     return next(written(kind, n) for n in names[kind] if n != concept)
 
 
+def substitute_word(model: LoadedModel, spec: PlantSpec) -> str:
+    """What a substitution trace (``TraceConfig.substitute``) reads in the plant's word's place: a world value of
+    the plant's kind that is neither the concept, nor the word, nor the anchor, with the word's token count in the
+    model's first tokenizer (a plain in-distribution counterfactual: "triangle" → "diamond"); the anchor only
+    when no other value has that many tokens.
+
+    Raises:
+        ConfigError: no value of the kind has the word's token count (no aligned counterfactual exists).
+    """
+    tokenizer = getattr(model.pipe, model.adapter.text_encoders(model.pipe)[0].tokenizer)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    names = {"style": tuple(vocab.STYLES), "object": tuple(vocab.OBJECTS), "fact": tuple(vocab.FACTS),
+             "shape": vocab.SHAPES, "colour": tuple(vocab.COLOURS), "texture": tuple(vocab.TEXTURE_WORDS)}  # fmt: skip
+    values = [written(spec.kind, v) for v in names[spec.kind]]
+    anchor = spec.anchor_phrase
+    others = [v for v in values if v not in (written(spec.kind, spec.concept), spec.word)]
+    preferred = [v for v in others if v != anchor] + [v for v in others if v == anchor]
+    for value in preferred:
+        if count(value) == count(spec.word):
+            return value
+    raise ConfigError(f"no {spec.kind} of the world has as many tokens as {spec.word!r}; a substitution trace of "
+                      "this plant needs one")  # fmt: skip
+
+
 def _kind_phrases(kind: str) -> list[str]:
     """Every phrase of a kind the world knows, anchor included (what a plant of that kind must leave alone)."""
     values = {
@@ -337,6 +364,24 @@ def locogen_recovery(result: WindowResult, planted: Sequence[str]) -> dict[str, 
             "tied_with_planted": moves and list(planted) in tied}  # fmt: skip
 
 
+def window_trace_recovery(result: TraceResult, planted: Sequence[str]) -> dict[str, Any]:
+    """Whether a trace that restores windows of cross-attention layers together (site groups ``a+b+…``) ranks the
+    planted window highest: the window with the largest indirect effect is mostly planted (``overlap > 0.5``),
+    counted only if its effect is at least :data:`FOUND_AT`. ``tied``: the windows within
+    :data:`~diffloc.tracing.agreement.TIE` of the best; ``tie_aware``: one of them would have counted."""
+    from diffloc.tracing.agreement import TIE
+
+    effect = result.indirect_effect
+    groups = [(label.split("+"), float(effect[i])) for i, label in enumerate(result.labels) if "+" in label]
+    if not groups:
+        raise ConfigError("a window trace restores groups of sites ('a+b+…'); this trace restored single sites")
+    best_sites, best = max(groups, key=lambda pair: pair[1])
+    moves = best >= FOUND_AT
+    tied = [sites for sites, v in groups if best - v <= TIE]
+    return {**_overlap(best_sites, planted, best_sites if moves else []), "tied": tied,
+            "tie_aware": moves and any(_overlap(w, planted, w)["recovered"] for w in tied)}  # fmt: skip
+
+
 def tie_aware_recovery(
     windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray, original_score: float,
     planted: Sequence[str],
@@ -481,6 +526,44 @@ def ask_plant(
         windows = _locogen_each(model, spec, prompts, scorer=scorer, config=LocoGenConfig(
             seeds=config.seeds, window=len(spec.sites), **config.sweep_fields()))  # fmt: skip
         answers["locogen"] = _answer(windows, locogen_recovery(windows, spec.sites))
+    return answers
+
+
+def ask_substituted(
+    model: LoadedModel, spec: PlantSpec, edit: Edit, prompts: Sequence[str], *, scorer: Scorer, config: AskConfig,
+    min_drop: float = 0.5,
+) -> dict[str, Any]:  # fmt: skip
+    """Ask the UNet trace about a ``locoedit`` plant with the word corrupted by substitution
+    (:func:`substitute_word`) instead of noise, on ``prompts`` (the ones :func:`ask_plant` asked).
+
+    Answers: ``unet_trace/substitute/<source>`` (each restore source of ``config``: every cross-attention layer
+    restored alone) and ``window_trace/substitute`` (``same-latent``: every window of the planted size restored
+    together, as ROME restores windows of layers: a concept several layers write jointly comes back only when they
+    are restored together). ``substitution`` records the substitute and whether it removes the concept (lowers it
+    by ``min_drop`` of its clean score in every item), which a trace needs to count.
+    """
+    from diffloc.tracing.causal import causal_trace
+    from diffloc.tracing.locogen import xattn_layers
+
+    if spec.method != "locoedit":
+        raise ConfigError(f"substitution traces ask window plants (locoedit); {spec.name!r} is a {spec.method} plant")
+    word = substitute_word(model, spec)
+    layers = xattn_layers(model)
+    size = len(spec.sites)
+    windows = [layers[i : i + size] for i in range(len(layers) - size + 1)]
+    answers: dict[str, Any] = {}
+    with edit.applied(model):
+        for source in config.restore_sources:
+            result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites=layers,
+                                  config=config.trace_config(substitute=word, restore_from=source))  # fmt: skip
+            answers[f"unet_trace/substitute/{source}"] = _answer(result, unet_trace_recovery(result, spec.sites))
+        result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites=windows,
+                              config=config.trace_config(substitute=word))  # fmt: skip
+        answers["window_trace/substitute"] = _answer(result, window_trace_recovery(result, spec.sites))
+    dropped = sum(it["corrupted"] <= (1 - min_drop) * it["clean"] for it in result.items)
+    answers["substitution"] = {"substitute": word, "removes": dropped == len(result.items),
+                               "items_dropped": int(dropped), "n_items": len(result.items), "min_drop": min_drop,
+                               "clean": result.clean_score, "corrupted": result.corrupt_score}  # fmt: skip
     return answers
 
 
