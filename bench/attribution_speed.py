@@ -1,6 +1,7 @@
 """Attribution patching vs exact patching: speed, agreement and memory, side by side in one run.
 
-Run: ``python bench/attribution_speed.py [--out FILE]`` (single-threaded; a few minutes on an idle machine).
+Run: ``python bench/attribution_speed.py [--out FILE] [--planted-only]`` (single-threaded; a few minutes on an idle
+machine).
 
 On the shipped ShapesWorld model, for each case of the shipped suite (its first ``--prompts`` prompts × seeds 0
 and 1, the
@@ -27,10 +28,13 @@ The same timing ratios are then measured on tiny-sdxl (its whole site table; a r
 mean anything there).
 
 Planted-window recovery: for every window plant of ``--planted`` (the planted-truth benchmark's JSON,
-``bench/localization_validity.py``) that took and whose corruption removed it, the plant is made again and
-attribution and the screen are asked where it lives on the same items as that benchmark's exact trace (its
-prompts, seeds, noise and sampling; the cross-attention sites), scored by the same rule
-(:func:`~diffloc.world.planted.unet_trace_recovery`). The exact trace's answers are read from that JSON.
+``bench/localization_validity.py``) that took, the plant is made again and attribution and the screen are asked
+where it lives on the same items as that benchmark's exact traces (its prompts, seeds and sampling), scored by the
+same rules, once per corruption that removed the concept there: noise (its calibrated std; the cross-attention
+sites, :func:`~diffloc.world.planted.unet_trace_recovery`), and the substitute word (the cross-attention sites, and
+windows of the planted size restored together, :func:`~diffloc.world.planted.window_trace_recovery`). The exact
+traces' answers are read from that JSON. ``--planted-only`` asks only this and rewrites the ``planted`` part of
+``--out``, keeping its timings.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
+from diffloc.eval.metrics import wilson_interval
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.eval.suite import load_suite, shipped_suite_path
 from diffloc.models.registry import load
@@ -134,48 +139,82 @@ def corruption_curve(model: Any, prompts: list[str], subject: str, attribute: st
 
 
 def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
-    """Attribution's and the screen's recovery of the planted windows whose exact trace counted (see the module
-    docstring), beside exact's, per plant and in total with Wilson intervals."""
+    """Attribution's and the screen's recovery of the planted windows, beside exact's (see the module docstring),
+    per plant and in total with Wilson intervals: with the noise corruption on the plants whose noise removed the
+    concept (the top level), and with the substitution on the plants whose substitute removed it (``substitute``:
+    per-site traces, and ``substitute-windows``: windows of the planted size restored together)."""
     from localization_validity import LAM, PRESERVE_WEIGHT, STRENGTH, traced
 
-    from diffloc.eval.metrics import wilson_interval
     from diffloc.tracing.locogen import xattn_layers
-    from diffloc.world.planted import AskConfig, PlantSpec, plant_edit, unet_trace_recovery
+    from diffloc.world.planted import (
+        AskConfig,
+        PlantSpec,
+        plant_edit,
+        substitute_word,
+        unet_trace_recovery,
+        window_trace_recovery,
+    )
 
     model = load("shapesworld")
     scorer = DetectorScorer(log_probability=True)
     ask = AskConfig()
-    plants: list[dict[str, Any]] = []
+    layers = xattn_layers(model)
+    arms: dict[str, list[dict[str, Any]]] = {"noise": [], "substitute": [], "substitute-windows": []}
     for record in records:
         answers = record.get("answers", {})
-        if record["plant"]["method"] != "locoedit" or not record["check"]["takes"] or not traced(answers):
+        if record["plant"]["method"] != "locoedit" or not record["check"]["takes"]:
             continue
         spec = PlantSpec(**{k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")})
+        windows = [layers[i : i + len(spec.sites)] for i in range(len(layers) - len(spec.sites) + 1)]
+        asks = []
+        if traced(answers):
+            asks.append(("noise", ask.trace_config(noise=answers["noise"]["noise"], bootstrap=0), layers,
+                         answers["unet_trace/same-latent"], unet_trace_recovery))  # fmt: skip
+        if answers.get("substitution", {}).get("removes"):
+            config = ask.trace_config(substitute=substitute_word(model, spec), bootstrap=0)
+            asks.append(("substitute", config, layers, answers["unet_trace/substitute/same-latent"],
+                         unet_trace_recovery))  # fmt: skip
+            asks.append(("substitute-windows", config, windows, answers["window_trace/substitute"],
+                         window_trace_recovery))  # fmt: skip
         edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-        config = ask.trace_config(noise=answers["noise"]["noise"], bootstrap=0)
-        exact = answers["unet_trace/same-latent"]
-        entry: dict[str, Any] = {"plant": spec.name, "exact": exact["recovered"], "exact_top": exact["top"],
-                                 "exact_effects": {k: round(v, 4) for k, v in exact["effects"].items()}}  # fmt: skip
-        with edit.applied(model):
-            for method in ("attribution", "screen"):
-                result = causal_trace(model, answers["prompts"], spec.word, spec.attribute, scorer=scorer,
-                                      sites=xattn_layers(model), config=config, method=method, top_k=top_k)  # fmt: skip
-                found = unet_trace_recovery(result, spec.sites)
-                entry[method] = found["recovered"]
-                entry[f"{method}_top"] = found["top"]
-                entry[f"{method}_effects"] = _effects(result)
-        plants.append(entry)
-        print(f"planted {spec.name}: exact {entry['exact']}, attribution {entry['attribution']} "
-              f"{entry['attribution_top']}, screen {entry['screen']} {entry['screen_top']}", flush=True)  # fmt: skip
-    total: dict[str, Any] = {}
-    for method in ("exact", "attribution", "screen"):
-        hits = sum(bool(p[method]) for p in plants)
-        low, high = wilson_interval(hits, len(plants)) if plants else (float("nan"), float("nan"))
-        total[method] = {"recovered": hits, "plants": len(plants), "rate": hits / len(plants) if plants else None,
-                         "interval": [low, high]}  # fmt: skip
-        if plants:
-            print(f"planted-window recovery {method:12s} {hits}/{len(plants)}  [{low:.2f}, {high:.2f}]")
-    return {"plants": plants, "total": total}
+        for arm, config, sites, exact, recovery in asks:
+            effects = {k: round(v, 4) for k, v in exact["effects"].items()}
+            entry: dict[str, Any] = {"plant": spec.name, "exact": exact["recovered"], "exact_top": exact["top"],
+                                     "exact_effects": effects}  # fmt: skip
+            with edit.applied(model):
+                for method in ("attribution", "screen"):
+                    result = causal_trace(model, answers["prompts"], spec.word, spec.attribute, scorer=scorer,
+                                          sites=sites, config=config, method=method,
+                                          top_k=min(top_k, len(sites)))  # fmt: skip
+                    found = recovery(result, spec.sites)
+                    entry[method] = found["recovered"]
+                    if "tie_aware" in found:  # windows: any window tied for best counts (as for exact's answer)
+                        entry[f"{method}/tie-aware"] = found["tie_aware"]
+                        entry["exact/tie-aware"] = exact["tie_aware"]
+                    entry[f"{method}_top"] = found["top"]
+                    entry[f"{method}_effects"] = _effects(result)
+            arms[arm].append(entry)
+            print(f"planted ({arm}) {spec.name}: exact {entry['exact']}, attribution {entry['attribution']} "
+                  f"{entry['attribution_top']}, screen {entry['screen']} {entry['screen_top']}",
+                  flush=True)  # fmt: skip
+    out: dict[str, Any] = {}
+    for arm, plants in arms.items():
+        total: dict[str, Any] = {}
+        readings = ["exact", "attribution", "screen"]
+        if plants and "exact/tie-aware" in plants[0]:
+            readings += ["exact/tie-aware", "attribution/tie-aware", "screen/tie-aware"]
+        for method in readings:
+            hits = sum(bool(p[method]) for p in plants)
+            low, high = wilson_interval(hits, len(plants)) if plants else (float("nan"), float("nan"))
+            total[method] = {"recovered": hits, "plants": len(plants),
+                             "rate": hits / len(plants) if plants else None, "interval": [low, high]}  # fmt: skip
+            if plants:
+                print(f"planted-window recovery ({arm}) {method:12s} {hits}/{len(plants)}  [{low:.2f}, {high:.2f}]")
+        if arm == "noise":
+            out.update({"plants": plants, "total": total})
+        else:
+            out[arm] = {"plants": plants, "total": total}
+    return out
 
 
 def print_row(name: str, entry: dict) -> None:
@@ -206,11 +245,25 @@ def main() -> int:
     parser.add_argument("--planted", type=Path, default=Path("docs/data/localization_validity.json"),
                         help="the planted-truth benchmark's JSON whose window plants are asked (default: the committed "
                         "UNet run)")  # fmt: skip
+    parser.add_argument("--planted-only", action="store_true",
+                        help="ask only the planted windows and replace the 'planted' part of --out's JSON, keeping its "
+                        "timings")  # fmt: skip
     args = parser.parse_args()
     if not args.planted.is_file():
         raise SystemExit(f"--planted {args.planted}: no such file (write it with bench/localization_validity.py)")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.planted_only:
+        if args.out is None or not args.out.is_file():
+            raise SystemExit("--planted-only updates an existing --out JSON; give the one to update")
+        kept = json.loads(args.out.read_text())
+        planted = planted_recovery(json.loads(args.planted.read_text())["plants"], kept["top_k"])
+        kept["planted"] = {"source": str(args.planted), **planted,
+                           "command": " ".join(["python", *sys.argv]),
+                           "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        write_json_atomic(args.out, kept)
+        print(f"wrote the planted part of {args.out}")
+        return 0
     config = TraceConfig(seeds=(0, 1), steps=args.steps, guidance=4.0, noise_multiplier=args.noise_multiplier,
                          bootstrap=0, max_batch=32)  # fmt: skip
     model = load("shapesworld")

@@ -52,6 +52,7 @@ import torch
 
 from diffloc import __version__
 from diffloc.atomic import write_json_atomic
+from diffloc.errors import ConfigError
 from diffloc.eval.metrics import wilson_interval
 from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
@@ -68,6 +69,7 @@ from diffloc.world.planted import (
     planted_window_sites,
     tie_aware_recovery,
     tied_windows,
+    window_parts,
 )
 
 #: the plant's strength: the window maps the word to anchor + STRENGTH × (concept − anchor)
@@ -152,11 +154,21 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
     if not substituted.is_file():
         start = time.perf_counter()
         edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-        answers = ask_substituted(model, spec, edit, record["answers"]["prompts"], scorer=scorer, config=config)
+        try:
+            answers = ask_substituted(model, spec, edit, record["answers"]["prompts"], scorer=scorer, config=config)
+        except ConfigError as exc:  # no world value has the word's token count: no substitution trace
+            answers = {"substitution": {"substitute": None, "removes": False, "why": str(exc)}}
         write_json_atomic(substituted, {"answers": answers, "seconds": round(time.perf_counter() - start, 1)})
+    parts_path = work / f"{key}-parts.json"
+    if not parts_path.is_file():
+        start = time.perf_counter()
+        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
+        parts = window_parts(model, spec, edit, scorer=scorer, config=config)
+        write_json_atomic(parts_path, {"parts": parts, "seconds": round(time.perf_counter() - start, 1)})
     extra = json.loads(substituted.read_text())
-    return {**record, "answers": {**record["answers"], **extra["answers"]},
-            "seconds": round(record["seconds"] + extra["seconds"], 1)}  # fmt: skip
+    parts = json.loads(parts_path.read_text())
+    return {**record, "answers": {**record["answers"], **extra["answers"]}, "parts": parts["parts"],
+            "seconds": round(record["seconds"] + extra["seconds"] + parts["seconds"], 1)}  # fmt: skip
 
 
 def traced(answers: dict) -> bool:
@@ -224,8 +236,9 @@ def markdown(summary: dict) -> str:
     """The two tables findings.md quotes: every plant (take rate, each method's answer) and recovery per method."""
     methods = ("unet_trace/same-latent", "unet_trace/trajectory", "unet_trace/substitute/same-latent",
                "unet_trace/substitute/trajectory", "window_trace/substitute", "locogen", "text_trace")  # fmt: skip
-    rows = ["| plant | takes (held-out images; no: below 0.9) | noise removes it | substitute (removes it) | "
-            + " | ".join(methods) + " |", "|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+    head = ("| plant | takes (held-out images; no: below 0.9) | without the window / window alone | noise removes it | "
+            "substitute (removes it) | ")  # fmt: skip
+    rows = [head + " | ".join(methods) + " |", "|---|---|---|---|---|" + "---|" * len(methods)]
     for record in summary["plants"]:
         check, answers = record["check"], record.get("answers", {})
         cells = []
@@ -243,9 +256,23 @@ def markdown(summary: dict) -> str:
             cells.append(f"{verdict} ({top})" + (f"; {ties} windows tied for best" if ties > 1 else ""))
         removes = "—" if "noise" not in answers else ("yes" if traced(answers) else "no")
         sub = answers.get("substitution")
-        substitute = "—" if sub is None else f"'{sub['substitute']}' ({'yes' if sub['removes'] else 'no'})"
+        if sub is None:
+            substitute = "—"
+        elif sub["substitute"] is None:
+            substitute = "none of its token count"
+        else:
+            substitute = f"'{sub['substitute']}' ({'yes' if sub['removes'] else 'no'})"
         took = f"{check['rate']:.2f} ({check['shown']} of {check['images']}){'' if check['takes'] else ', no'}"
-        rows.append(f"| {record['plant']['name']} | {took} | {removes} | {substitute} | " + " | ".join(cells) + " |")
+        parts = record.get("parts")
+        held = (
+            "—"
+            if parts is None
+            else " / ".join(
+                "—" if parts[part] is None else f"{parts[part]['rate']:.2f}" for part in ("rest_only", "window_only")
+            )
+        )
+        rows.append(f"| {record['plant']['name']} | {took} | {held} | {removes} | {substitute} | "
+                    + " | ".join(cells) + " |")  # fmt: skip
     rows += ["", "| method | plants counted | recovered | rate | 95% interval |", "|---|---|---|---|---|"]
     for method, groups in summary["recovery"].items():
         g = groups.get("all")

@@ -236,15 +236,24 @@ def attribution_speed_table(data: dict[str, Any]) -> str:
             rows.append(f"| {name} | {curve['clean']:.2f} | "
                         + " | ".join(f"{v:.2f}" for v in curve["corrupted"].values()) + " |")  # fmt: skip
     planted = data.get("planted")
-    if planted and planted["plants"]:
-        rows += ["", "| planted window | exact | attribution (its top 4) | screen (its top 4) |", "|---|---|---|---|"]
-        for p in planted["plants"]:
+    if not planted:
+        return "\n".join(rows)
+    arms = [("noise, single sites", planted), *((arm, planted[arm]) for arm in ("substitute", "substitute-windows")
+                                                if arm in planted)]  # fmt: skip
+    rows += ["", "| planted window | corruption, restores | exact | attribution (its top) | screen (its top) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for arm, part in arms:
+        for p in part["plants"]:
             cells = [("found" if p[m] else "missed") + f" ({', '.join(_short(s) for s in p[f'{m}_top'])})"
                      for m in ("attribution", "screen")]  # fmt: skip
-            rows.append(f"| {p['plant']} | {'found' if p['exact'] else 'missed'} | {cells[0]} | {cells[1]} |")
-        rows += ["", "| method | planted windows recovered | rate | 95% interval |", "|---|---|---|---|"]
-        for method, t in planted["total"].items():
-            rows.append(f"| {method} | {t['recovered']} of {t['plants']} | {_fmt(t['rate'])} | "
+            rows.append(f"| {p['plant']} | {arm} | {'found' if p['exact'] else 'missed'} | {cells[0]} | {cells[1]} |")
+    rows += ["", "| corruption, restores | method | planted windows recovered | rate | 95% interval |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for arm, part in arms:
+        for method, t in part["total"].items():
+            if not t["plants"]:
+                continue
+            rows.append(f"| {arm} | {method} | {t['recovered']} of {t['plants']} | {_fmt(t['rate'])} | "
                         f"[{t['interval'][0]:.2f}, {t['interval'][1]:.2f}] |")  # fmt: skip
     return "\n".join(rows)
 

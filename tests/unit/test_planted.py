@@ -190,3 +190,32 @@ def shapesworld_tokenizer_model():
     spec = SimpleNamespace(tokenizer="tokenizer")
     pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir()))
     return SimpleNamespace(pipe=pipe, adapter=SimpleNamespace(text_encoders=lambda _: [spec]))
+
+
+def test_window_parts_apply_the_window_and_the_rest_apart(tiny_sd1, monkeypatch):
+    """Each part applies exactly its own projections, and the model is back to its base weights after each."""
+    import torch
+
+    from diffloc.editing.edit import Edit
+    from diffloc.editing.locoedit import projection_linear, projection_sites
+    from diffloc.world import planted
+
+    spec = PlantSpec(kind="shape", concept="square", sites=("unet.xattn.1",), word="circle")
+    projections = projection_sites(tiny_sd1, ("unet.xattn.1", "unet.xattn.3"))
+    base = {f"{p.full_path}.weight": projection_linear(tiny_sd1, p).weight.detach().clone() for p in projections}
+    edit = Edit(method="locoedit", family=tiny_sd1.family, weights={k: v + 1.0 for k, v in base.items()},
+                originals={k: v.clone() for k, v in base.items()})  # fmt: skip
+    inside = {f"{p.full_path}.weight" for p in projection_sites(tiny_sd1, spec.sites)}
+    seen = []
+
+    def changed(*args, **kwargs):
+        weights = {f"{p.full_path}.weight": projection_linear(tiny_sd1, p).weight for p in projections}
+        seen.append({k for k, w in weights.items() if not torch.equal(w, base[k])})
+        return {"rate": 0.5, "shown": 1, "images": 2, "every_seed": [True]}
+
+    monkeypatch.setattr(planted, "shown_rate", changed)
+    parts = planted.window_parts(tiny_sd1, spec, edit, scorer=None, config=AskConfig(check_seeds=(0,)))
+    assert parts["window_only"] == {"rate": 0.5, "shown": 1, "images": 2} and set(parts) == {"window_only", "rest_only"}
+    assert inside and seen == [inside, set(base) - inside]
+    for p in projections:
+        assert torch.equal(projection_linear(tiny_sd1, p).weight, base[f"{p.full_path}.weight"])

@@ -488,6 +488,30 @@ def check_plant(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scor
             "takes": planted["rate"] >= TAKES_AT, "every_seed": planted["every_seed"]}  # fmt: skip
 
 
+def window_parts(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig) -> dict:
+    """Whether a ``locoedit`` plant is held by its window: the concept's detection rate on the take check's prompts
+    and seeds with only the window's part of ``edit`` applied (``window_only``) and with every part but the
+    window's (``rest_only``). The planted window is the right answer only if the concept needs it (``rest_only``
+    near 0); ``window_only`` says whether the window alone carries it or needs the anchor the other layers read."""
+    if spec.method != "locoedit":
+        raise ConfigError(f"window parts apply to window plants (locoedit); {spec.name!r} is a {spec.method} plant")
+    inside = {f"{proj.full_path}.weight" for proj in projection_sites(model, spec.sites)}
+    sampling = GenerationConfig(steps=config.steps, guidance=config.guidance)
+    out: dict[str, Any] = {}
+    for part, keep in (("window_only", True), ("rest_only", False)):
+        names = [name for name in edit.weights if (name in inside) is keep]
+        if not names:  # a window of every layer leaves no rest
+            out[part] = None
+            continue
+        piece = replace(edit, weights={n: edit.weights[n] for n in names},
+                        originals={n: edit.originals[n] for n in names})  # fmt: skip
+        with piece.applied(model):
+            shown = shown_rate(model, spec.check_prompts(), spec.attribute, scorer=scorer, seeds=config.check_seeds,
+                               config=sampling)  # fmt: skip
+        out[part] = {"rate": shown["rate"], "shown": shown["shown"], "images": shown["images"]}
+    return out
+
+
 def ask_plant(
     model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig, check: dict | None = None
 ) -> dict:
