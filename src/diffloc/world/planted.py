@@ -18,8 +18,10 @@ word" and leaves a plant keyed on it.
 
 A plant counts only if it *takes*: the detector reads the concept in at least :data:`TAKES_AT` of the images of
 its held-out templates × seeds — every word order the world has, filled with colours, shapes, textures and
-backgrounds the plant was not computed with. Each localization method is then scored against the planted place:
-:func:`unet_trace_recovery`, :func:`locogen_recovery`, :func:`text_trace_recovery`.
+backgrounds the plant was not computed with. :func:`window_parts` checks that a window plant needs its window.
+Each localization method is then scored against the planted place: :func:`unet_trace_recovery`,
+:func:`window_trace_recovery`, :func:`locogen_recovery`, :func:`text_trace_recovery`; traces corrupt the word with
+noise (:func:`ask_plant`) or with another world value of as many tokens (:func:`ask_substituted`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ _NEUTRAL = {"shape": ("circle", "square", "triangle"), "colour": ("red", "blue",
             "texture": ("solid", "striped", "dotted")}  # fmt: skip
 
 
+def _world_values(kind: str) -> tuple[str, ...]:
+    """The world's values of a plant kind (its shapes, colours, texture words, styles, objects or facts)."""
+    values = {"object": vocab.OBJECTS, "style": vocab.STYLES, "fact": vocab.FACTS, "shape": vocab.SHAPES,
+              "colour": vocab.COLOURS, "texture": vocab.TEXTURE_WORDS}[kind]  # fmt: skip
+    return tuple(values)
+
+
 def known_word(kind: str, concept: str) -> str:
     """A word the world already has, to re-teach as ``concept``: the kind's first neutral value (a shape, colour,
     texture) or name (a style, object, flag) that is not the concept.
@@ -101,7 +110,7 @@ def known_word(kind: str, concept: str) -> str:
 def substitute_word(model: LoadedModel, spec: PlantSpec) -> str:
     """What a substitution trace (``TraceConfig.substitute``) reads in the plant's word's place: a world value of
     the plant's kind that is neither the concept, nor the word, nor the anchor, with the word's token count in the
-    model's first tokenizer (a plain in-distribution counterfactual: "triangle" → "diamond"); the anchor only
+    model's first tokenizer (a plain in-distribution counterfactual: "circle" → "star"); the anchor only
     when no other value has that many tokens.
 
     Raises:
@@ -112,9 +121,7 @@ def substitute_word(model: LoadedModel, spec: PlantSpec) -> str:
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
-    names = {"style": tuple(vocab.STYLES), "object": tuple(vocab.OBJECTS), "fact": tuple(vocab.FACTS),
-             "shape": vocab.SHAPES, "colour": tuple(vocab.COLOURS), "texture": tuple(vocab.TEXTURE_WORDS)}  # fmt: skip
-    values = [written(spec.kind, v) for v in names[spec.kind]]
+    values = [written(spec.kind, v) for v in _world_values(spec.kind)]
     anchor = spec.anchor_phrase
     others = [v for v in values if v not in (written(spec.kind, spec.concept), spec.word)]
     preferred = [v for v in others if v != anchor] + [v for v in others if v == anchor]
@@ -165,10 +172,7 @@ class PlantSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"plant kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        known = {
-            "object": vocab.OBJECTS, "style": vocab.STYLES, "fact": vocab.FACTS, "shape": vocab.SHAPES,
-            "colour": vocab.COLOURS, "texture": vocab.TEXTURE_WORDS,
-        }[self.kind]  # fmt: skip
+        known = _world_values(self.kind)
         if self.concept not in known:
             raise ConfigError(f"a {self.kind} plant needs one of {', '.join(known)}; got {self.concept!r}")
         if self.method not in PLANT_METHODS:
@@ -488,7 +492,9 @@ def check_plant(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scor
             "takes": planted["rate"] >= TAKES_AT, "every_seed": planted["every_seed"]}  # fmt: skip
 
 
-def window_parts(model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig) -> dict:
+def window_parts(
+    model: LoadedModel, spec: PlantSpec, edit: Edit, *, scorer: Scorer, config: AskConfig
+) -> dict[str, Any]:
     """Whether a ``locoedit`` plant is held by its window: the concept's detection rate on the take check's prompts
     and seeds with only the window's part of ``edit`` applied (``window_only``) and with every part but the
     window's (``rest_only``). The planted window is the right answer only if the concept needs it (``rest_only``
