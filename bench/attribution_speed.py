@@ -150,7 +150,7 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
         AskConfig,
         PlantSpec,
         plant_edit,
-        substitute_word,
+        plant_windows,
         unet_trace_recovery,
         window_trace_recovery,
     )
@@ -165,16 +165,15 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
         if record["plant"]["method"] != "locoedit" or not record["check"]["takes"]:
             continue
         spec = PlantSpec(**{k: record["plant"][k] for k in ("kind", "concept", "method", "sites", "word", "name")})
-        windows = [layers[i : i + len(spec.sites)] for i in range(len(layers) - len(spec.sites) + 1)]
         asks = []
         if traced(answers):
             asks.append(("noise", ask.trace_config(noise=answers["noise"]["noise"], bootstrap=0), layers,
                          answers["unet_trace/same-latent"], unet_trace_recovery))  # fmt: skip
         if answers.get("substitution", {}).get("removes"):
-            config = ask.trace_config(substitute=substitute_word(model, spec), bootstrap=0)
+            config = ask.trace_config(substitute=answers["substitution"]["substitute"], bootstrap=0)
             asks.append(("substitute", config, layers, answers["unet_trace/substitute/same-latent"],
                          unet_trace_recovery))  # fmt: skip
-            asks.append(("substitute-windows", config, windows, answers["window_trace/substitute"],
+            asks.append(("substitute-windows", config, plant_windows(model, spec), answers["window_trace/substitute"],
                          window_trace_recovery))  # fmt: skip
         edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
         for arm, config, sites, exact, recovery in asks:

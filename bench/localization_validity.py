@@ -42,6 +42,7 @@ import json
 import os
 import sys
 import time
+from functools import cache, partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,13 +140,14 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
     ``work``."""
     key = _key(spec, config)
     path = work / f"{key}.json"
+    # solved once, and only if some part is still to be computed
+    edit = cache(partial(plant_edit, model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT))
     record = json.loads(path.read_text()) if path.is_file() else None
     if record is None:
         start = time.perf_counter()
-        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-        record = {"plant": spec.to_dict(), "check": check_plant(model, spec, edit, scorer=scorer, config=config)}
+        record = {"plant": spec.to_dict(), "check": check_plant(model, spec, edit(), scorer=scorer, config=config)}
         if record["check"]["takes"]:
-            record["answers"] = ask_plant(model, spec, edit, scorer=scorer, config=config, check=record["check"])
+            record["answers"] = ask_plant(model, spec, edit(), scorer=scorer, config=config, check=record["check"])
         record["seconds"] = round(time.perf_counter() - start, 1)
         write_json_atomic(path, record)
     if not record["check"]["takes"] or spec.method != "locoedit":
@@ -153,17 +155,15 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
     substituted = work / f"{key}-substitute.json"
     if not substituted.is_file():
         start = time.perf_counter()
-        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
         try:
-            answers = ask_substituted(model, spec, edit, record["answers"]["prompts"], scorer=scorer, config=config)
+            answers = ask_substituted(model, spec, edit(), record["answers"]["prompts"], scorer=scorer, config=config)
         except ConfigError as exc:  # no world value has the word's token count: no substitution trace
             answers = {"substitution": {"substitute": None, "removes": False, "why": str(exc)}}
         write_json_atomic(substituted, {"answers": answers, "seconds": round(time.perf_counter() - start, 1)})
     parts_path = work / f"{key}-parts.json"
     if not parts_path.is_file():
         start = time.perf_counter()
-        edit = plant_edit(model, spec, strength=STRENGTH, lam=LAM, preserve_weight=PRESERVE_WEIGHT)
-        parts = window_parts(model, spec, edit, scorer=scorer, config=config)
+        parts = window_parts(model, spec, edit(), scorer=scorer, config=config)
         write_json_atomic(parts_path, {"parts": parts, "seconds": round(time.perf_counter() - start, 1)})
     extra = json.loads(substituted.read_text())
     parts = json.loads(parts_path.read_text())

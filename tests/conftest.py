@@ -14,6 +14,7 @@ import torch
 
 from diffloc.models.registry import load
 from diffloc.models.tiny import build_tiny_pipeline
+from diffloc.threads import torch_threads
 
 # Tiny models gain nothing from intra-op threads, and oversubscribed cores make torch 10-100x slower.
 torch.set_num_threads(1)
@@ -25,9 +26,8 @@ def _threads_as_they_were():
     """Every test leaves torch at the thread count it found. A count left behind (``--threads`` of an in-process
     command, a fixture's) changes the summation order of every later test in the process, so float comparisons
     against another process would pass or fail by test order."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(torch.get_num_threads()):
+        yield
 
 
 def _tiny(family: str):

@@ -22,6 +22,16 @@ def shapesworld():
     return load("shapesworld")
 
 
+def _re_taught(model, kind, concept, start):
+    """A known word re-taught to mean ``concept`` in cross-attention layers ``start`` … ``start + 3`` (every other
+    layer reads it as the anchor), as bench/localization_validity.py plants its windows: the spec and its edit."""
+    from diffloc.world.planted import PlantSpec, known_word, plant_edit, planted_window_sites
+
+    spec = PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
+                     word=known_word(kind, concept))  # fmt: skip
+    return spec, plant_edit(model, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+
+
 def test_controls_read_zero_under_same_latent_and_not_under_trajectory(shapesworld):
     """ "a flumox" (seeds 0 and 1) at 12x noise, the case that exposed the trajectory confound: restoring a site
     before the first cross-attention changes nothing on the run's own latent, while the clean trajectory's latent
@@ -61,17 +71,9 @@ def test_a_planted_cross_attention_window_is_recovered_by_locogen(shapesworld):
     which one is the argmin is tie order and is not asserted)."""
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
-    from diffloc.world.planted import (
-        PlantSpec,
-        known_word,
-        plant_edit,
-        planted_window_sites,
-        shown_rate,
-    )
+    from diffloc.world.planted import shown_rate
 
-    spec = PlantSpec(kind="texture", concept="outline", sites=planted_window_sites(shapesworld, 0, 4),
-                     word=known_word("texture", "outline"))  # fmt: skip
-    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+    spec, edit = _re_taught(shapesworld, "texture", "outline", 0)
     prompt = "a solid purple cross on a grey background"
     sampling = GenerationConfig(steps=SAMPLING["steps"], guidance=SAMPLING["guidance"])
     scorer = DetectorScorer()
@@ -93,12 +95,10 @@ def test_a_re_taught_window_is_recovered_by_the_same_latent_trace(shapesworld):
     the word removes it, and the cross-attention layers whose single restore brings the square back most are
     mostly the planted ones."""
     from diffloc.tracing.locogen import xattn_layers
-    from diffloc.world.planted import PlantSpec, known_word, plant_edit, planted_window_sites, unet_trace_recovery
+    from diffloc.world.planted import unet_trace_recovery
 
-    spec = PlantSpec(kind="shape", concept="square", sites=planted_window_sites(shapesworld, 4, 4),
-                     word=known_word("shape", "square"))  # fmt: skip
+    spec, edit = _re_taught(shapesworld, "shape", "square", 4)
     assert spec.word == "circle"
-    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
     prompt = spec.check_prompts()[0]
     # 10 steps, as the demo localizes: the plant and its removal hold there too, at half the cost
     config = TraceConfig(seeds=(0,), noise_multiplier=48.0, restore_from="same-latent", bootstrap=0,
@@ -116,23 +116,13 @@ def test_a_re_taught_style_window_is_recovered_by_the_substitution_window_trace(
     'a plain style'), as bench/localization_validity.py plants it. With the word replaced by another style of as
     many tokens ("pica stro") the style is gone; restoring windows of four layers together, the windows that bring
     it back most hold mostly planted layers, and the text-blind controls bring back nothing."""
-    from diffloc.tracing.locogen import xattn_layers
-    from diffloc.world.planted import (
-        PlantSpec,
-        known_word,
-        plant_edit,
-        planted_window_sites,
-        substitute_word,
-        window_trace_recovery,
-    )
+    from diffloc.world.planted import plant_windows, substitute_word, window_trace_recovery
 
-    spec = PlantSpec(kind="style", concept="van goo", sites=planted_window_sites(shapesworld, 0, 4),
-                     word=known_word("style", "van goo"))  # fmt: skip
-    edit = plant_edit(shapesworld, spec, strength=2.0, lam=1e-4, preserve_weight=0.1)
+    spec, edit = _re_taught(shapesworld, "style", "van goo", 0)
     word = substitute_word(shapesworld, spec)
     assert (spec.word, word) == ("mo nettle", "pica stro")
-    layers = xattn_layers(shapesworld)
-    windows = [layers[i : i + 4] for i in range(len(layers) - 3)]
+    windows = plant_windows(shapesworld, spec)
+    assert len(windows) == 13 and windows[0] == list(spec.sites)
     config = TraceConfig(seeds=(0,), substitute=word, bootstrap=0, **{**SAMPLING, "steps": 10})
     prompt = "a blue cross in the style of mo nettle"
     with edit.applied(shapesworld):

@@ -249,7 +249,6 @@ def causal_trace(
     check_gradient_method(scorer, method, top_k, len(labels))
     check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
-    substitutes = replacement_ids(model, prompt_list, subject, config.substitute)
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
     validation_jobs = _validation_jobs(model, weights, DENOISER_TRACE, validation, subject, attribute, scorer, config)
@@ -266,6 +265,7 @@ def causal_trace(
             "validation_prompts": list(dict.fromkeys(p for p, _ in validation)),
             "subject_ranges": {site: list(span) for site, span in ranges[prompt_list[0]].items()},
         }, out=out)  # fmt: skip
+    substitutes = replacement_ids(model, prompt_list, subject, config.substitute)
     jobs = [
         Job(
             spec=_item_spec(
@@ -461,7 +461,6 @@ def trace_text(
     ]
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
-    substitutes = replacement_ids(model, [prompt], subject, config.substitute).get(prompt, ())
     weights = model.fingerprint()
     unreached = subject_range[0] if skip_unreached and _left_to_right(model, encoder) else 0
     computed = [index for index, (_, _, pos, _) in enumerate(grid) if spans[pos][0] >= unreached]
@@ -487,6 +486,7 @@ def trace_text(
                 "subject_ranges": {site: list(span) for site, span in site_ranges.items()}, "encoder": spec0.prefix,
             }, out=out, shape=as_cube, tokens=tokens, cell_labels=cell_labels,
         )  # fmt: skip
+    substitutes = replacement_ids(model, [prompt], subject, config.substitute).get(prompt, ())
     jobs = [
         Job(
             spec=_item_spec(

@@ -373,15 +373,14 @@ def window_trace_recovery(result: TraceResult, planted: Sequence[str]) -> dict[s
     planted window highest: the window with the largest indirect effect is mostly planted (``overlap > 0.5``),
     counted only if its effect is at least :data:`FOUND_AT`. ``tied``: the windows within
     :data:`~diffloc.tracing.agreement.TIE` of the best; ``tie_aware``: one of them would have counted."""
-    from diffloc.tracing.agreement import TIE
-
     effect = result.indirect_effect
     groups = [(label.split("+"), float(effect[i])) for i, label in enumerate(result.labels) if "+" in label]
     if not groups:
         raise ConfigError("a window trace restores groups of sites ('a+b+…'); this trace restored single sites")
     best_sites, best = max(groups, key=lambda pair: pair[1])
     moves = best >= FOUND_AT
-    tied = [sites for sites, v in groups if best - v <= TIE]
+    # tied_windows reads lower as better (LocoGen's removal); a restore's larger effect is better
+    tied = tied_windows([sites for sites, _ in groups], [-v for _, v in groups])
     return {**_overlap(best_sites, planted, best_sites if moves else []), "tied": tied,
             "tie_aware": moves and any(_overlap(w, planted, w)["recovered"] for w in tied)}  # fmt: skip
 
@@ -559,6 +558,14 @@ def ask_plant(
     return answers
 
 
+def plant_windows(model: LoadedModel, spec: PlantSpec) -> list[list[str]]:
+    """Every window of consecutive cross-attention layers of the planted size, in the order LocoGen visits them."""
+    from diffloc.tracing.config import LocoGenConfig
+    from diffloc.tracing.locogen import windows_for
+
+    return windows_for(model, LocoGenConfig(window=len(spec.sites)))
+
+
 def ask_substituted(
     model: LoadedModel, spec: PlantSpec, edit: Edit, prompts: Sequence[str], *, scorer: Scorer, config: AskConfig,
     min_drop: float = 0.5,
@@ -579,8 +586,7 @@ def ask_substituted(
         raise ConfigError(f"substitution traces ask window plants (locoedit); {spec.name!r} is a {spec.method} plant")
     word = substitute_word(model, spec)
     layers = xattn_layers(model)
-    size = len(spec.sites)
-    windows = [layers[i : i + size] for i in range(len(layers) - size + 1)]
+    windows = plant_windows(model, spec)
     answers: dict[str, Any] = {}
     with edit.applied(model):
         for source in config.restore_sources:
