@@ -31,7 +31,8 @@ the traces (LocoGen, which corrupts nothing, still counts).
 Each plant's answers are kept under ``--work`` (rerunning skips finished plants); the table is printed and the
 JSON written to ``--out``. ``--new-words`` plants the windows on words the model has never seen instead (``zib``,
 ``kiki``, ``fep``, ``the style of dax``; written to ``…-new-words.json``), for the comparison in findings.md.
-``--quick`` asks fewer plants (one per window and kind that took in the full run's design) for a smoke test.
+``--quick`` asks fewer plants (one per window and kind that took in the full run's design) for a smoke test
+(written to ``…-quick.json``, never over a full run's data).
 """
 
 from __future__ import annotations
@@ -302,7 +303,8 @@ def main() -> int:
     parser.add_argument("--model", default="shapesworld", choices=("shapesworld", "shapesworld-dit"),
                         help="the shipped model to plant in (default shapesworld, the UNet model)")  # fmt: skip
     parser.add_argument("--out", default=None,
-                        help="JSON (default docs/data/localization_validity.json, -dit.json on the DiT)")  # fmt: skip
+                        help="JSON (default docs/data/localization_validity.json; -dit, -new-words, -quick before "
+                        ".json as those apply)")  # fmt: skip
     parser.add_argument("--work", default="runs/planted", help="per-plant records (resumable)")
     parser.add_argument("--quick", action="store_true", help="three window plants and one text plant")
     parser.add_argument("--new-words", action="store_true",
@@ -316,8 +318,11 @@ def main() -> int:
     shard = _shard(args.shard)
     if args.out is None:
         suffix = ("-dit" if args.model == "shapesworld-dit" else "") + ("-new-words" if args.new_words else "")
+        suffix += "-quick" if args.quick else ""  # a smoke test never overwrites a full run's committed data
         args.out = f"docs/data/localization_validity{suffix}.json"
     if args.table:
+        if not Path(args.out).is_file():
+            raise SystemExit(f"--table: no {args.out} (write it by running without --table)")
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
     torch.set_num_threads(args.threads)
