@@ -20,10 +20,14 @@ Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model
 A plant counts only if it takes (the detector reads the concept in >= 90% of its held-out templates × 2 seeds);
 the plants that do not take are listed. On each plant that took, the methods are asked where the word lives:
 the UNet causal trace over the cross-attention layers with each restore source (``same-latent``,
-``trajectory``), LocoGen with windows of 4, and — for the text plants — the text-encoder trace. A method
+``trajectory``), with the word corrupted by noise and by a substitute, restoring single layers and windows of 4 and,
+with the substitute, removing them (``direction="remove"``: the clean run with the substitute's value), LocoGen with
+windows of 4, and — for the text plants — the text-encoder trace. A method
 *recovers* a plant when most of the cross-attention sites it ranks highest (the trace's top 4, LocoGen's best
 window) are the planted ones; for a text plant, when its strongest attention/MLP state is layer 0's attention.
-Recovery rates carry 95% Wilson intervals over plants. A trace counts only on plants whose corruption of the new
+Recovery rates carry 95% Wilson intervals over plants; a method that ranks windows is also read with its ties
+(any tied best window; the share of tied windows, as a random tie-break would count; and the tie-aware reading's
+chance level). A trace counts only on plants whose corruption of the new
 word removes the concept (halves it in every traced item, as ``--noise auto`` requires); where it does not, the
 concept is not carried by the word alone and a trace would rank noise, so the plant is listed as not counted for
 the traces (LocoGen, which corrupts nothing, still counts).
@@ -50,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+import numpy as np
 import torch
 
 from diffloc import __version__
@@ -60,16 +65,19 @@ from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
+    FOUND_AT,
     NEW_WORDS,
     AskConfig,
     PlantSpec,
     ask_plant,
+    ask_removed,
     ask_substituted,
     check_plant,
     known_word,
     plant_edit,
     planted_window_sites,
     tie_aware_recovery,
+    tie_readings,
     tied_windows,
     window_parts,
 )
@@ -167,9 +175,16 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
         parts = window_parts(model, spec, edit(), scorer=scorer, config=config)
         write_json_atomic(parts_path, {"parts": parts, "seconds": round(time.perf_counter() - start, 1)})
     extra = json.loads(substituted.read_text())
+    removed_path = work / f"{key}-remove.json"
+    if not removed_path.is_file() and extra["answers"]["substitution"]["substitute"] is not None:
+        start = time.perf_counter()
+        answers = ask_removed(model, spec, edit(), record["answers"]["prompts"], scorer=scorer, config=config)
+        write_json_atomic(removed_path, {"answers": answers, "seconds": round(time.perf_counter() - start, 1)})
+    removed = json.loads(removed_path.read_text()) if removed_path.is_file() else {"answers": {}, "seconds": 0.0}
     parts = json.loads(parts_path.read_text())
-    return {**record, "answers": {**record["answers"], **extra["answers"]}, "parts": parts["parts"],
-            "seconds": round(record["seconds"] + extra["seconds"] + parts["seconds"], 1)}  # fmt: skip
+    seconds = record["seconds"] + extra["seconds"] + parts["seconds"] + removed["seconds"]
+    return {**record, "answers": {**record["answers"], **extra["answers"], **removed["answers"]},
+            "parts": parts["parts"], "seconds": round(seconds, 1)}  # fmt: skip
 
 
 def traced(answers: dict) -> bool:
@@ -194,24 +209,46 @@ def _planted_among_tied(record: dict) -> bool:
     return tie_aware_recovery(answer["windows"], answer["scores"], answer["original"], record["plant"]["sites"])
 
 
+#: the answers that rank windows, read three ways: strict (the first best), tie-aware (any tied best), tie-split
+WINDOW_METHODS = ("locogen", "window_trace/substitute", "window_trace/substitute/remove")
+
+
+def _window_readings(method: str, answer: dict, planted: list[str]) -> dict:
+    """The tie-aware reading of a window answer, and the order-free ones of
+    :func:`~diffloc.world.planted.tie_readings` (the tie-split share and the tie-aware reading's chance level)."""
+    if method == "locogen":
+        windows, tied = answer["windows"], tied_windows(answer["windows"], answer["scores"])
+        moves = answer["original"] - min(answer["scores"]) >= FOUND_AT
+        aware = tie_aware_recovery(answer["windows"], answer["scores"], answer["original"], planted)
+    else:
+        windows = [label.split("+") for label in answer["effects"] if "+" in label]
+        tied, moves, aware = answer["tied"], bool(answer["found"]), answer["tie_aware"]
+    return {"tie_aware": bool(aware), **tie_readings(windows, tied, planted, moves=moves)}
+
+
 def recovery_table(records: list[dict]) -> dict:
     """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
 
     Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
-    ``locogen`` counts its best window; ``locogen/tie-aware`` counts a plant if any of the windows tied for best
-    would have counted. The plants a method was not counted on are listed per method.
+    A method that ranks windows (:data:`WINDOW_METHODS`) is read three ways: ``<method>`` counts its best window
+    (the first of tied ones); ``<method>/tie-aware`` counts a plant if any of the windows tied for best would have
+    counted, with ``chance``, the rate it would read if the ranking carried no information (as many windows drawn
+    at random); ``<method>/tie-split`` counts the share of the tied windows that would have counted (the strict
+    reading with ties broken at random; a fractional count, no interval). The plants a method was not counted
+    on are listed per method.
     """
-    rows: dict[str, dict[str, list[bool]]] = {}
+    rows: dict[str, dict[str, list[float]]] = {}
+    chance: dict[str, dict[str, list[float]]] = {}
     for record in records:
         if not record["check"]["takes"]:
             continue
         kind = record["plant"]["kind"]
         answers = dict(record["answers"])
-        if "locogen" in answers:
-            answers["locogen/tie-aware"] = {"recovered": _planted_among_tied(record)}
-        window = answers.get("window_trace/substitute")
-        if window is not None:
-            answers["window_trace/substitute/tie-aware"] = {"recovered": window["tie_aware"]}
+        for name in WINDOW_METHODS:
+            if name in answers:
+                readings = _window_readings(name, answers[name], record["plant"]["sites"])
+                answers[f"{name}/tie-aware"] = {"recovered": readings["tie_aware"], "chance": readings["chance"]}
+                answers[f"{name}/tie-split"] = {"recovered": readings["split"]}
         for method, answer in answers.items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
@@ -219,7 +256,9 @@ def recovery_table(records: list[dict]) -> dict:
                 rows.setdefault(method, {}).setdefault("not counted", []).append(record["plant"]["name"])
                 continue
             for group in (kind, "all"):
-                rows.setdefault(method, {}).setdefault(group, []).append(bool(answer["recovered"]))
+                rows.setdefault(method, {}).setdefault(group, []).append(float(answer["recovered"]))
+                if "chance" in answer:
+                    chance.setdefault(method, {}).setdefault(group, []).append(answer["chance"])
     table: dict[str, dict] = {}
     for method, groups in rows.items():
         table[method] = {}
@@ -227,16 +266,21 @@ def recovery_table(records: list[dict]) -> dict:
             if group == "not counted":
                 table[method][group] = hits
                 continue
-            low, high = wilson_interval(sum(hits), len(hits))
-            table[method][group] = {"recovered": sum(hits), "plants": len(hits), "rate": sum(hits) / len(hits),
-                                    "interval": [low, high]}  # fmt: skip
+            whole = all(h in (0.0, 1.0) for h in hits)
+            recovered = int(sum(hits)) if whole else round(sum(hits), 2)
+            entry = {"recovered": recovered, "plants": len(hits), "rate": sum(hits) / len(hits),
+                     "interval": list(wilson_interval(int(sum(hits)), len(hits))) if whole else None}  # fmt: skip
+            if method in chance:
+                entry["chance"] = float(np.mean(chance[method][group]))
+            table[method][group] = entry
     return table
 
 
 def markdown(summary: dict) -> str:
     """The two tables findings.md quotes: every plant (take rate, each method's answer) and recovery per method."""
     methods = ("unet_trace/same-latent", "unet_trace/trajectory", "unet_trace/substitute/same-latent",
-               "unet_trace/substitute/trajectory", "window_trace/substitute", "locogen", "text_trace")  # fmt: skip
+               "unet_trace/substitute/trajectory", "window_trace/substitute", "unet_trace/substitute/remove",
+               "window_trace/substitute/remove", "locogen", "text_trace")  # fmt: skip
     head = ("| plant | takes (held-out images; no: below 0.9) | without the window / window alone | noise removes it | "
             "substitute (removes it) | ")  # fmt: skip
     rows = [head + " | ".join(methods) + " |", "|---|---|---|---|---|" + "---|" * len(methods)]
@@ -274,14 +318,15 @@ def markdown(summary: dict) -> str:
         )
         rows.append(f"| {record['plant']['name']} | {took} | {held} | {removes} | {substitute} | "
                     + " | ".join(cells) + " |")  # fmt: skip
-    rows += ["", "| method | plants counted | recovered | rate | 95% interval |", "|---|---|---|---|---|"]
+    rows += ["", "| method | plants counted | recovered | rate | 95% interval | chance |", "|---|---|---|---|---|---|"]
     for method, groups in summary["recovery"].items():
         g = groups.get("all")
         if g is None:
-            rows.append(f"| {method} | 0 | — | — | — |")
+            rows.append(f"| {method} | 0 | — | — | — | — |")
             continue
-        rows.append(f"| {method} | {g['plants']} | {g['recovered']} | {g['rate']:.2f} | "
-                    f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}] |")  # fmt: skip
+        interval = "—" if g["interval"] is None else f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]"
+        chance_rate = "—" if "chance" not in g else f"{g['chance']:.2f}"
+        rows.append(f"| {method} | {g['plants']} | {g['recovered']} | {g['rate']:.2f} | {interval} | {chance_rate} |")
     return "\n".join(rows)
 
 
@@ -355,16 +400,17 @@ def main() -> int:
     }  # fmt: skip
     write_json_atomic(args.out, json.loads(json.dumps(summary, default=list)))
     print(f"\n{sum(r['check']['takes'] for r in records)} of {len(records)} plants took")
-    print(f"{'method':<26} {'plants':>6} {'recovered':>9} {'rate':>6}  95% interval")
+    print(f"{'method':<40} {'plants':>6} {'recovered':>9} {'rate':>6}  95% interval")
     for method, groups in table.items():
         skipped = groups.get("not counted", [])
         note = f"  (not counted, corruption left the concept: {'; '.join(skipped)})" if skipped else ""
         g = groups.get("all")
         if g is None:
-            print(f"{method:<26} {0:>6} {'—':>9} {'—':>6}{note}")
+            print(f"{method:<40} {0:>6} {'—':>9} {'—':>6}{note}")
             continue
-        print(f"{method:<26} {g['plants']:>6} {g['recovered']:>9} {g['rate']:>6.2f}  "
-              f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]{note}")  # fmt: skip
+        interval = "—" if g["interval"] is None else f"[{g['interval'][0]:.2f}, {g['interval'][1]:.2f}]"
+        chance_rate = "" if "chance" not in g else f"  (chance {g['chance']:.2f})"
+        print(f"{method:<40} {g['plants']:>6} {g['recovered']:>9} {g['rate']:>6.2f}  {interval}{chance_rate}{note}")
     print(f"wrote {args.out} ({summary['seconds']:.0f} s; the plants took {summary['plant_seconds']:.0f} s to compute)")
     return 0
 

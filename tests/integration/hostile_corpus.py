@@ -467,6 +467,12 @@ def _sweep_cases() -> list[Case]:
             (*TRACE, "--substitute", "blue", *out),
             ("substitute 'blue'", "van goo", "2 tokens"),
         ),
+        (
+            "trace-remove-with-attribution",
+            (*TRACE, "--direction", "remove", "--method", "attribution", *out),
+            ("direction 'remove'", "'exact' only", "'attribution'"),
+        ),
+        ("trace-direction-unknown", (*TRACE, "--direction", "sideways", *out), ("--direction", "sideways", "remove")),
     ]
     return [Case(name, argv, words) for name, argv, words in specs]
 

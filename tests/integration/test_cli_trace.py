@@ -44,14 +44,34 @@ def test_trace_unet_cli_writes_results_and_plots(tmp_path, tiny_clip_dir, capsys
     assert saved["restore_from"] == "same-latent" and set(saved["control_effects"]) == set(result.controls)
 
 
+def _trace_one_site(out, clip, *extra) -> int:
+    """``diffloc trace unet`` of ``unet.xattn.8`` on the tiny model, one fast item."""
+    return main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--clip", str(clip), "--sites",
+                 "unet.xattn.8", "--out", str(out), *FAST, *extra])  # fmt: skip
+
+
 def test_trace_cli_corrupts_by_substitution(tmp_path, tiny_clip_dir, capsys):
-    code = main(["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "house",
-                 "--substitute", "tree", "--attribute", "a house", "--clip", str(tiny_clip_dir), "--sites",
-                 "unet.xattn.8", "--out", str(tmp_path), *FAST])  # fmt: skip
+    code = _trace_one_site(tmp_path, tiny_clip_dir, "--subject", "house", "--substitute", "tree", "--attribute",
+                           "a house")  # fmt: skip
     assert code == 0
     result = TraceResult.load(tmp_path)
     assert result.noise == 0.0 and result.meta["config"]["substitute"] == "tree"
     assert "corruption: 'house' replaced by 'tree'" in capsys.readouterr().out
+
+
+def test_trace_cli_removes_instead_of_restoring(tmp_path, tiny_clip_dir, capsys):
+    code = _trace_one_site(tmp_path, tiny_clip_dir, "--subject", "van gogh", "--direction", "remove", "--attribute",
+                           "van gogh style")  # fmt: skip
+    assert code == 0
+    result = TraceResult.load(tmp_path)
+    assert result.direction == "remove" and result.meta["config"]["direction"] == "remove"
+    (item,) = result.items
+    site = result.labels.index("unet.xattn.8")
+    gap = item["clean"] - item["corrupted"]
+    assert result.indirect_effect[site] == pytest.approx((item["clean"] - item["scores"][site]) / gap)
+    out = capsys.readouterr().out
+    assert "direction: remove" in out and "top sites (effect of removing" in out
+    assert (tmp_path / "strip.png").stat().st_size > 0
 
 
 def test_trace_cli_intervals_validation_and_restore_source(tmp_path, tiny_clip_dir, capsys):

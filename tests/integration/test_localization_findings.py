@@ -133,3 +133,30 @@ def test_a_re_taught_style_window_is_recovered_by_the_substitution_window_trace(
     recovery = window_trace_recovery(result, spec.sites)
     assert recovery["tie_aware"], (recovery, dict(zip(result.labels, result.indirect_effect, strict=True)))
     assert all(len(set(w) & set(spec.sites)) >= 2 for w in recovery["tied"]), recovery["tied"]
+
+
+#: the prompts bench/localization_validity.py asks about the green plant (in one of them, removing the four windows
+#: before the planted one takes the green away too: one prompt alone does not single the planted window out)
+PROMPTS_OF_GREEN = ("a solid red cross on a black background", "a picture of an outlined red cross, grey background")
+
+
+def test_a_colour_window_the_restore_misses_is_found_by_removal(shapesworld):
+    """'red' re-taught to mean green in cross-attention layers 12-15 (the other twelve read it as 'blue'), as
+    bench/localization_validity.py plants it. The window alone does not carry the green (the other layers must read
+    the anchor too), so restoring windows cannot find it; patching the substitute ("yellow") into the clean run,
+    window by window, asks which window the green needs, and the windows it needs most are mostly planted ones."""
+    from diffloc.world.planted import plant_windows, substitute_word, window_trace_recovery
+
+    spec, edit = _re_taught(shapesworld, "colour", "green", 12)
+    word = substitute_word(shapesworld, spec)
+    assert (spec.word, word) == ("red", "yellow")
+    config = TraceConfig(seeds=(0,), substitute=word, direction="remove", bootstrap=0, **SAMPLING)
+    with edit.applied(shapesworld):
+        result = causal_trace(shapesworld, PROMPTS_OF_GREEN, spec.word, spec.attribute, scorer=DetectorScorer(),
+                              sites=plant_windows(shapesworld, spec), config=config)  # fmt: skip
+    assert result.clean_score > 0.9 and result.corrupt_score < 0.1, (result.clean_score, result.corrupt_score)
+    assert all(abs(v) <= 1e-4 for v in result.control_effects.values()), result.control_effects
+    recovery = window_trace_recovery(result, spec.sites)
+    effects = dict(zip(result.labels, result.indirect_effect, strict=True))
+    assert recovery["recovered"] and recovery["tie_aware"], (recovery, effects)
+    assert all(len(set(w) & set(spec.sites)) >= 3 for w in recovery["tied"]), recovery["tied"]

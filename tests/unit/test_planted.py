@@ -18,6 +18,7 @@ from diffloc.world.planted import (
     planted_window_sites,
     substitute_word,
     tie_aware_recovery,
+    tie_readings,
     unet_trace_recovery,
     window_trace_recovery,
 )
@@ -130,6 +131,22 @@ def test_a_window_trace_is_read_by_its_best_window_and_its_ties():
     assert not idle["recovered"] and not idle["tie_aware"] and idle["found"] == []
     with pytest.raises(ConfigError, match="restores groups of sites"):
         window_trace_recovery(SimpleNamespace(labels=["unet.xattn.0"], indirect_effect=np.array([1.0])), planted)
+
+
+def test_tied_windows_are_read_by_their_share_and_against_chance():
+    planted = ("unet.xattn.4", "unet.xattn.5", "unet.xattn.6", "unet.xattn.7")
+    windows = [[f"unet.xattn.{i + j}" for j in range(4)] for i in range(0, 13)]  # 3-6, 4-7, 5-8 are mostly planted
+    # two of three tied windows mostly planted: a random tie-break reads 2/3
+    readings = tie_readings(windows, windows[2:5], planted, moves=True)
+    assert readings["split"] == pytest.approx(2 / 3)
+    # chance: three windows drawn from 13 miss all three mostly planted ones in (10 choose 3) of (13 choose 3) draws
+    assert readings["chance"] == pytest.approx(1 - (10 * 9 * 8) / (13 * 12 * 11))
+    one = tie_readings(windows, [windows[4]], planted, moves=True)
+    assert one == {"split": 1.0, "chance": pytest.approx(3 / 13)}
+    # every window tied: any reading counts by chance, a random break by the planted share
+    assert tie_readings(windows, windows, planted, moves=True) == {"split": pytest.approx(3 / 13), "chance": 1.0}
+    # nothing moves the concept: no answer to count
+    assert tie_readings(windows, windows[3:5], planted, moves=False) == {"split": 0.0, "chance": 0.0}
 
 
 def test_a_substitute_is_a_world_value_of_the_words_token_count(shapesworld_tokenizer_model):

@@ -16,7 +16,7 @@ from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwarg
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, PromptError
 from diffloc.sites import TEXT_STATE_KINDS
-from diffloc.tracing.methods import DEFAULT_TOP_K, METHODS, check_method
+from diffloc.tracing.methods import DEFAULT_TOP_K, DIRECTIONS, METHODS, check_direction, check_method
 from diffloc.validate import count_arg, seed_arg
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
             help=f"sites --method screen restores exactly (default {DEFAULT_TOP_K})",
         )  # fmt: skip
+        sub.add_argument(
+            "--direction", choices=DIRECTIONS, default=DIRECTIONS[0],
+            help="restore (default: the corrupted run gets one site's clean value; is the site enough?) or remove "
+            "(the clean run gets one site's corrupted value; is the site needed?); remove is traced exactly only",
+        )  # fmt: skip
         if target == "unet":
             sub.add_argument(
                 "--no-attention-fix", dest="attention_fix", action="store_false",
@@ -112,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.statistics import check_items
 
     check_method(args.method, args.top_k)
+    check_direction(args.direction, args.method)
     auto = args.noise == "auto"
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = {"direction": args.direction}
     if args.target == "unet":
         extra["restore_from"] = args.restore_from
     if args.validation_seeds is not None:
@@ -199,7 +205,12 @@ def summary_lines(result: TraceResult) -> list[str]:
     corruption = f"'{subject}' replaced by '{substitute}'" if substitute else f"noise std {result.noise:.4g}"
     lines = [
         f"{result.n_items} items; clean {result.clean_score:.3f}  corrupted {result.corrupt_score:.3f}  "
-        f"restore source: {result.restore_from}  method: {result.method}",
+        f"restore source: {result.restore_from}  method: {result.method}"
+        + (
+            "  direction: remove (the clean run with each site's corrupted value)"
+            if result.direction == "remove"
+            else ""
+        ),
         f"corruption: {corruption}",
     ]
     if result.method != "exact":
@@ -224,7 +235,8 @@ def summary_lines(result: TraceResult) -> list[str]:
             ci = "" if result.interval is None else f" [{result.interval[0, i]:.2f}, {result.interval[1, i]:.2f}]"
             estimate = " (estimate)" if result.marks[i] == "estimate" else ""
             top.append(f"{name} {value:.2f}{ci}{estimate}")
-        lines.append("top sites (indirect effect, 95% interval): " + ", ".join(top))
+        measure = "effect of removing" if result.direction == "remove" else "indirect effect"
+        lines.append(f"top sites ({measure}, 95% interval): " + ", ".join(top))
         if result.controls:
             controls = ", ".join(f"{c} {effect[result.labels.index(c)]:.3f}" for c in result.controls)
             flag = "  FLAGGED: a control moved more than 0.1" if result.controls_flagged else ""
@@ -233,8 +245,9 @@ def summary_lines(result: TraceResult) -> list[str]:
             lines.append("controls: none (text reaches the time embedding, so every site can read it)")
     if result.selection is not None:
         sel = result.selection
+        rule = "mean patched score < tau" if result.direction == "remove" else "mean restored score >= tau"
         lines.append(
-            f"causal (mean restored score >= tau {sel['tau']:.3f}, chosen on {len(sel['validation_items'])} "
+            f"causal ({rule} {sel['tau']:.3f}, chosen on {len(sel['validation_items'])} "
             f"validation items): {', '.join(sel['causal'][:10]) or 'none'}"
         )
     return lines

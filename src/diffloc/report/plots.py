@@ -53,8 +53,9 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
         if label in result.controls:
             bar.set_hatch("////")
             bar.set_edgecolor("black")
-    ax.axhline(1.0, color="black", lw=0.8, ls="--", label="clean")
-    ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="corrupted")
+    removes = result.direction == "remove"
+    ax.axhline(1.0, color="black", lw=0.8, ls="--", label="corrupted" if removes else "clean")
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":", label="clean" if removes else "corrupted")
     handles, _ = ax.get_legend_handles_labels()
     legend = {k: c for k, c in _JOINT_COLOURS.items() if k in kinds} if joint else _KIND_COLOURS
     handles += [Patch(color=colour, label=kind) for kind, colour in legend.items()]
@@ -64,7 +65,11 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
     ax.set_xticklabels([short_label(label) for label in result.labels], rotation=90, fontsize=6)
     ax.set_xlim(-0.6, len(effect) - 0.4)
     _from_zero(ax, [*effect, 1.0, *([] if errors is None else (effect + errors[1]).tolist())])
-    ax.set_ylabel("indirect effect\n(restored − corr) / (clean − corr)")
+    ax.set_ylabel(
+        "effect of removing\n(clean − patched) / (clean − corr)"
+        if removes
+        else "indirect effect\n(restored − corr) / (clean − corr)"
+    )
     meta = result.meta
     interval = "" if result.interval is None else ", bars: 95% bootstrap interval"
     flag = "  CONTROLS MOVED" if result.controls_flagged else ""
@@ -74,11 +79,18 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
         f"{'Denoiser' if meta.get('family') in MMDIT_FAMILIES else 'UNet'} causal trace: "
         f"'{meta.get('subject', '')}'{replaced} → {meta.get('attribute', '')!r}  "
         f"(clean {result.clean_score:.3f}, corrupted {result.corrupt_score:.3f}, {result.n_items} items; "
-        f"restore from {result.restore_from}{interval}{_method_note(result)}){flag}",
+        f"{_direction_note(result)}{interval}{_method_note(result)}){flag}",
         fontsize=9, pad=22,
     )  # fmt: skip
     ax.legend(handles=handles, fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
     return figure
+
+
+def _direction_note(result: TraceResult) -> str:
+    """Which way the trace patched, and from where."""
+    if result.direction == "remove":
+        return f"removed: the clean run with each site's corrupted value, from {result.restore_from}"
+    return f"restore from {result.restore_from}"
 
 
 def _method_note(result: TraceResult) -> str:
@@ -119,6 +131,7 @@ def plot_text_trace(result: TraceResult) -> Figure:
     figure.suptitle(
         f"Text-encoder causal trace ('*' = subject tokens; clean {result.clean_score:.3f}, "
         f"corrupted {result.corrupt_score:.3f}; {result.n_items} items"
+        + ("; removed: the clean run with each state's corrupted value" if result.direction == "remove" else "")
         + ("; red: strongest cell, 95% interval" if result.interval is not None else "")
         + _method_note(result)
         + ")",

@@ -36,7 +36,7 @@ from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.corruption import corruption, encoder_noise, first_range, replacement_ids, subject_ranges
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.grad_drop import check_gradient_dropout
-from diffloc.tracing.methods import DEFAULT_TOP_K
+from diffloc.tracing.methods import DEFAULT_TOP_K, check_direction
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
 from diffloc.tracing.selection import check_disjoint, select_sites
@@ -115,10 +115,20 @@ def _check_validation(prompts: list[str], validation: list[str], config: TraceCo
     return items
 
 
-def _trace_runs(prompt: str, seed: int, corrupt: CorruptTokens, restores: Sequence[Restore]) -> list[Run]:
-    """Clean run (index 0, the restore source), corrupted run, then corrupted + each restore."""
+def _patch(sites: Sequence[str], config: TraceConfig, positions: tuple[int, int] | None = None) -> Restore:
+    """What one restored run patches: ``sites``' values from the clean run (index 0 of :func:`_trace_runs`), or in
+    a ``remove`` trace from the corrupted run (index 1), read as ``config.restore_from`` says."""
+    return Restore(sites=tuple(sites), source=1 if config.removes else 0, positions=positions,
+                   restore_from=config.restore_from)  # fmt: skip
+
+
+def _trace_runs(
+    prompt: str, seed: int, corrupt: CorruptTokens, restores: Sequence[Restore], *, remove: bool = False
+) -> list[Run]:
+    """Clean run (index 0), corrupted run (index 1), then corrupted + each restore (``remove``: clean + each)."""
     runs = [Run(prompt=prompt, seed=seed, label="clean"), Run(prompt=prompt, seed=seed, interventions=(corrupt,))]
-    return runs + [Run(prompt=prompt, seed=seed, interventions=(corrupt, restore)) for restore in restores]
+    base: tuple[CorruptTokens, ...] = () if remove else (corrupt,)
+    return runs + [Run(prompt=prompt, seed=seed, interventions=(*base, restore)) for restore in restores]
 
 
 def _restore_item(
@@ -132,11 +142,17 @@ def _restore_item(
     config: TraceConfig,
     advance: Callable[[int], None],
 ) -> dict[str, Any]:
-    """Score one (prompt, seed): clean, corrupted, and corrupted + each restore (from the clean run)."""
-    clean, *runs = _trace_runs(prompt, seed, corrupt, restores)
+    """Score one (prompt, seed): clean, corrupted, and corrupted + each restore (from the clean run); in a
+    ``remove`` trace clean + each patch (from the corrupted run, which then leads every batch beside the clean
+    one)."""
+    clean, corrupted, *patched = _trace_runs(prompt, seed, corrupt, restores, remove=config.removes)
+    lead = [clean, corrupted] if config.removes else [clean]
+    runs = patched if config.removes else [corrupted, *patched]
     shared, scores, _ = score_runs(
-        model, runs, attribute=attribute, scorer=scorer, config=config, shared=[clean], on_batch=advance,
+        model, runs, attribute=attribute, scorer=scorer, config=config, shared=lead, on_batch=advance,
     )  # fmt: skip
+    if config.removes:
+        return {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": shared[1], "scores": scores}
     return {"prompt": prompt, "seed": seed, "clean": shared[0], "corrupted": scores[0], "scores": scores[1:]}
 
 
@@ -164,7 +180,9 @@ def _validation_jobs(
     ]  # fmt: skip
 
 
-def _selection(labels: list[str], items: list[dict[str, Any]], validated: list[dict[str, Any]]) -> dict | None:
+def _selection(
+    labels: list[str], items: list[dict[str, Any]], validated: list[dict[str, Any]], *, remove: bool = False
+) -> dict | None:
     """The causal-site selection, or ``None`` without validation items or when the corruption does not lower the
     attribute on them (no threshold separates clean from corrupted there; logged as a warning, since the trace's
     effects are still measured, only no sites can be called causal)."""
@@ -172,7 +190,7 @@ def _selection(labels: list[str], items: list[dict[str, Any]], validated: list[d
         return None
     restored = np.asarray([it["scores"] for it in items], float)
     try:
-        return select_sites(labels, restored, validated, items).to_dict()
+        return select_sites(labels, restored, validated, items, remove=remove).to_dict()
     except InseparableItemsError as exc:
         logger.warning("no causal sites selected: %s", exc)
         return None
@@ -200,7 +218,9 @@ def causal_trace(
 
     For each prompt and seed (an *item*): one clean run, one corrupted run (noise on the subject tokens), and
     one restored run per site (corrupted, with that site's clean output restored at every step, from the
-    source ``config.restore_from`` names). The control sites (text-blind) are always traced too.
+    source ``config.restore_from`` names). The control sites (text-blind) are always traced too. With
+    ``config.direction == "remove"`` each patched run is the clean run with the site's corrupted output instead,
+    and the effect measures how much of the attribute goes.
 
     Args:
         model: the loaded model.
@@ -235,7 +255,8 @@ def causal_trace(
     Raises:
         PromptError: subject missing from a prompt, empty prompts.
         UnknownSiteError: empty selection, or a site that is not the denoiser's.
-        ConfigError: too few items for an interval, validation items that overlap the test items, bad settings.
+        ConfigError: too few items for an interval, validation items that overlap the test items, bad settings, a
+            ``remove`` trace with a gradient method.
         DifflocError: an attribute the scorer cannot score.
         SweepIncomplete: ``executor`` is one shard and other shards' items are still missing.
     """
@@ -246,6 +267,7 @@ def causal_trace(
     scorer.check(attribute)
     groups, controls = _with_controls(model, _site_groups(model, sites))
     labels = ["+".join(g) for g in groups]
+    check_direction(config.direction, method)
     check_gradient_method(scorer, method, top_k, len(labels))
     check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
@@ -276,7 +298,7 @@ def causal_trace(
             compute=partial(
                 _restore_item, prompt=prompt, seed=seed,
                 corrupt=corruption(model, ranges[prompt], config, seed, substitutes.get(prompt, ())),
-                restores=[Restore(sites=group, source=0, restore_from=config.restore_from) for group in groups],
+                restores=[_patch(group, config) for group in groups],
                 attribute=attribute, config=config,
             ),
         )
@@ -297,7 +319,7 @@ def causal_trace(
         items=items,
         interval=_interval(items, config),
         controls=controls,
-        selection=_selection(labels, items, validated),
+        selection=_selection(labels, items, validated, remove=config.removes),
         meta={
             "model": model.source, "family": model.family, "prompts": prompt_list, "subject": subject,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(),
@@ -376,7 +398,7 @@ RESTORE_DESCRIPTIONS = {
 def _interval(items: list[dict[str, Any]], config: TraceConfig) -> np.ndarray | None:
     return effect_interval(
         np.asarray([it["clean"] for it in items]), np.asarray([it["corrupted"] for it in items]),
-        np.asarray([it["scores"] for it in items]), config.intervals,
+        np.asarray([it["scores"] for it in items]), config.intervals, remove=config.removes,
     )  # fmt: skip
 
 
@@ -459,6 +481,7 @@ def trace_text(
         for pos in range(len(spans))
         if f"{prefix}.{layer}" in model.sites
     ]
+    check_direction(config.direction, method)
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
     weights = model.fingerprint()
@@ -496,10 +519,11 @@ def trace_text(
             ),
             runs=len(computed) + 2,
             compute=partial(
-                _restore_cells, cells=computed, size=len(grid), compute=partial(
+                _restore_cells, cells=computed, size=len(grid), fill="clean" if config.removes else "corrupted",
+                compute=partial(
                     _restore_item, prompt=prompt, seed=seed,
                     corrupt=corruption(model, site_ranges, config, seed, substitutes),
-                    restores=[Restore(sites=(grid[i][3],), source=0, positions=spans[grid[i][2]]) for i in computed],
+                    restores=[_patch((grid[i][3],), config, spans[grid[i][2]]) for i in computed],
                     attribute=attribute, config=config,
                 ),
             ),
@@ -521,7 +545,7 @@ def trace_text(
         noise=next(iter(noise.values())),
         items=items,
         interval=None if interval is None else as_cube(interval),
-        selection=_selection(cell_labels, items, validated),
+        selection=_selection(cell_labels, items, validated, remove=config.removes),
         meta={
             "model": model.source, "family": model.family, "prompts": [prompt], "subject": subject,
             "attribute": attribute, "scorer": scorer.name, "config": config.to_dict(), "restore_from": "encoding",
@@ -569,12 +593,13 @@ def traced_encoder(model: LoadedModel, encoder: str | None) -> TextEncoderSpec:
 
 
 def _restore_cells(
-    compute: Callable[..., dict[str, Any]], cells: Sequence[int], size: int, **kwargs: Any
+    compute: Callable[..., dict[str, Any]], cells: Sequence[int], size: int, fill: str = "corrupted", **kwargs: Any
 ) -> dict[str, Any]:
     """An item whose restores ran for ``cells`` of a ``size``-cell grid only; every other cell cannot differ
-    from the corrupted run and gets its score."""
+    from the run it patches (``fill``: the corrupted run, or in a ``remove`` trace the clean one) and gets its
+    score."""
     item = compute(**kwargs)
-    scores = [item["corrupted"]] * size
+    scores = [item[fill]] * size
     for cell, score in zip(cells, item["scores"], strict=True):
         scores[cell] = score
     return {**item, "scores": scores}
@@ -582,7 +607,7 @@ def _restore_cells(
 
 def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -> torch.Tensor:
     """Regenerate the clean, corrupted and the ``limit`` best restored runs of the first item (for strips),
-    with the result's restore source."""
+    with the result's restore source (a ``remove`` trace: the clean run with each site's corrupted value)."""
     from diffloc.engine.generate import generate_runs
     from diffloc.tracing.batching import generation_config
 
@@ -593,7 +618,8 @@ def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -
         k: tuple(v) if isinstance(v, list) else v for k, v in result.meta["config"].items() if k in known
     }
     substitute = saved.get("substitute")
-    config = TraceConfig(**{**saved, "noise": None if substitute else result.noise, "bootstrap": 0})
+    config = TraceConfig(**{**saved, "noise": None if substitute else result.noise, "bootstrap": 0,
+                            "restore_from": result.restore_from})  # fmt: skip
     stds = result.meta.get("noise_per_encoder") or {"text.embed": result.noise}
     spans = {str(k): (int(v[0]), int(v[1])) for k, v in (result.meta.get("subject_ranges") or {}).items()}
     replaced = replacement_ids(model, [prompt], result.meta.get("subject", ""), substitute).get(prompt, ())
@@ -603,9 +629,6 @@ def first_item_images(model: LoadedModel, result: TraceResult, limit: int = 8) -
         site_positions=tuple((k, v) for k, v in spans.items() if v != tuple(result.subject_range)),
         replacements=replaced,
     )  # fmt: skip
-    restores = [
-        Restore(sites=tuple(name.split("+")), source=0, restore_from=result.restore_from)
-        for name, _ in result.top(limit, include_controls=False)
-    ]
-    runs = _trace_runs(prompt, seed, corrupt, restores)
+    restores = [_patch(name.split("+"), config) for name, _ in result.top(limit, include_controls=False)]
+    runs = _trace_runs(prompt, seed, corrupt, restores, remove=config.removes)
     return generate_runs(model, runs, config=generation_config(config))

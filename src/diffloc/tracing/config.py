@@ -8,7 +8,7 @@ from typing import Any
 from diffloc.engine.generate import GenerationConfig
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError
-from diffloc.tracing.methods import LOCOGEN_VARIANTS
+from diffloc.tracing.methods import DIRECTIONS, LOCOGEN_VARIANTS, check_direction
 from diffloc.tracing.statistics import IntervalConfig
 from diffloc.validate import check_count, check_int, check_noise, check_seed, check_seeds
 
@@ -88,6 +88,12 @@ class TraceConfig(SweepConfig):
             become those of this text (the same number of tokens, e.g. ``"blue"`` for ``"red"``), so the corrupted
             run reads the prompt with the substitute in the subject's place, an in-distribution counterfactual
             (noise can also push later layers somewhere no prompt takes them). ``None`` (default): noise.
+        direction: ``"restore"`` (default: the corrupted run gets a site's clean value, and the effect is how much
+            of the attribute comes back, ``(restored - corrupted) / (clean - corrupted)``: is the site enough?) or
+            ``"remove"`` (the clean run gets the site's corrupted value, from the same source ``restore_from``
+            names, and the effect is how much of the attribute goes, ``(clean - patched) / (clean - corrupted)``:
+            is the site needed?). A concept several layers write jointly, or one that also needs what the other
+            layers read, can come back from no site alone and still leave when one site is removed.
     """
 
     noise: float | None = None
@@ -96,9 +102,11 @@ class TraceConfig(SweepConfig):
     restore_from: str = "same-latent"
     validation_seeds: tuple[int, ...] | None = None
     substitute: str | None = None
+    direction: str = DIRECTIONS[0]
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_direction(self.direction, "exact")
         if self.noise is not None:
             check_noise(self.noise)
         check_noise(self.noise_multiplier, "noise_multiplier")
@@ -118,12 +126,19 @@ class TraceConfig(SweepConfig):
                                   "give one")  # fmt: skip
 
     def item_dict(self) -> dict[str, Any]:
-        """:meth:`SweepConfig.item_dict`; ``substitute`` only when set, so items corrupted by noise keep the keys
-        they were stored under."""
+        """:meth:`SweepConfig.item_dict`; ``substitute`` only when set and ``direction`` only when not the default,
+        so items corrupted by noise and restored keep the keys they were stored under."""
         out = super().item_dict()
         if self.substitute is None:
             out.pop("substitute")
+        if self.direction == DIRECTIONS[0]:
+            out.pop("direction")
         return out
+
+    @property
+    def removes(self) -> bool:
+        """Whether the trace patches corrupted values into the clean run (``direction="remove"``)."""
+        return self.direction == "remove"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,24 @@ DEFAULT_TOP_K = 8
 #: LocoGen's interventions: cross-attention (UNet families), and the two joint-attention ones (SD3, FLUX); see
 #: :class:`~diffloc.tracing.config.LocoGenConfig`
 LOCOGEN_VARIANTS = ("cross-attention", "text-stream", "prompt-injection")
+#: which way a trace patches: ``restore`` (denoising: the corrupted run gets one site's clean value; is the site
+#: *enough* to bring the attribute back?) or ``remove`` (noising: the clean run gets one site's corrupted value; is
+#: the site *needed* for the attribute?)
+DIRECTIONS = ("restore", "remove")
+
+
+def check_direction(direction: str, method: str) -> None:
+    """Refuse an unknown trace direction, or ``remove`` with a gradient method (one line).
+
+    Raises:
+        ConfigError: ``direction`` is not one of :data:`DIRECTIONS`; ``remove`` with ``attribution``/``screen``
+            (their estimates are taken around the corrupted run, the point a restore starts from).
+    """
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if direction == "remove" and method in METHODS and method != "exact":
+        raise ConfigError(f"direction 'remove' is traced with method 'exact' only; {method!r} estimates restores "
+                          "(gradients taken at the corrupted run)")  # fmt: skip
 
 
 def check_method(method: str, top_k: int) -> None:

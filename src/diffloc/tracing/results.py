@@ -89,8 +89,8 @@ class TraceResult:
     Attributes:
         kind: ``"unet"`` (one score per restored site or group) or ``"text"`` (scores per state kind × layer ×
             token).
-        scores: mean restored score over items: ``(n_sites,)`` for ``unet``; ``(n_kinds, n_layers, n_tokens)``
-            for ``text``.
+        scores: mean restored score over items (a ``remove`` trace: the clean run with the site's corrupted value,
+            :attr:`direction`): ``(n_sites,)`` for ``unet``; ``(n_kinds, n_layers, n_tokens)`` for ``text``.
         labels: site names (``unet``; a group is ``a+b+…``) or state kinds (``text``: ``text.layer``,
             ``text.attn``, ``text.mlp``; SD-XL adds ``text2.*``).
         clean_score, corrupt_score: mean scores of the clean and corrupted runs.
@@ -152,11 +152,19 @@ class TraceResult:
         return str(self.meta.get("restore_from", "trajectory" if self.kind == DENOISER_TRACE else "encoding"))
 
     @property
+    def direction(self) -> str:
+        """``restore`` (the corrupted run with a clean value) or ``remove`` (the clean run with a corrupted one)."""
+        return str((self.meta.get("config") or {}).get("direction", "restore"))
+
+    @property
     def indirect_effect(self) -> np.ndarray:
-        """Normalized indirect effect: ``(restored - corrupted) / (clean - corrupted)``; 1 = full recovery."""
+        """Normalized indirect effect: ``(restored - corrupted) / (clean - corrupted)``, 1 = full recovery; in a
+        ``remove`` trace ``(clean - patched) / (clean - corrupted)``, 1 = the attribute fully gone."""
         gap = self.clean_score - self.corrupt_score
         if abs(gap) < 1e-12:
             return np.zeros_like(self.scores)
+        if self.direction == "remove":
+            return (self.clean_score - self.scores) / gap
         return (self.scores - self.corrupt_score) / gap
 
     @property

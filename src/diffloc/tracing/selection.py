@@ -7,7 +7,9 @@ causal when restoring it brings the score above that threshold. diffloc states t
   shown) from their corrupted ones (attribute removed): the threshold with the highest balanced accuracy,
   taken at the middle of the widest gap between scores that achieves it.
 * **causal (test items)** — a restore is causal when its mean restored score over the test items is >= τ,
-  i.e. restoring that site alone brings the attribute back as far as the validation images say "shown".
+  i.e. restoring that site alone brings the attribute back as far as the validation images say "shown". In a
+  ``remove`` trace (the clean run with one site's corrupted value) a site is causal when its mean patched score
+  is < τ: removing that site alone takes the attribute as far as the validation images say "not shown".
 
 Validation and test items must not overlap (an item is a (prompt, seed) pair); both sets are recorded.
 """
@@ -27,6 +29,11 @@ RULE = (
     "tau: the score threshold that best separates validation items' clean from corrupted images (highest "
     "balanced accuracy, middle of the widest such gap); causal: mean restored score over test items >= tau"
 )
+RULE_REMOVE = (
+    "tau: the score threshold that best separates validation items' clean from corrupted images (highest "
+    "balanced accuracy, middle of the widest such gap); causal: mean score over test items with the site's "
+    "corrupted value patched into the clean run < tau"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +46,9 @@ class SiteSelection:
         validation_accuracy: balanced accuracy of τ on the validation items.
         validation_items: ``{"prompt", "seed", "clean", "corrupted"}`` per validation item.
         test_items: ``{"prompt", "seed"}`` per test item.
-        causal: labels whose mean restored test score is >= τ, strongest first.
-        restored_means: mean restored test score per label.
+        causal: labels whose mean restored test score is >= τ (a ``remove`` trace: whose mean patched score is
+            < τ), strongest first.
+        restored_means: mean restored (patched) test score per label.
     """
 
     rule: str
@@ -104,8 +112,10 @@ def select_sites(
     restored: np.ndarray,
     validation: Sequence[dict[str, Any]],
     test: Sequence[dict[str, Any]],
+    *,
+    remove: bool = False,
 ) -> SiteSelection:
-    """Apply the rule of this module.
+    """Apply the rule of this module (``remove``: to the patched scores of a ``remove`` trace).
 
     Args:
         labels: restore labels (sites or groups).
@@ -119,10 +129,12 @@ def select_sites(
     check_disjoint([(t["prompt"], t["seed"]) for t in test], [(v["prompt"], v["seed"]) for v in validation])
     tau, accuracy = choose_threshold([v["clean"] for v in validation], [v["corrupted"] for v in validation])
     means = np.asarray(restored, float).mean(axis=0)
-    order = np.argsort(-means, kind="stable")
-    causal = [labels[i] for i in order if means[i] >= tau]
+    if remove:
+        causal = [labels[i] for i in np.argsort(means, kind="stable") if means[i] < tau]
+    else:
+        causal = [labels[i] for i in np.argsort(-means, kind="stable") if means[i] >= tau]
     return SiteSelection(
-        rule=RULE, tau=tau, validation_accuracy=accuracy,
+        rule=RULE_REMOVE if remove else RULE, tau=tau, validation_accuracy=accuracy,
         validation_items=[{k: v[k] for k in ("prompt", "seed", "clean", "corrupted")} for v in validation],
         test_items=[{"prompt": t["prompt"], "seed": t["seed"]} for t in test], causal=causal,
         restored_means={label: float(m) for label, m in zip(labels, means, strict=True)},

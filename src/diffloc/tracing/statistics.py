@@ -73,7 +73,7 @@ def _percentiles(samples: np.ndarray, confidence: float) -> np.ndarray:
 
 
 def effect_interval(
-    clean: np.ndarray, corrupted: np.ndarray, restored: np.ndarray, config: IntervalConfig
+    clean: np.ndarray, corrupted: np.ndarray, restored: np.ndarray, config: IntervalConfig, *, remove: bool = False
 ) -> np.ndarray | None:
     """Bootstrap interval of the normalized indirect effect per restore.
 
@@ -81,6 +81,8 @@ def effect_interval(
         clean, corrupted: ``(n_items,)`` scores.
         restored: ``(n_items, …)`` scores of each restore.
         config: resamples, confidence, seed.
+        remove: the scores are of clean runs with a corrupted value patched in (a ``remove`` trace): the effect is
+            ``(clean - patched) / (clean - corrupted)``.
 
     Returns:
         ``(2, …)`` lower and upper bounds (NaN where every resample had no clean–corrupted gap), or ``None``
@@ -97,7 +99,8 @@ def effect_interval(
     clean_m, corrupt_m = weights @ clean, weights @ corrupted  # (B,)
     gap = clean_m - corrupt_m
     with np.errstate(invalid="ignore", divide="ignore"):
-        effects = (weights @ flat - corrupt_m[:, None]) / gap[:, None]
+        moved = clean_m[:, None] - weights @ flat if remove else weights @ flat - corrupt_m[:, None]
+        effects = moved / gap[:, None]
     effects[np.abs(gap) < 1e-12] = np.nan
     return _percentiles(effects, config.confidence).reshape((2, *restored.shape[1:]))
 

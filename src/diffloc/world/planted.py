@@ -21,7 +21,8 @@ its held-out templates × seeds — every word order the world has, filled with 
 backgrounds the plant was not computed with. :func:`window_parts` checks that a window plant needs its window.
 Each localization method is then scored against the planted place: :func:`unet_trace_recovery`,
 :func:`window_trace_recovery`, :func:`locogen_recovery`, :func:`text_trace_recovery`; traces corrupt the word with
-noise (:func:`ask_plant`) or with another world value of as many tokens (:func:`ask_substituted`).
+noise (:func:`ask_plant`) or with another world value of as many tokens (:func:`ask_substituted`), and with the
+substitute also patch it into the clean run (:func:`ask_removed`: is a place needed, not only enough?).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from math import comb
 from typing import Any
 
 import numpy as np
@@ -398,6 +400,25 @@ def tie_aware_recovery(
     return any(_overlap(w, planted, w)["recovered"] for w in tied_windows(windows, scores))
 
 
+def tie_readings(
+    windows: Sequence[Sequence[str]], tied: Sequence[Sequence[str]], planted: Sequence[str], *, moves: bool
+) -> dict[str, float]:
+    """Two readings of a window answer that do not depend on the order of tied windows.
+
+    * ``split``: the share of the ``tied`` windows that are mostly planted (``overlap > 0.5``), the strict
+      reading's expected value when ties are broken at random; 0 when the best window does not move the concept.
+    * ``chance``: the probability that as many windows as are tied, drawn at random from ``windows``, include a
+      mostly planted one: what the tie-aware reading (any tied window) would count if the method's ranking
+      carried no information; 0 when nothing moves (the tie-aware reading then counts nothing either).
+    """
+    if not moves or not tied:
+        return {"split": 0.0, "chance": 0.0}
+    mostly = sum(_overlap(w, planted, w)["recovered"] for w in windows)
+    hits = sum(_overlap(w, planted, w)["recovered"] for w in tied)
+    n, k = len(windows), len(tied)
+    return {"split": hits / k, "chance": 1.0 - comb(n - mostly, k) / comb(n, k)}
+
+
 def tied_windows(windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray) -> list[list[str]]:
     """The windows whose LocoGen score (``remove`` mode: lower removes more) is within
     :data:`~diffloc.tracing.agreement.TIE` of the best."""
@@ -600,6 +621,34 @@ def ask_substituted(
     answers["substitution"] = {"substitute": word, "removes": dropped == len(result.items),
                                "items_dropped": int(dropped), "n_items": len(result.items), "min_drop": min_drop,
                                "clean": result.clean_score, "corrupted": result.corrupt_score}  # fmt: skip
+    return answers
+
+
+def ask_removed(
+    model: LoadedModel, spec: PlantSpec, edit: Edit, prompts: Sequence[str], *, scorer: Scorer, config: AskConfig
+) -> dict[str, Any]:
+    """Ask the substitution traces of :func:`ask_substituted` the other way round (``direction="remove"``,
+    ``same-latent``): the clean run with the substitute's value at each cross-attention layer
+    (``unet_trace/substitute/remove``) and at each window of the planted size (``window_trace/substitute/remove``).
+
+    A restore asks whether a place is *enough* to bring the concept back; removal asks whether it is *needed*, which
+    is what a plant held by its window should answer (:func:`window_parts`' ``rest_only``), even where the window
+    alone does not carry it (a concept that also needs the anchor the other layers read).
+    """
+    from diffloc.tracing.causal import causal_trace
+    from diffloc.tracing.locogen import xattn_layers
+
+    if spec.method != "locoedit":
+        raise ConfigError(f"removal traces ask window plants (locoedit); {spec.name!r} is a {spec.method} plant")
+    trace_config = config.trace_config(substitute=substitute_word(model, spec), direction="remove")
+    answers: dict[str, Any] = {}
+    with edit.applied(model):
+        result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites=xattn_layers(model),
+                              config=trace_config)  # fmt: skip
+        answers["unet_trace/substitute/remove"] = _answer(result, unet_trace_recovery(result, spec.sites))
+        result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer,
+                              sites=plant_windows(model, spec), config=trace_config)  # fmt: skip
+        answers["window_trace/substitute/remove"] = _answer(result, window_trace_recovery(result, spec.sites))
     return answers
 
 
