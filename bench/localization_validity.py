@@ -6,8 +6,8 @@ Run: ``python bench/localization_validity.py [--model shapesworld|shapesworld-di
 Every plant (:mod:`diffloc.world.planted`) teaches the shipped ShapesWorld model a word at a chosen place:
 
 * in a window of 4 cross-attention layers — on the UNet model early (0–3), middle (4–7), late (8–11), up-path end
-  (12–15), and :data:`SHIFTED` one or two layers beside them; on ShapesWorld-DiT's 8 blocks early (0–3) and late
-  (4–7) — a shape, a colour, a texture and a style
+  (12–15); on ShapesWorld-DiT's 8 blocks early (0–3) and late (4–7); and on both, :data:`SHIFTED` one or two
+  layers beside them — a shape, a colour, a texture and a style
   re-taught to a word the world already has ("circle" comes to mean a square, "red" green, "solid" outlined, "mo
   nettle" the style of van goo: :func:`~diffloc.world.planted.known_word`), with LocoEdit's closed form; every
   other cross-attention layer reads the word as a neutral anchor (a triangle, blue, striped, a plain style). A
@@ -97,12 +97,13 @@ CONCEPTS = {
     "texture": ("outline", "dotted"),
     "style": ("van goo",),
 }
-#: on 16 cross-attention layers, windows one or two layers beside a window where the kind took: a method must tell
-#: neighbouring windows apart (kind, concept, first layer)
-SHIFTED = (
-    ("shape", "square", 3), ("shape", "star", 3), ("shape", "square", 5), ("shape", "star", 5),
-    ("colour", "green", 11), ("texture", "outline", 1), ("style", "van goo", 1), ("style", "van goo", 9),
-)  # fmt: skip
+#: per count of cross-attention layers, windows one or two layers beside a window where the kind took: a method must
+#: tell neighbouring windows apart (kind, concept, first layer)
+SHIFTED = {
+    16: (("shape", "square", 3), ("shape", "star", 3), ("shape", "square", 5), ("shape", "star", 5),
+         ("colour", "green", 11), ("texture", "outline", 1), ("style", "van goo", 1), ("style", "van goo", 9)),
+    8: (("shape", "square", 1), ("shape", "star", 1), ("colour", "green", 3), ("colour", "yellow", 3)),
+}  # fmt: skip
 TEXT_PLANTS = (("object", "flumox"), ("style", "van goo"), ("fact", "trelania"))
 QUICK = (("shape", "square", "middle"), ("texture", "outline", "early"), ("style", "mo nettle", "up"))
 
@@ -139,8 +140,8 @@ def plants(model, quick: bool, new_words: bool = False) -> list[PlantSpec]:
                 name = f"{kind} {concept} as '{word}' @ {where} (xattn {start}–{start + 3})"
                 out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
                                      word=word, name=name))  # fmt: skip
-    if len(xattn_layers(model)) == 16 and not new_words:
-        for kind, concept, start in SHIFTED:
+    if not new_words:
+        for kind, concept, start in SHIFTED.get(len(xattn_layers(model)), ()):
             word = known_word(kind, concept)
             name = f"{kind} {concept} as '{word}' @ shifted (xattn {start}–{start + 3})"
             out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4), word=word,
