@@ -7,11 +7,11 @@ so N interventions cost one batched pass per denoising step.
 Interventions:
     * :class:`CorruptTokens` — add Gaussian noise to the input token embeddings at a token range, or replace
       them with other tokens' embeddings (symmetric token replacement), in every text encoder of the pipeline.
-    * :class:`Restore` — give a site the output it has in another run of the same batch (the clean run): for
-      text sites during encoding (optionally only at some token positions); for UNet sites in the conditional
-      branch at every step, either computed on the restored run's own latent with the source run's text
-      (``same-latent``, the default: a *shadow* row) or copied from the source run's own trajectory
-      (``trajectory``).
+    * :class:`Restore` — give a site the output it has in another run of the same batch (the clean run; in a
+      ``remove`` trace the corrupted one, patched into the clean run): for text sites during encoding (optionally
+      only at some token positions); for UNet sites in the conditional branch at every step, either computed on
+      the restored run's own latent with the source run's text (``same-latent``, the default: a *shadow* row) or
+      copied from the source run's own trajectory (``trajectory``).
     * :class:`SwapContext` — cross-attention sites read another prompt's text states as their key/value
       input (LocoGen); on a joint-attention block, the block's text-stream input becomes the other prompt's
       context as it enters the first block (the prompt-injection variant).
