@@ -180,6 +180,8 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
             effects = {k: round(v, 4) for k, v in exact["effects"].items()}
             entry: dict[str, Any] = {"plant": spec.name, "exact": exact["recovered"], "exact_top": exact["top"],
                                      "exact_effects": effects}  # fmt: skip
+            if "tie_aware" in exact:  # windows: any window tied for best counts
+                entry["exact/tie-aware"] = exact["tie_aware"]
             with edit.applied(model):
                 for method in ("attribution", "screen"):
                     result = causal_trace(model, answers["prompts"], spec.word, spec.attribute, scorer=scorer,
@@ -187,9 +189,8 @@ def planted_recovery(records: list[dict], top_k: int) -> dict[str, Any]:
                                           top_k=min(top_k, len(sites)))  # fmt: skip
                     found = recovery(result, spec.sites)
                     entry[method] = found["recovered"]
-                    if "tie_aware" in found:  # windows: any window tied for best counts (as for exact's answer)
+                    if "tie_aware" in found:  # as for exact's answer
                         entry[f"{method}/tie-aware"] = found["tie_aware"]
-                        entry["exact/tie-aware"] = exact["tie_aware"]
                     entry[f"{method}_top"] = found["top"]
                     entry[f"{method}_effects"] = _effects(result)
             arms[arm].append(entry)

@@ -66,7 +66,6 @@ from diffloc.eval.scorers import DetectorScorer
 from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
-    FOUND_AT,
     NEW_WORDS,
     AskConfig,
     PlantSpec,
@@ -75,9 +74,9 @@ from diffloc.world.planted import (
     ask_substituted,
     check_plant,
     known_word,
+    locogen_ties,
     plant_edit,
     planted_window_sites,
-    tie_aware_recovery,
     tie_readings,
     tied_windows,
     window_parts,
@@ -137,18 +136,19 @@ def plants(model, quick: bool, new_words: bool = False) -> list[PlantSpec]:
         for kind, concepts in CONCEPTS.items():
             for concept in concepts:
                 word = NEW_WORDS[kind] if new_words else known_word(kind, concept)
-                name = f"{kind} {concept} as '{word}' @ {where} (xattn {start}–{start + 3})"
-                out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4),
-                                     word=word, name=name))  # fmt: skip
+                out.append(_window_plant(model, kind, concept, word, where, start))
     if not new_words:
         for kind, concept, start in SHIFTED.get(len(xattn_layers(model)), ()):
-            word = known_word(kind, concept)
-            name = f"{kind} {concept} as '{word}' @ shifted (xattn {start}–{start + 3})"
-            out.append(PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4), word=word,
-                                 name=name))  # fmt: skip
+            out.append(_window_plant(model, kind, concept, known_word(kind, concept), "shifted", start))
     for kind, concept in TEXT_PLANTS:
         out.append(PlantSpec(kind=kind, concept=concept, method="quickfix", text_layer=0))
     return out
+
+
+def _window_plant(model, kind: str, concept: str, word: str, where: str, start: int) -> PlantSpec:
+    """``word`` planted to mean ``concept`` in the 4 cross-attention layers from ``start``, named for tables."""
+    name = f"{kind} {concept} as '{word}' @ {where} (xattn {start}–{start + 3})"
+    return PlantSpec(kind=kind, concept=concept, sites=planted_window_sites(model, start, 4), word=word, name=name)
 
 
 def _key(spec: PlantSpec, config: AskConfig) -> str:
@@ -217,12 +217,6 @@ def counted(method: str, answers: dict) -> bool:
     return traced(answers)
 
 
-def _planted_among_tied(record: dict) -> bool:
-    """LocoGen's tie-aware reading of a stored record (:func:`~diffloc.world.planted.tie_aware_recovery`)."""
-    answer = record["answers"]["locogen"]
-    return tie_aware_recovery(answer["windows"], answer["scores"], answer["original"], record["plant"]["sites"])
-
-
 #: the answers that rank windows, read three ways: strict (the first best), tie-aware (any tied best), tie-split
 WINDOW_METHODS = ("locogen", "window_trace/substitute", "window_trace/substitute/remove")
 
@@ -231,13 +225,13 @@ def _window_readings(method: str, answer: dict, planted: list[str]) -> dict:
     """The tie-aware reading of a window answer, and the order-free ones of
     :func:`~diffloc.world.planted.tie_readings` (the tie-split share and the tie-aware reading's chance level)."""
     if method == "locogen":
-        windows, tied = answer["windows"], tied_windows(answer["windows"], answer["scores"])
-        moves = answer["original"] - min(answer["scores"]) >= FOUND_AT
-        aware = tie_aware_recovery(answer["windows"], answer["scores"], answer["original"], planted)
+        windows = answer["windows"]
+        tied, moves = locogen_ties(windows, answer["scores"], answer["original"])
     else:
         windows = [label.split("+") for label in answer["effects"] if "+" in label]
-        tied, moves, aware = answer["tied"], bool(answer["found"]), answer["tie_aware"]
-    return {"tie_aware": bool(aware), **tie_readings(windows, tied, planted, moves=moves)}
+        tied, moves = answer["tied"], bool(answer["found"])
+    readings = tie_readings(windows, tied, planted, moves=moves)
+    return {"tie_aware": readings["split"] > 0, **readings}
 
 
 def recovery_table(records: list[dict]) -> dict:

@@ -15,6 +15,7 @@ from diffloc.world.planted import (
     AskConfig,
     PlantSpec,
     locogen_recovery,
+    locogen_ties,
     planted_window_sites,
     substitute_word,
     tie_aware_recovery,
@@ -147,6 +148,11 @@ def test_tied_windows_are_read_by_their_share_and_against_chance():
     assert tie_readings(windows, windows, planted, moves=True) == {"split": pytest.approx(3 / 13), "chance": 1.0}
     # nothing moves the concept: no answer to count
     assert tie_readings(windows, windows[3:5], planted, moves=False) == {"split": 0.0, "chance": 0.0}
+    # the tie-split share is above 0 exactly where LocoGen's tie-aware reading counts the plant
+    for scores in ([1.0] * 4 + [0.0] + [1.0] * 8, [0.0] * 3 + [1.0] * 10, [0.95] * 13, [0.5] + [0.0] * 12):
+        tied, moves = locogen_ties(windows, scores, 1.0)
+        split = tie_readings(windows, tied, planted, moves=moves)["split"]
+        assert (split > 0) == tie_aware_recovery(windows, scores, 1.0, planted), scores
 
 
 def test_a_substitute_is_a_world_value_of_the_words_token_count(shapesworld_tokenizer_model):

@@ -395,9 +395,16 @@ def tie_aware_recovery(
     one, as :func:`locogen_recovery` asks of the best, and the best lowers the concept by at least
     :data:`FOUND_AT`. Several windows that overlap a planted one often remove it equally; which of them is the
     argmin is then tie order."""
-    if original_score - min(float(v) for v in scores) < FOUND_AT:
-        return False
-    return any(_overlap(w, planted, w)["recovered"] for w in tied_windows(windows, scores))
+    tied, moves = locogen_ties(windows, scores, original_score)
+    return moves and any(_overlap(w, planted, w)["recovered"] for w in tied)
+
+
+def locogen_ties(
+    windows: Sequence[Sequence[str]], scores: Sequence[float] | np.ndarray, original_score: float
+) -> tuple[list[list[str]], bool]:
+    """LocoGen's windows tied for best (:func:`tied_windows`), and whether the best lowers the concept by at least
+    :data:`FOUND_AT` below the unreplaced score (else no window is an answer)."""
+    return tied_windows(windows, scores), original_score - min(float(v) for v in scores) >= FOUND_AT
 
 
 def tie_readings(
@@ -410,6 +417,8 @@ def tie_readings(
     * ``chance``: the probability that as many windows as are tied, drawn at random from ``windows``, include a
       mostly planted one: what the tie-aware reading (any tied window) would count if the method's ranking
       carried no information; 0 when nothing moves (the tie-aware reading then counts nothing either).
+
+    ``split`` is above 0 exactly when the tie-aware reading counts the plant.
     """
     if not moves or not tied:
         return {"split": 0.0, "chance": 0.0}
