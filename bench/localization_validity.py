@@ -28,10 +28,11 @@ windows of 4, and — for the text plants — the text-encoder trace. A method
 window) are the planted ones; for a text plant, when its strongest attention/MLP state is layer 0's attention.
 Recovery rates carry 95% Wilson intervals over plants; a method that ranks windows is also read with its ties
 (any tied best window; the share of tied windows, as a random tie-break would count; and the tie-aware reading's
-chance level). A trace counts only on plants whose corruption of the new
-word removes the concept (halves it in every traced item, as ``--noise auto`` requires); where it does not, the
-concept is not carried by the word alone and a trace would rank noise, so the plant is listed as not counted for
-the traces (LocoGen, which corrupts nothing, still counts).
+chance level), and with its ties broken by partial patches (each tied window patched 0.1 to 0.9 of the way,
+ranked by its mean effect: :func:`~diffloc.world.planted.ask_doses`). A trace counts only on plants whose
+corruption of the new word removes the concept (halves it in every traced item, as ``--noise auto`` requires);
+where it does not, the concept is not carried by the word alone and a trace would rank noise, so the plant is
+listed as not counted for the traces (LocoGen, which corrupts nothing, still counts).
 
 Each plant's answers are kept under ``--work`` (rerunning skips finished plants); the table is printed and the
 JSON written to ``--out``. ``--new-words`` plants the windows on words the model has never seen instead (``zib``,
@@ -69,10 +70,13 @@ from diffloc.world.planted import (
     NEW_WORDS,
     AskConfig,
     PlantSpec,
+    ask_doses,
     ask_plant,
     ask_removed,
     ask_substituted,
     check_plant,
+    dose_reading,
+    full_effects,
     known_word,
     locogen_ties,
     plant_edit,
@@ -195,10 +199,17 @@ def run_plant(model, spec: PlantSpec, scorer, config: AskConfig, work: Path) -> 
         answers = ask_removed(model, spec, edit(), record["answers"]["prompts"], scorer=scorer, config=config)
         write_json_atomic(removed_path, {"answers": answers, "seconds": round(time.perf_counter() - start, 1)})
     removed = json.loads(removed_path.read_text()) if removed_path.is_file() else {"answers": {}, "seconds": 0.0}
+    answers = {**record["answers"], **extra["answers"], **removed["answers"]}
+    doses_path = work / f"{key}-doses.json"
+    if not doses_path.is_file() and answers["substitution"]["substitute"] is not None:
+        start = time.perf_counter()
+        doses = ask_doses(model, spec, edit(), answers["prompts"], answers, scorer=scorer, config=config)
+        write_json_atomic(doses_path, {"doses": doses, "seconds": round(time.perf_counter() - start, 1)})
+    doses = json.loads(doses_path.read_text()) if doses_path.is_file() else {"doses": None, "seconds": 0.0}
     parts = json.loads(parts_path.read_text())
-    seconds = record["seconds"] + extra["seconds"] + parts["seconds"] + removed["seconds"]
-    return {**record, "answers": {**record["answers"], **extra["answers"], **removed["answers"]},
-            "parts": parts["parts"], "seconds": round(seconds, 1)}  # fmt: skip
+    seconds = record["seconds"] + extra["seconds"] + parts["seconds"] + removed["seconds"] + doses["seconds"]
+    return {**record, "answers": answers, "parts": parts["parts"], "doses": doses["doses"],
+            "seconds": round(seconds, 1)}  # fmt: skip
 
 
 def traced(answers: dict) -> bool:
@@ -234,19 +245,37 @@ def _window_readings(method: str, answer: dict, planted: list[str]) -> dict:
     return {"tie_aware": readings["split"] > 0, **readings}
 
 
+def _dose_reading(method: str, answer: dict | None, dosed: dict | None, planted: list[str]) -> dict | None:
+    """:func:`~diffloc.world.planted.dose_reading` of a window answer's tied windows; an answer whose ties were
+    not dosed (one best window, or nothing moves) reads as its strict reading."""
+    if answer is None or dosed is None or "why" in dosed:  # "why": the model could not dose this answer
+        return None
+    if not dosed["areas"]:
+        return {"recovered": bool(answer["recovered"]), "split": float(bool(answer["recovered"]))}
+    return dose_reading(dosed["tied"], dosed["areas"], full_effects(method, answer, dosed["tied"]), planted)
+
+
 def recovery_table(records: list[dict]) -> dict:
     """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
 
     Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
-    A method that ranks windows (:data:`WINDOW_METHODS`) is read three ways: ``<method>`` counts its best window
+    A method that ranks windows (:data:`WINDOW_METHODS`) is read five ways: ``<method>`` counts its best window
     (the first of tied ones); ``<method>/tie-aware`` counts a plant if any of the windows tied for best would have
     counted, with ``chance``, the rate it would read if the ranking carried no information (as many windows drawn
     at random); ``<method>/tie-split`` counts the share of the tied windows that would have counted (the strict
-    reading with ties broken at random; a fractional count, no interval). The plants a method was not counted
-    on are listed per method.
+    reading with ties broken at random; a fractional count, no interval); ``<method>/dose`` breaks the ties by
+    the tied windows' response to partial patches (:func:`~diffloc.world.planted.ask_doses`) and reads, of those
+    still tied, the one the strict reading would pick; ``<method>/dose/tie-split`` the share of them mostly
+    planted. The plants a method was not
+    counted on are listed per method.
     """
     rows: dict[str, dict[str, list[float]]] = {}
     chance: dict[str, dict[str, list[float]]] = {}
+    # a method the model could not dose on some plant (a denoiser that masks each prompt's padding cannot mix two
+    # contexts for LocoGen) gets no dose reading on any
+    undosable = {
+        name for r in records for name, d in (r.get("doses") or {}).items() if isinstance(d, dict) and "why" in d
+    }
     for record in records:
         if not record["check"]["takes"]:
             continue
@@ -257,6 +286,11 @@ def recovery_table(records: list[dict]) -> dict:
                 readings = _window_readings(name, answers[name], record["plant"]["sites"])
                 answers[f"{name}/tie-aware"] = {"recovered": readings["tie_aware"], "chance": readings["chance"]}
                 answers[f"{name}/tie-split"] = {"recovered": readings["split"]}
+            dosed = _dose_reading(name, answers.get(name), (record.get("doses") or {}).get(name),
+                                  record["plant"]["sites"])  # fmt: skip
+            if dosed is not None and name not in undosable:
+                answers[f"{name}/dose"] = {"recovered": dosed["recovered"]}
+                answers[f"{name}/dose/tie-split"] = {"recovered": dosed["split"]}
         for method, answer in answers.items():
             if not isinstance(answer, dict) or "recovered" not in answer:
                 continue
@@ -285,7 +319,8 @@ def recovery_table(records: list[dict]) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    """The two tables findings.md quotes: every plant (take rate, each method's answer) and recovery per method."""
+    """The tables findings.md quotes: every plant (take rate, each method's answer), how partial patches broke each
+    window answer's ties, and recovery per method."""
     methods = ("unet_trace/same-latent", "unet_trace/trajectory", "unet_trace/substitute/same-latent",
                "unet_trace/substitute/trajectory", "window_trace/substitute", "unet_trace/substitute/remove",
                "window_trace/substitute/remove", "locogen", "text_trace")  # fmt: skip
@@ -326,6 +361,7 @@ def markdown(summary: dict) -> str:
         )
         rows.append(f"| {record['plant']['name']} | {took} | {held} | {removes} | {substitute} | "
                     + " | ".join(cells) + " |")  # fmt: skip
+    rows += ["", *_dose_rows(summary["plants"])]
     rows += ["", "| method | plants counted | recovered | rate | 95% interval | chance |", "|---|---|---|---|---|---|"]
     for method, groups in summary["recovery"].items():
         g = groups.get("all")
@@ -336,6 +372,34 @@ def markdown(summary: dict) -> str:
         chance_rate = "—" if "chance" not in g else f"{g['chance']:.2f}"
         rows.append(f"| {method} | {g['plants']} | {g['recovered']} | {g['rate']:.2f} | {interval} | {chance_rate} |")
     return "\n".join(rows)
+
+
+def _span_of(window: list[str]) -> str:
+    return f"{window[0].rsplit('.', 1)[-1]}–{window[-1].rsplit('.', 1)[-1]}"
+
+
+def _dose_rows(records: list[dict]) -> list[str]:
+    """The ties of each window answer and how partial patches ranked them: per tied window its mean effect over
+    the doses, the windows still tied, and the pick."""
+    head = "| plant | method | tied at the full patch: mean effect over the doses | still tied | pick |"
+    rows = [head, "|---|---|---|---|---|"]
+    for record in records:
+        doses = record.get("doses")
+        if not record["check"]["takes"] or not doses:
+            continue
+        for method in WINDOW_METHODS:
+            dosed, answer = doses.get(method), record["answers"].get(method)
+            if not dosed or not dosed["areas"]:
+                continue
+            reading = _dose_reading(method, answer, dosed, record["plant"]["sites"])
+            areas = ", ".join(f"{_span_of(w)} {a:.2f}" for w, a in zip(dosed["tied"], dosed["areas"], strict=True))
+            still = ", ".join(_span_of(w) for w in reading["best"])
+            verdict = (
+                ("found" if reading["recovered"] else "missed") if counted(method, record["answers"]) else "not counted"
+            )
+            rows.append(f"| {record['plant']['name']} | {method} | {areas} | {still} | "
+                        f"{_span_of(reading['pick'])} ({verdict}) |")  # fmt: skip
+    return rows
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

@@ -140,6 +140,11 @@ def check_positive(name: str, value: Any, meaning: str = "") -> float:
     return check_number(name, value, low=0.0, above=True, why=meaning)
 
 
+def check_fraction(value: Any, name: str = "fraction") -> float:
+    """A patch fraction: a finite number in ``(0, 1]`` (the share of the way a patch moves a value to the source's)."""
+    return check_number(name, value, low=0.0, high=1.0, above=True, why="1 patches the whole value")
+
+
 def check_threshold(value: Any, name: str = "threshold") -> float:
     """A detection threshold on scores: a finite number in ``[-1, 1]``."""
     low, high = SCORE_RANGE

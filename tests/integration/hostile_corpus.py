@@ -473,6 +473,13 @@ def _sweep_cases() -> list[Case]:
             ("direction 'remove'", "'exact' only", "'attribution'"),
         ),
         ("trace-direction-unknown", (*TRACE, "--direction", "sideways", *out), ("--direction", "sideways", "remove")),
+        ("trace-fraction-zero", (*TRACE, "--fraction", "0", *out), ("--fraction", "(0, 1]", "got 0")),
+        ("locogen-fraction-above-one", (*LOCOGEN, "--fraction", "1.5", *out), ("--fraction", "(0, 1]", "1.5")),
+        (
+            "trace-fraction-with-screen",
+            (*TRACE, "--fraction", "0.5", "--method", "screen", *out),
+            ("fraction 0.5", "'exact' only", "'screen'"),
+        ),
     ]
     return [Case(name, argv, words) for name, argv, words in specs]
 

@@ -160,3 +160,34 @@ def test_a_colour_window_the_restore_misses_is_found_by_removal(shapesworld):
     effects = dict(zip(result.labels, result.indirect_effect, strict=True))
     assert recovery["recovered"] and recovery["tie_aware"], (recovery, effects)
     assert all(len(set(w) & set(spec.sites)) >= 3 for w in recovery["tied"]), recovery["tied"]
+
+
+#: the prompts bench/localization_validity.py asks about the square planted in 4-7
+PROMPTS_OF_SQUARE = ("a solid blue circle on a black background", "a solid blue circle")
+
+
+def test_a_partial_removal_singles_out_the_planted_window_among_those_a_full_one_ties(shapesworld):
+    """'circle' re-taught to mean a square in cross-attention layers 4-7, as bench/localization_validity.py plants
+    it. Patching the substitute ("star") fully into any window that holds two or more planted layers takes the
+    square away, so the windows 2-5, 3-6 and 4-7 tie (the detector saturates); patched 0.75 of the way, only the
+    planted window still takes it all away."""
+    from diffloc.world.planted import substitute_word
+
+    spec, edit = _re_taught(shapesworld, "shape", "square", 4)
+    word = substitute_word(shapesworld, spec)
+    assert (spec.word, word) == ("circle", "star")
+    windows = [[f"unet.xattn.{i}" for i in range(start, start + 4)] for start in (2, 3, 4)]
+    effects = {}
+    with edit.applied(shapesworld):
+        for fraction in (1.0, 0.75):
+            config = TraceConfig(seeds=(0,), substitute=word, direction="remove", fraction=fraction, bootstrap=0,
+                                 **SAMPLING)  # fmt: skip
+            result = causal_trace(shapesworld, PROMPTS_OF_SQUARE, spec.word, spec.attribute, scorer=DetectorScorer(),
+                                  sites=windows, config=config)  # fmt: skip
+            assert result.clean_score > 0.9 and result.corrupt_score < 0.1, (result.clean_score, result.corrupt_score)
+            by_label = dict(zip(result.labels, result.indirect_effect, strict=True))
+            effects[fraction] = [float(by_label["+".join(w)]) for w in windows]
+    assert min(effects[1.0]) > 0.9, effects  # a full patch of any of them removes the square
+    planted = windows.index(list(spec.sites))
+    assert effects[0.75][planted] > 0.9, effects
+    assert all(v < 0.5 for i, v in enumerate(effects[0.75]) if i != planted), effects

@@ -8,6 +8,7 @@ import torch
 
 from diffloc.engine.generate import GenerationConfig, generate
 from diffloc.engine.hooks import patch
+from diffloc.engine.interventions import CorruptTokens
 from diffloc.errors import ConfigError
 
 
@@ -84,3 +85,9 @@ def assert_estimates_agree(
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(got[big], want[big], rtol=rtol, atol=floor)
     return int(big.sum())
+
+
+def corrupt_subject(model, prompt: str, subject: str = "van gogh", *, std: float = 2.0, noise_seed: int = 0):
+    """Noise of ``std`` on ``subject``'s tokens in ``prompt`` (the corruption the engine tests restore from)."""
+    return CorruptTokens(positions=model.adapter.find_subject(model.pipe, prompt, subject), std=std,
+                         noise_seed=noise_seed)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from support import corrupt_subject
 
 from diffloc.engine.generate import GenerationConfig, generate, generate_runs
 from diffloc.engine.hooks import installed_hook_count, patch
@@ -23,7 +24,7 @@ PROMPT = "a red circle in the style of van gogh"
 
 
 def _corrupt(model, std=2.0, seed=1):
-    return CorruptTokens(positions=model.adapter.find_subject(model.pipe, PROMPT, "van gogh"), std=std, noise_seed=seed)
+    return corrupt_subject(model, PROMPT, std=std, noise_seed=seed)
 
 
 def test_empty_intervention_equals_clean_bit_exactly(tiny_model):

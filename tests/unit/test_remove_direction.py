@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support import PixelScorer
+from support import PixelScorer, corrupt_subject
 
 from diffloc.engine.generate import GenerationConfig, generate_runs
-from diffloc.engine.interventions import CorruptTokens, Restore, Run
+from diffloc.engine.interventions import Restore, Run
 from diffloc.errors import ConfigError
 from diffloc.tracing.causal import causal_trace, trace_text
 from diffloc.tracing.config import TraceConfig
@@ -23,8 +23,7 @@ FAST = {"seeds": (0,), "steps": 3, "guidance": 5.0, "bootstrap": 0, "noise": 2.0
 
 
 def _corrupt(model):
-    positions = model.adapter.find_subject(model.pipe, PROMPT, "van gogh")
-    return CorruptTokens(positions=positions, std=2.0, noise_seed=0)
+    return corrupt_subject(model, PROMPT)
 
 
 @pytest.mark.parametrize("source", ["same-latent", "trajectory"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import corrupt_subject
 
 from diffloc.engine.generate import GenerationConfig, generate_runs
 from diffloc.engine.hooks import patch, record
-from diffloc.engine.interventions import CorruptTokens, Restore, Run
+from diffloc.engine.interventions import Restore, Run
 from diffloc.errors import ConfigError
 from diffloc.sites import SiteKind
 from diffloc.tracing.causal import causal_trace
@@ -20,8 +21,7 @@ PROMPT = "a red circle in the style of van gogh"
 
 
 def _corrupt(model, std=2.0):
-    positions = model.adapter.find_subject(model.pipe, PROMPT, "van gogh")
-    return CorruptTokens(positions=positions, std=std, noise_seed=1)
+    return corrupt_subject(model, PROMPT, std=std, noise_seed=1)
 
 
 def _runs(model, site, source):

@@ -10,7 +10,7 @@ from diffloc.cli.progress import progress_bar
 from diffloc.cli.scale_args import executor_from_args
 from diffloc.cli.sweep_args import add_sweep_arguments, sweep_kwargs
 from diffloc.tracing.methods import LOCOGEN_VARIANTS
-from diffloc.validate import count_arg
+from diffloc.validate import check_fraction, cli_type, count_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--intervention", choices=LOCOGEN_VARIANTS, default=LOCOGEN_VARIANTS[0],
                         help="cross-attention (UNet families); on SD3/FLUX text-stream (activation patching of the "
                         "text stream entering each block of the window) or prompt-injection")  # fmt: skip
+    parser.add_argument("--fraction", type=cli_type(check_fraction, float), default=1.0, metavar="F",
+                        help="move each window this share of the way to the target, in (0, 1] (default 1: the "
+                        "target's states); below 1 tells apart windows a full swap moves equally")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -43,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.config import LocoGenConfig
     from diffloc.tracing.locogen import locogen
 
-    settings = {"window": args.window, "mode": args.mode, "preset": args.preset, "variant": args.intervention}
+    settings = {
+        "window": args.window,
+        "mode": args.mode,
+        "preset": args.preset,
+        "variant": args.intervention,
+        "fraction": args.fraction,
+    }
     config = LocoGenConfig(**settings, **sweep_kwargs(args))  # type: ignore[arg-type]
     out = check_writable_dir(args.out)  # created by the first file written
     with executor_from_args(args) as executor:

@@ -16,8 +16,15 @@ from diffloc.cli.sweep_args import add_sweep_arguments, noise_value, sweep_kwarg
 from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, PromptError
 from diffloc.sites import TEXT_STATE_KINDS
-from diffloc.tracing.methods import DEFAULT_TOP_K, DIRECTIONS, METHODS, check_direction, check_method
-from diffloc.validate import count_arg, seed_arg
+from diffloc.tracing.methods import (
+    DEFAULT_TOP_K,
+    DIRECTIONS,
+    METHODS,
+    check_direction,
+    check_fraction_method,
+    check_method,
+)
+from diffloc.validate import check_fraction, cli_type, count_arg, seed_arg
 
 if TYPE_CHECKING:
     from diffloc.models.base import LoadedModel
@@ -76,6 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help="restore (default: the corrupted run gets one site's clean value; is the site enough?) or remove "
             "(the clean run gets one site's corrupted value; is the site needed?); remove is traced exactly only",
         )  # fmt: skip
+        sub.add_argument(
+            "--fraction", type=cli_type(check_fraction, float), default=1.0, metavar="F",
+            help="patch this share of the way from a site's own value to the source's, in (0, 1] (default 1: the "
+            "whole value); below 1 tells apart sites that each move a saturating score fully; exact method only",
+        )  # fmt: skip
         if target == "unet":
             sub.add_argument(
                 "--no-attention-fix", dest="attention_fix", action="store_false",
@@ -118,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_method(args.method, args.top_k)
     check_direction(args.direction, args.method)
+    check_fraction_method(args.fraction, args.method)
     auto = args.noise == "auto"
-    extra: dict[str, object] = {"direction": args.direction}
+    extra: dict[str, object] = {"direction": args.direction, "fraction": args.fraction}
     if args.target == "unet":
         extra["restore_from"] = args.restore_from
     if args.validation_seeds is not None:
@@ -210,7 +223,8 @@ def summary_lines(result: TraceResult) -> list[str]:
             "  direction: remove (the clean run with each site's corrupted value)"
             if result.direction == "remove"
             else ""
-        ),
+        )
+        + (f"  fraction: {result.fraction:g} of each value patched" if result.fraction != 1 else ""),
         f"corruption: {corruption}",
     ]
     if result.method != "exact":

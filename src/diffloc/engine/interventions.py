@@ -11,10 +11,11 @@ Interventions:
       ``remove`` trace the corrupted one, patched into the clean run): for text sites during encoding (optionally
       only at some token positions); for UNet sites in the conditional branch at every step, either computed on
       the restored run's own latent with the source run's text (``same-latent``, the default: a *shadow* row) or
-      copied from the source run's own trajectory (``trajectory``).
+      copied from the source run's own trajectory (``trajectory``); with ``fraction`` < 1, only part of the way.
     * :class:`SwapContext` — cross-attention sites read another prompt's text states as their key/value
       input (LocoGen); on a joint-attention block, the block's text-stream input becomes the other prompt's
-      context as it enters the first block (the prompt-injection variant).
+      context as it enters the first block (the prompt-injection variant); with ``fraction`` < 1, a mix of the
+      two contexts.
     * :class:`SetChannels` — set chosen channels of a site's output to given values (neuron ablation).
 """
 
@@ -34,7 +35,10 @@ from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError, UnknownSiteError
 from diffloc.models.base import LoadedModel
 from diffloc.sites import CROSS_ATTENTION_KINDS, TEXT_STREAM_KINDS, Site, SiteKind, SiteRole
-from diffloc.validate import generator_seed
+from diffloc.validate import check_fraction, generator_seed
+
+#: One restore as a hook applies it: target rows, source rows, token range (``None``: all), fraction patched.
+RestoreOp = tuple[torch.Tensor, torch.Tensor, "tuple[int, int] | None", float]
 
 #: Joint-attention blocks whose text-stream input a :class:`SwapContext` replaces (the prompt-injection variant).
 CONTEXT_READING_BLOCKS = frozenset({SiteKind.JOINT, SiteKind.SINGLE})
@@ -111,16 +115,22 @@ class Restore:
 
     Text sites are restored during encoding, before any latent exists, so both sources are the same there.
     A restore from the run itself changes nothing and adds no row.
+
+    ``fraction`` patches part of the way: the site's value becomes ``own + fraction × (source − own)`` (1, the
+    default: the source's value). A dose below 1 tells apart sites that a full patch moves equally (a detector
+    that saturates reads them all as 1).
     """
 
     sites: tuple[str, ...]
     source: int = 0
     positions: tuple[int, int] | None = None
     restore_from: str = "same-latent"
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.restore_from not in RESTORE_SOURCES:
             raise ConfigError(f"restore_from must be one of {', '.join(RESTORE_SOURCES)}, got {self.restore_from!r}")
+        check_fraction(self.fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,10 +139,17 @@ class SwapContext:
 
     Sites may be whole cross-attention layers (``unet.xattn.8``: keys and values) or one projection
     (``unet.xattn.8.k``). SD-XL's pooled embedding keeps coming from the run's own prompt.
+
+    ``fraction`` swaps part of the way: the sites read ``own + fraction × (other − own)`` (1, the default: the
+    other prompt's states), as :class:`Restore`'s fraction does.
     """
 
     sites: tuple[str, ...]
     prompt: str
+    fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_fraction(self.fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +191,7 @@ class CompiledBatch:
     text_outputs: dict[str, OutputHook]
     swap_prompts: list[str]  # distinct prompts that must be encoded for SwapContext
     denoiser_ops: dict[str, list[tuple[str, int, Any]]]  # site -> [(op, run, payload)]
-    denoiser_swaps: dict[str, list[tuple[int, str]]]  # site -> [(run, prompt)]
+    denoiser_swaps: dict[str, list[tuple[int, str, float]]]  # site -> [(run, prompt, fraction)]
     shadows: list[Shadow] = field(default_factory=list)  # same-latent restore sources, in row order
 
 
@@ -194,8 +211,9 @@ def _slice_rows(rows: torch.Tensor, positions: tuple[int, int] | None) -> tuple[
     return (rows,) if positions is None else (rows, slice(*positions))
 
 
-def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]], index: int = 0) -> OutputHook:
-    """Copy rows from source rows, in place (in element ``index`` of a tuple output, see :func:`primary`).
+def _restore_hook(ops: list[RestoreOp], index: int = 0) -> OutputHook:
+    """Copy rows from source rows, in place (in element ``index`` of a tuple output, see :func:`primary`); an op
+    whose fraction is below 1 moves its rows that share of the way to the source's.
 
     All source rows are read before any row is written, so the result does not depend on op order. The
     module's output is a fresh tensor nobody has read yet, so writing its rows in place is safe and avoids
@@ -204,9 +222,10 @@ def _restore_hook(ops: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | 
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         out = primary(output, index)
-        values = [out[_slice_rows(source, positions)].clone() for _, source, positions in ops]
-        for (target, _, positions), value in zip(ops, values, strict=True):
-            out[_slice_rows(target, positions)] = value
+        values = [out[_slice_rows(source, positions)].clone() for _, source, positions, _ in ops]
+        for (target, _, positions, fraction), value in zip(ops, values, strict=True):
+            where = _slice_rows(target, positions)
+            out[where] = value if fraction == 1.0 else torch.lerp(out[where], value, fraction)
         return output
 
     return hook
@@ -236,10 +255,10 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
             plain_row[run.prompt] = len(text_prompts)
         text_prompts.append(run.prompt)
 
-    text_ops: dict[str, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]] = defaultdict(list)
+    text_ops: dict[str, list[RestoreOp]] = defaultdict(list)
     noise_ops: dict[str, list[tuple[int, CorruptTokens]]] = defaultdict(list)
     denoiser_ops: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
-    denoiser_swaps: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    denoiser_swaps: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     swap_prompts: list[str] = []
     shadows: dict[Shadow, int] = {}
     embed_sites = [s.name for s in model.sites if s.kind is SiteKind.TEXT_EMBED]
@@ -258,7 +277,12 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                     site = model.site(name)
                     if site.role is SiteRole.TEXT:
                         text_ops[site.name].append(
-                            (torch.tensor([text_rows[r]]), torch.tensor([text_rows[iv.source]]), iv.positions)
+                            (
+                                torch.tensor([text_rows[r]]),
+                                torch.tensor([text_rows[iv.source]]),
+                                iv.positions,
+                                iv.fraction,
+                            )
                         )
                         continue
                     if iv.positions is not None and not (site.kind.is_projection or site.kind in TEXT_STREAM_KINDS):
@@ -269,7 +293,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                     if iv.restore_from == "same-latent":
                         shadow = Shadow(follows=r, text_of=iv.source)
                         source = ("shadow", shadows.setdefault(shadow, len(shadows)))
-                    denoiser_ops[site.name].append(("restore", r, (source, iv.positions)))
+                    denoiser_ops[site.name].append(("restore", r, (source, iv.positions, iv.fraction)))
             elif isinstance(iv, SwapContext):
                 for name in iv.sites:
                     site = model.site(name)
@@ -285,7 +309,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
                                 f"site {name!r}: this attention normalizes its context, swap the whole layer "
                                 f"{name.rsplit('.', 1)[0]!r} instead of one projection"
                             )
-                    denoiser_swaps[site.name].append((r, iv.prompt))
+                    denoiser_swaps[site.name].append((r, iv.prompt, iv.fraction))
                 if iv.prompt not in swap_prompts:
                     swap_prompts.append(iv.prompt)
             elif isinstance(iv, SetChannels):
@@ -303,7 +327,7 @@ def compile_runs(model: LoadedModel, runs: Sequence[Run]) -> CompiledBatch:
 
 
 def _text_hook(
-    restores: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]],
+    restores: list[RestoreOp],
     noises: list[tuple[int, CorruptTokens]],
     site_name: str,
 ) -> OutputHook:
@@ -357,18 +381,25 @@ def denoiser_hooks(
         outputs[name] = _denoiser_output_hook(site, ops, layout)
     inputs: dict[str, InputHook] = {}
     for name, swaps in plan.denoiser_swaps.items():
-        rows = layout.cond_rows([r for r, _ in swaps])
-        values = torch.stack([swap_context[p] for _, p in swaps])  # (n, tokens, dim)
+        rows = layout.cond_rows([r for r, _, _ in swaps])
+        values = torch.stack([swap_context[p] for _, p, _ in swaps])  # (n, tokens, dim)
+        fractions = [f for _, _, f in swaps]
         whole_layer = model.site(name).kind in {SiteKind.XATTN} | CONTEXT_READING_BLOCKS
         masks = None
+        if swap_masks and any(f != 1 for f in fractions):
+            raise ConfigError(
+                f"site {name!r}: {model.family} hides each prompt's padding from cross-attention, so two contexts "
+                "cannot be mixed; swap the whole context (fraction 1)"
+            )
         if swap_masks:
             if not whole_layer:
                 raise ConfigError(
                     f"site {name!r}: {model.family} hides each prompt's padding from cross-attention, so a swapped "
                     f"context needs its own mask; swap the whole layer {name.rsplit('.', 1)[0]!r} instead"
                 )
-            masks = torch.stack([swap_masks[p] for _, p in swaps])  # (n, tokens)
-        inputs[name] = _swap_hook(rows, values, whole_layer=whole_layer, masks=masks)
+            masks = torch.stack([swap_masks[p] for _, p, _ in swaps])  # (n, tokens)
+        mix = None if all(f == 1 for f in fractions) else torch.tensor(fractions).view(-1, 1, 1)
+        inputs[name] = _swap_hook(rows, values, whole_layer=whole_layer, masks=masks, fractions=mix)
     return outputs, inputs
 
 
@@ -380,8 +411,8 @@ def _source_row(layout: BatchLayout, source: tuple[str, int]) -> torch.Tensor:
 
 def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: BatchLayout) -> OutputHook:
     restores = [
-        (layout.cond_rows([r]), _source_row(layout, source), positions)
-        for op, r, (source, positions) in ((o, r, p) for o, r, p in ops if o == "restore")
+        (layout.cond_rows([r]), _source_row(layout, source), positions, fraction)
+        for op, r, (source, positions, fraction) in ((o, r, p) for o, r, p in ops if o == "restore")
     ]
     index = site.kind.output_index
     restore = _restore_hook(restores, index) if restores else None
@@ -409,11 +440,20 @@ def _denoiser_output_hook(site: Site, ops: list[tuple[str, int, Any]], layout: B
 
 
 def _swap_hook(
-    rows: torch.Tensor, values: torch.Tensor, *, whole_layer: bool, masks: torch.Tensor | None = None
-) -> InputHook:
+    rows: torch.Tensor, values: torch.Tensor, *, whole_layer: bool, masks: torch.Tensor | None = None,
+    fractions: torch.Tensor | None = None,
+) -> InputHook:  # fmt: skip
     """Replace the text context of ``rows``: the attention's ``encoder_hidden_states`` or a projection's input,
     and with ``masks`` (``(rows, tokens)``, 1 = read) the attention's mask of those rows, as the additive bias
-    the transformer gives its attention layers (0 where read, -10000 where hidden)."""
+    the transformer gives its attention layers (0 where read, -10000 where hidden). With ``fractions``
+    (``(rows, 1, 1)``), each row moves that share of the way from its own context to ``values``."""
+
+    def put(context: torch.Tensor) -> torch.Tensor:
+        new = values.to(context.dtype)
+        if fractions is not None:
+            new = torch.lerp(context[rows], new.to(context.device), fractions.to(context.dtype).to(context.device))
+        context[rows] = new
+        return context
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if whole_layer:
@@ -422,14 +462,9 @@ def _swap_hook(
                 bias[rows] = ((1 - masks.to(bias.dtype)) * -10000.0).unsqueeze(1).to(bias.device)
                 kwargs = {**kwargs, "attention_mask": bias}
             if kwargs.get("encoder_hidden_states") is not None:
-                ctx = kwargs["encoder_hidden_states"].clone()
-                ctx[rows] = values.to(ctx.dtype)
+                ctx = put(kwargs["encoder_hidden_states"].clone())
                 return args, {**kwargs, "encoder_hidden_states": ctx}
-            ctx = args[1].clone()
-            ctx[rows] = values.to(ctx.dtype)
-            return (args[0], ctx, *args[2:]), kwargs
-        x = args[0].clone()
-        x[rows] = values.to(x.dtype)
-        return (x, *args[1:]), kwargs
+            return (args[0], put(args[1].clone()), *args[2:]), kwargs
+        return (put(args[0].clone()), *args[1:]), kwargs
 
     return hook

@@ -88,9 +88,10 @@ def plot_denoiser_trace(result: TraceResult) -> Figure:
 
 def _direction_note(result: TraceResult) -> str:
     """Which way the trace patched, and from where."""
+    dose = f"; {result.fraction:g} of each value patched" if result.fraction != 1 else ""
     if result.direction == "remove":
-        return f"removed: the clean run with each site's corrupted value, from {result.restore_from}"
-    return f"restore from {result.restore_from}"
+        return f"removed: the clean run with each site's corrupted value, from {result.restore_from}{dose}"
+    return f"restore from {result.restore_from}{dose}"
 
 
 def _method_note(result: TraceResult) -> str:
@@ -132,6 +133,7 @@ def plot_text_trace(result: TraceResult) -> Figure:
         f"Text-encoder causal trace ('*' = subject tokens; clean {result.clean_score:.3f}, "
         f"corrupted {result.corrupt_score:.3f}; {result.n_items} items"
         + ("; removed: the clean run with each state's corrupted value" if result.direction == "remove" else "")
+        + (f"; {result.fraction:g} of each value patched" if result.fraction != 1 else "")
         + ("; red: strongest cell, 95% interval" if result.interval is not None else "")
         + _method_note(result)
         + ")",

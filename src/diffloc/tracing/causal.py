@@ -36,7 +36,7 @@ from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.corruption import corruption, encoder_noise, first_range, replacement_ids, subject_ranges
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.grad_drop import check_gradient_dropout
-from diffloc.tracing.methods import DEFAULT_TOP_K, check_direction
+from diffloc.tracing.methods import DEFAULT_TOP_K, check_direction, check_fraction_method
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
 from diffloc.tracing.selection import check_disjoint, select_sites
@@ -119,7 +119,7 @@ def _patch(sites: Sequence[str], config: TraceConfig, positions: tuple[int, int]
     """What one restored run patches: ``sites``' values from the clean run (index 0 of :func:`_trace_runs`), or in
     a ``remove`` trace from the corrupted run (index 1), read as ``config.restore_from`` says."""
     return Restore(sites=tuple(sites), source=1 if config.removes else 0, positions=positions,
-                   restore_from=config.restore_from)  # fmt: skip
+                   restore_from=config.restore_from, fraction=config.fraction)  # fmt: skip
 
 
 def _trace_runs(
@@ -268,6 +268,7 @@ def causal_trace(
     groups, controls = _with_controls(model, _site_groups(model, sites))
     labels = ["+".join(g) for g in groups]
     check_direction(config.direction, method)
+    check_fraction_method(config.fraction, method)
     check_gradient_method(scorer, method, top_k, len(labels))
     check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
@@ -482,6 +483,7 @@ def trace_text(
         if f"{prefix}.{layer}" in model.sites
     ]
     check_direction(config.direction, method)
+    check_fraction_method(config.fraction, method)
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
     weights = model.fingerprint()

@@ -10,7 +10,7 @@ from diffloc.engine.sources import RESTORE_SOURCES
 from diffloc.errors import ConfigError
 from diffloc.tracing.methods import DIRECTIONS, LOCOGEN_VARIANTS, check_direction
 from diffloc.tracing.statistics import IntervalConfig
-from diffloc.validate import check_count, check_int, check_noise, check_seed, check_seeds
+from diffloc.validate import check_count, check_fraction, check_int, check_noise, check_seed, check_seeds
 
 #: settings that do not change what a (test) item computes, left out of the keys of resumable items: how results
 #: are summarized, and which validation items choose the threshold
@@ -94,6 +94,10 @@ class TraceConfig(SweepConfig):
             names, and the effect is how much of the attribute goes, ``(clean - patched) / (clean - corrupted)``:
             is the site needed?). A concept several layers write jointly, or one that also needs what the other
             layers read, can come back from no site alone and still leave when one site is removed.
+        fraction: how much of a site's value a patch moves, in (0, 1]: the patched value is
+            ``own + fraction × (source − own)`` (1, default: the whole value). Where a full patch of several sites
+            saturates the score (each brings the attribute all the way back, or takes it all away), a partial one
+            tells them apart: the site that carries more of it still moves the score at a smaller dose.
     """
 
     noise: float | None = None
@@ -103,10 +107,12 @@ class TraceConfig(SweepConfig):
     validation_seeds: tuple[int, ...] | None = None
     substitute: str | None = None
     direction: str = DIRECTIONS[0]
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_direction(self.direction, "exact")
+        check_fraction(self.fraction)
         if self.noise is not None:
             check_noise(self.noise)
         check_noise(self.noise_multiplier, "noise_multiplier")
@@ -126,13 +132,15 @@ class TraceConfig(SweepConfig):
                                   "give one")  # fmt: skip
 
     def item_dict(self) -> dict[str, Any]:
-        """:meth:`SweepConfig.item_dict`; ``substitute`` only when set and ``direction`` only when not the default,
-        so items corrupted by noise and restored keep the keys they were stored under."""
+        """:meth:`SweepConfig.item_dict`; ``substitute`` only when set, ``direction`` and ``fraction`` only when not
+        the default, so items corrupted by noise and fully restored keep the keys they were stored under."""
         out = super().item_dict()
         if self.substitute is None:
             out.pop("substitute")
         if self.direction == DIRECTIONS[0]:
             out.pop("direction")
+        if self.fraction == 1:
+            out.pop("fraction")
         return out
 
     @property
@@ -158,16 +166,20 @@ class LocoGenConfig(SweepConfig):
             one the target prompt has there, on the run's own latent; Staniszewski et al., ICLR 2025) or
             ``"prompt-injection"`` (each block of the window reads the target's context as it enters the
             first block, LocoGen's intervention carried over; that work found it ineffective there).
+        fraction: how far a window moves to the target, in (0, 1]: it reads ``own + fraction × (target − own)``
+            (1, default: the target's states). Below 1 tells apart windows that a full swap moves equally.
     """
 
     window: int = 2
     mode: str = "remove"
     preset: str = "diffloc"
     variant: str = "cross-attention"
+    fraction: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_count("window", self.window)
+        check_fraction(self.fraction)
         if self.mode not in ("remove", "update"):
             raise ConfigError(f"mode must be 'remove' or 'update', got {self.mode!r}")
         if self.preset not in ("diffloc", "reference"):
@@ -176,9 +188,11 @@ class LocoGenConfig(SweepConfig):
             raise ConfigError(f"variant must be one of {', '.join(LOCOGEN_VARIANTS)}, got {self.variant!r}")
 
     def item_dict(self) -> dict[str, Any]:
-        """As :meth:`SweepConfig.item_dict`; the default variant is left out, so items saved before variants
-        existed keep their keys."""
+        """As :meth:`SweepConfig.item_dict`; the default variant and fraction are left out, so items saved before
+        they existed keep their keys."""
         items = super().item_dict()
         if items.get("variant") == LOCOGEN_VARIANTS[0]:
             del items["variant"]
+        if items.get("fraction") == 1:
+            del items["fraction"]
         return items

@@ -86,13 +86,17 @@ def window_layers(model: LoadedModel, variant: str = LOCOGEN_VARIANTS[0]) -> lis
     return blocks
 
 
-def window_interventions(model: LoadedModel, window: Sequence[str], target_prompt: str, variant: str) -> Intervention:
+def window_interventions(
+    model: LoadedModel, window: Sequence[str], target_prompt: str, variant: str, fraction: float = 1.0
+) -> Intervention:
     """The intervention that makes ``window`` read ``target_prompt`` (see :class:`LocoGenConfig` ``variant``);
-    a ``text-stream`` window restores from run 1 of its batch, the target prompt's own run."""
+    a ``text-stream`` window restores from run 1 of its batch, the target prompt's own run. ``fraction`` < 1
+    moves the window only that share of the way (:class:`LocoGenConfig` ``fraction``)."""
     if variant == "text-stream":
         inputs = stream_inputs(list(model.sites))
-        return Restore(sites=tuple(inputs[block] for block in window), source=1, restore_from="same-latent")
-    return SwapContext(sites=tuple(window), prompt=target_prompt)
+        return Restore(sites=tuple(inputs[block] for block in window), source=1, restore_from="same-latent",
+                       fraction=fraction)  # fmt: skip
+    return SwapContext(sites=tuple(window), prompt=target_prompt, fraction=fraction)
 
 
 def check_window_search(sizes: Sequence[int], min_effect: float) -> None:
@@ -140,7 +144,11 @@ def _window_item(
     if config.variant == "text-stream":
         shared.append(Run(prompt=target_prompt, seed=seed, label="target"))
     runs = [
-        Run(prompt=prompt, seed=seed, interventions=(window_interventions(model, w, target_prompt, config.variant),))
+        Run(
+            prompt=prompt,
+            seed=seed,
+            interventions=(window_interventions(model, w, target_prompt, config.variant, config.fraction),),
+        )
         for w in windows
     ]
     first, scores, _ = score_runs(
@@ -163,6 +171,7 @@ def locogen(
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     executor: Executor | None = None,
+    windows: Sequence[Sequence[str]] | None = None,
 ) -> WindowResult:
     """Score every window of cross-attention layers fed ``target_prompt``.
 
@@ -176,6 +185,8 @@ def locogen(
         out: directory for resumable per-item results.
         progress: called with (runs done, runs total).
         executor: who computes the items (default: this process; :mod:`diffloc.tracing.executors`).
+        windows: score only these windows (default: every window ``config`` describes), e.g. the tied best ones
+            again at a partial ``fraction``.
 
     Returns:
         :class:`WindowResult` with each window's mean score and its bootstrap interval over items (prompt ×
@@ -190,7 +201,7 @@ def locogen(
     if not target_prompt.strip():
         raise PromptError("target prompt is empty; give the text the window should read, e.g. 'a painting'")
     scorer.check(attribute)
-    windows = windows_for(model, config)
+    windows = windows_for(model, config) if windows is None else _known_windows(model, windows, config.variant)
     model.adapter.tokenize(model.pipe, model.adapter.text_encoders(model.pipe)[0], [*prompt_list, target_prompt])
     weights = model.fingerprint()
     jobs = [
@@ -227,6 +238,18 @@ def locogen(
     if out is not None:
         result.save(out)
     return result
+
+
+def _known_windows(model: LoadedModel, windows: Sequence[Sequence[str]], variant: str) -> list[list[str]]:
+    """``windows`` as lists, each a non-empty run of the variant's layers (a one-line error names one that is not)."""
+    layers = window_layers(model, variant)
+    if not windows:
+        raise ConfigError("windows is empty; give at least one window of layers, or None for every window")
+    for window in windows:
+        if not window or any(layer not in layers for layer in window):
+            raise ConfigError(f"window {list(window)!r} is not made of this model's {variant} layers "
+                              f"({layers[0]} … {layers[-1]})")  # fmt: skip
+    return [list(w) for w in windows]
 
 
 def moved_enough(mode: str, original: float, score: float, min_effect: float = 0.8) -> bool:

@@ -33,6 +33,18 @@ def check_direction(direction: str, method: str) -> None:
                           "(gradients taken at the corrupted run)")  # fmt: skip
 
 
+def check_fraction_method(fraction: float, method: str) -> None:
+    """Refuse a partial patch (``fraction`` < 1) with a gradient method (one line): attribution estimates a full
+    patch, and a screen ranks by it.
+
+    Raises:
+        ConfigError: ``fraction`` < 1 with ``attribution``/``screen``.
+    """
+    if fraction != 1 and method in METHODS and method != "exact":
+        raise ConfigError(f"fraction {fraction!r} is traced with method 'exact' only; {method!r} estimates full "
+                          "patches")  # fmt: skip
+
+
 def check_method(method: str, top_k: int) -> None:
     """Refuse an unknown method or a screen size below 1 (one line each).
 

@@ -157,6 +157,11 @@ class TraceResult:
         return str((self.meta.get("config") or {}).get("direction", "restore"))
 
     @property
+    def fraction(self) -> float:
+        """How much of each value the patches moved (1: whole values; see ``TraceConfig.fraction``)."""
+        return float((self.meta.get("config") or {}).get("fraction", 1.0))
+
+    @property
     def indirect_effect(self) -> np.ndarray:
         """Normalized indirect effect: ``(restored - corrupted) / (clean - corrupted)``, 1 = full recovery; in a
         ``remove`` trace ``(clean - patched) / (clean - corrupted)``, 1 = the attribute fully gone."""

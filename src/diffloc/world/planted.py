@@ -661,6 +661,92 @@ def ask_removed(
     return answers
 
 
+#: the partial patches (:class:`~diffloc.tracing.config.TraceConfig` ``fraction``) that break ties between windows a
+#: full patch moves equally: the window that carries more of the concept moves it at smaller doses
+DOSES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def dose_reading(
+    tied: Sequence[Sequence[str]], areas: Sequence[float], full: Sequence[float], planted: Sequence[str]
+) -> dict[str, Any]:
+    """The windows tied at a full patch, ranked by their dose response: ``areas``, each window's mean effect over
+    the partial doses (larger moves the concept more). The windows within :data:`~diffloc.tracing.agreement.TIE`
+    of the largest stay tied (``best``); ``recovered`` reads the one of them with the largest full-patch effect
+    (``full``; the first of equals, as the strict reading picks its best), ``split`` the share of them that are
+    mostly planted. Where the doses tell nothing apart, the reading is the strict one."""
+    from diffloc.tracing.agreement import TIE
+
+    top = max(areas)
+    best = [i for i, area in enumerate(areas) if top - area <= TIE]
+    pick = max(best, key=lambda i: (full[i], -i))
+    hits = [_overlap(tied[i], planted, tied[i])["recovered"] for i in best]
+    recovered = _overlap(tied[pick], planted, tied[pick])["recovered"]
+    return {"best": [list(tied[i]) for i in best], "pick": list(tied[pick]), "recovered": recovered,
+            "split": sum(hits) / len(hits)}  # fmt: skip
+
+
+def full_effects(method: str, answer: dict[str, Any], windows: Sequence[Sequence[str]]) -> list[float]:
+    """Each window's effect at the full patch in a window answer (LocoGen: how far its swap lowers the concept)."""
+    if method == "locogen":
+        scores = {"+".join(w): float(v) for w, v in zip(answer["windows"], answer["scores"], strict=True)}
+        return [answer["original"] - scores["+".join(w)] for w in windows]
+    return [float(answer["effects"]["+".join(w)]) for w in windows]
+
+
+def ask_doses(
+    model: LoadedModel, spec: PlantSpec, edit: Edit, prompts: Sequence[str], answers: dict[str, Any], *,
+    scorer: Scorer, config: AskConfig, doses: Sequence[float] = DOSES,
+) -> dict[str, Any]:  # fmt: skip
+    """Break the ties of the window answers in ``answers`` (LocoGen, the window restore and removal traces with
+    the substitute) by partial patches: each window tied for best is patched (LocoGen: swapped) ``doses`` of the
+    way; each answer records the tied windows, their ``effects`` (one row per window, one value per dose) and
+    ``areas`` (the mean over doses), which :func:`dose_reading` ranks. An answer with one best window, or whose
+    best window moves nothing, runs no dose (``areas`` empty): it is read as it stands."""
+    substitute = substitute_word(model, spec)
+    out: dict[str, Any] = {"doses": list(doses)}
+    with edit.applied(model):
+        for method in ("locogen", "window_trace/substitute", "window_trace/substitute/remove"):
+            answer = answers.get(method)
+            if answer is None:
+                continue
+            if method == "locogen":
+                tied, moves = locogen_ties(answer["windows"], answer["scores"], answer["original"])
+            else:
+                tied, moves = answer["tied"], bool(answer["found"])
+            if not moves or len(tied) < 2:
+                out[method] = {"tied": tied, "effects": [], "areas": []}
+                continue
+            effects = []
+            try:
+                for dose in doses:
+                    effects.append(_dosed_effects(model, spec, prompts, method, tied, dose, substitute, scorer, config))
+            except ConfigError as exc:  # a denoiser that masks each prompt's padding cannot mix two contexts
+                out[method] = {"tied": tied, "effects": [], "areas": [], "why": str(exc)}
+                continue
+            per_window = np.asarray(effects).T  # (windows, doses)
+            out[method] = {"tied": tied, "effects": per_window.tolist(), "areas": per_window.mean(axis=1).tolist()}
+    return out
+
+
+def _dosed_effects(
+    model: LoadedModel, spec: PlantSpec, prompts: Sequence[str], method: str, windows: Sequence[Sequence[str]],
+    dose: float, substitute: str, scorer: Scorer, config: AskConfig,
+) -> list[float]:  # fmt: skip
+    """Each window's effect when ``method`` patches (LocoGen: swaps) it ``dose`` of the way (the edit applied)."""
+    from diffloc.tracing.causal import causal_trace
+    from diffloc.tracing.config import LocoGenConfig
+
+    if method == "locogen":
+        swap = LocoGenConfig(seeds=config.seeds, window=len(spec.sites), fraction=dose, **config.sweep_fields())
+        swapped = _locogen_each(model, spec, prompts, scorer=scorer, config=swap, windows=windows)
+        return [swapped.original_score - float(v) for v in swapped.scores]
+    direction = "remove" if method.endswith("/remove") else "restore"
+    trace = config.trace_config(substitute=substitute, fraction=dose, bootstrap=0, direction=direction)
+    result = causal_trace(model, prompts, spec.word, spec.attribute, scorer=scorer, sites=windows, config=trace)
+    by_label = dict(zip(result.labels, result.indirect_effect, strict=True))
+    return [float(by_label["+".join(w)]) for w in windows]
+
+
 def _answer(result: TraceResult | WindowResult, recovery: dict[str, Any]) -> dict[str, Any]:
     """A method's answer: its recovery and the numbers behind it (per-site effects or window scores)."""
     out: dict[str, Any] = {**recovery, "n_items": result.n_items}
@@ -677,16 +763,17 @@ def _answer(result: TraceResult | WindowResult, recovery: dict[str, Any]) -> dic
 
 
 def _locogen_each(
-    model: LoadedModel, spec: PlantSpec, prompts: Sequence[str], *, scorer: Scorer, config: Any
-) -> WindowResult:
+    model: LoadedModel, spec: PlantSpec, prompts: Sequence[str], *, scorer: Scorer, config: Any,
+    windows: Sequence[Sequence[str]] | None = None,
+) -> WindowResult:  # fmt: skip
     """LocoGen over several prompts, each window reading *its own* prompt with the anchor in the phrase's place;
-    items of every prompt pooled into one result."""
+    items of every prompt pooled into one result. ``windows``: only these (default: every window of the size)."""
     from diffloc.tracing.locogen import locogen
     from diffloc.tracing.statistics import mean_interval
 
     parts = [
         locogen(model, prompt, spec.locogen_target(prompt), spec.attribute, scorer=scorer,
-                config=replace(config, bootstrap=0))
+                config=replace(config, bootstrap=0), windows=windows)
         for prompt in prompts
     ]  # fmt: skip
     items = [item for part in parts for item in part.items]
