@@ -74,6 +74,21 @@ def test_trace_cli_removes_instead_of_restoring(tmp_path, tiny_clip_dir, capsys)
     assert (tmp_path / "strip.png").stat().st_size > 0
 
 
+def test_trace_cli_patches_part_of_the_way(tmp_path, tiny_clip_dir, capsys):
+    code = _trace_one_site(tmp_path / "half", tiny_clip_dir, "--subject", "van gogh", "--fraction", "0.5",
+                           "--attribute", "van gogh style")  # fmt: skip
+    assert code == 0
+    half = TraceResult.load(tmp_path / "half")
+    assert half.fraction == 0.5 and half.meta["config"]["fraction"] == 0.5
+    assert "fraction: 0.5 of each value patched" in capsys.readouterr().out
+    assert _trace_one_site(tmp_path / "full", tiny_clip_dir, "--subject", "van gogh", "--attribute",
+                           "van gogh style") == 0  # fmt: skip
+    full = TraceResult.load(tmp_path / "full")
+    site = half.labels.index("unet.xattn.8")
+    assert full.fraction == 1.0 and half.items[0]["clean"] == pytest.approx(full.items[0]["clean"], abs=1e-6)
+    assert abs(half.items[0]["scores"][site] - full.items[0]["scores"][site]) > 1e-6  # the half patch differs
+
+
 def test_trace_cli_intervals_validation_and_restore_source(tmp_path, tiny_clip_dir, capsys):
     args = ["trace", "unet", "--model", "tiny-sd1", "--prompt", PROMPT, "--subject", "van gogh",
             "--attribute", "van gogh style", "--clip", str(tiny_clip_dir), "--sites", "unet.xattn.8",
