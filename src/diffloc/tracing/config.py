@@ -111,7 +111,7 @@ class TraceConfig(SweepConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_direction(self.direction, "exact")
+        check_direction(self.direction)
         check_fraction(self.fraction)
         if self.noise is not None:
             check_noise(self.noise)

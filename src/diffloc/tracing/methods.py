@@ -19,8 +19,9 @@ LOCOGEN_VARIANTS = ("cross-attention", "text-stream", "prompt-injection")
 DIRECTIONS = ("restore", "remove")
 
 
-def check_direction(direction: str, method: str) -> None:
-    """Refuse an unknown trace direction, or ``remove`` with a gradient method (one line).
+def check_direction(direction: str, method: str | None = None) -> None:
+    """Refuse an unknown trace direction, or ``remove`` with a gradient method (one line); without ``method``,
+    only the direction's name is checked.
 
     Raises:
         ConfigError: ``direction`` is not one of :data:`DIRECTIONS`; ``remove`` with ``attribution``/``screen``
