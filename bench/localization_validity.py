@@ -68,6 +68,7 @@ from diffloc.models.registry import load
 from diffloc.tracing.locogen import xattn_layers
 from diffloc.world.planted import (
     NEW_WORDS,
+    WINDOW_METHODS,
     AskConfig,
     PlantSpec,
     ask_doses,
@@ -78,12 +79,12 @@ from diffloc.world.planted import (
     dose_reading,
     full_effects,
     known_word,
-    locogen_ties,
     plant_edit,
     planted_window_sites,
     tie_readings,
     tied_windows,
     window_parts,
+    window_ties,
 )
 
 #: the plant's strength: the window maps the word to anchor + STRENGTH × (concept − anchor)
@@ -228,19 +229,10 @@ def counted(method: str, answers: dict) -> bool:
     return traced(answers)
 
 
-#: the answers that rank windows, read three ways: strict (the first best), tie-aware (any tied best), tie-split
-WINDOW_METHODS = ("locogen", "window_trace/substitute", "window_trace/substitute/remove")
-
-
 def _window_readings(method: str, answer: dict, planted: list[str]) -> dict:
     """The tie-aware reading of a window answer, and the order-free ones of
     :func:`~diffloc.world.planted.tie_readings` (the tie-split share and the tie-aware reading's chance level)."""
-    if method == "locogen":
-        windows = answer["windows"]
-        tied, moves = locogen_ties(windows, answer["scores"], answer["original"])
-    else:
-        windows = [label.split("+") for label in answer["effects"] if "+" in label]
-        tied, moves = answer["tied"], bool(answer["found"])
+    windows, tied, moves = window_ties(method, answer)
     readings = tie_readings(windows, tied, planted, moves=moves)
     return {"tie_aware": readings["split"] > 0, **readings}
 
@@ -259,15 +251,15 @@ def recovery_table(records: list[dict]) -> dict:
     """Recovery rate per method × restore source × plant kind (plants that took), with Wilson intervals.
 
     Traces (UNet, text) count only plants whose corruption removed the concept; LocoGen needs no corruption.
-    A method that ranks windows (:data:`WINDOW_METHODS`) is read five ways: ``<method>`` counts its best window
-    (the first of tied ones); ``<method>/tie-aware`` counts a plant if any of the windows tied for best would have
-    counted, with ``chance``, the rate it would read if the ranking carried no information (as many windows drawn
-    at random); ``<method>/tie-split`` counts the share of the tied windows that would have counted (the strict
-    reading with ties broken at random; a fractional count, no interval); ``<method>/dose`` breaks the ties by
-    the tied windows' response to partial patches (:func:`~diffloc.world.planted.ask_doses`) and reads, of those
-    still tied, the one the strict reading would pick; ``<method>/dose/tie-split`` the share of them mostly
-    planted. The plants a method was not
-    counted on are listed per method.
+    A method that ranks windows (:data:`~diffloc.world.planted.WINDOW_METHODS`) is read five ways: ``<method>``
+    counts its best window (the first of tied ones); ``<method>/tie-aware`` counts a plant if any of the windows
+    tied for best would have counted, with ``chance``, the rate it would read if the ranking carried no
+    information (as many windows drawn at random); ``<method>/tie-split`` counts the share of the tied windows that
+    would have counted (the strict reading with ties broken at random; a fractional count, no interval);
+    ``<method>/dose`` breaks the ties by the tied windows' response to partial patches
+    (:func:`~diffloc.world.planted.ask_doses`) and reads, of those still tied, the one the strict reading would
+    pick; ``<method>/dose/tie-split`` the share of them mostly planted. The plants a method was not counted on are
+    listed per method.
     """
     rows: dict[str, dict[str, list[float]]] = {}
     chance: dict[str, dict[str, list[float]]] = {}

@@ -20,8 +20,7 @@ from diffloc.tracing.methods import (
     DEFAULT_TOP_K,
     DIRECTIONS,
     METHODS,
-    check_direction,
-    check_fraction_method,
+    check_exact_only,
     check_method,
 )
 from diffloc.validate import check_fraction, cli_type, count_arg, seed_arg
@@ -129,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from diffloc.tracing.statistics import check_items
 
     check_method(args.method, args.top_k)
-    check_direction(args.direction, args.method)
-    check_fraction_method(args.fraction, args.method)
+    check_exact_only(args.method, direction=args.direction, fraction=args.fraction)
     auto = args.noise == "auto"
     extra: dict[str, object] = {"direction": args.direction, "fraction": args.fraction}
     if args.target == "unet":

@@ -36,7 +36,7 @@ from diffloc.tracing.config import TraceConfig
 from diffloc.tracing.corruption import corruption, encoder_noise, first_range, replacement_ids, subject_ranges
 from diffloc.tracing.executors import Executor
 from diffloc.tracing.grad_drop import check_gradient_dropout
-from diffloc.tracing.methods import DEFAULT_TOP_K, check_direction, check_fraction_method
+from diffloc.tracing.methods import DEFAULT_TOP_K, check_exact_only
 from diffloc.tracing.results import DENOISER_TRACE, TEXT_TRACE, TraceResult
 from diffloc.tracing.screen import Estimated, Sweep, check_gradient_method, estimate_text, estimate_unet, step_effects
 from diffloc.tracing.selection import check_disjoint, select_sites
@@ -267,8 +267,7 @@ def causal_trace(
     scorer.check(attribute)
     groups, controls = _with_controls(model, _site_groups(model, sites))
     labels = ["+".join(g) for g in groups]
-    check_direction(config.direction, method)
-    check_fraction_method(config.fraction, method)
+    check_exact_only(method, direction=config.direction, fraction=config.fraction)
     check_gradient_method(scorer, method, top_k, len(labels))
     check_gradient_dropout(model, method, gradient_dropout)
     ranges = subject_ranges(model, prompt_list, subject)
@@ -482,8 +481,7 @@ def trace_text(
         for pos in range(len(spans))
         if f"{prefix}.{layer}" in model.sites
     ]
-    check_direction(config.direction, method)
-    check_fraction_method(config.fraction, method)
+    check_exact_only(method, direction=config.direction, fraction=config.fraction)
     check_gradient_method(scorer, method, top_k, len(grid))
     noise = encoder_noise(model, config)
     weights = model.fingerprint()

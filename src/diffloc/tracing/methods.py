@@ -19,29 +19,30 @@ LOCOGEN_VARIANTS = ("cross-attention", "text-stream", "prompt-injection")
 DIRECTIONS = ("restore", "remove")
 
 
-def check_direction(direction: str, method: str | None = None) -> None:
-    """Refuse an unknown trace direction, or ``remove`` with a gradient method (one line); without ``method``,
-    only the direction's name is checked.
+def check_direction(direction: str) -> None:
+    """Refuse an unknown trace direction (one line).
 
     Raises:
-        ConfigError: ``direction`` is not one of :data:`DIRECTIONS`; ``remove`` with ``attribution``/``screen``
-            (their estimates are taken around the corrupted run, the point a restore starts from).
+        ConfigError: ``direction`` is not one of :data:`DIRECTIONS`.
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-    if direction == "remove" and method in METHODS and method != "exact":
-        raise ConfigError(f"direction 'remove' is traced with method 'exact' only; {method!r} estimates restores "
-                          "(gradients taken at the corrupted run)")  # fmt: skip
 
 
-def check_fraction_method(fraction: float, method: str) -> None:
-    """Refuse a partial patch (``fraction`` < 1) with a gradient method (one line): attribution estimates a full
-    patch, and a screen ranks by it.
+def check_exact_only(method: str, *, direction: str, fraction: float) -> None:
+    """Refuse, with a gradient method, what only exact patching measures (one line each): the ``remove``
+    direction (the estimates are taken around the corrupted run, the point a restore starts from) and a partial
+    patch, ``fraction`` < 1 (attribution estimates a full patch, and a screen ranks by it).
 
     Raises:
-        ConfigError: ``fraction`` < 1 with ``attribution``/``screen``.
+        ConfigError: ``remove`` or ``fraction`` < 1 with ``attribution``/``screen``.
     """
-    if fraction != 1 and method in METHODS and method != "exact":
+    if method not in METHODS or method == "exact":
+        return
+    if direction == "remove":
+        raise ConfigError(f"direction 'remove' is traced with method 'exact' only; {method!r} estimates restores "
+                          "(gradients taken at the corrupted run)")  # fmt: skip
+    if fraction != 1:
         raise ConfigError(f"fraction {fraction!r} is traced with method 'exact' only; {method!r} estimates full "
                           "patches")  # fmt: skip
 

@@ -351,6 +351,11 @@ def _overlap(top: Sequence[str], planted: Sequence[str], found: Sequence[str]) -
             "found": list(found)}  # fmt: skip
 
 
+def _mostly_planted(window: Sequence[str], planted: Sequence[str]) -> bool:
+    """Whether more than half of the planted sites are in ``window`` (:func:`_overlap` of a window that moves)."""
+    return bool(_overlap(window, planted, window)["recovered"])
+
+
 def _is_xattn(label: str) -> bool:
     parts = label.split(".")
     return "+" not in label and len(parts) == 3 and parts[1] == SiteKind.XATTN.value
@@ -384,7 +389,7 @@ def window_trace_recovery(result: TraceResult, planted: Sequence[str]) -> dict[s
     # tied_windows reads lower as better (LocoGen's removal); a restore's larger effect is better
     tied = tied_windows([sites for sites, _ in groups], [-v for _, v in groups])
     return {**_overlap(best_sites, planted, best_sites if moves else []), "tied": tied,
-            "tie_aware": moves and any(_overlap(w, planted, w)["recovered"] for w in tied)}  # fmt: skip
+            "tie_aware": moves and any(_mostly_planted(w, planted) for w in tied)}  # fmt: skip
 
 
 def tie_aware_recovery(
@@ -396,7 +401,7 @@ def tie_aware_recovery(
     :data:`FOUND_AT`. Several windows that overlap a planted one often remove it equally; which of them is the
     argmin is then tie order."""
     tied, moves = locogen_ties(windows, scores, original_score)
-    return moves and any(_overlap(w, planted, w)["recovered"] for w in tied)
+    return moves and any(_mostly_planted(w, planted) for w in tied)
 
 
 def locogen_ties(
@@ -422,8 +427,8 @@ def tie_readings(
     """
     if not moves or not tied:
         return {"split": 0.0, "chance": 0.0}
-    mostly = sum(_overlap(w, planted, w)["recovered"] for w in windows)
-    hits = sum(_overlap(w, planted, w)["recovered"] for w in tied)
+    mostly = sum(_mostly_planted(w, planted) for w in windows)
+    hits = sum(_mostly_planted(w, planted) for w in tied)
     n, k = len(windows), len(tied)
     return {"split": hits / k, "chance": 1.0 - comb(n - mostly, k) / comb(n, k)}
 
@@ -664,6 +669,18 @@ def ask_removed(
 #: the partial patches (:class:`~diffloc.tracing.config.TraceConfig` ``fraction``) that break ties between windows a
 #: full patch moves equally: the window that carries more of the concept moves it at smaller doses
 DOSES = (0.1, 0.25, 0.5, 0.75, 0.9)
+#: the answers that rank windows (LocoGen's, and the window traces' with the substitute, restored and removed)
+WINDOW_METHODS = ("locogen", "window_trace/substitute", "window_trace/substitute/remove")
+
+
+def window_ties(method: str, answer: dict[str, Any]) -> tuple[list[list[str]], list[list[str]], bool]:
+    """A stored window answer's windows, those tied for best, and whether the best moves the concept (LocoGen:
+    :func:`locogen_ties`; a window trace: its recorded ``tied`` and ``found``)."""
+    if method == "locogen":
+        tied, moves = locogen_ties(answer["windows"], answer["scores"], answer["original"])
+        return [list(w) for w in answer["windows"]], tied, moves
+    windows = [label.split("+") for label in answer["effects"] if "+" in label]
+    return windows, answer["tied"], bool(answer["found"])
 
 
 def dose_reading(
@@ -679,8 +696,8 @@ def dose_reading(
     top = max(areas)
     best = [i for i, area in enumerate(areas) if top - area <= TIE]
     pick = max(best, key=lambda i: (full[i], -i))
-    hits = [_overlap(tied[i], planted, tied[i])["recovered"] for i in best]
-    recovered = _overlap(tied[pick], planted, tied[pick])["recovered"]
+    hits = [_mostly_planted(tied[i], planted) for i in best]
+    recovered = _mostly_planted(tied[pick], planted)
     return {"best": [list(tied[i]) for i in best], "pick": list(tied[pick]), "recovered": recovered,
             "split": sum(hits) / len(hits)}  # fmt: skip
 
@@ -705,14 +722,11 @@ def ask_doses(
     substitute = substitute_word(model, spec)
     out: dict[str, Any] = {"doses": list(doses)}
     with edit.applied(model):
-        for method in ("locogen", "window_trace/substitute", "window_trace/substitute/remove"):
+        for method in WINDOW_METHODS:
             answer = answers.get(method)
             if answer is None:
                 continue
-            if method == "locogen":
-                tied, moves = locogen_ties(answer["windows"], answer["scores"], answer["original"])
-            else:
-                tied, moves = answer["tied"], bool(answer["found"])
+            _, tied, moves = window_ties(method, answer)
             if not moves or len(tied) < 2:
                 out[method] = {"tied": tied, "effects": [], "areas": []}
                 continue
